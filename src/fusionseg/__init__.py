@@ -1,0 +1,7 @@
+"""fusionseg — DFF / TIF feature fusion, D-Net and DS-TransUNet for medical image segmentation."""
+
+from fusionseg.fusion import DFF, TIF, create_fusion, list_fusions
+from fusionseg.nets.registry import create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["DFF", "TIF", "__version__", "create_fusion", "create_model", "list_fusions", "list_models"]

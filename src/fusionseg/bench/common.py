@@ -1,0 +1,102 @@
+"""Shared benchmark helpers: wall time and peak tensor memory of a callable, and table printing.
+
+Peak memory on CPU is the resident-set high-water mark during the call above the resident
+size before it (Linux; large blocks are returned to the OS on free so it tracks live tensors);
+on CUDA ``torch.cuda.max_memory_allocated``. Time is the median of ``repeats`` runs after ``warmup``.
+
+Example:
+    >>> stats = measure(lambda: torch.randn(256, 256) @ torch.randn(256, 256), repeats=3)
+    >>> sorted(stats)
+    ['peak_mb', 'time_s']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = ["format_table", "measure", "peak_memory_mb", "time_call"]
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Median wall time of ``fn()`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _use_mmap_for_large_allocations() -> None:
+    """Make glibc return every large freed block to the OS, so resident memory tracks live tensors."""
+    with contextlib.suppress(OSError):  # not glibc: RSS-based peaks are then upper bounds
+        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, fixed (not dynamic)
+
+
+def _proc_status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{key} not found in /proc/self/status")
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device | None = None) -> float:
+    """Peak MiB allocated above the memory in use before ``fn()`` (its results are dropped).
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU (Linux): the resident-set high-water mark,
+    reset through ``/proc/self/clear_refs`` just before the call, minus the resident size then.
+    """
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    if not os.path.exists("/proc/self/clear_refs"):
+        return float("nan")
+    _use_mmap_for_large_allocations()
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
+    base = _proc_status_mb("VmRSS")
+    fn()
+    return _proc_status_mb("VmHWM") - base
+
+
+def measure(
+    fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: torch.device | None = None
+) -> dict[str, float]:
+    """``{"time_s": median seconds, "peak_mb": peak tensor MiB}`` of ``fn()``."""
+    return {"time_s": time_call(fn, repeats, warmup, device), "peak_mb": peak_memory_mb(fn, device)}
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-markdown table; floats get 3 significant decimals."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

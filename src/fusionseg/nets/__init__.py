@@ -1,0 +1,5 @@
+"""Networks (pure PyTorch). Importing this package registers every built-in model."""
+
+from fusionseg.nets.registry import create_model, list_models, register_model
+
+__all__ = ["create_model", "list_models", "register_model"]
