@@ -1,58 +1,68 @@
-"""``fusionseg`` command line: ``fusionseg COMMAND --help`` for each command.
+"""``fusionseg`` command line. ``fusionseg COMMAND --help`` shows each command's options.
 
-Each command lives in its own module and is imported only when used, so ``fusionseg --help``
-is instant.
+Every command lives in its own module exposing ``main(argv: list[str], prog: str) -> int``
+(which builds its own argparse parser); this dispatcher imports only the module that runs,
+so ``fusionseg --help`` is instant. User errors (:class:`fusionseg.errors.FusionSegError`)
+are printed as one line and exit with status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 
 from fusionseg import __version__
+from fusionseg.errors import FusionSegError
 
-BENCHMARKS = {
-    "modules": "fusionseg.bench.modules",
-    "dnet": "fusionseg.bench.dnet",
-    "ds_transunet": "fusionseg.bench.ds_transunet",
+# command -> (module with main(argv, prog), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("fusionseg.engine.demo", "train, predict and evaluate on built-in synthetic phantoms"),
+    "train": ("fusionseg.engine.train", "train a model on a dataset folder"),
+    "predict": ("fusionseg.engine.infer", "sliding-window prediction with a checkpoint"),
+    "evaluate": ("fusionseg.engine.evaluate", "Dice / IoU / HD95 / surface distance of predictions"),
+    "ablate": ("fusionseg.engine.ablate", "equal-budget comparison of fusion modules"),
+    "export": ("fusionseg.engine.export", "export a checkpoint to TorchScript or ONNX"),
+    "import-weights": ("fusionseg.engine.checkpoint", "convert an official .pth/.model into a fusionseg checkpoint"),
+    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds_transunet"),
 }
 
 
-def _bench(args: argparse.Namespace, rest: list[str]) -> int:
-    module = importlib.import_module(BENCHMARKS[args.name])
-    return int(module.main(rest) or 0)
-
-
-def _not_yet(name: str):
-    def run(args: argparse.Namespace, rest: list[str]) -> int:
-        print(f"fusionseg {name}: not yet available in this version")
-        return 0
-
-    return run
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusionseg", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"fusionseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="train, predict and evaluate on built-in synthetic phantoms")
-    p.set_defaults(func=_not_yet("demo"))
-
-    p = sub.add_parser("bench", help="benchmarks (options after the name go to the benchmark)", add_help=True)
-    p.add_argument("name", choices=sorted(BENCHMARKS))
-    p.set_defaults(func=_bench)
-    return parser
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: fusionseg [--version] COMMAND [options]\n\n{__doc__.splitlines()[0]}\n\ncommands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return int(args.func(args, rest) or 0)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"fusionseg {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"{_usage()}\n\nfusionseg: error: unknown command {command!r}", file=sys.stderr)
+        return 2
+    module_name, _ = COMMANDS[command]
+    prog = f"fusionseg {command}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("fusionseg"):
+            print(f"{prog}: not yet available in this version")
+            return 0
+        raise
+    try:
+        return int(module.main(rest, prog) or 0)
+    except FusionSegError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
