@@ -9,7 +9,7 @@ Example:
     >>> e, r = torch.randn(1, 128, 16, 16), torch.randn(1, 96, 8, 8)
     >>> [t.shape for t in tif.forward_paired(e, r)]
     [torch.Size([1, 128, 16, 16]), torch.Size([1, 96, 8, 8])]
-    >>> tif(e, r).shape  # fused form: r' projected to 128 ch, resampled to e's grid, added
+    >>> tif(e, r).shape  # fused form: r' mapped to 128 ch by linear_s, resized to e's grid, added
     torch.Size([1, 128, 16, 16])
 """
 
@@ -18,10 +18,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from fusionseg.layers import check_spatial_dims, conv_type
+from fusionseg.layers import check_spatial_dims
 
-__all__ = ["TIF", "Attention", "FeedForward", "PreNorm", "Transformer", "from_tokens", "to_tokens"]
+__all__ = [
+    "TIF",
+    "Attention",
+    "FeedForward",
+    "PreNorm",
+    "Transformer",
+    "add_resized",
+    "from_tokens",
+    "scaled_dot_product_attention",
+    "to_tokens",
+]
+
+# Queries per chunk in the CPU attention backward (see _CPUFlashAttention).
+QUERY_CHUNK = 1024
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -32,6 +46,81 @@ def to_tokens(x: torch.Tensor) -> torch.Tensor:
 def from_tokens(t: torch.Tensor, spatial: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """(B, N, C) → (B, C, *S) channels-last view (no copy)."""
     return t.transpose(1, 2).unflatten(2, tuple(spatial))
+
+
+class _CPUFlashAttention(torch.autograd.Function):
+    """Exact attention on CPU: flash-attention forward, query-chunked flash-attention backward.
+
+    PyTorch's CPU flash backward parallelises over batch·heads only and slows down sharply on long
+    query sequences (one head of 16k tokens: ~40× its forward time, several times slower than
+    the explicit N×N formulation). The backward here runs the same kernel on chunks of
+    ``QUERY_CHUNK`` queries presented as extra heads — K and V broadcast with stride 0, so not
+    copied — and sums the per-chunk dK, dV: the same maths with chunk·heads-way parallelism, in
+    O(N) memory (the log-sum-exp saved by the forward replaces the N×N matrix).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        b, h, n, _ = q.shape
+        chunks = n // QUERY_CHUNK
+        if chunks < 2:
+            grad_q, grad_k, grad_v = backward(grad_out, q, k, v, out, lse, 0.0, False, scale=ctx.scale)
+            return grad_q, grad_k, grad_v, None
+        m = chunks * QUERY_CHUNK  # queries in whole chunks; the rest goes through one more call
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, h, N, ...) → (B·h, chunks, QUERY_CHUNK, ...)
+            return t[:, :, :m].reshape(b * h, chunks, QUERY_CHUNK, *t.shape[3:])
+
+        def broadcast(t: torch.Tensor) -> torch.Tensor:  # (B, h, N, c) → (B·h, chunks, N, c), stride 0
+            return t.reshape(b * h, 1, n, t.shape[-1]).expand(-1, chunks, -1, -1)
+
+        grad_q, grad_k, grad_v = backward(
+            split(grad_out), split(q), broadcast(k), broadcast(v), split(out), split(lse), 0.0, False, scale=ctx.scale
+        )
+        grad_q = grad_q.reshape(b, h, m, -1)
+        grad_k = grad_k.sum(1).view(b, h, n, -1)
+        grad_v = grad_v.sum(1).view(b, h, n, -1)
+        if m < n:
+            rest = slice(m, None)
+            grad_q_rest, grad_k_rest, grad_v_rest = backward(
+                grad_out[:, :, rest], q[:, :, rest], k, v, out[:, :, rest], lse[:, :, rest], 0.0, False, scale=ctx.scale
+            )
+            grad_q = torch.cat([grad_q, grad_q_rest], 2)
+            grad_k += grad_k_rest
+            grad_v += grad_v_rest
+        return grad_q, grad_k, grad_v, None
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, scale: float | None = None
+) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` on (B, heads, N, dh) tensors, with a fast exact CPU backward.
+
+    When gradients are needed on CPU (no dropout, eager mode) it runs :class:`_CPUFlashAttention`;
+    everywhere else (GPU, inference, dropout, tracing/export) the PyTorch function itself.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if (
+        needs_grad
+        and dropout_p == 0.0
+        and q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.float64)
+        and not torch.jit.is_scripting()
+        and not torch.compiler.is_compiling()
+    ):
+        return _CPUFlashAttention.apply(q, k, v, scale)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
 
 
 class PreNorm(nn.Module):
@@ -66,7 +155,7 @@ class Attention(nn.Module):
         # (B, N, 3·h·dh) → three (B, h, N, dh) strided views; SDPA reads them without copies.
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        out = scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
@@ -108,11 +197,19 @@ class Transformer(nn.Module):
 class TIF(nn.Module):
     """Transformer Interactive Fusion of a fine branch ``e`` (dim_l) and a coarse branch ``r`` (dim_s).
 
-    ``forward_paired(e, r)`` returns ``(e', r')`` at their own shapes (the DS-TransUNet form).
-    ``forward(e, r)`` returns the fused ``e' + resample(proj(r'))`` at e's shape: when widths
-    differ, r' is first projected dim_s → dim_l by a 1×1 conv (``proj_r``, only created when
-    ``dim_s != dim_l``); when grids differ it is then resized to e's grid with nearest
-    interpolation (exact ×2 nearest upsampling, as in the paired network). 2D and 3D.
+    ``forward_paired(e, r)`` returns ``(e', r')`` at their own shapes (the DS-TransUNet form);
+    e and r may have any grids (same batch size). ``forward(e, r)`` is the plug-and-play fused
+    form ``e' + nearest_resize(proj(r'))`` at e's shape (B, dim_l, *S_e):
+
+    - widths: when ``dim_s != dim_l``, r' is mapped to dim_l channels per voxel by ``linear_s``
+      (the dim_s → dim_l map that already carries r's global token into the e branch), so the
+      fused form adds no parameters and official state_dicts still load strictly;
+      when ``dim_s == dim_l`` nothing is projected (the blog's ``e' + r'``);
+    - grids: r' is resized to e's grid by nearest interpolation (``F.interpolate`` rule). When
+      every e size is an integer multiple of the r size (e.g. ×2, as in DS-TransUNet) this is
+      a broadcast add over the repeated cells, with no upsampled copy.
+
+    Outputs are channels-last tensors (views of the token sequences). 2D and 3D.
 
     Args:
         dim_s: channels of the coarse branch ``r``.
@@ -143,8 +240,19 @@ class TIF(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        for name, value in dict(dim_s=dim_s, dim_l=dim_l, mlp_s=mlp_s, mlp_l=mlp_l, depth=depth).items():
-            if not isinstance(value, int) or value < 1:
+        sizes = dict(
+            dim_s=dim_s,
+            dim_l=dim_l,
+            heads_s=heads_s,
+            dim_head_s=dim_head_s,
+            mlp_s=mlp_s,
+            heads_l=heads_l,
+            dim_head_l=dim_head_l,
+            mlp_l=mlp_l,
+            depth=depth,
+        )
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TIF {name} must be a positive int, got {value!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"TIF dropout must be in [0, 1), got {dropout}")
@@ -156,7 +264,6 @@ class TIF(nn.Module):
         self.norm_l = nn.LayerNorm(dim_l)
         self.linear_s = nn.Linear(dim_s, dim_l)
         self.linear_l = nn.Linear(dim_l, dim_s)
-        self.proj_r = conv_type(spatial_dims)(dim_s, dim_l, kernel_size=1) if dim_s != dim_l else None
 
     def _check(self, e: torch.Tensor, r: torch.Tensor) -> None:
         ndim = self.spatial_dims + 2
@@ -171,24 +278,46 @@ class TIF(nn.Module):
                 f"TIF needs the same batch size for e and r; got e {tuple(e.shape)} and r {tuple(r.shape)}"
             )
 
-    def forward_paired(self, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(e (B, dim_l, *S_e), r (B, dim_s, *S_r)) → (e', r') with the same shapes (channels-last)."""
+    def _paired_tokens(self, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spec steps 1–3: token outputs (B, N_e, dim_l) and (B, N_r, dim_s)."""
         self._check(e, r)
         te, tr = to_tokens(e), to_tokens(r)
         g_e = self.linear_l(self.norm_l(te).mean(1, keepdim=True))  # (B, 1, dim_s)
         g_r = self.linear_s(self.norm_s(tr).mean(1, keepdim=True))  # (B, 1, dim_l)
         r_out = self.transformer_s(torch.cat([g_e, tr], 1))[:, 1:]
         e_out = self.transformer_l(torch.cat([g_r, te], 1))[:, 1:]
+        return e_out, r_out
+
+    def forward_paired(self, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e (B, dim_l, *S_e), r (B, dim_s, *S_r)) → (e', r') with the same shapes (channels-last)."""
+        e_out, r_out = self._paired_tokens(e, r)
         return from_tokens(e_out, e.shape[2:]), from_tokens(r_out, r.shape[2:])
 
     def forward(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        """Fused form: ``e' + resize(proj_r(r'))`` at e's shape (B, dim_l, *S_e)."""
-        e_out, r_out = self.forward_paired(e, r)
-        if self.proj_r is not None:
-            r_out = self.proj_r(r_out)
-        if r_out.shape[2:] != e_out.shape[2:]:
-            r_out = F.interpolate(r_out, size=e_out.shape[2:], mode="nearest")
-        return e_out + r_out
+        """Fused form: ``e' + nearest_resize(proj(r'))`` → (B, dim_l, *S_e), channels-last."""
+        e_out, r_out = self._paired_tokens(e, r)
+        if self.dim_s != self.dim_l:
+            r_out = self.linear_s(r_out)  # per voxel, before resizing: nearest resize commutes with it
+        return add_resized(from_tokens(e_out, e.shape[2:]), from_tokens(r_out, r.shape[2:]))
 
     def extra_repr(self) -> str:
         return f"dim_s={self.dim_s}, dim_l={self.dim_l}, spatial_dims={self.spatial_dims}"
+
+
+def add_resized(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + F.interpolate(y, size=x.shape[2:], mode="nearest")`` for (B, C, *S) tensors.
+
+    Integer upsampling factors (e.g. ×2) are done as a broadcast add over the repeated cells, with
+    no upsampled copy of ``y`` (nearest upsampling by an integer factor f repeats each cell f times).
+    """
+    size_x, size_y = tuple(x.shape[2:]), tuple(y.shape[2:])
+    if size_x == size_y:
+        return x + y
+    if not all(sx % sy == 0 for sx, sy in zip(size_x, size_y)):
+        return x + F.interpolate(y, size=size_x, mode="nearest")
+    b, c = x.shape[:2]
+    split, index = [b, c], [b, c]
+    for sx, sy in zip(size_x, size_y):
+        split += [sy, sx // sy]
+        index += [sy, 1]
+    return (x.reshape(split) + y.reshape(index)).reshape(x.shape)

@@ -1,0 +1,234 @@
+"""D-Net speed benchmark: ``fusionseg bench dnet [--sizes 64 96] [--repeats N] [--quick]``.
+
+Measures, in one run and on the same weights, the D-Net v2 (in 1, out 16, deep supervision)
+in the original's plain layout (the baseline), the fast channels-last path, and the fast path
+under bf16 autocast, plus MONAI's SwinUNETR (feature_size 48) and DynUNet (nnU-Net-like) as
+peers: inference time, training-step time (forward + backward + SGD step) and peak memory at
+batch 1, one input channel, cubic sizes. Ratios are against the plain D-Net of the same size.
+Also prints parameter counts and convolution MACs (counted with forward hooks) and the argmax
+voxel agreement of the bf16 and fast outputs with the plain fp32 output.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusionseg.bench.common import format_table, measure
+from fusionseg.fusion import DFF
+from fusionseg.nets.dnet import DNet, bf16_autocast
+
+__all__ = ["count_macs", "main"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of all convolutions, transposed convolutions, linear layers and DFFs in ``model(x)``.
+
+    Counted with forward hooks on a plain-layout forward (so every 1×1 conv is a module call);
+    DFF computes its 1×1 convs from the weights directly, so it is counted by its own rule.
+    Attention score/value matmuls and elementwise work are not counted.
+    """
+    total = 0
+
+    def conv_hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        k = m.weight[0].numel()  # C_in/groups · prod(kernel) for convs
+        if isinstance(m, _CONV_TS):  # weight (C_in, C_out/groups, *k): each input voxel feeds C_out·prod(k)
+            total += inp[0].numel() * m.weight[0].numel()
+        elif isinstance(m, nn.Linear):
+            total += out.numel() * m.in_features
+        else:
+            total += out.numel() * k
+
+    def dff_hook(m: DFF, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        d, voxels = m.dim, out[0, 0].numel() * out.shape[0]
+        total += voxels * (2 * d * d + 2 * d) + out.shape[0] * 4 * d * d
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (*_CONVS, *_CONV_TS, nn.Linear)):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, DFF):
+            handles.append(m.register_forward_hook(dff_hook))
+    fast = getattr(model, "channels_last", None)
+    try:
+        if fast is not None:
+            model.channels_last = False
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        if fast is not None:
+            model.channels_last = fast
+    return total
+
+
+def _first(out):
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if out.ndim == 6:  # MONAI DynUNet stacks deep-supervision heads in training mode
+        return out[:, 0]
+    return out
+
+
+def _loss(out, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over every deep-supervision head (target subsampled to each head's grid)."""
+    outs = (
+        list(out)
+        if isinstance(out, (tuple, list))
+        else [out[:, i] for i in range(out.shape[1])]
+        if out.ndim == 6
+        else [out]
+    )
+    total = 0.0
+    for o in outs:
+        step = target.shape[-1] // o.shape[-1]
+        t = target[(..., *(slice(None, None, step),) * (target.ndim - 1))]
+        total = total + F.cross_entropy(o.float(), t)
+    return total
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, target: torch.Tensor, bf16: bool) -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.99, nesterov=True)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with bf16_autocast("cpu", enabled=bf16):
+            out = model(x)
+        _loss(out, target).backward()
+        opt.step()
+
+    return step
+
+
+def _infer(model: nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[], torch.Tensor]:
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), bf16_autocast("cpu", enabled=bf16):
+            return _first(model(x))
+
+    return run
+
+
+def _peers(out_channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
+    try:
+        from monai.networks.nets import DynUNet, SwinUNETR
+    except ImportError:  # pragma: no cover - MONAI is a dependency, but keep the bench usable without it
+        return {}
+
+    def swin() -> nn.Module:
+        try:
+            return SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=48, spatial_dims=3)
+        except TypeError:  # older MONAI needs img_size
+            return SwinUNETR(img_size=(size,) * 3, in_channels=1, out_channels=out_channels, feature_size=48)
+
+    def dyn() -> nn.Module:  # nnU-Net 3d_fullres-like: 6 levels, 32…320 filters, deep supervision
+        kernels = [[3, 3, 3]] * 6
+        strides = [[1, 1, 1]] + [[2, 2, 2]] * 5
+        return DynUNet(
+            3, 1, out_channels, kernels, strides, strides[1:], filters=[32, 64, 128, 256, 320, 320],
+            norm_name="instance", deep_supervision=True, deep_supr_num=3, res_block=False,
+        )  # fmt: skip
+
+    return {"SwinUNETR fs48 (MONAI)": swin, "DynUNet nnU-Net-like (MONAI)": dyn}
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96], help="cubic input sizes (multiples of 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--quick", action="store_true", help="one size (64), one repeat, no MONAI peers")
+    parser.add_argument("--no-peers", action="store_true", help="skip SwinUNETR and DynUNet")
+    parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument("--out-channels", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.no_peers = args.sizes[:1], 1, True
+    if any(s % 32 for s in args.sizes):
+        parser.error(f"sizes must be multiples of 32, got {args.sizes}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    k = args.out_channels
+
+    dnet = DNet(1, k).eval()
+    with torch.no_grad():  # give the residual branches real weight (official init γ = 1e-6 makes them ~identity)
+        for name, p in dnet.named_parameters():
+            if name.endswith("layer_scale"):
+                p.fill_(0.1)
+    n_dnet = sum(p.numel() for p in dnet.parameters())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; D-Net v2 in 1, out {k}, deep supervision")
+
+    rows, agree_rows = [], []
+    for size in args.sizes:
+        x = torch.randn(1, 1, size, size, size)
+        target = torch.randint(0, k, (1, size, size, size))
+        macs = count_macs(dnet, x) / 1e9
+        variants: list[tuple[str, Callable[[], nn.Module], bool, bool]] = [
+            ("D-Net v2 plain (original layout)", lambda: dnet, False, False),
+            ("D-Net v2 fast (channels-last)", lambda: dnet, True, False),
+            ("D-Net v2 fast + bf16 autocast", lambda: dnet, True, True),
+        ]
+        if not args.no_peers:
+            variants += [(name, make, None, False) for name, make in _peers(k, size).items()]
+
+        # Accuracy of the fast and bf16 paths against plain fp32 (same weights, same input).
+        dnet.channels_last = False
+        ref = _infer(dnet, x, False)().argmax(1)
+        dnet.channels_last = True
+        fast_out = _infer(dnet, x, False)().argmax(1)
+        bf16_out = _infer(dnet, x, True)().argmax(1)
+        agree_rows.append(
+            [size, f"{(fast_out == ref).float().mean().item():.4%}", f"{(bf16_out == ref).float().mean().item():.4%}"]
+        )
+
+        base = {}
+        for name, make, fast, bf16 in variants:
+            model = make()
+            if fast is not None:
+                model.channels_last = fast
+            params = sum(p.numel() for p in model.parameters())
+            model_macs = macs if fast is not None else count_macs(model.eval(), x) / 1e9
+            model.eval()
+            inf = measure(_infer(model, x, bf16), repeats=args.repeats)
+            tr = {"time_s": float("nan"), "peak_mb": float("nan")}
+            if not args.no_train:
+                state = {n: t.clone() for n, t in model.state_dict().items()}
+                model.train()
+                tr = measure(_train_step(model, x, target, bf16), repeats=args.repeats)
+                model.load_state_dict(state)
+                model.eval()
+            if not base:
+                base = {"inf": inf["time_s"], "train": tr["time_s"], "mem": tr["peak_mb"]}
+            rows.append(
+                [
+                    f"{size}³", name, f"{params / 1e6:.2f} M", f"{model_macs:.1f}",
+                    inf["time_s"], f"{base['inf'] / inf['time_s']:.2f}×", inf["peak_mb"],
+                    tr["time_s"], f"{base['train'] / tr['time_s']:.2f}×", tr["peak_mb"],
+                ]
+            )  # fmt: skip
+            print(format_table(_HEADER, rows[-1:]).splitlines()[-1], flush=True)
+            if fast is None:
+                del model
+    print()
+    print(format_table(_HEADER, rows))
+    print()
+    print("argmax voxel agreement with plain fp32 (deep-supervision head 0, random weights, γ = 0.1):")
+    print(format_table(["size", "fast fp32", "fast bf16"], agree_rows))
+    del n_dnet
+    return 0
+
+
+_HEADER = [
+    "size", "model", "params", "GMACs", "infer s", "infer speed-up", "infer peak MiB",
+    "train step s", "train speed-up", "train peak MiB",
+]  # fmt: skip

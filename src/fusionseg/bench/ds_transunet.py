@@ -1,0 +1,171 @@
+"""DS-TransUNet benchmark: forward / training-step time and peak memory, baselines in the same run.
+
+Table 1 (``--batch``×3×``--size``²): the official preset, the small preset and MONAI's 2D
+SwinUNETR (feature_size 48) as a peer — forward (eval, no grad) and one training step
+(forward + 0.6/0.2/0.2 BCE loss + backward + SGD step).
+
+Table 2 (``--big-batch``×3×``--big-size``², fp32): the official preset's training step with
+this project's attention (``scaled_dot_product_attention`` in the Swin windows and the TIF
+global attention) against the original's plain formulation (explicit q·kᵀ → softmax → ·v
+matrices, same weights), plus activation checkpointing. Ratios are against the explicit row.
+
+Usage:
+    fusionseg bench ds_transunet                 # full run (table 2 needs ~12 GB RAM, minutes)
+    fusionseg bench ds_transunet --quick         # smoke run: 64², small preset in table 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusionseg.bench.common import format_table, measure, peak_memory_mb, time_call
+from fusionseg.nets import create_model
+from fusionseg.nets.ds_transunet import set_attention_impl, set_use_checkpoint
+
+LOSS_WEIGHTS = (0.6, 0.2, 0.2)
+
+
+def _params_m(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def _forward_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+def _train_step_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """One SGD step (momentum 0.9, as the original) on a BCE loss over all outputs."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    target = (torch.rand(x.shape[0], 1, *x.shape[2:]) > 0.5).float()
+
+    def run() -> None:
+        model.train()
+        outs = model(x)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        loss = sum(w * F.binary_cross_entropy_with_logits(o[:, :1], target) for w, o in zip(LOSS_WEIGHTS, outs))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return run
+
+
+def _swin_unetr() -> nn.Module | None:
+    """MONAI's SwinUNETR in 2D; None when MONAI or its optional ``einops`` (used in 2D) is missing."""
+    try:
+        import einops  # noqa: F401
+        from monai.networks.nets import SwinUNETR
+    except ImportError:  # the peer is optional
+        return None
+    return SwinUNETR(in_channels=3, out_channels=1, feature_size=48, spatial_dims=2)
+
+
+def _measure_together(fn: Callable[[], object], repeats: int, warmup: int) -> dict[str, float]:
+    """Like :func:`measure`, but time and peak memory come from the same runs (steps of a minute)."""
+    peaks: list[float] = []
+    seconds = time_call(lambda: peaks.append(peak_memory_mb(fn)), repeats=repeats, warmup=warmup)
+    return {"time_s": seconds, "peak_mb": max(peaks[warmup:])}
+
+
+def table_models(args: argparse.Namespace) -> str:
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    builders: list[tuple[str, Callable[[], nn.Module | None]]] = []
+    if not args.quick:
+        builders.append(("ds_transunet (official)", lambda: create_model("ds_transunet")))
+    builders.append(("ds_transunet_small", lambda: create_model("ds_transunet_small")))
+    if not args.no_peer:
+        builders.append(("MONAI SwinUNETR 2D (fs 48)", _swin_unetr))
+    rows = []
+    for name, build in builders:
+        torch.manual_seed(0)
+        model = build()
+        if model is None:
+            rows.append([name, "n/a", "needs monai + einops", "", "", ""])
+            continue
+        fwd = measure(_forward_fn(model, x), repeats=args.repeats, warmup=args.warmup)
+        step = measure(_train_step_fn(model, x), repeats=args.repeats, warmup=args.warmup)
+        rows.append([name, _params_m(model), fwd["time_s"], fwd["peak_mb"], step["time_s"], step["peak_mb"]])
+        print(f"  measured {name}", file=sys.stderr, flush=True)
+        del model
+        gc.collect()
+    header = ["model", "params (M)", "forward (s)", "forward peak (MiB)", "train step (s)", "train peak (MiB)"]
+    return f"input {args.batch}×3×{args.size}², fp32, repeats {args.repeats}\n\n" + format_table(header, rows)
+
+
+def table_attention(args: argparse.Namespace) -> str:
+    name = "ds_transunet_small" if args.quick else "ds_transunet"
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(args.big_batch, 3, args.big_size, args.big_size)
+    step = _train_step_fn(model, x)
+    variants = [
+        ("explicit attention matrices (original)", "explicit", False),
+        ("SDPA (fusionseg)", "sdpa", False),
+        ("SDPA + use_checkpoint=True", "sdpa", True),
+    ]
+    results = []
+    for label, impl, ckpt in variants:
+        set_attention_impl(model, impl)
+        set_use_checkpoint(model, ckpt)
+        gc.collect()
+        results.append((label, _measure_together(step, args.big_repeats, args.warmup)))
+        print(f"  measured {label}: {results[-1][1]}", file=sys.stderr, flush=True)
+    base = results[0][1]
+    rows = [
+        [label, r["time_s"], base["time_s"] / r["time_s"], r["peak_mb"], r["peak_mb"] / base["peak_mb"]]
+        for label, r in results
+    ]
+    header = ["training step", "time (s)", "speed-up vs explicit", "peak (MiB)", "memory vs explicit"]
+    title = f"{name} training step, input {args.big_batch}×3×{args.big_size}², fp32, repeats {args.big_repeats}"
+    return title + "\n\n" + format_table(header, rows)
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds_transunet") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64², small preset only, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per row of table 1 (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    parser.add_argument("--size", type=int, default=256, help="input side of table 1 (multiple of 64)")
+    parser.add_argument("--batch", type=int, default=1, help="batch of table 1")
+    parser.add_argument("--big-size", type=int, default=512, help="input side of table 2")
+    parser.add_argument("--big-batch", type=int, default=2, help="batch of table 2")
+    parser.add_argument("--big-repeats", type=int, default=1, help="timed runs per row of table 2")
+    parser.add_argument("--skip-models", action="store_true", help="only table 2")
+    parser.add_argument("--skip-attention", action="store_true", help="only table 1")
+    parser.add_argument("--no-peer", action="store_true", help="leave out MONAI SwinUNETR")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.big_size, args.big_batch = 64, 128, 1
+        args.repeats = args.big_repeats = 1
+        args.warmup = min(args.warmup, 1)
+    for side in (args.size, args.big_size):
+        if side % 64 or side < 64:
+            parser.error(f"sizes must be multiples of 64 (DS-TransUNet size_multiple), got {side}")
+    if min(args.repeats, args.big_repeats, args.batch, args.big_batch) < 1 or args.warmup < 0:
+        parser.error("--repeats, --big-repeats and batches must be >= 1, --warmup >= 0")
+    print(
+        f"# fusionseg bench ds_transunet — torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, command: {' '.join([prog, *(argv or [])])}"
+    )
+    if not args.skip_models:
+        print("\n" + table_models(args) + "\n", flush=True)
+    if not args.skip_attention:
+        print("\n" + table_attention(args) + "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,217 @@
+"""Module benchmark: DFF and TIF fast paths against their plain formulations, measured in the same run.
+
+For every case it times forward (no grad) and forward+backward (gradients of the inputs and of
+every parameter) of the module and of the literal spec formulation in
+``fusionseg.fusion.reference`` (explicit concat / gated copy / NC* 1×1 convs for DFF, explicit
+N×N softmax attention for TIF) on the same weights and inputs, and prints a markdown table
+with the speedup (plain time / fast time) and the memory ratio (fast peak / plain peak).
+Timings alternate plain and fast runs, so load from other processes hits both alike.
+
+Usage:
+    fusionseg bench modules [--repeats 3] [--warmup 1] [--quick] [--only dff|tif] [--threads N] [--json FILE]
+    python -m fusionseg.bench.modules --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fusionseg.bench.common import format_table, peak_memory_mb, time_call
+from fusionseg.fusion import DFF, TIF
+from fusionseg.fusion.reference import dff_reference, tif_paired_reference, tif_reference
+from fusionseg.layers import to_channels_last
+
+__all__ = ["Case", "cases", "main", "run_case"]
+
+HEADER = [
+    "module",
+    "input",
+    "pass",
+    "plain (s)",
+    "fast (s)",
+    "speedup",
+    "plain peak (MB)",
+    "fast peak (MB)",
+    "memory ratio",
+]
+
+
+@dataclass
+class Case:
+    """One benchmark case: ``fast(*inputs)`` and ``plain(*inputs)`` compute the same tensor(s)."""
+
+    name: str
+    description: str
+    module: torch.nn.Module
+    fast: Callable[..., object]
+    plain: Callable[..., object]
+    shapes: tuple[tuple[int, ...], ...]
+    channels_last: bool = False
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def _dff_case(dim: int, shape: tuple[int, ...], channels_last: bool) -> Case:
+    dff = DFF(dim, spatial_dims=len(shape) - 2)
+    layout = "channels-last" if channels_last else "NC*"
+    return Case(
+        f"DFF({dim})",
+        f"x, skip {_shape(shape)} {layout}",
+        dff,
+        dff,
+        lambda x, skip: dff_reference(dff, x, skip),
+        (shape, shape),
+        channels_last,
+    )
+
+
+def _tif_case(dim_s: int, dim_l: int, e_shape: tuple[int, ...], r_shape: tuple[int, ...], paired: bool) -> Case:
+    tif = TIF(dim_s, dim_l, spatial_dims=len(e_shape) - 2)
+    if paired:
+        fast, plain, form = tif.forward_paired, (lambda e, r: tif_paired_reference(tif, e, r)), "paired"
+    else:
+        fast, plain, form = tif, (lambda e, r: tif_reference(tif, e, r)), "fused"
+    description = f"e {_shape(e_shape)}, r {_shape(r_shape)}, {form}"
+    return Case(f"TIF({dim_s},{dim_l})", description, tif, fast, plain, (e_shape, r_shape))
+
+
+def cases(quick: bool = False, only: str | None = None) -> list[Case]:
+    """The benchmark cases (realistic sizes, or tiny ones with ``quick``), optionally only DFF or TIF."""
+    if quick:
+        dff = [_dff_case(8, (1, 8, 8, 8, 8), False), _dff_case(8, (1, 8, 4, 8, 8), True)]
+        tif = [
+            _tif_case(16, 16, (1, 16, 8, 8), (1, 16, 8, 8), paired=False),
+            _tif_case(12, 16, (1, 16, 16, 16), (1, 12, 8, 8), paired=True),
+        ]
+    else:
+        dff = [
+            _dff_case(48, (2, 48, 64, 64, 64), False),
+            _dff_case(48, (2, 48, 64, 64, 64), True),
+            _dff_case(32, (1, 32, 16, 64, 64), False),
+            _dff_case(32, (1, 32, 16, 64, 64), True),
+        ]
+        tif = [
+            _tif_case(64, 64, (1, 64, 64, 64), (1, 64, 64, 64), paired=False),
+            _tif_case(96, 128, (1, 128, 128, 128), (1, 96, 64, 64), paired=True),
+            _tif_case(96, 128, (1, 128, 128, 128), (1, 96, 64, 64), paired=False),
+        ]
+    return {"dff": dff, "tif": tif}.get(only, dff + tif) if only else dff + tif
+
+
+def _passes(case: Case) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
+    """``{"forward": (plain, fast), "forward+backward": (plain, fast)}`` closures over fixed inputs."""
+    inputs = [torch.randn(s) for s in case.shapes]
+    if case.channels_last:
+        inputs = [to_channels_last(t) for t in inputs]
+    grad_inputs = [t.clone().requires_grad_() for t in inputs]
+    wrt = [*grad_inputs, *case.module.parameters()]
+
+    def as_tuple(out: object) -> tuple[torch.Tensor, ...]:
+        return out if isinstance(out, tuple) else (out,)
+
+    grad_outs = [torch.randn_like(t) for t in as_tuple(case.fast(*inputs))]
+
+    def forward(fn: Callable[..., object]) -> Callable[[], object]:
+        def run() -> None:
+            with torch.no_grad():
+                fn(*inputs)
+
+        return run
+
+    def forward_backward(fn: Callable[..., object]) -> Callable[[], object]:
+        def run() -> None:
+            torch.autograd.grad(as_tuple(fn(*grad_inputs)), wrt, grad_outs)
+
+        return run
+
+    return {
+        "forward": (forward(case.plain), forward(case.fast)),
+        "forward+backward": (forward_backward(case.plain), forward_backward(case.fast)),
+    }
+
+
+def run_case(case: Case, repeats: int = 3, warmup: int = 1) -> list[dict[str, object]]:
+    """Measure one case; returns one result dict per pass (forward, forward+backward)."""
+    results = []
+    for name, (plain, fast) in _passes(case).items():
+        for _ in range(warmup):
+            plain()
+            fast()
+        times: dict[str, list[float]] = {"plain": [], "fast": []}
+        for _ in range(repeats):  # alternate, so background load affects both alike
+            times["plain"].append(time_call(plain, repeats=1, warmup=0))
+            times["fast"].append(time_call(fast, repeats=1, warmup=0))
+        t_plain, t_fast = statistics.median(times["plain"]), statistics.median(times["fast"])
+        m_plain, m_fast = peak_memory_mb(plain), peak_memory_mb(fast)
+        results.append(
+            {
+                "module": case.name,
+                "input": case.description,
+                "pass": name,
+                "plain_s": t_plain,
+                "fast_s": t_fast,
+                "speedup": t_plain / t_fast,
+                "plain_mb": m_plain,
+                "fast_mb": m_fast,
+                "memory_ratio": m_fast / m_plain if m_plain > 0 else float("nan"),
+            }
+        )
+    return results
+
+
+def _row(r: dict[str, object]) -> list[object]:
+    return [
+        r["module"],
+        r["input"],
+        r["pass"],
+        r["plain_s"],
+        r["fast_s"],
+        f"{r['speedup']:.2f}×",
+        r["plain_mb"],
+        r["fast_mb"],
+        f"{r['memory_ratio']:.2f}",
+    ]
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench modules") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median; default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")
+    parser.add_argument("--only", choices=("dff", "tif"), help="benchmark only one module family")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        parser.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    previous_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        torch.manual_seed(0)
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu", flush=True)
+        results = []
+        for case in cases(args.quick, args.only):
+            results += run_case(case, args.repeats, args.warmup)
+            print(f"  measured {case.name} {case.description}", file=sys.stderr, flush=True)
+    finally:
+        torch.set_num_threads(previous_threads)
+    print(format_table(HEADER, [_row(r) for r in results]))
+    print("speedup = plain time / fast time; memory ratio = fast peak / plain peak (lower is better)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:], "python -m fusionseg.bench.modules"))

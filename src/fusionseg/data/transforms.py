@@ -1,0 +1,468 @@
+"""Preprocessing and augmentation with MONAI dictionary transforms, and inference I/O.
+
+``build_preprocessing(info)`` derives a plain-data description (JSON-able, stored in checkpoints);
+``train_transforms(pre)`` / ``eval_transforms(pre)`` turn it into MONAI pipelines mapping
+``case_dict(case) = {"image": [paths], "label": path, "case_id": str}`` to
+``{"image": float32 (C, *S), "label": int64 (1, *S), "case_id": str}`` plain tensors.
+``load_for_inference`` / ``save_prediction`` read a new image and write a prediction back on the
+input's own grid (orientation and resampling undone, affine/header kept).
+
+Steps: read + validate → orientation RAS (3D) → optional resampling to ``target_spacing`` →
+intensity normalisation (CT: clip to foreground 0.5–99.5 percentiles + z-score with foreground
+mean/std of the training set; MRI/other: per-image z-score; 2D folders: per-image per-channel
+z-score) → [train] pad to the patch, class-balanced patch sampling (``RandCropByLabelClassesd``,
+``num_samples`` patches per case), flips, small rotation/scale, intensity scale/shift, noise.
+
+Training with ``num_samples > 1`` yields a list of patch dicts per case: batch with
+``monai.data.DataLoader`` (its ``list_data_collate`` flattens them).
+
+Example:
+    >>> info = scan_dataset(make_phantom_dataset(tmp, spatial_dims=2))
+    >>> pre = build_preprocessing(info)
+    >>> sample = eval_transforms(pre)(case_dict(info.cases[0]))
+    >>> sample["image"].shape, sample["label"].dtype
+    (torch.Size([1, 96, 96]), torch.int64)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    ClassesToIndicesd,
+    Compose,
+    DeleteItemsd,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandCropByLabelClassesd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Spacingd,
+    SpatialPadd,
+    SpatialResample,
+)
+
+from fusionseg.data.datasets import Case, DatasetInfo
+from fusionseg.data.io import read_header, write_label
+from fusionseg.data.validation import find_input_error, load_checked
+from fusionseg.errors import InputError
+
+__all__ = [
+    "LoadCased",
+    "NormalizeChannelsd",
+    "ToPlainTensord",
+    "build_preprocessing",
+    "case_dict",
+    "eval_transforms",
+    "load_for_inference",
+    "save_prediction",
+    "train_transforms",
+]
+
+_PATCH_CAP = {2: 256, 3: 128}
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+_INDICES = "_class_indices"
+_CT_PERCENTILES = (0.5, 99.5)
+
+
+def case_dict(case: Case) -> dict:
+    """Input dict of the transforms: ``{"image": [str, ...], "label": str, "case_id": str}`` (no label key if None)."""
+    d = {"image": [str(p) for p in case.images], "case_id": case.case_id}
+    if case.label is not None:
+        d["label"] = str(case.label)
+    return d
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+
+
+def _ras_shape_spacing(meta: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial shape and spacing after reorientation to RAS (3D) — what the patch size refers to."""
+    shape = np.asarray(meta["spatial_shape"], dtype=np.float64)
+    spacing = np.asarray(meta["spacing"], dtype=np.float64)
+    if len(shape) != 3:
+        return shape, spacing
+    from nibabel.orientations import io_orientation
+
+    order = io_orientation(np.asarray(meta["affine"]))[:, 0].astype(int)  # input axis i → output axis order[i]
+    out_shape, out_spacing = np.empty(3), np.empty(3)
+    out_shape[order], out_spacing[order] = shape, spacing
+    return out_shape, out_spacing
+
+
+def _as_sizes(value: Sequence[float] | float | None, n: int, name: str, kind: type) -> list | None:
+    if value is None:
+        return None
+    values = [value] * n if isinstance(value, (int, float)) else list(value)
+    if len(values) != n or any(not isinstance(v, (int, float)) or v <= 0 for v in values):
+        raise InputError(f"{name} must be {n} positive numbers (one per spatial axis), got {value!r}")
+    if kind is int and any(float(v) != int(v) for v in values):
+        raise InputError(f"{name} must be whole numbers, got {value!r}")
+    return [kind(v) for v in values]
+
+
+def _default_patch(shape: np.ndarray, spatial_dims: int, size_multiple: int) -> list[int]:
+    cap = _PATCH_CAP[spatial_dims]
+    return [max(size_multiple, int(min(s, cap)) // size_multiple * size_multiple) for s in shape]
+
+
+def _channel_schemes(info: DatasetInfo) -> list[str]:
+    if info.layout == "folders" or info.spatial_dims == 2:
+        return ["channel"] * info.in_channels
+    return ["ct" if str(n).strip().lower().startswith("ct") else "zscore" for n in info.channel_names]
+
+
+def _ct_statistics(info: DatasetInfo, pre: dict, channels: list[int], max_cases: int, seed: int) -> dict[int, dict]:
+    """Foreground intensity statistics per CT channel, from up to ``max_cases`` training cases."""
+    rng = np.random.default_rng(seed)
+    samples: dict[int, list[np.ndarray]] = {c: [] for c in channels}
+    chosen = (
+        info.cases
+        if len(info.cases) <= max_cases
+        else [info.cases[i] for i in sorted(rng.choice(len(info.cases), max_cases, replace=False))]
+    )
+    for case in chosen:
+        image, _, label, _ = load_checked(case.images, case.label, pre)
+        mask = label > 0 if label is not None and (label > 0).any() else np.ones(image.shape[1:], dtype=bool)
+        for c in channels:
+            values = image[c][mask]
+            if values.size > 20000:
+                values = rng.choice(values, 20000, replace=False)
+            samples[c].append(values)
+    stats = {}
+    for c in channels:
+        values = np.concatenate(samples[c]).astype(np.float64)
+        lower, upper = np.percentile(values, _CT_PERCENTILES)
+        stats[c] = {
+            "scheme": "ct",
+            "clip": [float(lower), float(upper)],
+            "mean": float(values.mean()),
+            "std": float(max(values.std(), 1e-8)),
+        }
+    return stats
+
+
+def build_preprocessing(
+    info: DatasetInfo,
+    target_spacing: Sequence[float] | float | str | None = None,
+    patch_size: Sequence[int] | int | None = None,
+    *,
+    num_samples: int | None = None,
+    size_multiple: int = 32,
+    max_stat_cases: int = 16,
+    seed: int = 0,
+) -> dict:
+    """Plain-data preprocessing description for ``info`` (JSON-able; goes into checkpoints).
+
+    Args:
+        info: from :func:`scan_dataset`.
+        target_spacing: resample to this voxel size (mm, RAS order in 3D), ``"median"`` for the
+            training median, or None to keep each image's own grid.
+        patch_size: training patch; default: the median (resampled) image shape capped at 256
+            (2D) / 128 (3D) per axis, rounded down to a multiple of ``size_multiple``.
+        num_samples: patches drawn per case and pass (default 1 in 2D, 2 in 3D).
+        size_multiple: the default patch is a multiple of this (the model's ``size_multiple``).
+        max_stat_cases: training cases read for the CT intensity statistics.
+
+    Keys: ``spatial_dims``, ``in_channels``, ``num_classes``, ``labels`` (``{"0": "background", ...}``,
+    string keys), ``channel_names``, ``modality``, ``normalisation`` ("ct" | "zscore" | "channel"),
+    ``channel_normalisation`` (per-channel dicts), ``orientation``, ``target_spacing``, ``patch_size``,
+    ``num_samples``, ``median_shape``, ``median_spacing``, ``binary_as_255``, ``layout``.
+    """
+    if num_samples is None:
+        num_samples = 1 if info.spatial_dims == 2 else 2
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise InputError(f"num_samples must be a positive int, got {num_samples!r}")
+    if not isinstance(size_multiple, int) or size_multiple < 1:
+        raise InputError(f"size_multiple must be a positive int, got {size_multiple!r}")
+    if not info.cases:
+        raise InputError(f"{info.root}: the dataset has no training cases")
+    dims = info.spatial_dims
+    headers = [read_header(c.images[0]) for c in info.cases]
+    shapes, spacings = zip(*(_ras_shape_spacing(h) for h in headers))
+    if any(len(s) != dims for s in shapes):
+        bad = next(h for h, s in zip(headers, shapes) if len(s) != dims)
+        raise InputError(
+            f"{bad['path']}: {len(bad['spatial_shape'])}D image in a {dims}D dataset; remove or convert it"
+        )
+    median_shape = np.median(np.stack(shapes), axis=0)
+    median_spacing = np.median(np.stack(spacings), axis=0)
+    if isinstance(target_spacing, str):
+        if target_spacing != "median":
+            raise InputError(f'target_spacing must be numbers, "median" or None, got {target_spacing!r}')
+        spacing = [float(s) for s in median_spacing]
+    else:
+        spacing = _as_sizes(target_spacing, dims, "target_spacing", float)
+    resampled_shape = median_shape * median_spacing / np.asarray(spacing) if spacing else median_shape
+    patch = _as_sizes(patch_size, dims, "patch_size", int) or _default_patch(resampled_shape, dims, size_multiple)
+    schemes = _channel_schemes(info)
+    modality = "2d" if dims == 2 else info.modality
+    pre = {
+        "version": 1,
+        "layout": info.layout,
+        "spatial_dims": dims,
+        "in_channels": info.in_channels,
+        "num_classes": info.num_classes,
+        "labels": {str(k): v for k, v in info.labels.items()},
+        "channel_names": list(info.channel_names),
+        "modality": modality,
+        "normalisation": "ct" if "ct" in schemes else schemes[0],
+        "channel_normalisation": [{"scheme": s} for s in schemes],
+        "orientation": "RAS" if dims == 3 else None,
+        "target_spacing": spacing,
+        "patch_size": patch,
+        "num_samples": num_samples,
+        "median_shape": [float(s) for s in median_shape],
+        "median_spacing": [float(s) for s in median_spacing],
+        "binary_as_255": dims == 2 and info.num_classes == 2,
+    }
+    ct_channels = [c for c, s in enumerate(schemes) if s == "ct"]
+    if ct_channels:
+        for c, stats in _ct_statistics(info, pre, ct_channels, max_stat_cases, seed).items():
+            pre["channel_normalisation"][c] = stats
+    return pre
+
+
+# ------------------------------------------------------------------------------------------ transforms
+
+
+class LoadCased(MapTransform):
+    """Read ``d["image"]`` (channel files) and ``d["label"]`` with every input check, as MetaTensors.
+
+    Raises :class:`InputError` for missing/corrupt/empty files, NaN/Inf, wrong channel count,
+    image/label shape or geometry mismatch, and label values outside the classes of ``pre``.
+    With ``keep_reader_meta`` the reader's meta (header, original geometry) is stored in
+    ``d["image_meta"]`` (for :func:`save_prediction`; not collatable).
+    """
+
+    def __init__(self, pre: dict, keep_reader_meta: bool = False) -> None:
+        super().__init__(keys=("image", "label"), allow_missing_keys=True)
+        self.pre = pre
+        self.keep_reader_meta = keep_reader_meta
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        image, meta, label, _ = load_checked(d["image"], d.get("label"), self.pre)
+        affine = torch.as_tensor(np.asarray(meta["affine"]), dtype=torch.float64)
+        d["image"] = MetaTensor(torch.from_numpy(image), affine=affine)
+        if label is not None:
+            d["label"] = MetaTensor(torch.from_numpy(label.astype(np.float32))[None], affine=affine.clone())
+        if self.keep_reader_meta:
+            d["image_meta"] = meta
+        return d
+
+
+class NormalizeChannelsd(MapTransform):
+    """Per-channel intensity normalisation from ``pre["channel_normalisation"]``.
+
+    ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}`` → ``(clip(x, lo, hi) - m) / s``;
+    ``"zscore"`` / ``"channel"`` → per-image ``(x - mean(x)) / std(x)`` of that channel.
+    """
+
+    def __init__(self, pre: dict, key: str = "image") -> None:
+        super().__init__(keys=(key,))
+        self.specs = list(pre["channel_normalisation"])
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if img.shape[0] != len(self.specs):
+                raise InputError(f"image has {img.shape[0]} channels but the preprocessing expects {len(self.specs)}")
+            out = img.clone() if not img.is_floating_point() else img
+            out = out.float()
+            for c, spec in enumerate(self.specs):
+                x = out[c]
+                if spec["scheme"] == "ct":
+                    x.clamp_(*spec["clip"]).sub_(spec["mean"]).div_(max(spec["std"], 1e-8))
+                else:
+                    std, mean = torch.std_mean(x.as_subclass(torch.Tensor), unbiased=False)
+                    x.sub_(mean).div_(std.clamp_min(1e-8))
+            d[key] = out
+        return d
+
+
+class ToPlainTensord(MapTransform):
+    """Drop MONAI metadata: ``image`` → contiguous float32 tensor, ``label`` → ``label_dtype`` tensor.
+
+    Used mid-pipeline too (``label_dtype=torch.float32``): later random transforms run faster on plain tensors.
+    """
+
+    def __init__(self, label_dtype: torch.dtype = torch.int64) -> None:
+        super().__init__(keys=("image", "label"), allow_missing_keys=True)
+        self.label_dtype = label_dtype
+
+    def __call__(self, data: dict) -> dict:
+        d = dict(data)
+        if "image" in d:
+            d["image"] = torch.as_tensor(d["image"]).as_subclass(torch.Tensor).float().contiguous()
+        if "label" in d:
+            label = torch.as_tensor(d["label"]).as_subclass(torch.Tensor)
+            if not self.label_dtype.is_floating_point and label.is_floating_point():
+                label = label.round()
+            d["label"] = label.to(self.label_dtype).contiguous()
+        return d
+
+
+class _Pipeline(Compose):
+    """MONAI Compose that re-raises an InputError from any step as itself (not as RuntimeError)."""
+
+    def __call__(self, input_, *args, **kwargs):
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        except RuntimeError as exc:
+            err = find_input_error(exc)
+            if err is not None:
+                raise err from None
+            raise
+
+
+def _geometry_steps(pre: dict, keys: tuple[str, ...]) -> list:
+    steps = []
+    if pre.get("orientation") and pre["spatial_dims"] == 3:
+        steps.append(Orientationd(keys=keys, axcodes=pre["orientation"], labels=_RAS_LABELS, allow_missing_keys=True))
+    if pre.get("target_spacing"):
+        modes = ("bilinear", "nearest")[: len(keys)]
+        steps.append(
+            Spacingd(keys=keys, pixdim=pre["target_spacing"], mode=modes, dtype=np.float32, allow_missing_keys=True)
+        )
+    return steps
+
+
+def _augment_steps(pre: dict) -> list:
+    dims = int(pre["spatial_dims"])
+    keys = ("image", "label")
+    angle = math.pi / 12  # ±15°
+    steps: list = [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in range(dims)]
+    steps += [
+        RandAffined(
+            keys=keys,
+            prob=0.2,
+            rotate_range=[angle] * (1 if dims == 2 else 3),
+            scale_range=[0.1] * dims,
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.2),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.2),
+        RandGaussianNoised(keys="image", prob=0.15, std=0.1),
+    ]
+    return steps
+
+
+def train_transforms(pre: dict, augment: bool = True) -> Compose:
+    """Training pipeline: load + check, geometry, normalisation, class-balanced patches, augmentation.
+
+    Output per case: a list of ``pre["num_samples"]`` dicts ``{"image": (C, *patch) float32,
+    "label": (1, *patch) int64, "case_id": str}``.
+    """
+    keys = ("image", "label")
+    patch = list(pre["patch_size"])
+    steps = [LoadCased(pre), *_geometry_steps(pre, keys), NormalizeChannelsd(pre), ToPlainTensord(torch.float32)]
+    steps += [
+        SpatialPadd(keys=keys, spatial_size=patch, mode="constant"),
+        # Voxel indices per class: deterministic, so a CacheDataset caches them with the image.
+        ClassesToIndicesd(keys="label", indices_postfix=_INDICES, num_classes=int(pre["num_classes"])),
+        RandCropByLabelClassesd(
+            keys=keys,
+            label_key="label",
+            spatial_size=patch,
+            num_classes=int(pre["num_classes"]),
+            num_samples=int(pre.get("num_samples", 1)),
+            indices_key="label" + _INDICES,
+            warn=False,
+        ),
+        DeleteItemsd(keys="label" + _INDICES),
+    ]
+    if augment:
+        steps += _augment_steps(pre)
+    steps.append(ToPlainTensord())
+    return _Pipeline(steps)
+
+
+def eval_transforms(pre: dict) -> Compose:
+    """Whole-image pipeline (no cropping): ``{"image": (C, *S) float32, "label": (1, *S) int64}`` (label optional)."""
+    keys = ("image", "label")
+    return _Pipeline([LoadCased(pre), *_geometry_steps(pre, keys), NormalizeChannelsd(pre), ToPlainTensord()])
+
+
+# ------------------------------------------------------------------------------------------ inference
+
+
+def load_for_inference(images: Sequence[str | Path] | str | Path, pre: dict) -> tuple[torch.Tensor, dict]:
+    """Read and preprocess one image (one file per channel) → ``(float32 tensor (C, *S), meta)``.
+
+    ``meta`` carries what :func:`save_prediction` needs to write a result on the input's grid.
+    """
+    if isinstance(images, (str, Path)):
+        images = [images]
+    pipeline = _Pipeline(
+        [LoadCased(pre, keep_reader_meta=True), *_geometry_steps(pre, ("image",)), NormalizeChannelsd(pre)]
+    )
+    d = pipeline({"image": [str(p) for p in images]})
+    image = d["image"]
+    reader_meta = d["image_meta"]
+    dims = int(pre["spatial_dims"])
+    meta = {
+        "spatial_dims": dims,
+        "num_classes": int(pre["num_classes"]),
+        "binary_as_255": bool(pre.get("binary_as_255", False)),
+        "affine": np.asarray(image.affine, dtype=np.float64),
+        "processed_shape": tuple(image.shape[1:]),
+        "original_affine": np.asarray(reader_meta["affine"], dtype=np.float64),
+        "original_shape": tuple(reader_meta["spatial_shape"][:dims]),
+        "reference": reader_meta,
+        "paths": [str(p) for p in images],
+    }
+    return image.as_subclass(torch.Tensor).float().contiguous(), meta
+
+
+def _to_input_grid(pred: torch.Tensor, meta: dict, mode: str) -> torch.Tensor:
+    """Resample (K, *S) ``pred`` from the processed grid back to the input grid (no-op when equal)."""
+    dims = meta["spatial_dims"]
+    src, dst = np.asarray(meta["affine"]), np.asarray(meta["original_affine"])
+    same = (
+        tuple(pred.shape[1:]) == tuple(meta["original_shape"])
+        and src.shape == dst.shape
+        and np.allclose(src, dst, atol=1e-5)
+    )
+    if same:
+        return pred
+    img = MetaTensor(pred, affine=torch.as_tensor(src, dtype=torch.float64))
+    out = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float32)(
+        img, dst_affine=torch.as_tensor(dst, dtype=torch.float64), spatial_size=list(meta["original_shape"][:dims])
+    )
+    return out.as_subclass(torch.Tensor)
+
+
+def save_prediction(prediction: np.ndarray | torch.Tensor, meta: dict, out_path: str | Path) -> Path:
+    """Write a label map (*S) or class probabilities/logits (K, *S) on the input's grid to ``out_path``.
+
+    Probabilities are resampled (linear) before the argmax, label maps with nearest neighbour.
+    The file format follows ``out_path`` (``.nii.gz``, ``.nrrd``, ``.png``, ``.tif``); NIfTI keeps
+    the input affine, NRRD its space/directions/origin; binary 2D masks are written as 0/255.
+    """
+    pred = torch.as_tensor(np.asarray(prediction) if isinstance(prediction, np.ndarray) else prediction).detach().cpu()
+    dims = meta["spatial_dims"]
+    if pred.ndim == dims + 1:
+        probs = _to_input_grid(pred.float(), meta, "bilinear")
+        label = probs.argmax(0)
+    elif pred.ndim == dims:
+        label = _to_input_grid(pred[None].float(), meta, "nearest")[0].round()
+    else:
+        raise ValueError(
+            f"prediction must be (*S) labels or (K, *S) scores for {dims}D data, got shape {tuple(pred.shape)}"
+        )
+    label_np = label.to(torch.int64).numpy()
+    reference = dict(meta["reference"])
+    if len(reference["spatial_shape"]) != label_np.ndim:  # e.g. a 2D slice read from a (X, Y, 1) NIfTI
+        label_np = label_np.reshape(reference["spatial_shape"])
+    return write_label(label_np, reference, out_path, binary_as_255=meta.get("binary_as_255", False))

@@ -1,0 +1,280 @@
+"""Export a model to TorchScript or ONNX and check the file reproduces eager outputs.
+
+``fusionseg export --checkpoint CKPT --format torchscript|onnx --output FILE [--input-size 96 96]``.
+The exported graph returns the full-resolution logits only (deep-supervision heads are dropped)
+and carries the checkpoint's model config and preprocessing as metadata (TorchScript extra file
+``fusionseg.json``, ONNX ``metadata_props["fusionseg"]``). The file appears only once the
+check passed (written to a temporary name, then renamed).
+
+Example:
+    >>> export_model(model, torch.randn(1, 1, 64, 64, 64), "onnx", "dnet.onnx")   # verifies within 1e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusionseg.engine.io_safety import atomic_write, ensure_writable_dir
+from fusionseg.errors import FusionSegError, InputError
+
+__all__ = ["FORMATS", "ExportMismatchError", "InferenceWrapper", "export_model", "main", "run_exported"]
+
+FORMATS = ("torchscript", "onnx")
+
+
+class ExportMismatchError(FusionSegError):
+    """The exported file does not reproduce the eager model within tolerance (nothing was written)."""
+
+
+class InferenceWrapper(nn.Module):
+    """``model(x)`` → full-resolution logits (first output of a deep-supervision tuple/list)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.model(*inputs)
+        return out[0] if isinstance(out, tuple | list) else out
+
+
+def _as_tuple(example: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(example) if isinstance(example, tuple | list) else (example,)
+
+
+def _input_names(n: int) -> list[str]:
+    return ["input"] if n == 1 else [f"input{i}" for i in range(n)]
+
+
+def run_exported(path: str | os.PathLike, inputs: tuple[torch.Tensor, ...], fmt: str) -> torch.Tensor:
+    """Run an exported file on CPU (TorchScript via ``torch.jit.load``, ONNX via onnxruntime)."""
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+        with torch.inference_mode():
+            return module(*inputs)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), inputs)}
+    return torch.from_numpy(np.asarray(session.run(None, feeds)[0]))
+
+
+def _export_torchscript(model: nn.Module, inputs: tuple, path: Path, metadata: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants, as intended
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream; still supported
+        traced = torch.jit.trace(model, inputs, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"fusionseg.json": metadata})
+
+
+def _export_onnx(
+    model: nn.Module, inputs: tuple, path: Path, metadata: str, kind: str, opset: int | None, dynamic_batch: bool
+) -> None:
+    names = _input_names(len(inputs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "dynamo":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            dyn = [{0: torch.export.Dim("batch")} for _ in inputs] if dynamic_batch else None
+            # Trace attention with the math kernel: the ONNX graph is the math form anyway, and fused CPU
+            # kernels return other strides than their decomposition (a later view then fails to export).
+            with sdpa_kernel([SDPBackend.MATH]):
+                torch.onnx.export(
+                    model, inputs, str(path), dynamo=True, input_names=names, output_names=["logits"],
+                    opset_version=opset, dynamic_shapes=dyn, external_data=False, verbose=False,
+                )  # fmt: skip
+        else:
+            axes = {n: {0: "batch"} for n in [*names, "logits"]} if dynamic_batch else None
+            torch.onnx.export(
+                model, inputs, str(path), dynamo=False, input_names=names, output_names=["logits"],
+                opset_version=opset or 17, dynamic_axes=axes,
+            )  # fmt: skip
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "fusionseg", metadata
+    onnx.save(proto, str(path))
+
+
+def _verify(wrapper: nn.Module, inputs: tuple, path: Path, fmt: str, atol: float) -> float:
+    """Largest |exported - eager| on ``inputs`` and on a second random input (catches frozen branches)."""
+    gen = torch.Generator().manual_seed(1234)
+    trials = [inputs, tuple(torch.randn(t.shape, generator=gen, dtype=t.dtype) for t in inputs)]
+    diff = 0.0
+    for trial in trials:
+        with torch.inference_mode():
+            expected = wrapper(*trial)
+        try:
+            got = run_exported(path, trial, fmt)
+        except Exception as err:  # onnxruntime / TorchScript raise their own types for invalid graphs
+            raise ExportMismatchError(f"the exported {fmt} file does not run: {_one_line(err)}") from None
+        if tuple(got.shape) != tuple(expected.shape):
+            raise ExportMismatchError(f"exported output shape {tuple(got.shape)} != eager {tuple(expected.shape)}")
+        diff = max(diff, float((got.float() - expected.float()).abs().max()))
+    if not diff <= atol:
+        raise ExportMismatchError(f"exported output differs from eager by {diff:.3g} > {atol:g}")
+    return diff
+
+
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
+    return f"{type(err).__name__}: {text[:limit]}"
+
+
+def export_model(
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    fmt: str,
+    path: str | os.PathLike,
+    *,
+    atol: float = 1e-4,
+    verify: bool = True,
+    metadata: dict[str, Any] | None = None,
+    onnx_exporter: str = "auto",
+    opset: int | None = None,
+    dynamic_batch: bool = False,
+) -> dict[str, Any]:
+    """Export ``model`` (eval mode, CPU) for inputs shaped like ``example`` and verify it.
+
+    Args:
+        model: any module; a deep-supervision tuple output is reduced to its first element.
+        example: input tensor (or tuple of tensors for multi-input modules such as DFF/TIF).
+        fmt: "torchscript" or "onnx".
+        path: output file; written only if the export (and verification) succeeds.
+        atol: largest allowed |exported - eager| on the example and on a second random input.
+        metadata: JSON-able dict embedded in the file (e.g. model config and preprocessing).
+        onnx_exporter: "auto" (torch.export-based, then the TorchScript-based one if the first fails
+            to export or to verify), "dynamo" or "legacy".
+        dynamic_batch: export with a symbolic batch dimension.
+
+    Returns:
+        {"path", "format", "max_abs_diff", "exporter"}.
+
+    Raises:
+        ExportMismatchError: no exporter produced a file matching eager within ``atol`` (nothing written).
+    """
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if onnx_exporter not in ("auto", "dynamo", "legacy"):
+        raise ValueError(f"onnx_exporter must be auto, dynamo or legacy, got {onnx_exporter!r}")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as err:
+            raise InputError(
+                f"ONNX export needs onnx and onnxruntime ({err.name} is missing): pip install 'fusionseg[onnx]'"
+            ) from None
+    path = Path(path)
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), "output directory")
+    wrapper = InferenceWrapper(model).eval().cpu()
+    inputs = tuple(t.detach().cpu().float() for t in _as_tuple(example))
+    meta = json.dumps(metadata or {}, default=str)
+    if fmt == "torchscript":
+        attempts = ["torch.jit.trace"]
+    else:
+        attempts = ["dynamo", "legacy"] if onnx_exporter == "auto" else [onnx_exporter]
+    errors = []
+    for kind in attempts:
+        try:
+            with atomic_write(path) as tmp:
+                try:  # no_grad: inference graphs, and no training-only autograd.Functions (TIF's CPU attention)
+                    with torch.no_grad():
+                        if fmt == "torchscript":
+                            _export_torchscript(wrapper, inputs, tmp, meta)
+                        else:
+                            _export_onnx(wrapper, inputs, tmp, meta, kind, opset, dynamic_batch)
+                except Exception as err:  # tracer / exporter internals raise many types
+                    raise ExportMismatchError(f"export failed: {_one_line(err)}") from None
+                diff = _verify(wrapper, inputs, tmp, fmt, atol) if verify else float("nan")
+        except ExportMismatchError as err:
+            errors.append(f"{kind}: {err}")
+            continue
+        exporter = kind if fmt == "torchscript" else f"torch.onnx ({kind})"
+        return {"path": path, "format": fmt, "max_abs_diff": diff, "exporter": exporter}
+    raise ExportMismatchError(
+        f"{fmt} export of {type(model).__name__} failed, nothing written to {path}: " + " | ".join(errors)
+    )
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Export a fusionseg checkpoint to TorchScript or ONNX.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="fusionseg checkpoint (.pt)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--output", required=True, type=Path, help="file to write (.ts / .pt or .onnx)")
+    p.add_argument(
+        "--input-size", type=int, nargs="+", default=None, metavar="N",
+        help="spatial size of the example input (one value per spatial dim; default: the training patch size)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
+    p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (default 1e-4)")
+    p.add_argument("--no-verify", action="store_true", help="skip the exported-vs-eager check")
+    return p
+
+
+def _example_shape(ckpt: dict, model: nn.Module, input_size: list[int] | None, batch: int) -> tuple[int, ...]:
+    kwargs = ckpt["model"].get("kwargs") or {}
+    pre = ckpt.get("preprocessing") or {}
+    spatial_dims = int(
+        getattr(model, "spatial_dims", None) or kwargs.get("spatial_dims") or pre.get("spatial_dims") or 3
+    )
+    first_conv = next((p for p in model.parameters() if p.ndim == spatial_dims + 2), None)  # (out, in, *k)
+    in_channels = int(
+        getattr(model, "in_channels", None)
+        or kwargs.get("in_channels")
+        or pre.get("in_channels")
+        or (first_conv.shape[1] if first_conv is not None else 1)
+    )
+    multiple = int(getattr(model, "size_multiple", 1) or 1)
+    if input_size is None:
+        input_size = list(pre.get("patch_size") or [2 * multiple] * spatial_dims)
+    if len(input_size) == 1:
+        input_size = input_size * spatial_dims
+    if len(input_size) != spatial_dims:
+        raise InputError(f"--input-size needs {spatial_dims} values (or one) for this {spatial_dims}D model")
+    bad = [s for s in input_size if s < 1 or s % multiple]
+    if bad:
+        fix = [max(multiple, round(s / multiple) * multiple) for s in input_size]
+        raise InputError(f"--input-size {input_size} must be multiples of {multiple} for this model; try {fix}")
+    return (batch, in_channels, *map(int, input_size))
+
+
+def main(argv: list[str], prog: str = "fusionseg export") -> int:
+    """Command-line entry: load, rebuild, export, verify, print the measured difference."""
+    from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
+
+    args = _parser(prog).parse_args(argv)
+    if args.batch_size < 1:
+        raise InputError("--batch-size must be >= 1")
+    ckpt = load_checkpoint(args.checkpoint)
+    model = rebuild_model(ckpt)
+    shape = _example_shape(ckpt, model, args.input_size, args.batch_size)
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    result = export_model(
+        model, example, args.format, args.output, atol=args.atol, verify=not args.no_verify,
+        metadata={"model": ckpt["model"], "preprocessing": ckpt.get("preprocessing"), "input_shape": list(shape)},
+        onnx_exporter=args.onnx_exporter, opset=args.opset, dynamic_batch=args.dynamic_batch,
+    )  # fmt: skip
+    check = "not verified" if args.no_verify else f"max |exported - eager| = {result['max_abs_diff']:.2e}"
+    print(f"wrote {args.output} ({args.format} via {result['exporter']}, input {list(shape)}; {check})")
+    return 0

@@ -1,0 +1,194 @@
+"""Figures and reports: learning curve, segmentation overlays, markdown report (matplotlib Agg).
+
+Example:
+    >>> plot_learning_curve([{"epoch": 1, "train_loss": 0.9, "val_dice": 0.5}], Path("curve.png"))
+    >>> overlay_png(image, gt, pred, Path("case.png"), title="case_0 Dice 0.91")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "best_and_worst_overlays",
+    "overlay_png",
+    "plot_learning_curve",
+    "read_array",
+    "representative_slice",
+    "write_markdown_report",
+]
+
+# Class colours (RGB, 0-1) for labels 1, 2, ...; background is transparent.
+_COLORS = np.array(
+    [
+        [0.90, 0.10, 0.10],
+        [0.10, 0.75, 0.20],
+        [0.15, 0.35, 0.95],
+        [0.95, 0.80, 0.10],
+        [0.80, 0.20, 0.85],
+        [0.10, 0.80, 0.85],
+    ]
+)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _savefig(fig, path: Path) -> Path:
+    """Save a figure atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_learning_curve(history: Sequence[dict], path: Path) -> Path:
+    """Training loss (left axis) and validation Dice (right axis) per epoch → PNG."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in history]
+    loss = [r.get("train_loss") for r in history]
+    val = [(r["epoch"], r["val_dice"]) for r in history if r.get("val_dice") not in (None, "")]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(epochs, loss, color="tab:blue", marker="." if len(epochs) < 40 else None, label="train loss")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("train loss (Dice + CE)", color="tab:blue")
+    ax.grid(alpha=0.3)
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([e for e, _ in val], [float(v) for _, v in val], color="tab:orange", marker="o", label="val Dice")
+        ax2.set_ylabel("validation Dice", color="tab:orange")
+        ax2.set_ylim(0, 1)
+    ax.set_title("learning curve")
+    try:
+        return _savefig(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def read_array(path: Path) -> np.ndarray:
+    """Voxel array of an image/label file exactly as stored (no reorientation): NIfTI, NRRD, PNG/TIFF."""
+    name = Path(path).name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        return np.asanyarray(nib.load(str(path)).dataobj)
+    if name.endswith((".nrrd", ".nhdr")):
+        import nrrd
+
+        return nrrd.read(str(path))[0]
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img)
+
+
+def representative_slice(label: np.ndarray, axis: int = -1) -> int:
+    """Index along ``axis`` with the most foreground (the middle one when empty)."""
+    counts = np.count_nonzero(label, axis=tuple(i for i in range(label.ndim) if i != axis % label.ndim))
+    return int(np.argmax(counts)) if counts.any() else label.shape[axis] // 2
+
+
+def _to_display(image: np.ndarray) -> np.ndarray:
+    """Image (H, W) or (H, W, 3/4) → float RGB (H, W, 3) in [0, 1] with 1-99 percentile windowing."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = image[..., :3]
+    elif image.ndim == 3:
+        image = image[..., 0]
+    lo, hi = np.percentile(image, (1, 99)) if image.size else (0.0, 1.0)
+    image = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+    return image if image.ndim == 3 else np.repeat(image[..., None], 3, -1)
+
+
+def _blend(rgb: np.ndarray, label: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    out = rgb.copy()
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        mask = label == value
+        out[mask] = (1 - alpha) * out[mask] + alpha * _COLORS[(int(value) - 1) % len(_COLORS)]
+    return out
+
+
+def overlay_png(image: np.ndarray | None, gt: np.ndarray, pred: np.ndarray, path: Path, title: str = "") -> Path:
+    """Ground truth and prediction coloured over the image, side by side → PNG.
+
+    2D inputs are drawn as they are; 3D volumes at the slice (last axis) with the most ground-truth
+    foreground. ``image`` may be None (labels on black) or carry channels last (RGB PNG).
+    """
+    plt = _pyplot()
+    if gt.ndim == 3:
+        k = representative_slice(gt, axis=-1)
+        gt, pred = gt[..., k], pred[..., k]
+        if image is not None:
+            image = image[..., k] if image.ndim == 3 else image[..., k, 0]
+        title = f"{title} (slice {k})".strip()
+    base = _to_display(image) if image is not None else np.zeros((*gt.shape, 3), np.float32)
+    if base.shape[:2] != gt.shape:
+        base = np.zeros((*gt.shape, 3), np.float32)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    for ax, label, name in zip(axes, (gt, pred), ("ground truth", "prediction")):
+        ax.imshow(_blend(base, label), interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    try:
+        return _savefig(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def best_and_worst_overlays(
+    case_scores: dict[str, float], images: Path, pred_dir: Path, gt_dir: Path, output: Path, k: int = 2
+) -> list[Path]:
+    """Overlay PNGs of the ``k`` best and ``k`` worst cases by mean Dice → ``output/overlays/``."""
+    from fusionseg.engine.evaluate import _label_files
+    from fusionseg.engine.infer import find_inputs
+
+    image_files = {cid: paths[0] for cid, paths in find_inputs(Path(images), in_channels=1)} if images else {}
+    preds, gts = _label_files(pred_dir), _label_files(gt_dir)
+    ranked = sorted((s, cid) for cid, s in case_scores.items() if cid in preds and cid in gts)
+    chosen = [("worst", s, cid) for s, cid in ranked[:k]]
+    chosen += [("best", s, cid) for s, cid in reversed(ranked[-k:]) if cid not in {c for _, _, c in chosen}]
+    paths = []
+    for tag, score, cid in chosen:
+        gt, pred = read_array(gts[cid]), read_array(preds[cid])
+        image = read_array(image_files[cid]) if cid in image_files else None
+        if image is not None and image.shape[: gt.ndim] != gt.shape:
+            image = None
+        paths.append(
+            overlay_png(image, gt, pred, output / "overlays" / f"{tag}_{cid}.png", f"{tag}: {cid} Dice {score:.3f}")
+        )
+    return paths
+
+
+def write_markdown_report(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """Markdown file with ``# title`` and ``## heading`` + body per section (bodies are markdown)."""
+    path = Path(path)
+    text = [f"# {title}", ""]
+    for heading, body in sections:
+        text += [f"## {heading}", "", body.rstrip(), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(text))
+    os.replace(tmp, path)
+    return path

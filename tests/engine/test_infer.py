@@ -1,0 +1,205 @@
+"""Sliding-window inference (``predict_volume``) and ``fusionseg predict`` (geometry kept, bad cases reported)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from fusionseg.data import build_preprocessing, make_phantom_dataset, scan_dataset
+from fusionseg.engine import infer
+from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
+from fusionseg.engine.infer import find_inputs, predict_volume, round_up, window_size
+from fusionseg.errors import InputError
+from fusionseg.nets.registry import create_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine more threads than idle cores make OpenMP spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Pointwise(nn.Module):
+    """1×1 conv: the same logits whatever the window, so sliding-window output must equal a plain forward."""
+
+    def __init__(self, spatial_dims: int, size_multiple: int = 1, deep_supervision: bool = False):
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.conv = conv(2, 3, 1)
+        self.size_multiple = size_multiple
+        self.deep_supervision = deep_supervision
+
+    def forward(self, x):
+        m = self.size_multiple
+        if any(s % m for s in x.shape[2:]):
+            raise ValueError(f"sizes must be multiples of {m}, got {tuple(x.shape[2:])}")
+        y = self.conv(x)
+        return (y, y[..., ::2, ::2]) if self.deep_supervision else y
+
+
+def test_round_up_and_window_size():
+    assert [round_up(v, 16) for v in (1, 16, 17, 95)] == [16, 16, 32, 96]
+    assert window_size((50, 37), None, 8) == (56, 40)
+    assert window_size((200, 200), (96, 90), 32) == (96, 96)
+    with pytest.raises(InputError, match="patch size"):
+        window_size((10, 10, 10), (8, 8), 1)
+
+
+@pytest.mark.parametrize(
+    ("spatial", "patch", "multiple", "tta", "ds"),
+    [
+        ((40, 36), (16, 16), 1, False, False),
+        ((37, 29), None, 8, True, False),  # whole image, padded to multiples of 8
+        ((37, 29), (20, 20), 8, False, True),  # window rounded up to 24, deep-supervision tuple
+        ((12, 10, 9), (8, 8, 8), 4, True, False),
+    ],
+)
+def test_predict_volume_matches_plain_forward(spatial, patch, multiple, tta, ds):
+    model = Pointwise(len(spatial), multiple, ds).eval()
+    image = torch.randn(2, *spatial)
+    probs = predict_volume(model, image, {"patch_size": patch}, overlap=0.5, sw_batch_size=3, tta=tta)
+    with torch.no_grad():
+        ref = torch.softmax(model.conv(image[None]), 1)[0]
+    assert probs.shape == (3, *spatial) and probs.dtype == torch.float32
+    torch.testing.assert_close(probs, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs.sum(0), torch.ones(spatial), atol=1e-5, rtol=0)
+
+
+def test_predict_volume_with_real_unet_restores_train_mode():
+    model = create_model("unet", in_channels=1, out_channels=2, spatial_dims=2, features=(4, 8, 16))
+    model.train()
+    probs = predict_volume(model, torch.randn(1, 30, 21), None)
+    assert probs.shape == (2, 30, 21)
+    assert model.training
+    with pytest.raises(InputError, match="overlap"):
+        predict_volume(model, torch.randn(1, 8, 8), None, overlap=1.0)
+
+
+def test_find_inputs(tmp_path):
+    for name in ("b_0000.nii.gz", "b_0001.nii.gz", "a_0000.nii.gz", "a_0001.nii.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    assert find_inputs(tmp_path, in_channels=2) == [
+        ("a", [tmp_path / "a_0000.nii.gz", tmp_path / "a_0001.nii.gz"]),
+        ("b", [tmp_path / "b_0000.nii.gz", tmp_path / "b_0001.nii.gz"]),
+    ]
+    with pytest.raises(InputError, match="expects 3"):
+        find_inputs(tmp_path, in_channels=3)
+    single = tmp_path / "one"
+    single.mkdir()
+    (single / "x_0000.nrrd").write_bytes(b"x")
+    (single / "y.png").write_bytes(b"x")
+    (single / "notes.txt").write_bytes(b"x")
+    assert find_inputs(single) == [("x", [single / "x_0000.nrrd"]), ("y", [single / "y.png"])]
+    assert find_inputs(single / "y.png") == [("y", [single / "y.png"])]
+    with pytest.raises(InputError, match="does not exist"):
+        find_inputs(tmp_path / "missing")
+
+
+def _checkpoint(tmp_path: Path, spatial_dims: int) -> Path:
+    size = (32, 32) if spatial_dims == 2 else (16, 16, 16)
+    root = make_phantom_dataset(
+        tmp_path / f"ph{spatial_dims}", spatial_dims=spatial_dims, num_train=2, num_test=1, size=size
+    )
+    pre = build_preprocessing(scan_dataset(root), patch_size=size)
+    model = create_model("unet", in_channels=1, out_channels=3, spatial_dims=spatial_dims, features=(4, 8))
+    return save_checkpoint(tmp_path / f"ck{spatial_dims}.pt", build_checkpoint(model, preprocessing=pre, rng=False))
+
+
+def test_predict_cli_keeps_geometry_and_reports_bad_case(tmp_path):
+    """Subprocess: an oblique NIfTI and an NRRD come back on their own grids; a corrupt file fails alone."""
+    ckpt = _checkpoint(tmp_path, 3)
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    angle = 0.3
+    affine = np.array(
+        [
+            [0.0, -1.2 * np.cos(angle), 1.2 * np.sin(angle), 10.0],
+            [0.9, 0.0, 0.0, -4.0],
+            [0.0, 1.2 * np.sin(angle), 1.2 * np.cos(angle), 7.5],
+            [0, 0, 0, 1],
+        ]
+    )  # permuted, flipped, rotated axes with anisotropic spacing
+    nib.save(nib.Nifti1Image(rng.normal(size=(18, 14, 11)).astype(np.float32), affine), str(inputs / "vol_0000.nii.gz"))
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([0.8, 0.8, 2.0]),
+        "space origin": np.array([-5.0, 3.0, 12.0]),
+        "kinds": ["domain"] * 3,
+    }
+    nrrd.write(str(inputs / "scan.nrrd"), rng.normal(size=(13, 17, 9)).astype(np.float32), header)
+    (inputs / "broken.nii.gz").write_bytes(b"not a nifti file at all")
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusionseg",
+            "predict",
+            "--model",
+            str(ckpt),
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--tta",
+            "--probabilities",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "broken" in proc.stderr and "1 of 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    names = sorted(os.listdir(out))
+    assert names == ["scan.nrrd", "scan_probabilities.nrrd", "vol.nii.gz", "vol_probabilities.nii.gz"], names
+
+    pred = nib.load(str(out / "vol.nii.gz"))
+    assert pred.shape == (18, 14, 11)
+    np.testing.assert_allclose(pred.affine, affine, atol=1e-5)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+    probs = nib.load(str(out / "vol_probabilities.nii.gz"))
+    assert probs.shape[:3] == (18, 14, 11)
+
+    data, head = nrrd.read(str(out / "scan.nrrd"))
+    assert data.shape == (13, 17, 9)
+    np.testing.assert_allclose(head["space origin"], header["space origin"], atol=1e-6)
+    np.testing.assert_allclose(np.abs(head["space directions"]), header["space directions"], atol=1e-6)
+
+
+def test_predict_main_2d_png_with_probabilities(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path, 2)
+    images = tmp_path / "ph2" / "test" / "images"
+    out = tmp_path / "out"
+    assert infer.main(["--model", str(ckpt), "--input", str(images), "--output", str(out), "--probabilities"]) == 0
+    pred = np.asarray(Image.open(out / "phantom_000.png"))
+    assert pred.shape == (32, 32) and pred.max() <= 2
+    probs = np.load(out / "phantom_000_probabilities.npz")["probabilities"]
+    assert probs.shape == (3, 32, 32)
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=3e-3)
+    assert "wrote 1 prediction" in capsys.readouterr().out
+
+
+def test_predict_rejects_non_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "weights.pt", {"conv.weight": torch.zeros(1)})
+    with pytest.raises(InputError, match="fusionseg"):
+        infer.load_model(path)

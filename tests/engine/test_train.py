@@ -1,0 +1,325 @@
+"""Training loop: loss, schedule, split, exact resume, time budget, checkpoints, every registered model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fusionseg.data import make_phantom_dataset
+from fusionseg.engine import train as train_module
+from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
+from fusionseg.engine.train import (
+    DeepSupervisedDiceCE,
+    TrainConfig,
+    build_parser,
+    config_from_args,
+    deep_supervision_weights,
+    poly_lr_lambda,
+    split_cases,
+    train,
+)
+from fusionseg.errors import InputError
+from fusionseg.nets.registry import list_models
+
+TINY_UNET = {"features": [4, 8]}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine more threads than idle cores make OpenMP spin."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def phantoms2d(tmp_path_factory) -> Path:
+    return make_phantom_dataset(tmp_path_factory.mktemp("ph2d"), spatial_dims=2, num_train=5, num_test=1, size=(32, 32))
+
+
+@pytest.fixture(scope="module")
+def phantoms3d(tmp_path_factory) -> Path:
+    return make_phantom_dataset(
+        tmp_path_factory.mktemp("ph3d"), spatial_dims=3, num_train=2, num_test=0, size=(32,) * 3
+    )
+
+
+def _config(data: Path, output: Path, **kw) -> TrainConfig:
+    base = dict(
+        data=data,
+        output=output,
+        model="unet",
+        fusion="dff",
+        model_kwargs=TINY_UNET,
+        epochs=3,
+        iters_per_epoch=2,
+        batch_size=2,
+        patch_size=(32, 32),
+        progress=False,
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_deep_supervision_weights():
+    assert deep_supervision_weights(1) == [1.0]
+    w = deep_supervision_weights(4)
+    assert sum(w) == pytest.approx(1.0)
+    assert [w[i] / w[i + 1] for i in range(3)] == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_deep_supervised_loss_matches_reference():
+    from monai.losses import DiceCELoss
+
+    torch.manual_seed(0)
+    outputs = (torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4))
+    target = torch.randint(0, 3, (2, 1, 16, 16))
+    dice_ce = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)
+    ref = sum(
+        w * dice_ce(o, F.interpolate(target.float(), size=o.shape[2:], mode="nearest-exact"))
+        for w, o in zip(deep_supervision_weights(3), outputs)
+    )
+    loss_fn = DeepSupervisedDiceCE()
+    torch.testing.assert_close(loss_fn(outputs, target), ref)
+    torch.testing.assert_close(loss_fn(outputs[0], target), dice_ce(outputs[0], target.float()))
+
+
+def test_poly_lr_lambda():
+    f = poly_lr_lambda(100)
+    assert f(0) == 1.0 and f(100) == 0.0 and f(150) == 0.0
+    assert f(50) == pytest.approx(0.5**0.9)
+    used = {"t": 0.75}
+    g = poly_lr_lambda(100, time_fraction=lambda: used["t"])
+    assert g(10) == pytest.approx(0.25**0.9)  # the time budget is further along than the steps
+    used["t"] = 0.0
+    assert g(10) == pytest.approx(0.9**0.9)
+
+
+def test_split_cases_is_deterministic_and_disjoint():
+    cases = list(range(10))
+    train_a, val_a = split_cases(cases, 0.2, seed=3)
+    train_b, val_b = split_cases(cases, 0.2, seed=3)
+    assert (train_a, val_a) == (train_b, val_b)
+    assert len(val_a) == 2 and sorted(train_a + val_a) == cases
+    assert split_cases(cases, 0.2, seed=4)[1] != val_a or split_cases(cases, 0.2, seed=5)[1] != val_a
+    assert split_cases([1], 0.5, 0) == ([1], [])
+    with pytest.raises(InputError):
+        split_cases(cases, 1.0, 0)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(phantoms2d, tmp_path, monkeypatch):
+    kw = {"val_every": 3}
+    train(_config(phantoms2d, tmp_path / "full", **kw))
+    # Run 1 stops cleanly after epoch 1; run 2 is killed in the middle of epoch 3; run 3 finishes.
+    train(_config(phantoms2d, tmp_path / "parts", stop_after=1, **kw))
+    assert load_checkpoint(tmp_path / "parts" / "last.pt")["epoch"] == 1
+    real_step, calls = train_module._train_step, []
+
+    def dying_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # 2 steps per epoch: the 4th is the first of epoch 3
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(phantoms2d, tmp_path / "parts", resume=True, **kw))
+    monkeypatch.setattr(train_module, "_train_step", real_step)
+    assert load_checkpoint(tmp_path / "parts" / "last.pt")["epoch"] == 2
+    train(_config(phantoms2d, tmp_path / "parts", resume=True, **kw))
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "parts" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == 6
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(state_a[k]["momentum_buffer"], state_b[k]["momentum_buffer"]) for k in state_a)
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    rows = list(csv.DictReader((tmp_path / "parts" / "log.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # A different seed gives different weights (the comparison above can fail).
+    train(_config(phantoms2d, tmp_path / "other", seed=1, epochs=1, val_fraction=0.0))
+    c = load_checkpoint(tmp_path / "other" / "last.pt")
+    assert not all(torch.equal(c["state_dict"][k], a["state_dict"][k]) for k in a["state_dict"])
+
+
+def test_checkpoint_log_and_curve(phantoms2d, tmp_path):
+    best = train(_config(phantoms2d, tmp_path, deep_supervision=True, optimizer="adamw", lr=1e-3, val_every=2))
+    assert best == tmp_path / "best.pt"
+    ckpt = load_checkpoint(best)  # weights_only=True
+    for key in (
+        "format",
+        "version",
+        "model",
+        "preprocessing",
+        "state_dict",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "step",
+        "best_metric",
+        "rng",
+        "train_args",
+    ):
+        assert key in ckpt, key
+    assert ckpt["format"] == "fusionseg" and ckpt["model"]["name"] == "unet"
+    assert ckpt["model"]["kwargs"]["fusion"] == "dff" and ckpt["model"]["kwargs"]["deep_supervision"] is True
+    assert ckpt["preprocessing"]["patch_size"] == [32, 32] and ckpt["preprocessing"]["num_classes"] == 3
+    assert ckpt["train_args"]["optimizer"] == "adamw"
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor)
+    assert not any(k.startswith("module.") for k in ckpt["state_dict"])
+    model = rebuild_model(ckpt)
+    x = torch.randn(1, 1, 32, 32)
+    assert model(x)[0].shape == (1, 3, 32, 32)  # deep supervision → tuple, full resolution first
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    assert [r["val_dice"] != "" for r in rows] == [False, True, True]  # every 2 epochs + the last one
+    assert 0.0 <= float(rows[-1]["val_dice"]) <= 1.0
+    assert float(rows[-1]["lr"]) == 0.0  # poly schedule ends at 0
+    assert (tmp_path / "learning_curve.png").stat().st_size > 5000
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["steps"] == 6 and summary["out_of_time"] is False
+
+
+def test_init_loads_weights(phantoms2d, tmp_path):
+    first = train(_config(phantoms2d, tmp_path / "a", epochs=1, iters_per_epoch=1, val_fraction=0.0))
+    # lr 0 and no weight decay: the second run must end with exactly the initial weights.
+    train(
+        _config(
+            phantoms2d,
+            tmp_path / "b",
+            epochs=1,
+            iters_per_epoch=1,
+            val_fraction=0.0,
+            init=first,
+            lr=0.0,
+            weight_decay=0.0,
+            seed=5,
+        )
+    )
+    a, b = load_checkpoint(first)["state_dict"], load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_stops_training(phantoms2d, tmp_path):
+    train(_config(phantoms2d, tmp_path, epochs=100, iters_per_epoch=5, time_budget=1e-3, val_fraction=0.0))
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["out_of_time"] is True and summary["steps"] == 1 and summary["epochs"] == 1
+    assert (tmp_path / "best.pt").exists()  # no validation split → best = last
+
+
+FAST_MODELS = {"unet": {}, "ds_transunet_small": {}}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=() if n in FAST_MODELS else pytest.mark.slow)
+        for n in sorted(set(list_models()) | {"unet"})
+    ],
+)
+def test_every_registered_model_trains(name, phantoms2d, phantoms3d, tmp_path):
+    three_d = name.startswith("dnet")
+    data, patch = (phantoms3d, (32, 32, 32)) if three_d else (phantoms2d, (64, 64) if "transunet" in name else (32, 32))
+    config = _config(
+        data,
+        tmp_path,
+        model=name,
+        fusion=None,
+        model_kwargs=TINY_UNET if name == "unet" else {},
+        epochs=1,
+        iters_per_epoch=1,
+        batch_size=1,
+        patch_size=patch,
+        val_fraction=0.0,
+    )
+    train(config)
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["model"]["name"] == name and ckpt["step"] == 1
+    assert math.isfinite(ckpt["history"][0]["train_loss"])
+
+
+@pytest.mark.parametrize(("fusion", "dims"), [("concat", 2), ("add", 2), ("tif", 2), ("dff", 3)])
+def test_unet_with_each_fusion(fusion, dims, phantoms2d, phantoms3d, tmp_path):
+    data, patch = (phantoms2d, (32, 32)) if dims == 2 else (phantoms3d, (16, 16, 16))
+    train(_config(data, tmp_path, fusion=fusion, epochs=1, iters_per_epoch=1, patch_size=patch, val_fraction=0.0))
+    assert load_checkpoint(tmp_path / "last.pt")["model"]["kwargs"]["fusion"] == fusion
+
+
+def test_amp_and_channels_last_on_cpu(phantoms2d, tmp_path):
+    train(
+        _config(phantoms2d, tmp_path, amp=True, channels_last=True, deep_supervision=True, epochs=1, iters_per_epoch=2)
+    )
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["train_args"]["amp"] is True and math.isfinite(ckpt["history"][0]["train_loss"])
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_patch_size_is_rounded_to_size_multiple(phantoms2d, tmp_path, capsys):
+    train(
+        _config(
+            phantoms2d,
+            tmp_path,
+            model_kwargs={"features": [4, 8, 16]},
+            patch_size=(30, 26),
+            epochs=1,
+            iters_per_epoch=1,
+            val_fraction=0.0,
+        )
+    )
+    assert load_checkpoint(tmp_path / "last.pt")["preprocessing"]["patch_size"] == [32, 28]
+    assert "rounded up" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"model": "nope"}, "unknown model"),
+        ({"model": "ds_transunet_small", "fusion": "dff", "model_kwargs": {}}, "fusion"),
+        ({"epochs": 0}, "--epochs"),
+        ({"time_budget": -1.0}, "--time-budget"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"resume": True}, "does not exist"),
+    ],
+)
+def test_bad_config_raises_input_error(changes, match, phantoms2d, tmp_path):
+    with pytest.raises(InputError, match=match):
+        train(_config(phantoms2d, tmp_path / "run", **changes))
+
+
+def test_bad_data_folder(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        train(_config(tmp_path / "missing", tmp_path / "run"))
+
+
+def test_parser_builds_config():
+    args = build_parser().parse_args(
+        [
+            "--data",
+            "d",
+            "--model",
+            "unet",
+            "--fusion",
+            "tif",
+            "--patch-size",
+            "64,64",
+            "--model-kwargs",
+            '{"features": [8, 16]}',
+            "--time-budget",
+            "30",
+            "--no-deep-supervision",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.patch_size == (64, 64) and config.model_kwargs == {"features": [8, 16]}
+    assert config.time_budget == 30.0 and config.deep_supervision is False and config.fusion == "tif"
+    with pytest.raises(InputError, match="JSON"):
+        config_from_args(build_parser().parse_args(["--data", "d", "--model-kwargs", "{oops"]))

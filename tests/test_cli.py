@@ -1,0 +1,148 @@
+"""The ``fusionseg`` CLI end to end through subprocesses (``python -m fusionseg ...``) on tiny phantoms."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fusionseg.cli import main as cli_main
+from fusionseg.data import make_phantom_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model-kwargs", '{"features": [4, 8]}', "--patch-size", "32,32", "--threads", "1", "--no-progress"]
+
+
+def fusionseg(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fusionseg", *map(str, args)], capture_output=True, text=True, cwd=REPO, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    return make_phantom_dataset(
+        tmp_path_factory.mktemp("cli") / "ph", spatial_dims=2, num_train=4, num_test=2, size=(32, 32)
+    )
+
+
+def test_train_predict_evaluate(phantoms, tmp_path):
+    run, pred, ev = tmp_path / "run", tmp_path / "pred", tmp_path / "eval"
+    proc = fusionseg(
+        "train",
+        "--data",
+        phantoms,
+        "--output",
+        run,
+        "--fusion",
+        "dff",
+        "--epochs",
+        "2",
+        "--iters-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "best checkpoint" in proc.stdout
+    assert {"best.pt", "last.pt", "log.csv", "learning_curve.png", "train_summary.json"} <= {
+        p.name for p in run.iterdir()
+    }
+    assert len((run / "log.csv").read_text().splitlines()) == 3
+
+    proc = fusionseg(
+        "predict",
+        "--model",
+        run / "best.pt",
+        "--input",
+        phantoms / "test" / "images",
+        "--output",
+        pred,
+        "--threads",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in pred.iterdir()) == ["phantom_000.png", "phantom_001.png"]
+
+    proc = fusionseg(
+        "evaluate",
+        "--pred",
+        pred,
+        "--gt",
+        phantoms / "test" / "masks",
+        "--images",
+        phantoms / "test" / "images",
+        "--output",
+        ev,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| class | Dice |" in proc.stdout
+    summary = json.loads((ev / "summary.json").read_text())
+    assert summary["num_cases"] == 2 and summary["labels"] == [1, 2]
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0
+    assert len(list((ev / "overlays").glob("*.png"))) == 2
+    rows = list(csv.DictReader((ev / "metrics.csv").read_text().splitlines()))
+    assert len(rows) == 4 and {r["case"] for r in rows} == {"phantom_000", "phantom_001"}
+
+
+def test_ablate(phantoms, tmp_path):
+    proc = fusionseg(
+        "ablate",
+        "--data",
+        phantoms,
+        "--output",
+        tmp_path,
+        "--fusions",
+        "concat,dff",
+        "--seeds",
+        "2",
+        "--budget",
+        "0.5",
+        "--batch-size",
+        "2",
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "ablation.csv").read_text().splitlines()))
+    assert [r["fusion"] for r in rows] == ["concat", "dff"] and all(r["seeds"] == "2" for r in rows)
+    assert float(rows[0]["diff_vs_ref"]) == 0.0
+    cases = list(csv.DictReader((tmp_path / "ablation_cases.csv").read_text().splitlines()))
+    assert len(cases) == 2 * 2 * 2  # fusions × seeds × test cases
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| dff |" in table and "p (Wilcoxon)" in table
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "concat_seed0",
+        "concat_seed1",
+        "dff_seed0",
+        "dff_seed1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--data", "/nonexistent/folder"], "not a folder"),
+        (["predict", "--model", "/nonexistent.pt", "--input", ".", "--output", "/tmp/x"], "does not exist"),
+        (["evaluate", "--pred", "/nonexistent", "--gt", "/nonexistent"], "not a folder"),
+        (["ablate", "--data", ".", "--budget", "1", "--fusions", "concat,magic"], "unknown"),
+        (["demo", "--threads", "zero"], "--threads"),
+    ],
+)
+def test_user_errors_are_one_line(argv, message, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fusionseg {argv[0]}: error:") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo", "ablate"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: fusionseg {command}" in capsys.readouterr().out
