@@ -146,3 +146,36 @@ def test_help(command, capsys):
         cli_main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: fusionseg {command}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_two_processes(phantoms, tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            "-m",
+            "fusionseg",
+            "train",
+            "--data",
+            str(phantoms),
+            "--output",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--iters-per-epoch",
+            "2",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("best checkpoint") == 1 and "2 processes" in proc.stdout  # only rank 0 talks
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -6,7 +6,6 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

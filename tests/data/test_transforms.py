@@ -198,3 +198,73 @@ def test_inference_2d_resampling_roundtrip(phantom2d_root, tmp_path):
     small = eval_transforms(pre)(case_dict(info.test_cases[0]))["label"][0]
     back, _ = read_label(save_prediction(small, meta, tmp_path / "p.png"))
     assert back.shape == truth.shape and (back == truth).mean() > 0.85
+
+
+def test_multichannel_files_get_per_channel_normalisation(tmp_path, nifti_writer):
+    root = tmp_path / "mc"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image, label = phantom(3, (16, 16, 8), 2, rng)
+        nifti_writer(root / "imagesTr" / f"c{i}_0000.nii.gz", (image * 1000).astype(np.int16))  # CT-like
+        nifti_writer(root / "imagesTr" / f"c{i}_0001.nii.gz", image * 5 + 100)  # PET-like
+        nifti_writer(root / "labelsTr" / f"c{i}.nii.gz", label)
+    meta = {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "lesion": 1}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    info = scan_dataset(root)
+    pre = build_preprocessing(info, patch_size=(16, 16, 8))
+    assert [s["scheme"] for s in pre["channel_normalisation"]] == ["ct", "zscore"]
+    sample = eval_transforms(pre)(case_dict(info.cases[0]))
+    assert sample["image"].shape == (2, 16, 16, 8)
+    pet = sample["image"][1]
+    assert abs(float(pet.mean())) < 1e-4 and abs(float(pet.std(unbiased=False)) - 1) < 1e-3
+    patches = train_transforms(pre)(case_dict(info.cases[1]))
+    assert len(patches) == 2 and patches[0]["image"].shape == (2, 16, 16, 8)
+
+
+def test_rgb_2d_pipeline(tmp_path):
+    root = tmp_path / "rgb"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        grey, label = phantom(2, (40, 36), 2, rng)
+        rgb = np.stack([grey, grey * 0.5, 1 - grey], -1)
+        Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(root / "images" / f"im{i}.jpg")
+        Image.fromarray(label * np.uint8(255)).save(root / "masks" / f"im{i}.png")
+    info = scan_dataset(root)
+    pre = build_preprocessing(info, size_multiple=16)
+    assert pre["in_channels"] == 3 and pre["patch_size"] == [32, 32] and pre["num_classes"] == 2
+    (patch,) = train_transforms(pre)(case_dict(info.cases[0]))
+    assert patch["image"].shape == (3, 32, 32) and set(patch["label"].unique().tolist()) <= {0, 1}
+    whole = eval_transforms(pre)(case_dict(info.cases[1]))
+    assert whole["image"].shape == (3, 40, 36)
+    means = whole["image"].mean(dim=(1, 2))
+    assert torch.allclose(means, torch.zeros(3), atol=1e-4)  # per-channel z-score
+
+
+def test_nrrd_nnunet_dataset(tmp_path):
+    root = tmp_path / "nrrd"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    header = {"space": "left-posterior-superior", "space directions": np.diag([0.7, 0.7, 1.4])}
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image, label = phantom(3, (20, 20, 10), 3, rng)
+        nrrd.write(str(root / "imagesTr" / f"n{i}_0000.nrrd"), image, header)
+        nrrd.write(str(root / "labelsTr" / f"n{i}.nrrd"), label, header)
+    meta = {"channel_names": {"0": "T2"}, "labels": {"background": 0, "a": 1, "b": 2}, "file_ending": ".nrrd"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    info = scan_dataset(root)
+    assert info.file_ending == ".nrrd" and info.modality == "MRI"
+    pre = build_preprocessing(info, target_spacing=(1.4, 1.4, 1.4), patch_size=(16, 16, 16))
+    sample = eval_transforms(pre)(case_dict(info.cases[0]))
+    assert sample["image"].shape == (1, 10, 10, 10) and sample["label"].shape == (1, 10, 10, 10)  # 0.7 → 1.4 mm
+    x, meta_in = load_for_inference(info.cases[0].images, pre)
+    assert x.shape == sample["image"].shape
+    out = save_prediction(sample["label"][0], meta_in, tmp_path / "pred.nrrd")
+    back, h = nrrd.read(str(out))
+    truth, _ = nrrd.read(str(info.cases[0].label))
+    assert back.shape == truth.shape and (back == truth).mean() > 0.85
+    np.testing.assert_allclose(h["space directions"], header["space directions"])

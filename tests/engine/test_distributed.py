@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import socket
 import subprocess
@@ -75,8 +76,20 @@ def _clean_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def _run(cmd: list[str], timeout: float = 120) -> None:
+def _run(cmd: list[str], timeout: float = 180) -> None:
     proc = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def _torchrun(args: list[str], timeout: float = 180) -> None:
+    """``torchrun --nproc-per-node=2`` on 127.0.0.1; a new port once if another process took the free one."""
+    for attempt in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", *args]  # fmt: skip
+        proc = subprocess.run(cmd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
+        output = proc.stdout + proc.stderr
+        if proc.returncode == 0 or attempt or not re.search(r"(?i)address already in use|EADDRINUSE", output):
+            break
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
@@ -147,10 +160,7 @@ def test_two_gloo_processes_match_single_process_training(tmp_path, monkeypatch)
     (tmp_path / "single").mkdir()
     (tmp_path / "ddp").mkdir()
     _run_in_process(script, tmp_path / "single", monkeypatch)
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-         "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(script), str(tmp_path / "ddp")]
-    )  # fmt: skip
+    _torchrun([str(script), str(tmp_path / "ddp")])
     single = json.loads((tmp_path / "single" / "rank0.json").read_text())
     ranks = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert not single["enabled"] and single["wrapped"] == "Sequential"
@@ -186,12 +196,7 @@ def test_torchrun_train_end_to_end_matches_single_process(tmp_path):
     common = ["--data", str(data), "--model", "unet", "--epochs", "2", "--iters-per-epoch", "2", "--no-augment"]
     common += ["--patch-size", "32,32", "--val-fraction", "0", "--device", "cpu", "--seed", "0", "--lr", "1e-3"]
     common += ["--model-kwargs", '{"features": [4, 8]}']
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-         f"--master-port={_free_port()}", "-m", "fusionseg", "train", *common, "--batch-size", "1",
-         "--output", str(tmp_path / "ddp")],
-        timeout=300,
-    )  # fmt: skip
+    _torchrun(["-m", "fusionseg", "train", *common, "--batch-size", "1", "--output", str(tmp_path / "ddp")], 300)
     _run([sys.executable, "-m", "fusionseg", "train", *common, "--batch-size", "2", "--output", str(tmp_path / "one")])
     ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)

@@ -191,3 +191,12 @@ def test_export_cli_bad_inputs_are_one_line_errors(tmp_path, toy_checkpoint):
     with pytest.raises(InputError, match="does not exist"):
         main(["--checkpoint", str(tmp_path / "nope.pt"), *base[2:]], "p")
     assert main([*base, "--input-size", "16"], "p") == 0  # one value = all spatial dims
+
+
+def test_onnx_dynamic_batch_runs_other_batch_sizes(tmp_path, toy_checkpoint):
+    ckpt, model = toy_checkpoint
+    out = tmp_path / "dyn.onnx"
+    assert main(["--checkpoint", str(ckpt), "--format", "onnx", "--output", str(out), "--dynamic-batch"], "p") == 0
+    x = torch.randn(3, 2, 8, 12)
+    with torch.no_grad():
+        _check_file(out, (x,), model.eval()(x)[0], "onnx")

@@ -254,10 +254,10 @@ def test_unet_with_each_fusion(fusion, dims, phantoms2d, phantoms3d, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["model"]["kwargs"]["fusion"] == fusion
 
 
-def test_amp_and_channels_last_on_cpu(phantoms2d, tmp_path):
-    train(
-        _config(phantoms2d, tmp_path, amp=True, channels_last=True, deep_supervision=True, epochs=1, iters_per_epoch=2)
-    )
+@pytest.mark.parametrize("fusion", ["concat", "tif"])
+def test_amp_and_channels_last_on_cpu(fusion, phantoms2d, tmp_path):
+    config = _config(phantoms2d, tmp_path, fusion=fusion, amp=True, channels_last=True, deep_supervision=True, epochs=1)
+    train(config)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["train_args"]["amp"] is True and math.isfinite(ckpt["history"][0]["train_loss"])
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())

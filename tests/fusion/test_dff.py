@@ -42,6 +42,10 @@ def test_forward_matches_reference(dim, spatial_dims, shape, channels_last):
     assert out.shape == shape
     assert is_channels_last(out) == channels_last
     torch.testing.assert_close(out, dff_reference(dff, x, skip), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # inference path (no custom autograd Function)
+        no_grad_out = dff(x, skip)
+    assert is_channels_last(no_grad_out) == channels_last
+    torch.testing.assert_close(no_grad_out, out, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["ncs", "channels_last"])
@@ -127,8 +131,26 @@ def test_bad_inputs_name_both_shapes(spatial_dims, x_shape, skip_shape):
     assert str(tuple(x_shape)) in str(info.value) and str(tuple(skip_shape)) in str(info.value)
 
 
-def test_mixed_layouts_match_reference():
+@pytest.mark.parametrize("grad_channels_last", [False, True])
+def test_mixed_layouts_match_reference(grad_channels_last):
     dff = DFF(8, spatial_dims=3)
     _random_weights(dff)
-    x, skip = torch.randn(2, 8, 4, 5, 6), to_channels_last(torch.randn(2, 8, 4, 5, 6))
-    torch.testing.assert_close(dff(x, skip), dff_reference(dff, x, skip), atol=1e-5, rtol=1e-5)
+    x = torch.randn(2, 8, 4, 5, 6).requires_grad_()
+    skip = to_channels_last(torch.randn(2, 8, 4, 5, 6)).requires_grad_()
+    grad_out = torch.randn(2, 8, 4, 5, 6)
+    if grad_channels_last:
+        grad_out = to_channels_last(grad_out)
+    out = dff(x, skip)
+    torch.testing.assert_close(out, dff_reference(dff, x, skip), atol=1e-5, rtol=1e-5)
+    fast = torch.autograd.grad(out, [x, skip], grad_out)
+    plain = torch.autograd.grad(dff_reference(dff, x, skip), [x, skip], grad_out)
+    for g_fast, g_plain in zip(fast, plain):
+        torch.testing.assert_close(g_fast, g_plain, atol=1e-4, rtol=1e-4)
+
+
+def test_gradcheck_double_precision():
+    dff = DFF(3, spatial_dims=2).double()
+    x = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    skip = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dff, (x, skip))
+    assert torch.autograd.gradcheck(dff, (to_channels_last(x.detach()).requires_grad_(), skip))

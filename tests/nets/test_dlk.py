@@ -7,9 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from fusionseg.layers import to_channels_last
-from fusionseg.nets.dlk import DLKBlock, DLKLayer, DLKMlp, DLKModule, pointwise, set_fast_path
+from fusionseg.nets.dlk import DLKBlock, DLKLayer, DLKMlp, DLKModule, depthwise, pointwise, set_fast_path, upsample2x
 
 CASES = [(2, 2, (12, 10)), (2, 1, (12, 10)), (3, 2, (6, 7, 5)), (3, 1, (6, 7, 5))]  # spatial_dims, version, size
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convs: one thread avoids OpenMP stalls when the test machine is oversubscribed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _randomize(module: torch.nn.Module) -> torch.nn.Module:
@@ -62,7 +71,9 @@ def test_dlk_layer_v2_weights_both_scale_all_of_u():
     a1 = _conv(p, layer.att_conv1, padding=2, groups=2)
     a2 = _conv(a1, layer.att_conv2, padding=9, dilation=3, groups=2)
     u = torch.cat([a1, a2], 1)
-    w = torch.sigmoid(_conv(torch.cat([u.mean(1, keepdim=True), u.amax(1, keepdim=True)], 1), layer.spatial_se[0], padding=3))
+    w = torch.sigmoid(
+        _conv(torch.cat([u.mean(1, keepdim=True), u.amax(1, keepdim=True)], 1), layer.spatial_se[0], padding=3)
+    )
     split = torch.cat([a1 * w[:, :1], a2 * w[:, 1:]], 1)
     wrong = split * torch.sigmoid(_conv(split.mean((2, 3), keepdim=True), layer.conv_atten[0])) + x
     assert (layer(x) - wrong).abs().max() > 1e-3
@@ -112,6 +123,35 @@ def test_pointwise_is_a_1x1_conv_and_channels_last():
     y = pointwise(to_channels_last(x), conv)
     torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-6)
     assert y.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("kernel,dilation,groups", [(3, 1, 5), (7, 3, 5), (7, 1, 1)])
+def test_same_conv_fast_backward_equals_builtin(kernel, dilation, groups):
+    pad = dilation * (kernel - 1) // 2
+    conv = torch.nn.Conv3d(5, 5, kernel, padding=pad, dilation=dilation, groups=groups)
+    x = torch.randn(2, 5, 7, 6, 5, requires_grad=True)
+    grad = torch.randn(2, 5, 7, 6, 5)
+    y = depthwise(to_channels_last(x), conv)
+    torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-6)
+    fast = torch.autograd.grad(y, [x, conv.weight, conv.bias], grad)
+    ref = torch.autograd.grad(conv(x), [x, conv.weight, conv.bias], grad)
+    for a, b in zip(fast, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(3, 5), (3, 2, 4)])
+def test_upsample2x_equals_transposed_conv(size):
+    conv_t = (torch.nn.ConvTranspose2d if len(size) == 2 else torch.nn.ConvTranspose3d)(6, 4, 2, stride=2)
+    x = torch.randn(2, 6, *size, requires_grad=True)
+    y = upsample2x(to_channels_last(x), conv_t)
+    ref = conv_t(x)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    assert y.shape == (2, 4, *(2 * s for s in size)) and y.movedim(1, -1).is_contiguous()
+    grad = torch.randn_like(ref)
+    g_fast = torch.autograd.grad(y, [x, conv_t.weight], grad)
+    g_ref = torch.autograd.grad(ref, [x, conv_t.weight], grad)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_official_parameter_names_v2_and_v1():

@@ -175,7 +175,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
     from fusionseg.engine.train import build_parser, config_from_args
 
-    parser = build_parser(prog)
+    parser = build_parser(prog, ablation=True)
     parser.description = "Equal-budget comparison of skip fusions (trains one model per fusion and seed)."
     parser.add_argument("--fusions", default="concat,add,dff,tif", help="comma-separated fusions (default all four)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per fusion (default 3: seeds 0, 1, 2)")

@@ -19,15 +19,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import pickle
 import random
-import re
 import tempfile
-import warnings
-import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +34,7 @@ from torch import nn
 
 from fusionseg.engine.io_safety import ensure_file, ensure_writable_dir, fsync_dir, publish_mode
 from fusionseg.errors import InputError
+from fusionseg.nets.weights import one_line, read_weights_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -56,8 +52,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "fusionseg"
 CHECKPOINT_VERSION = 1
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
 _PLAIN_SCALARS = (str, int, float, bool, complex, bytes, type(None), torch.dtype, torch.device, torch.Size)
 
 
@@ -142,42 +136,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _one_line(text: str, limit: int = 200) -> str:
-    """First sentence of ``text`` on one line, without ANSI codes, at most ``limit`` characters."""
-    text = " ".join(_ANSI.sub("", text).split())
-    text = re.split(r"(?<=[a-z0-9)])\. (?=[A-Z])", text, maxsplit=1)[0]
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _sniff(path: Path) -> str | None:
-    """A reason why ``path`` is not a PyTorch file, judged from its first bytes; None if it may be one."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip (torch >= 1.6) or legacy pickle
-        return None
-    if head.startswith(b"version https://git-lfs"):
-        return "it is a Git LFS pointer, not the weights; run `git lfs pull` or download the real file"
-    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
-        return "it is an HTML/XML page (a failed download?); download the file again"
-    if head.startswith(b"\x89HDF"):
-        return "it is an HDF5 file (Keras?), not a PyTorch file"
-    if head.startswith(b"\x08") or head.startswith(b"ONNX"):
-        return "it looks like an ONNX/protobuf file, not a PyTorch checkpoint"
-    return f"it does not start like a PyTorch file (first bytes {head[:8]!r})"
-
-
-def _numpy_safe_globals() -> list:
-    """numpy's data-only classes, under numpy 2 and numpy 1 names (official nnU-Net files store numpy scalars)."""
-    core = getattr(np, "_core", None) or np.core
-    objs = [np.ndarray, np.dtype, core.multiarray.scalar, core.multiarray._reconstruct]
-    objs += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
-    aliases = [
-        (core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-        (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-    ]
-    return objs + aliases
-
-
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", *, allow_numpy: bool = False
 ) -> dict[str, Any]:
@@ -193,35 +151,7 @@ def load_checkpoint(
         InputError: missing/empty/unreadable file, not a PyTorch file (LFS pointer, HTML page, garbage),
             a torn or corrupt file, or a file containing pickled Python objects (possible code).
     """
-    path = ensure_file(path, "checkpoint")
-    not_torch = _sniff(path)
-    if not_torch:
-        raise InputError(f"checkpoint {path} is not a PyTorch file: {not_torch}")
-    allowed = torch.serialization.safe_globals(_numpy_safe_globals()) if allow_numpy else contextlib.nullcontext()
-    try:
-        with allowed, warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": we report it below
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = _GLOBAL.search(_ANSI.sub("", str(err)))
-        if found:
-            raise InputError(
-                f"refusing to load {path}: it contains pickled Python objects ({found.group(1)}), which can run code; "
-                "if you trust its source, re-save only its tensors (torch.save(model.state_dict(), ...)) and load that"
-            ) from None
-        raise InputError(
-            f"checkpoint {path} is corrupt or not a PyTorch file "
-            f"({_one_line(str(err).split('error:')[-1].split('Check the documentation')[0], 120)}); "
-            "use a file written by torch.save"
-        ) from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
-        raise InputError(
-            f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {_one_line(str(err), 160)}); "
-            "use an intact copy (an interrupted copy or download leaves a torn file)"
-        ) from None
-    if not isinstance(obj, dict):
-        raise InputError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict (state_dict or checkpoint)")
-    return obj
+    return read_weights_file(path, map_location, allow_numpy=allow_numpy, what="checkpoint")
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -300,7 +230,7 @@ def rebuild_model(ckpt: dict[str, Any] | str | os.PathLike, strict: bool = True)
     except (TypeError, ValueError) as err:
         raise InputError(
             f"{source} describes model {name!r} with {kwargs} that this fusionseg cannot build "
-            f"({_one_line(str(err), 160)}); use the fusionseg version that wrote it"
+            f"({one_line(str(err), 160)}); use the fusionseg version that wrote it"
         ) from None
     load_pretrained(model, ckpt["state_dict"], strict=strict)
     return model.eval()
@@ -401,7 +331,7 @@ def main(argv: list[str], prog: str = "fusionseg import-weights") -> int:
     try:
         model = create_model(args.model, **kwargs)
     except (TypeError, ValueError) as err:
-        raise InputError(f"cannot build {args.model} with {kwargs}: {_one_line(str(err), 160)}") from None
+        raise InputError(f"cannot build {args.model} with {kwargs}: {one_line(str(err), 160)}") from None
     report = load_pretrained(model, args.weights, strict=not args.non_strict)
     ckpt = build_checkpoint(model, preprocessing=preprocessing, rng=False, train_args={"imported_from": args.weights})
     save_checkpoint(args.output, ckpt)

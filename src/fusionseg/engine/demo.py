@@ -1,6 +1,6 @@
 """``fusionseg demo``: phantoms → train a small DFF U-Net → predict held-out cases → evaluate → report.
 
-Runs in about two minutes on a 2-core CPU with no downloads. Everything lands in one folder
+Takes about 1.5 minutes on a 2-core CPU (at most 60 s of it training), with no downloads. Everything lands in one folder
 (default ``./fusionseg_demo``)::
 
     data/          synthetic phantoms (images/ + masks/, test/images + test/masks)

@@ -89,9 +89,12 @@ def case_metrics(
         )
     if len(spacing) != gt.ndim:
         raise InputError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {gt.ndim}-D label map")
+    # One pass per map for every label's bounding box; each label is then scored inside the union of its boxes.
+    pred_boxes, gt_boxes = _boxes(pred, labels), _boxes(gt, labels)
     out = {}
     for label in labels:
-        p, g = pred == label, gt == label
+        box = _union_box(pred_boxes[label], gt_boxes[label], gt.ndim)
+        p, g = pred[box] == label, gt[box] == label
         dice, iou = dice_iou(p, g)
         has_p, has_g = bool(p.any()), bool(g.any())
         if has_p and has_g:
@@ -104,6 +107,22 @@ def case_metrics(
             hd95 = msd = math.nan
         out[int(label)] = {"dice": float(dice), "iou": float(iou), "hd95": hd95, "msd": msd}
     return out
+
+
+def _boxes(label_map: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Bounding box (slices) of every label in ``labels`` (None when absent; the whole map for labels ≤ 0)."""
+    top = max((int(v) for v in labels), default=0)
+    found = ndimage.find_objects(np.clip(label_map, 0, top + 1).astype(np.int32), max_label=top) if top > 0 else []
+    whole = tuple(slice(0, n) for n in label_map.shape)
+    return {int(v): whole if int(v) <= 0 else found[int(v) - 1] for v in labels}
+
+
+def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None, ndim: int) -> tuple[slice, ...]:
+    if a is None and b is None:
+        return tuple(slice(0, 0) for _ in range(ndim))
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 def summarise(rows: list[dict], labels: Sequence[int]) -> dict:

@@ -90,7 +90,12 @@ def _export_onnx(
         if kind == "dynamo":
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            dyn = [{0: torch.export.Dim("batch")} for _ in inputs] if dynamic_batch else None
+            dyn = None
+            if dynamic_batch:
+                batch = torch.export.Dim("batch")
+                dyn = (tuple({0: batch} for _ in inputs),)  # forward(*inputs): one entry holding all inputs
+                # torch.export specialises a size-1 dimension to the constant 1: trace with batch 2.
+                inputs = tuple(torch.cat([t, t]) if t.shape[0] == 1 else t for t in inputs)
             # Trace attention with the math kernel: the ONNX graph is the math form anyway, and fused CPU
             # kernels return other strides than their decomposition (a later view then fails to export).
             with sdpa_kernel([SDPBackend.MATH]):

@@ -27,7 +27,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +308,13 @@ def _to_tensor(x) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
+def _cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast(device: torch.device, amp: bool):
     if not amp:
         return nullcontext()
@@ -422,6 +429,9 @@ def train(config: TrainConfig) -> Path:
         state = {"epoch": 0, "step": 0, "best_metric": -math.inf, "train_time": 0.0, "history": []}
         budget_used = (lambda: state["train_time"] / config.time_budget) if config.time_budget else None
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(total_steps, time_fraction=budget_used))
+        if config.amp and device.type == "cpu" and not _cpu_bf16_supported():
+            log("note: --amp ignored: this CPU has no native bfloat16 support; training in float32")
+            config = replace(config, amp=False)
         use_scaler = config.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
@@ -666,13 +676,15 @@ def _float_tuple(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1.0,1.0,1.5, got {text!r}") from None
 
 
-def build_parser(prog: str = "fusionseg train") -> argparse.ArgumentParser:
+def build_parser(prog: str = "fusionseg train", ablation: bool = False) -> argparse.ArgumentParser:
+    """Options of ``fusionseg train``; ``ablation=True`` leaves out those ``fusionseg ablate`` sets per run."""
     d = TrainConfig(data=Path("."))
     p = argparse.ArgumentParser(prog=prog, description="Train a segmentation model on a dataset folder.")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
     p.add_argument("--output", type=Path, default=d.output, help=f"run folder (default {d.output})")
     p.add_argument("--model", default=d.model, help="registered model name (default unet)")
-    p.add_argument("--fusion", default=None, help="skip fusion of unet: concat | add | dff | tif")
+    only_train = (lambda *a, **k: None) if ablation else p.add_argument
+    only_train("--fusion", default=None, help="skip fusion of unet: concat | add | dff | tif")
     p.add_argument(
         "--model-kwargs", default="{}", help="extra model arguments as JSON, e.g. '{\"features\": [16, 32, 64]}'"
     )
@@ -681,8 +693,8 @@ def build_parser(prog: str = "fusionseg train") -> argparse.ArgumentParser:
     ds.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
     p.add_argument("--iters-per-epoch", type=int, default=d.iters_per_epoch, help=f"default {d.iters_per_epoch}")
-    p.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
-    p.add_argument(
+    only_train("--time-budget", type=float, default=None, help="stop training after this many seconds")
+    only_train(
         "--stop-after", type=int, default=None, help="run this many epochs now, then exit (continue with --resume)"
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"cases per iteration (default {d.batch_size})")
@@ -704,8 +716,8 @@ def build_parser(prog: str = "fusionseg train") -> argparse.ArgumentParser:
         "--val-fraction", type=float, default=d.val_fraction, help=f"cases held out (default {d.val_fraction})"
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from last.pt")
-    p.add_argument("--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
+    only_train("--resume", action="store_true", help="continue the run in --output from last.pt")
+    only_train("--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
     p.add_argument("--num-workers", type=int, default=d.num_workers, help="data-loading processes (default 0)")
     p.add_argument(
         "--cache-rate", type=float, default=d.cache_rate, help="fraction of cases kept in memory (default 1)"

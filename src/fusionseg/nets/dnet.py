@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fusionseg.errors import InputError
@@ -35,7 +36,7 @@ from fusionseg.layers import (
     conv_type,
     to_channels_last,
 )
-from fusionseg.nets.dlk import DLKBlock, DLKMlp, pointwise, set_fast_path, upsample2x
+from fusionseg.nets.dlk import DLKBlock, DLKMlp, depthwise, pointwise, set_fast_path, upsample2x
 from fusionseg.nets.registry import register_model
 
 __all__ = ["DNet", "DNetV1", "bf16_autocast", "check_input_size"]
@@ -53,7 +54,7 @@ def check_input_size(x: torch.Tensor, in_channels: int, spatial_dims: int, multi
         )
     sizes = tuple(x.shape[2:])
     if any(s % multiple for s in sizes):
-        nearest = tuple(max(multiple, int(round(s / multiple)) * multiple) for s in sizes)
+        nearest = tuple(max(multiple, int(s / multiple + 0.5) * multiple) for s in sizes)
         raise InputError(
             f"{name} needs every spatial size to be a multiple of {multiple}; got {sizes}, "
             f"nearest valid size {nearest} (crop/pad the input or use sliding-window inference with that roi size)"
@@ -92,6 +93,39 @@ def _up(conv_t: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
     return upsample2x(x, conv_t) if fast else conv_t(x)
 
 
+def _fuse(dff: nn.Module, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """``dff(x, skip)``; under autocast it runs in fp32 on fp32 inputs (DFF mixes in-place fp32 and bf16 ops)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return dff(x, skip)
+    with torch.autocast(device, enabled=False):
+        return dff(x.float(), skip.float())
+
+
+def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Eval-mode BatchNorm as ``x·scale + shift`` per channel, or None when it uses batch statistics."""
+    if bn.training or bn.running_mean is None:
+        return None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))``, channels-last; in eval mode the BN is folded into the conv weights (one pass fewer)."""
+    affine = _bn_affine(bn)
+    if affine is None:
+        return bn(to_channels_last(conv(x)))
+    scale, shift = affine
+    weight = conv.weight * scale.view(-1, *(1,) * (conv.weight.ndim - 1))
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return to_channels_last(conv._conv_forward(x, weight, bias))
+
+
 def _conv_norm_act(conv: type[nn.Module], bn: type[nn.Module], c_in: int, c_out: int) -> nn.Sequential:
     """Conv 3 (pad 1, bias) → BatchNorm → LeakyReLU(0.2); indices 0 and 1 are official names."""
     return nn.Sequential(conv(c_in, c_out, kernel_size=3, padding=1), bn(c_out), nn.LeakyReLU(0.2, inplace=True))
@@ -111,7 +145,7 @@ class ConvBlock(nn.Module):
         if not self.fast:
             return self.conv2(self.conv1(x))
         for conv, norm, act in (self.conv1, self.conv2):
-            x = act(norm(_dense(conv, x, True)))
+            x = act(_conv_bn(conv, norm, x))
         return x
 
 
@@ -127,9 +161,18 @@ class Saliency(nn.Module):
         self.fast = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.norm_layer(_dense(self.channel_proj, x, self.fast)))
-        y = self.mlp(self.norm_layer(x))
-        return y.add_(x) if self.fast else x + y
+        if not self.fast:
+            x = self.act(self.norm_layer(self.channel_proj(x)))
+            return x + self.mlp(self.norm_layer(x))
+        mlp, affine = self.mlp, _bn_affine(self.norm_layer)
+        x = self.act(_conv_bn(self.channel_proj, self.norm_layer, x))
+        if affine is None:
+            h = pointwise(self.norm_layer(x), mlp.fc1)
+        else:  # eval: fold the second use of the BN into fc1, W·(x·s + t) + b = (W·diag(s))·x + (W·t + b)
+            w1 = mlp.fc1.weight.flatten(1)
+            h = F.linear(x.movedim(1, -1), w1 * affine[0], mlp.fc1.bias + w1 @ affine[1]).movedim(-1, 1)
+        h = F.gelu(depthwise(h, mlp.dwconv))
+        return pointwise(h, mlp.fc2, residual=x)
 
 
 def _stage(dim: int, depth: int, spatial_dims: int, version: int, rates: Sequence[float]) -> nn.Sequential:
@@ -277,10 +320,10 @@ class _DecoderV2(nn.Module):
         seg = []
         for i in range(4):
             x = self.norm_layers[i](_up(self.upsample_layers[i], x, self.fast))
-            x = self.stages[i](self.steps[i](x, features[3 - i]))
+            x = self.stages[i](_fuse(self.steps[i], x, features[3 - i]))
             if deep_supervision:
                 seg.append(head(self.seg_layers[i], x))
-        x = self.final_layer(self.final_fusion(_up(self.stem, x, self.fast), saliency))
+        x = self.final_layer(_fuse(self.final_fusion, _up(self.stem, x, self.fast), saliency))
         return (head(self.output_layer, x), *reversed(seg))
 
 
@@ -335,7 +378,7 @@ class DNetV1(_DNetBase):
         saliency = self.saliency(x)
         skips = self.dnet_down(x)
         y, seg_features = self.dnet_up(self.bottleneck(skips[-1]), skips)
-        out = self._head(self.output_layer, self.final_layer(self.dff(y, saliency)))
+        out = self._head(self.output_layer, self.final_layer(_fuse(self.dff, y, saliency)))
         if not self.deep_supervision:
             return out
         seg = [self._head(head, f) for head, f in zip(self.dnet_up.seg_layers, seg_features)]
@@ -392,7 +435,7 @@ class _DecoderV1(nn.Module):
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         stage_outputs = []
         for i in range(4):
-            x = self.stages[i](self.steps[i](x, skips[3 - i]))
+            x = self.stages[i](_fuse(self.steps[i], x, skips[3 - i]))
             stage_outputs.append(x)
             x = self.norm_layers[i](_up(self.upsample_layers[i], x, self.fast))
         return x, stage_outputs
@@ -427,4 +470,3 @@ def dnet_v1(**kwargs) -> DNetV1:
 def dnet_small(**kwargs) -> DNet:
     """Laptop preset of D-Net v2: dims 16, 32, 64, 128, 256 (≈4.4 M parameters)."""
     return _build("dnet_small", DNet, {"dims": (16, 32, 64, 128, 256)}, kwargs)
-

@@ -14,18 +14,27 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fusionseg.errors import InputError
 
-__all__ = ["LoadReport", "extract_state_dict", "load_pretrained", "strip_prefixes"]
+__all__ = ["LoadReport", "extract_state_dict", "load_pretrained", "one_line", "read_weights_file", "strip_prefixes"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
 
 # Where weights live inside known checkpoint layouts, tried in this order.
 _CONTAINER_KEYS = ("network_weights", "state_dict", "model_state_dict", "model", "net", "network", "weights")
@@ -67,6 +76,99 @@ class LoadReport:
         total = len(self.loaded) + len(self.missing) + len(self.mismatched)
         line = f"loaded {len(self.loaded)}/{total} tensors from {self.source}"
         return line if self.ok else f"{line}; {self.problems()}"
+
+
+# --------------------------------------------------------------------------------------------- reading files
+def one_line(text: str, limit: int = 200) -> str:
+    """First sentence of ``text`` on one line, without ANSI codes, at most ``limit`` characters."""
+    text = " ".join(_ANSI.sub("", text).split())
+    text = re.split(r"(?<=[a-z0-9)])\. (?=[A-Z])", text, maxsplit=1)[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _sniff(path: Path) -> str | None:
+    """A reason why ``path`` is not a PyTorch file, judged from its first bytes; None if it may be one."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # zip (torch >= 1.6) or legacy pickle
+        return None
+    if head.startswith(b"version https://git-lfs"):
+        return "it is a Git LFS pointer, not the weights; run `git lfs pull` or download the real file"
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
+        return "it is an HTML/XML page (a failed download?); download the file again"
+    if head.startswith(b"\x89HDF"):
+        return "it is an HDF5 file (Keras?), not a PyTorch file"
+    if head.startswith(b"\x08") or head.startswith(b"ONNX"):
+        return "it looks like an ONNX/protobuf file, not a PyTorch checkpoint"
+    return f"it does not start like a PyTorch file (first bytes {head[:8]!r})"
+
+
+def _numpy_safe_globals() -> list:
+    """numpy's data-only classes, under numpy 2 and numpy 1 names (official nnU-Net files store numpy scalars)."""
+    core = getattr(np, "_core", None) or np.core
+    objs = [np.ndarray, np.dtype, core.multiarray.scalar, core.multiarray._reconstruct]
+    objs += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType") and n != "ObjectDType"]
+    aliases = [
+        (core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+        (core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    ]
+    return objs + aliases
+
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise InputError(f"{what} {path} does not exist; check the path")
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory; pass the file inside it")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{what} {path} is not readable (permission denied); fix its permissions")
+    if path.stat().st_size == 0:
+        raise InputError(f"{what} {path} is empty (0 bytes); the copy or download was probably interrupted")
+
+
+def read_weights_file(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    allow_numpy: bool = False,
+    what: str = "weights file",
+) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with one-line :class:`InputError` for every way it can fail.
+
+    Distinguishes a missing/empty file, a file that is not a PyTorch file (Git LFS pointer, HTML
+    page, garbage), a torn/corrupt one, and one containing pickled Python objects (which could run
+    code and is refused). ``allow_numpy`` also accepts numpy arrays/scalars (data, never code).
+    """
+    path = Path(path)
+    _check_file(path, what)
+    not_torch = _sniff(path)
+    if not_torch:
+        raise InputError(f"{what} {path} is not a PyTorch file: {not_torch}")
+    allowed = torch.serialization.safe_globals(_numpy_safe_globals()) if allow_numpy else contextlib.nullcontext()
+    try:
+        with allowed, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": we report it below
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(_ANSI.sub("", str(err)))
+        if found:
+            raise InputError(
+                f"refusing to load {path}: it contains pickled Python objects ({found.group(1)}), which can run code; "
+                "if you trust its source, re-save only its tensors (torch.save(model.state_dict(), ...)) and load that"
+            ) from None
+        raise InputError(
+            f"{what} {path} is corrupt or not a PyTorch file "
+            f"({one_line(str(err).split('error:')[-1].split('Check the documentation')[0], 120)}); "
+            "use a file written by torch.save"
+        ) from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise InputError(
+            f"{what} {path} is corrupt or truncated ({type(err).__name__}: {one_line(str(err), 160)}); "
+            "use an intact copy (an interrupted copy or download leaves a torn file)"
+        ) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{what} {path} holds a {type(obj).__name__}, expected a dict (state_dict or checkpoint)")
+    return obj
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -124,10 +226,8 @@ def load_pretrained(
     if isinstance(path_or_state_dict, Mapping):
         source, obj = "state_dict", path_or_state_dict
     else:
-        from fusionseg.engine.checkpoint import load_checkpoint
-
         source = str(path_or_state_dict)
-        obj = load_checkpoint(path_or_state_dict, allow_numpy=True)
+        obj = read_weights_file(path_or_state_dict, allow_numpy=True)
     target = model.state_dict()
     state = strip_prefixes(extract_state_dict(obj, source), set(target))
     report = LoadReport(source=Path(source).name if source != "state_dict" else source)
