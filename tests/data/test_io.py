@@ -127,3 +127,9 @@ def test_float_label_with_fractions_is_rejected(tmp_path, nifti_writer):
     nifti_writer(tmp_path / "lab.nii.gz", np.full((3, 3, 3), 0.5, np.float32))
     with pytest.raises(InputError, match="non-integer values"):
         read_label(tmp_path / "lab.nii.gz")
+
+
+def test_3d_label_to_png_is_rejected(tmp_path, nifti_writer):
+    _, meta = read_label(nifti_writer(tmp_path / "l.nii.gz", np.zeros((4, 4, 4), np.uint8)))
+    with pytest.raises(InputError, match=r"PNG/TIFF hold 2D masks but the label map is 3D; write \.nii\.gz"):
+        write_label(np.zeros((4, 4, 4), np.uint8), meta, tmp_path / "l.png")

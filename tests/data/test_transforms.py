@@ -268,3 +268,21 @@ def test_nrrd_nnunet_dataset(tmp_path):
     truth, _ = nrrd.read(str(info.cases[0].label))
     assert back.shape == truth.shape and (back == truth).mean() > 0.85
     np.testing.assert_allclose(h["space directions"], header["space directions"])
+
+
+def test_rand_flip_axes_flips_keys_together():
+    from itertools import combinations
+
+    from fusionseg.data.transforms import RandFlipAxesd
+
+    flip = RandFlipAxesd(("image", "label"), spatial_dims=3, prob=0.5)
+    flip.set_random_state(seed=0)
+    base = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    subsets = [list(c) for r in range(4) for c in combinations((1, 2, 3), r)]
+    counts = np.zeros(4)
+    for _ in range(200):
+        out = flip({"image": base, "label": base.clone()})
+        assert torch.equal(out["image"], out["label"])
+        (axes,) = [a for a in subsets if torch.equal(out["image"], base.flip(a) if a else base)]
+        counts[axes] += 1
+    assert np.all((counts[1:] > 70) & (counts[1:] < 130)), counts  # each axis flipped ~half the time

@@ -12,13 +12,14 @@ voxel agreement of the bf16 and fast outputs with the plain fp32 output.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionseg.bench.common import format_table, measure
+from fusionseg.bench.common import format_table, peak_memory_mb, time_call
 from fusionseg.fusion import DFF
 from fusionseg.nets.dnet import DNet, bf16_autocast
 
@@ -118,6 +119,18 @@ def _infer(model: nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[], torch.
     return run
 
 
+def _with_layout(model: nn.Module, fast: bool | None, train: bool, fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` with the D-Net layout (``fast``; None for peers) and train/eval mode set first."""
+
+    def run() -> None:
+        if fast is not None:
+            model.channels_last = fast
+        model.train(train)
+        fn()
+
+    return run
+
+
 def _peers(out_channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
     try:
         from monai.networks.nets import DynUNet, SwinUNETR
@@ -130,12 +143,13 @@ def _peers(out_channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
         except TypeError:  # older MONAI needs img_size
             return SwinUNETR(img_size=(size,) * 3, in_channels=1, out_channels=out_channels, feature_size=48)
 
-    def dyn() -> nn.Module:  # nnU-Net 3d_fullres-like: 6 levels, 32…320 filters, deep supervision
-        kernels = [[3, 3, 3]] * 6
-        strides = [[1, 1, 1]] + [[2, 2, 2]] * 5
+    def dyn() -> nn.Module:  # nnU-Net 3d_fullres-like: 32…320 filters, downsample to ≥ 4³, deep supervision
+        n = max(d for d in range(1, 6) if size // 2**d >= 4)
+        kernels = [[3, 3, 3]] * (n + 1)
+        strides = [[1, 1, 1]] + [[2, 2, 2]] * n
         return DynUNet(
-            3, 1, out_channels, kernels, strides, strides[1:], filters=[32, 64, 128, 256, 320, 320],
-            norm_name="instance", deep_supervision=True, deep_supr_num=3, res_block=False,
+            3, 1, out_channels, kernels, strides, strides[1:], filters=[32, 64, 128, 256, 320, 320][: n + 1],
+            norm_name="instance", deep_supervision=True, deep_supr_num=min(3, n - 1), res_block=False,
         )  # fmt: skip
 
     return {"SwinUNETR fs48 (MONAI)": swin, "DynUNet nnU-Net-like (MONAI)": dyn}
@@ -165,7 +179,6 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
         for name, p in dnet.named_parameters():
             if name.endswith("layer_scale"):
                 p.fill_(0.1)
-    n_dnet = sum(p.numel() for p in dnet.parameters())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; D-Net v2 in 1, out {k}, deep supervision")
 
     rows, agree_rows = [], []
@@ -191,40 +204,45 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
             [size, f"{(fast_out == ref).float().mean().item():.4%}", f"{(bf16_out == ref).float().mean().item():.4%}"]
         )
 
-        base = {}
+        # Build every variant, warm it up, then time them interleaved (round-robin, median of
+        # ``repeats`` rounds) so that load from other processes hits all variants alike.
+        runs = []
         for name, make, fast, bf16 in variants:
             model = make()
-            if fast is not None:
-                model.channels_last = fast
-            params = sum(p.numel() for p in model.parameters())
             model_macs = macs if fast is not None else count_macs(model.eval(), x) / 1e9
-            model.eval()
-            inf = measure(_infer(model, x, bf16), repeats=args.repeats)
-            tr = {"time_s": float("nan"), "peak_mb": float("nan")}
-            if not args.no_train:
-                state = {n: t.clone() for n, t in model.state_dict().items()}
-                model.train()
-                tr = measure(_train_step(model, x, target, bf16), repeats=args.repeats)
-                model.load_state_dict(state)
-                model.eval()
-            if not base:
-                base = {"inf": inf["time_s"], "train": tr["time_s"], "mem": tr["peak_mb"]}
+            infer = _with_layout(model, fast, False, _infer(model, x, bf16))
+            train = None if args.no_train else _with_layout(model, fast, True, _train_step(model, x, target, bf16))
+            runs.append({"name": name, "model": model, "macs": model_macs, "infer": infer, "train": train})
+        for kind in ("infer", "train"):
+            for run in runs:
+                if run[kind] is not None:
+                    run[kind]()  # warm-up (oneDNN primitive creation, allocator)
+            for run in runs:
+                run[kind + "_times"] = []
+            for _ in range(args.repeats):
+                for run in runs:
+                    if run[kind] is not None:
+                        run[kind + "_times"].append(time_call(run[kind], repeats=1, warmup=0))
+            for run in runs:
+                run[kind + "_s"] = statistics.median(run[kind + "_times"]) if run[kind + "_times"] else float("nan")
+                run[kind + "_mb"] = peak_memory_mb(run[kind]) if run[kind] is not None else float("nan")
+        base = runs[0]
+        for run in runs:
+            params = sum(p.numel() for p in run["model"].parameters())
             rows.append(
                 [
-                    f"{size}³", name, f"{params / 1e6:.2f} M", f"{model_macs:.1f}",
-                    inf["time_s"], f"{base['inf'] / inf['time_s']:.2f}×", inf["peak_mb"],
-                    tr["time_s"], f"{base['train'] / tr['time_s']:.2f}×", tr["peak_mb"],
+                    f"{size}³", run["name"], f"{params / 1e6:.2f} M", f"{run['macs']:.1f}",
+                    run["infer_s"], f"{base['infer_s'] / run['infer_s']:.2f}×", run["infer_mb"],
+                    run["train_s"], f"{base['train_s'] / run['train_s']:.2f}×", run["train_mb"],
                 ]
             )  # fmt: skip
             print(format_table(_HEADER, rows[-1:]).splitlines()[-1], flush=True)
-            if fast is None:
-                del model
+        del runs
     print()
     print(format_table(_HEADER, rows))
     print()
     print("argmax voxel agreement with plain fp32 (deep-supervision head 0, random weights, γ = 0.1):")
     print(format_table(["size", "fast fp32", "fast bf16"], agree_rows))
-    del n_dnet
     return 0
 
 

@@ -11,8 +11,8 @@ SwinUNETR (feature_size 48) as a peer — forward (eval, no grad) and one traini
 (forward + 0.6/0.2/0.2 BCE loss + backward + SGD step).
 
 Usage:
-    fusionseg bench ds_transunet                 # full run (table 2 needs ~12 GB RAM, minutes)
-    fusionseg bench ds_transunet --quick         # smoke run: 64², small preset in table 2
+    fusionseg bench ds_transunet                 # full run (the 512² attention table needs ~12 GB RAM)
+    fusionseg bench ds_transunet --quick         # smoke run: small sizes, small preset only
 """
 
 from __future__ import annotations
@@ -151,9 +151,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds_transune
     parser.add_argument("--big-size", type=int, default=512, help="input side of the attention table")
     parser.add_argument("--big-batch", type=int, default=2, help="batch of the attention table")
     parser.add_argument("--big-repeats", type=int, default=1, help="timed runs per row of the attention table")
-    parser.add_argument(
-        "--big-warmup", type=int, default=0, help="untimed steps per row of the attention table (after priming)"
-    )
+    parser.add_argument("--big-warmup", type=int, default=0, help="untimed steps per attention row")
     parser.add_argument("--skip-models", action="store_true", help="only the attention table")
     parser.add_argument("--skip-attention", action="store_true", help="only the model table")
     parser.add_argument("--no-peer", action="store_true", help="leave out MONAI SwinUNETR")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +69,6 @@ class DatasetInfo:
     root: Path | None = None
     name: str = ""
     file_ending: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:

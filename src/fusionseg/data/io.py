@@ -367,7 +367,7 @@ def write_label(label_map: np.ndarray, meta: dict, path: str | Path, binary_as_2
         from PIL import Image
 
         if data.ndim != 2:
-            raise ValueError(f"{path}: 2D formats hold (H, W) label maps, got shape {data.shape}; use .nii.gz")
+            raise InputError(f"{path}: PNG/TIFF hold 2D masks but the label map is {data.ndim}D; write .nii.gz")
         if binary_as_255 and max_value <= 1:
             data = data * np.uint8(255)
         Image.fromarray(data).save(path)

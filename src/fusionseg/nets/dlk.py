@@ -7,9 +7,11 @@ Every module has two numerically equivalent forward paths, chosen by its ``fast`
   spatial selection computed as ``u·w0 + u·w1``, concat / multiply / add as separate ops;
   tensors keep whatever layout the previous op produced (the original's way).
 - fast (``fast=True``, default): expects channels-last input (it still works, slower, on any
-  layout); 1×1 convs run as matmuls on the channels-last view, depthwise convs run on
-  channels-last tensors, the layer-scale residuals are single ``addcmul`` ops, the spatial
-  selection is one ``u·(w0+w1)`` and the channel attention is folded into the residual add.
+  layout); 1×1 convs run as matmuls on the channels-last view (residuals added in place to the
+  matmul output), depthwise convs run on channels-last tensors (dilated ones as undilated convs
+  on the interleaved sub-grids; in 3D a custom backward, see :class:`_SameConv3d`), the
+  layer-scale residuals are single ``addcmul`` ops, the spatial selection is one ``u·(w0+w1)``
+  and the channel attention is folded into the residual add.
 
 Example:
     >>> block = DLKBlock(32, spatial_dims=3)
@@ -85,15 +87,62 @@ class _SameConv3d(torch.autograd.Function):
 
 
 def to_channels_last_3d(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, D, H, W) ``x`` stored channels-last (no copy when it already is)."""
     return x.contiguous(memory_format=torch.channels_last_3d)
 
 
-def depthwise(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
-    """A stride-1 "same" ``conv`` (depthwise, or dense C → C) on channels-last ``x``; faster backward in 3D on CPU."""
+def _to_phases(x: torch.Tensor, dil: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(B, C, *S) channels-last → (B·dil^n, C, *S/dil): the dil^n interleaved sub-grids as a batch (zero-padded)."""
+    b, c, *sizes = x.shape
+    n = len(sizes)
+    xs = x.movedim(1, -1)
+    pads = [(-s) % dil for s in sizes]
+    if any(pads):
+        xs = F.pad(xs, [0, 0, *(v for p in reversed(pads) for v in (0, p))])  # (C, then W, H, D: after the end)
+    grid = [(s + p) // dil for s, p in zip(sizes, pads)]
+    z = xs.reshape(b, *[v for g in grid for v in (g, dil)], c)  # (B, g0, r0, g1, r1, .., C)
+    z = z.permute(0, *[2 + 2 * a for a in range(n)], *[1 + 2 * a for a in range(n)], 2 * n + 1)
+    return z.reshape(b * dil**n, *grid, c).movedim(-1, 1), tuple(sizes)
+
+
+def _from_phases(y: torch.Tensor, dil: int, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`_to_phases` (crops the padding), channels-last out."""
+    n = len(sizes)
+    grid, c = y.shape[2:], y.shape[1]
+    b = y.shape[0] // dil**n
+    z = y.movedim(1, -1).reshape(b, *(dil,) * n, *grid, c)
+    z = z.permute(0, *[v for a in range(n) for v in (1 + n + a, 1 + a)], 2 * n + 1)
+    z = z.reshape(b, *(g * dil for g in grid), c)
+    if any(g * dil != s for g, s in zip(grid, sizes)):
+        z = z[(slice(None), *(slice(0, s) for s in sizes))].contiguous()
+    return z.movedim(-1, 1)
+
+
+def _same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad: int, groups: int) -> torch.Tensor:
     if x.ndim == 5 and x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
-        args = (conv.weight, conv.bias, conv.padding[0], conv.dilation[0], conv.groups)
-        return _SameConv3d.apply(to_channels_last_3d(x), *args)
-    return conv(x)
+        return _SameConv3d.apply(to_channels_last_3d(x), weight, bias, pad, 1, groups)
+    fn = F.conv3d if x.ndim == 5 else F.conv2d
+    return fn(x, weight, bias, padding=pad, groups=groups)
+
+
+def depthwise(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """A stride-1 "same" ``conv`` (depthwise, or dense C → C) on channels-last ``x``, fast forward and backward.
+
+    A dilated depthwise conv runs as an undilated one on the dilation^n interleaved sub-grids
+    (exactly the same sums; oneDNN's dilated depthwise kernels are 4-30× slower). In 3D on CPU
+    the backward uses :class:`_SameConv3d`.
+    """
+    k, dil, pad = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
+    uniform = len(set(conv.kernel_size)) == len(set(conv.dilation)) == len(set(conv.padding)) == 1
+    same = uniform and conv.stride[0] == 1 and pad == dil * (k - 1) // 2 and x.ndim in (4, 5)
+    if not same or conv.groups not in (1, x.shape[1]):
+        return conv(x)
+    if dil > 1 and conv.groups == x.shape[1]:
+        z, sizes = _to_phases(x, dil)
+        return _from_phases(_same_conv(z, conv.weight, conv.bias, (k - 1) // 2, conv.groups), dil, sizes)
+    if dil > 1:
+        return conv(x)
+    return _same_conv(x, conv.weight, conv.bias, pad, conv.groups)
 
 
 def upsample2x(x: torch.Tensor, conv_t: nn.Module) -> torch.Tensor:

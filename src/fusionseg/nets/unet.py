@@ -7,12 +7,13 @@ skip through ``create_fusion(fusion, channels, spatial_dims)`` called as ``fusio
 fusions are compared on one backbone at equal structure.
 
 Cost of ``"tif"``: TIF runs global self-attention over all voxels of a skip. At the highest
-resolution that is N = H·W (2D) or D·H·W (3D) tokens — O(N²) compute (≈ 5 GFLOP per 96² image,
-out of reach for 64³ volumes). ``fusion_levels`` picks the skip levels (0 = full resolution,
-``len(features) - 2`` = deepest skip) that get the chosen fusion; the others use ``"concat"``,
-e.g. ``fusion_levels=(2,)`` is the deepest skip of a 4-level U-Net. By default every skip uses
-the fusion, except for ``"tif"``, which defaults to the deepest skip only; pass the same
-``fusion_levels`` to every fusion for a like-for-like ablation.
+resolution that is N = H·W (2D) or D·H·W (3D) tokens — O(N²) compute: QKᵀ and AV over inner
+widths 64 + 96 cost 4·N²·160 FLOP ≈ 54 GFLOP at N = 96² = 9,216, and 64³ volumes are out of
+reach. ``fusion_levels`` picks the skip levels (0 = full resolution, ``len(features) - 2`` =
+deepest skip) that get the chosen fusion; the others use ``"concat"``, e.g. ``fusion_levels=(2,)``
+is the deepest skip of a 4-level U-Net. By default every skip uses the fusion, except for
+``"tif"``, which defaults to the deepest skip only; pass the same ``fusion_levels`` to every
+fusion for a like-for-like ablation.
 
 Example:
     >>> net = create_model("unet", in_channels=1, out_channels=3, spatial_dims=2, features=(8, 16, 32), fusion="dff")
