@@ -36,6 +36,8 @@ __all__ = [
 
 # Queries per chunk in the CPU attention backward (see _CPUFlashAttention).
 QUERY_CHUNK = 1024
+# The CPU flash-attention ops (private ATen API); without them the PyTorch function is used as is.
+_HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +115,7 @@ def scaled_dot_product_attention(
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if (
         needs_grad
+        and _HAS_CPU_FLASH
         and dropout_p == 0.0
         and q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.float64)

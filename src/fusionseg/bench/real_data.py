@@ -1,0 +1,545 @@
+"""Real-data benchmark: fusion U-Nets vs MONAI ``BasicUNet`` at an equal wall-clock training budget.
+
+Two tasks are built from ``../shared/data`` (see ``docs/real_data.md`` for the exact protocol):
+
+- ``nuclei2d``: one 512×512 fluorescence field; train on the left half (columns x < 256), test on the
+  right half (x ≥ 256, not mirrored); score = foreground Dice.
+- ``brain3d``: Colin27 T1 with the AAL atlas merged into 7 hemisphere-agnostic groups
+  (:data:`AAL_GROUPS`), resampled to 2 mm by the training pipeline; train on the left hemisphere,
+  test on the right hemisphere mirrored onto the left one's grid; score = mean Dice over the 7 classes.
+
+Every (dataset, seed, model) run trains with :func:`fusionseg.engine.train.train` for the same
+training-time budget (the LR schedule ends at the budget; data loading counts, checkpoint writes do
+not) and is scored with sliding-window inference and :func:`fusionseg.engine.evaluate.dice_iou`.
+The peer, MONAI ``BasicUNet``, is registered as ``monai_basicunet`` when the benchmark runs
+(:func:`register_peer`), so it goes through exactly the same loop, loss, optimiser and evaluation. Seeds run outside,
+models inside, so a change of machine load hits every model alike.
+
+Outputs in ``--output``: ``data/`` (the built datasets), ``runs/DATASET/MODEL_seedK/`` (each
+training run), ``real_data_runs.csv`` (one row per run), ``real_data.csv`` (mean ± std per model and
+dataset) and ``real_data.md`` (the tables and the command).
+
+Example:
+    $ fusionseg bench real_data --seeds 3 --budget2d 180 --budget3d 420 --threads 2
+    $ python -m fusionseg.bench.real_data --seeds 1 --budget2d 3 --budget3d 3   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from fusionseg.errors import InputError
+from fusionseg.nets.registry import list_models, register_model
+
+__all__ = [
+    "AAL_GROUPS",
+    "DATASETS",
+    "aal_group_table",
+    "build_brain3d",
+    "build_nuclei2d",
+    "default_data_root",
+    "format_tables",
+    "label_copy_dice",
+    "main",
+    "monai_basicunet",
+    "parse_model_spec",
+    "register_peer",
+    "run_benchmark",
+    "summarise",
+]
+
+DATASETS = ("nuclei2d", "brain3d")
+PEER = "basicunet"
+# Reference numbers quoted in issue 5 (measured elsewhere; this benchmark re-measures the peer in the same run).
+ISSUE_REFERENCE = {
+    "nuclei2d": "BasicUNet 0.927 ± 0.003 in 180 s; target: a fusion model ≥ 0.92",
+    "brain3d": "BasicUNet 3D 0.828 in 420 s at 2 mm",
+}
+
+# AAL region name prefixes (``aal_labels.txt``, hemisphere suffix _L/_R dropped) → merged class.
+AAL_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "frontal",
+        (
+            "Precentral",
+            "Frontal_",
+            "Rolandic_Oper",
+            "Supp_Motor_Area",
+            "Olfactory",
+            "Rectus",
+            "Paracentral_Lobule",
+        ),
+    ),
+    ("parietal", ("Postcentral", "Parietal_", "SupraMarginal", "Angular", "Precuneus")),
+    ("temporal", ("Heschl", "Temporal_", "Fusiform")),
+    ("occipital", ("Calcarine", "Cuneus", "Lingual", "Occipital_")),
+    ("limbic_insula", ("Insula", "Cingulum_", "Hippocampus", "ParaHippocampal", "Amygdala")),
+    ("deep_grey", ("Caudate", "Putamen", "Pallidum", "Thalamus")),
+    ("cerebellum", ("Cerebelum_", "Vermis_")),
+)
+
+# Colin27/AAL grid (181×217×181, 1 mm, affine origin −90): voxel 90 is the midline x = 0 mm.
+# Left hemisphere = voxels [11, 90) (x = −79…−1 mm), right = [91, 170) (x = +1…+79 mm); the midline
+# slice is in neither. The atlas spans x voxels 17…162, so 6 mm of margin stay on the lateral side.
+_MIDLINE, _HALF_WIDTH = 90, 79
+_MARGIN = 6  # voxels kept around the atlas' bounding box along y and z
+
+
+# ------------------------------------------------------------------------------------------ peer model
+
+
+def monai_basicunet(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 2,
+    features: Sequence[int] = (16, 32, 64, 128, 256, 16),
+    deep_supervision: bool = False,
+) -> nn.Module:
+    """MONAI ``BasicUNet`` behind the registry contract (``size_multiple``, ``config``), benchmark-only.
+
+    Example:
+        >>> net = create_model("monai_basicunet", in_channels=1, out_channels=2, spatial_dims=2)
+        >>> net(torch.randn(1, 1, 32, 32)).shape
+        torch.Size([1, 2, 32, 32])
+    """
+    from monai.networks.nets import BasicUNet
+
+    if deep_supervision:
+        raise ValueError("monai_basicunet has no deep supervision; pass deep_supervision=False")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    features = [int(f) for f in features]
+    if len(features) != 6:
+        raise ValueError(
+            f"BasicUNet needs 6 features (5 levels + the last decoder), e.g. 16,32,64,128,256,16; got {features}"
+        )
+    model = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features)
+    model.size_multiple = 16  # four 2× poolings
+    model.config = {
+        "name": "monai_basicunet",
+        "kwargs": {
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "spatial_dims": spatial_dims,
+            "features": features,
+            "deep_supervision": False,
+        },
+    }
+    return model
+
+
+def register_peer() -> None:
+    """Register :func:`monai_basicunet` under ``"monai_basicunet"`` (idempotent; only the benchmark calls it)."""
+    if "monai_basicunet" not in list_models():
+        register_model("monai_basicunet")(monai_basicunet)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked model: a label, the registry name, and the fusion / kwargs it gets."""
+
+    label: str
+    model: str
+    fusion: str | None
+    kwargs: dict
+
+
+def parse_model_spec(text: str, features: Sequence[int]) -> ModelSpec:
+    """``"basicunet"`` (the peer), ``"unet+dff"`` (U-Net with that fusion) or any registered model name.
+
+    U-Nets get ``features``; the peer gets ``features`` plus a last decoder width equal to the first.
+    """
+    text = text.strip().lower()
+    if text == PEER:
+        register_peer()
+        return ModelSpec(PEER, "monai_basicunet", None, {"features": [*features, features[0]]})
+    if text.startswith("unet+"):
+        from fusionseg.fusion import list_fusions
+
+        fusion = text.split("+", 1)[1]
+        if fusion not in list_fusions():
+            raise InputError(f"--models: unknown fusion in {text!r}; choose from {', '.join(list_fusions())}")
+        return ModelSpec(text, "unet", fusion, {"features": list(features)})
+    if text not in list_models():
+        raise InputError(f"--models: unknown model {text!r}; use basicunet, unet+FUSION or one of {list_models()}")
+    return ModelSpec(text, text, None, {})
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+
+def default_data_root() -> Path:
+    """``../shared/data`` beside the repository (or the working directory's ``../shared/data``)."""
+    repo = Path(__file__).resolve().parents[3]
+    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return repo.parent / "shared" / "data"
+
+
+def build_nuclei2d(source: Path, dest: Path) -> Path:
+    """Write ``dest/images/left.png`` + mask (train) and ``dest/test/images/right.png`` + mask (test).
+
+    Left = columns x < 256 of the 512×512 field, right = x ≥ 256 (not mirrored; masks 0/255).
+    """
+    from PIL import Image
+
+    image = np.asarray(Image.open(source / "image.png"))
+    mask = np.asarray(Image.open(source / "mask.png"))
+    if image.shape != mask.shape or image.ndim != 2:
+        raise InputError(f"{source}: image.png {image.shape} and mask.png {mask.shape} must be equal 2D arrays")
+    half = image.shape[1] // 2
+    for folder, name, cols in ((dest, "left", slice(0, half)), (dest / "test", "right", slice(half, None))):
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "masks").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(image[:, cols])).save(folder / "images" / f"{name}.png")
+        binary = np.where(mask[:, cols] > 0, 255, 0).astype(np.uint8)
+        Image.fromarray(binary).save(folder / "masks" / f"{name}.png")
+    (dest / "dataset.json").write_text(
+        json.dumps(
+            {"name": "nuclei2d", "channel_names": {"0": "fluorescence"}, "labels": {"background": 0, "nucleus": 1}}
+        )
+    )
+    return dest
+
+
+def aal_group_table(labels_txt: Path) -> dict[int, int]:
+    """AAL id → merged class (1 … len(AAL_GROUPS)) from ``aal_labels.txt`` (``id name code`` lines)."""
+    table = {}
+    for line in Path(labels_txt).read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        region_id, name = int(parts[0]), parts[1]
+        group = next((k for k, (_, prefixes) in enumerate(AAL_GROUPS, 1) if name.startswith(prefixes)), None)
+        if group is None:
+            raise InputError(f"{labels_txt}: AAL region {name!r} is not in any merged group; extend AAL_GROUPS")
+        table[region_id] = group
+    return table
+
+
+def build_brain3d(source: Path, dest: Path) -> Path:
+    """nnU-Net layout: left hemisphere → ``imagesTr``/``labelsTr``, mirrored right → ``imagesTs``/``labelsTs``.
+
+    Image = ``t1.nii.gz`` (with skull); label = AAL merged by :func:`aal_group_table`. Both halves are
+    cropped to the atlas' y/z bounding box (+6 mm) and share one grid (the right half mirrored in x).
+    """
+    import nibabel as nib
+
+    t1 = nib.load(str(source / "t1.nii.gz"))
+    aal = nib.load(str(source / "aal.nii.gz"))
+    image, atlas = np.asarray(t1.dataobj), np.asarray(aal.dataobj).astype(np.int64)
+    affine = np.asarray(t1.affine, dtype=np.float64)
+    if image.shape != (181, 217, 181) or not np.allclose(affine[:3, :3], np.eye(3)) or affine[0, 3] != -_MIDLINE:
+        raise InputError(f"{source}: expected the Colin27/AAL 181×217×181 1 mm grid with x origin −90 mm")
+    lut = np.zeros(int(atlas.max()) + 1, dtype=np.uint8)
+    for region_id, group in aal_group_table(source / "aal_labels.txt").items():
+        if region_id < lut.size:
+            lut[region_id] = group
+    label = lut[atlas]
+    ys, zs = (np.nonzero(label.any(axis=a))[0] for a in ((0, 2), (0, 1)))
+    y0, y1 = max(ys[0] - _MARGIN, 0), min(ys[-1] + 1 + _MARGIN, image.shape[1])
+    z0, z1 = max(zs[0] - _MARGIN, 0), min(zs[-1] + 1 + _MARGIN, image.shape[2])
+    left = slice(_MIDLINE - _HALF_WIDTH, _MIDLINE)
+    right_mirrored = slice(_MIDLINE + _HALF_WIDTH, _MIDLINE, -1)  # x = +79 … +1 mm → mirrored to −79 … −1 mm
+    crop_affine = affine.copy()
+    crop_affine[:3, 3] = affine[:3, :3] @ np.array([left.start, y0, z0]) + affine[:3, 3]
+    for split, case, xs in (("Tr", "left", left), ("Ts", "right_mirrored", right_mirrored)):
+        (dest / f"images{split}").mkdir(parents=True, exist_ok=True)
+        (dest / f"labels{split}").mkdir(parents=True, exist_ok=True)
+        img = np.ascontiguousarray(image[xs, y0:y1, z0:z1])
+        lab = np.ascontiguousarray(label[xs, y0:y1, z0:z1])
+        nib.save(nib.Nifti1Image(img, crop_affine), str(dest / f"images{split}" / f"{case}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, crop_affine), str(dest / f"labels{split}" / f"{case}.nii.gz"))
+    labels = {"background": 0, **{name: k for k, (name, _) in enumerate(AAL_GROUPS, 1)}}
+    meta = {"name": "brain3d", "channel_names": {"0": "T1"}, "labels": labels, "file_ending": ".nii.gz"}
+    (dest / "dataset.json").write_text(json.dumps({**meta, "numTraining": 1}, indent=2))
+    return dest
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def _score(best: Path, data_dir: Path, device: str, overlap: float) -> tuple[float, dict[str, float], int]:
+    """Mean foreground Dice, per-class Dice (each averaged over the test cases), and the model's parameters."""
+    from monai.data import Dataset
+
+    from fusionseg import data
+    from fusionseg.engine.evaluate import dice_iou
+    from fusionseg.engine.infer import load_model, pick_device, predict_volume
+
+    model, pre, _ = load_model(best, pick_device(device))
+    info = data.scan_dataset(data_dir)
+    cases = [c for c in info.test_cases if c.label is not None]
+    names = {int(k): v for k, v in pre["labels"].items()}
+    per_class: dict[str, list[float]] = {names[k]: [] for k in range(1, int(pre["num_classes"]))}
+    for item in Dataset([data.case_dict(c) for c in cases], data.eval_transforms(pre)):
+        pred = predict_volume(model, item["image"], pre, overlap=overlap).argmax(0).numpy()
+        label = np.asarray(item["label"])[0]
+        for k in range(1, int(pre["num_classes"])):
+            per_class[names[k]].append(dice_iou(pred == k, label == k)[0])
+    class_means = {name: float(np.mean(v)) for name, v in per_class.items()}
+    params = sum(p.numel() for p in model.parameters())
+    return float(np.mean(list(class_means.values()))), class_means, params
+
+
+def label_copy_dice(data_dir: Path, pre: dict) -> float:
+    """Mean class Dice of the training label used as the prediction for the test case (same grid; no learning).
+
+    For brain3d this is the atlas' own left/right symmetry at the evaluation resolution: a reference
+    for what copying the mirrored training hemisphere would score.
+    """
+    from fusionseg import data
+    from fusionseg.engine.evaluate import dice_iou
+
+    info = data.scan_dataset(data_dir)
+    transform = data.eval_transforms(pre)
+    train = np.asarray(transform(data.case_dict(info.cases[0]))["label"])[0]
+    test = np.asarray(transform(data.case_dict(info.test_cases[0]))["label"])[0]
+    if train.shape != test.shape:
+        raise InputError(f"{data_dir}: train and test label grids differ ({train.shape} vs {test.shape})")
+    return float(np.mean([dice_iou(train == k, test == k)[0] for k in range(1, int(pre["num_classes"]))]))
+
+
+def _load() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return math.nan
+
+
+def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float]]:
+    """Build the datasets, train and score every (dataset, seed, model).
+
+    Returns one record per run, and brain3d's :func:`label_copy_dice` (``{"brain3d": dice}``).
+    """
+    from fusionseg.engine.train import TrainConfig, set_threads, train
+
+    root = Path(args.data_root)
+    output = Path(args.output)
+    features = list(args.features)
+    specs = [parse_model_spec(m, features) for m in args.models.split(",") if m.strip()]
+    settings = {
+        "nuclei2d": {"budget": args.budget2d, "patch": args.patch2d, "batch": args.batch2d, "spacing": None},
+        "brain3d": {"budget": args.budget3d, "patch": args.patch3d, "batch": args.batch3d, "spacing": (2.0, 2.0, 2.0)},
+    }
+    builders = {"nuclei2d": build_nuclei2d, "brain3d": build_brain3d}
+    records, copy_dice = [], {}
+    for dataset in args.datasets:
+        source = root / dataset
+        if not source.is_dir():
+            raise InputError(f"{source}: real data folder missing; pass --data-root (the folder holding {dataset}/)")
+        data_dir = builders[dataset](source, output / "data" / dataset)
+        s = settings[dataset]
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            for spec in specs:
+                run_dir = output / "runs" / dataset / f"{spec.label.replace('+', '_')}_seed{seed}"
+                config = TrainConfig(
+                    data=data_dir,
+                    output=run_dir,
+                    model=spec.model,
+                    fusion=spec.fusion,
+                    model_kwargs=dict(spec.kwargs),
+                    epochs=10**6,
+                    iters_per_epoch=args.iters_per_epoch,
+                    time_budget=s["budget"],
+                    batch_size=s["batch"],
+                    patch_size=tuple(s["patch"]),
+                    target_spacing=s["spacing"],
+                    optimizer=args.optimizer,
+                    lr=args.lr,
+                    val_fraction=0.0,
+                    seed=seed,
+                    device=args.device,
+                    threads=args.threads,
+                    progress=False,
+                )
+                load_before = _load()
+                print(f"== {dataset} | {spec.label} | seed {seed}: {s['budget']:g} s (load {load_before}) → {run_dir}")
+                start = time.perf_counter()
+                best = train(config)
+                dice, per_class, params = _score(best, data_dir, args.device, args.eval_overlap)
+                summary = json.loads((run_dir / "train_summary.json").read_text())
+                record = {
+                    "dataset": dataset,
+                    "model": spec.label,
+                    "seed": seed,
+                    "dice": dice,
+                    "iterations": summary["steps"],
+                    "train_time_s": round(summary["train_time_s"], 2),
+                    "wall_s": round(time.perf_counter() - start, 2),
+                    "params": params,
+                    "threads": set_threads(None),
+                    "load_before": load_before,
+                    "load_after": _load(),
+                    **{f"dice_{k}": v for k, v in per_class.items()},
+                }
+                records.append(record)
+                print(f"   Dice {dice:.4f} after {summary['steps']} iterations ({record['wall_s']:.0f} s wall)")
+        if dataset == "brain3d":
+            from fusionseg.engine.checkpoint import load_checkpoint
+
+            copy_dice[dataset] = label_copy_dice(data_dir, load_checkpoint(best)["preprocessing"])
+    return records, copy_dice
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """Mean ± std (ddof 1) over seeds per (dataset, model), with iterations, parameters and per-class means."""
+    rows = []
+    keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in records))
+    for dataset, model in keys:
+        runs = [r for r in records if r["dataset"] == dataset and r["model"] == model]
+        dice = [r["dice"] for r in runs]
+        row = {
+            "dataset": dataset,
+            "model": model,
+            "dice_mean": float(np.mean(dice)),
+            "dice_std": float(np.std(dice, ddof=1)) if len(dice) > 1 else 0.0,
+            "seeds": len(runs),
+            "iterations": float(np.mean([r["iterations"] for r in runs])),
+            "train_time_s": float(np.mean([r["train_time_s"] for r in runs])),
+            "params_m": runs[0]["params"] / 1e6,
+        }
+        for key in runs[0]:
+            if key.startswith("dice_"):
+                row[key] = float(np.mean([r[key] for r in runs]))
+        rows.append(row)
+    return rows
+
+
+def format_tables(rows: list[dict], budgets: dict[str, float], copy_dice: dict[str, float] | None = None) -> str:
+    """Markdown: the main table (every dataset) and a per-class table for multi-class datasets."""
+    from fusionseg.bench.common import format_table
+
+    main = format_table(
+        ["dataset", "model", "Dice (mean ± std over seeds)", "seeds", "budget (s)", "iterations", "params (M)"],
+        [
+            [
+                r["dataset"],
+                r["model"] + (" (peer)" if r["model"] == PEER else ""),
+                f"{r['dice_mean']:.4f} ± {r['dice_std']:.4f}",
+                r["seeds"],
+                f"{budgets[r['dataset']]:g}",
+                f"{r['iterations']:.0f}",
+                f"{r['params_m']:.3f}",
+            ]
+            for r in rows
+        ],
+    )
+    parts = [main]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        ds_rows = [r for r in rows if r["dataset"] == dataset]
+        classes = [k for k in ds_rows[0] if k.startswith("dice_") and k not in ("dice_mean", "dice_std")]
+        if len(classes) > 1:
+            parts.append(
+                f"Per-class Dice on {dataset} (mean over seeds):\n\n"
+                + format_table(
+                    ["model", *[c.removeprefix("dice_") for c in classes]],
+                    [[r["model"], *[f"{r[c]:.3f}" for c in classes]] for r in ds_rows],
+                )
+            )
+    notes = [f"- {d}: issue reference {ISSUE_REFERENCE[d]}." for d in dict.fromkeys(r["dataset"] for r in rows)]
+    notes += [
+        f"- {d}: the mirrored training label copied onto the test hemisphere (no learning) scores {v:.4f}."
+        for d, v in (copy_dice or {}).items()
+    ]
+    parts.append("\n".join(notes))
+    return "\n\n".join(parts)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", type=Path, default=None, help="folder with nuclei2d/ and brain3d/ (../shared/data)")
+    p.add_argument("--output", type=Path, default=Path("runs/bench_real_data"), help="results folder")
+    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: nuclei2d,brain3d")
+    p.add_argument(
+        "--models", default="basicunet,unet+concat,unet+dff", help="basicunet (peer), unet+FUSION or registered names"
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed … first-seed+seeds-1")
+    p.add_argument("--budget2d", type=float, default=180.0, help="training seconds per 2D run (default 180)")
+    p.add_argument("--budget3d", type=float, default=420.0, help="training seconds per 3D run (default 420)")
+    p.add_argument("--features", type=_ints, default=[16, 32, 64, 128, 256], help="U-Net widths (peer: + first)")
+    p.add_argument("--patch2d", type=_ints, default=[128, 128], help="2D training patch (default 128,128)")
+    p.add_argument("--patch3d", type=_ints, default=[48, 64, 64], help="3D training patch at 2 mm (default 48,64,64)")
+    p.add_argument("--batch2d", type=int, default=4, help="2D batch size (default 4)")
+    p.add_argument("--batch3d", type=int, default=2, help="3D batch size (default 2)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="default adamw")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
+    p.add_argument("--iters-per-epoch", type=int, default=50, help="iterations between checkpoint writes")
+    p.add_argument("--eval-overlap", type=float, default=0.5, help="sliding-window overlap at test time")
+    p.add_argument("--threads", default=None, help="CPU threads per run: a number or auto (default: torch's)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench real_data") -> int:
+    args = build_parser(prog).parse_args(argv)
+    args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    bad = [d for d in args.datasets if d not in DATASETS]
+    if bad or not args.datasets:
+        raise InputError(f"--datasets: unknown {bad or 'empty list'}; choose from {', '.join(DATASETS)}")
+    if args.seeds < 1:
+        raise InputError(f"--seeds must be ≥ 1, got {args.seeds}")
+    if min(args.budget2d, args.budget3d) <= 0:
+        raise InputError("--budget2d and --budget3d must be > 0 seconds")
+    if len(args.patch2d) != 2 or len(args.patch3d) != 3:
+        raise InputError("--patch2d needs 2 sizes (e.g. 128,128) and --patch3d 3 (e.g. 48,64,64)")
+    if args.data_root is None:
+        args.data_root = default_data_root()
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    records, copy_dice = run_benchmark(args)
+    rows = summarise(records)
+    _write_csv(output / "real_data_runs.csv", records)
+    _write_csv(output / "real_data.csv", rows)
+    table = format_tables(rows, {"nuclei2d": args.budget2d, "brain3d": args.budget3d}, copy_dice)
+    command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
+    loads = [r["load_before"] for r in records]
+    machine = f"{os.cpu_count()} CPU cores, 1-min load average {min(loads)}–{max(loads)} during the runs"
+    (output / "real_data.md").write_text(f"# Real-data benchmark\n\n`{command}`\n\n{machine}\n\n{table}\n")
+    print(table)
+    print(machine)
+    print(f"wrote {output / 'real_data_runs.csv'}, {output / 'real_data.csv'} and {output / 'real_data.md'}")
+    return 0
+
+
+if __name__ == "__main__":  # run the package module (not this __main__ copy), errors as one line like the CLI
+    from fusionseg.bench import real_data
+    from fusionseg.errors import FusionSegError
+
+    try:
+        raise SystemExit(real_data.main(sys.argv[1:], "python -m fusionseg.bench.real_data"))
+    except FusionSegError as err:
+        print(f"python -m fusionseg.bench.real_data: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

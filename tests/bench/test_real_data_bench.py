@@ -1,0 +1,146 @@
+"""Real-data benchmark: dataset building (AAL merge, hemisphere split, nuclei halves), the peer wrapper, a smoke run.
+
+The smoke run trains every model for ~1 s on both real datasets with tiny widths; it skips (with a
+reason) when ``../shared/data`` is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from fusionseg.bench import real_data
+from fusionseg.errors import InputError
+
+
+def test_aal_groups_cover_every_region_hemisphere_agnostic(shared_data):
+    table = real_data.aal_group_table(shared_data / "brain3d" / "aal_labels.txt")
+    assert sorted(table) == list(range(1, 117))
+    assert sorted(set(table.values())) == list(range(1, len(real_data.AAL_GROUPS) + 1))
+    for left in range(1, 108, 2):  # paired regions: odd = left, even = right → same class
+        assert table[left] == table[left + 1]
+    names = {name: k for k, (name, _) in enumerate(real_data.AAL_GROUPS, 1)}
+    assert table[71] == table[77] == names["deep_grey"]  # Caudate_L, Thalamus_L
+    assert table[29] == table[31] == names["limbic_insula"]  # Insula_L, Cingulum_Ant_L
+    assert table[55] == names["temporal"] and table[109] == table[91] == names["cerebellum"]
+
+
+def test_aal_group_table_rejects_unknown_region(tmp_path):
+    (tmp_path / "labels.txt").write_text("1 Precentral_L 2001\n2 Mystery_Region 9999\n")
+    with pytest.raises(InputError, match="Mystery_Region"):
+        real_data.aal_group_table(tmp_path / "labels.txt")
+
+
+def test_brain3d_split_mirrors_right_hemisphere_onto_left_grid(shared_data, tmp_path):
+    import nibabel as nib
+
+    from fusionseg.data import scan_dataset
+
+    root = real_data.build_brain3d(shared_data / "brain3d", tmp_path / "brain3d")
+    info = scan_dataset(root)
+    assert (info.layout, info.num_classes, len(info.cases), len(info.test_cases)) == ("nnunet", 8, 1, 1)
+    train_img = nib.load(str(info.cases[0].label))
+    test_img = nib.load(str(info.test_cases[0].label))
+    assert train_img.shape == test_img.shape == (79, 192, 158)
+    np.testing.assert_allclose(train_img.affine, test_img.affine)
+    assert train_img.affine[0, 3] == -79  # x = −79 … −1 mm: the left hemisphere, midline slice excluded
+    left, right = np.asarray(train_img.dataobj), np.asarray(test_img.dataobj)
+    assert set(np.unique(left)) == set(np.unique(right)) == set(range(8))
+    # Mirrored hemispheres overlap like an atlas should (copying the train label scores ≈ 0.84 mean Dice).
+    overlap = [2 * np.sum((left == k) & (right == k)) / (np.sum(left == k) + np.sum(right == k)) for k in range(1, 8)]
+    assert 0.75 < np.mean(overlap) < 0.95
+
+
+def test_nuclei2d_halves(shared_data, tmp_path):
+    from PIL import Image
+
+    from fusionseg.data import scan_dataset
+
+    root = real_data.build_nuclei2d(shared_data / "nuclei2d", tmp_path / "nuclei2d")
+    info = scan_dataset(root)
+    assert (info.layout, info.num_classes, len(info.cases), len(info.test_cases)) == ("folders", 2, 1, 1)
+    full = np.asarray(Image.open(shared_data / "nuclei2d" / "image.png"))
+    left = np.asarray(Image.open(info.cases[0].images[0]))
+    right = np.asarray(Image.open(info.test_cases[0].images[0]))
+    np.testing.assert_array_equal(left, full[:, :256])
+    np.testing.assert_array_equal(right, full[:, 256:])
+
+
+def test_peer_wrapper_follows_model_contract():
+    real_data.register_peer()
+    real_data.register_peer()  # idempotent
+    from fusionseg.nets.registry import create_model
+
+    net = create_model("monai_basicunet", in_channels=1, out_channels=3, spatial_dims=3, features=[4, 4, 8, 8, 16, 4])
+    assert net.size_multiple == 16 and net.config["name"] == "monai_basicunet"
+    rebuilt = create_model(net.config["name"], **net.config["kwargs"])
+    rebuilt.load_state_dict(net.state_dict())
+    x = torch.randn(1, 1, 32, 32, 32)  # instance norm needs > 1 voxel at the bottleneck (32 / 16 = 2)
+    torch.testing.assert_close(rebuilt(x), net(x))
+    assert net(x).shape == (1, 3, 32, 32, 32)
+    with pytest.raises(ValueError, match="6 features"):
+        create_model("monai_basicunet", features=[8, 16])
+    with pytest.raises(ValueError, match="deep supervision"):
+        create_model("monai_basicunet", deep_supervision=True)
+
+
+def test_model_specs():
+    spec = real_data.parse_model_spec("unet+dff", [8, 16])
+    assert (spec.model, spec.fusion, spec.kwargs) == ("unet", "dff", {"features": [8, 16]})
+    assert real_data.parse_model_spec("basicunet", [8, 16]).kwargs == {"features": [8, 16, 8]}
+    with pytest.raises(InputError, match="unknown fusion"):
+        real_data.parse_model_spec("unet+nope", [8, 16])
+    with pytest.raises(InputError, match="unknown model"):
+        real_data.parse_model_spec("nope", [8, 16])
+
+
+def _smoke(shared_data, out, dataset: str, seeds: int) -> list[dict]:
+    argv = ["--data-root", str(shared_data), "--output", str(out), "--datasets", dataset, "--seeds", str(seeds)]
+    argv += ["--budget2d", "0.5", "--budget3d", "0.5", "--features", "4,8,8,16,16", "--patch2d", "64,64"]
+    argv += ["--patch3d", "32,32,32", "--batch3d", "1", "--models", "basicunet,unet+dff", "--threads", "1"]
+    assert real_data.main([*argv, "--eval-overlap", "0"]) == 0
+    with open(out / "real_data_runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert {(r["dataset"], r["model"], int(r["seed"])) for r in runs} == {
+        (dataset, m, s) for m in ("basicunet", "unet+dff") for s in range(seeds)
+    }
+    assert all(0.0 <= float(r["dice"]) <= 1.0 and int(r["iterations"]) >= 1 for r in runs)
+    return runs
+
+
+def test_smoke_run_nuclei2d_two_seeds(shared_data, tmp_path):
+    runs = _smoke(shared_data, tmp_path, "nuclei2d", seeds=2)
+    with open(tmp_path / "real_data.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["basicunet", "unet+dff"] and all(int(r["seeds"]) == 2 for r in rows)
+    for row in rows:
+        seeds = [float(r["dice"]) for r in runs if r["model"] == row["model"]]
+        assert math.isclose(float(row["dice_mean"]), np.mean(seeds), rel_tol=1e-9)
+        assert math.isclose(float(row["dice_std"]), np.std(seeds, ddof=1), rel_tol=1e-6, abs_tol=1e-12)
+    table = (tmp_path / "real_data.md").read_text()
+    assert "| nuclei2d | basicunet (peer) |" in table and "target: a fusion model ≥ 0.92" in table
+
+
+def test_smoke_run_brain3d(shared_data, tmp_path):
+    runs = _smoke(shared_data, tmp_path, "brain3d", seeds=1)
+    for r in runs:  # the score is the mean of the 7 merged classes
+        per_class = [float(r[f"dice_{name}"]) for name, _ in real_data.AAL_GROUPS]
+        assert math.isclose(float(r["dice"]), np.mean(per_class), rel_tol=1e-9)
+    table = (tmp_path / "real_data.md").read_text()
+    assert "Per-class Dice on brain3d" in table
+    copy = re.search(r"copied onto the test hemisphere \(no learning\) scores (\d\.\d{4})", table)
+    assert copy is not None and 0.75 < float(copy.group(1)) < 0.95  # atlas symmetry at 2 mm
+
+
+def test_bad_arguments_raise_input_error(tmp_path):
+    with pytest.raises(InputError, match="--datasets"):
+        real_data.main(["--datasets", "mnist", "--output", str(tmp_path)])
+    with pytest.raises(InputError, match="--seeds"):
+        real_data.main(["--seeds", "0", "--output", str(tmp_path)])
+    with pytest.raises(InputError, match="real data folder missing"):
+        real_data.main(["--data-root", str(tmp_path / "nowhere"), "--output", str(tmp_path), "--seeds", "1"])
