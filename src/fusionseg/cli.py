@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from fusionseg import __version__
-from fusionseg.errors import FusionSegError
+from fusionseg.errors import FusionSegError, find_input_error
 
 # command -> (module with main(argv, prog), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("fusionseg.engine.ablate", "equal-budget comparison of fusion modules"),
     "export": ("fusionseg.engine.export", "export a checkpoint to TorchScript or ONNX"),
     "import-weights": ("fusionseg.engine.checkpoint", "convert an official .pth/.model into a fusionseg checkpoint"),
-    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds_transunet"),
+    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds_transunet, real_data"),
 }
 
 
@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(rest, prog) or 0)
     except FusionSegError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        user_error = find_input_error(err)  # e.g. raised inside a MONAI transform or a DataLoader worker
+        if user_error is None:
+            raise
+        print(f"{prog}: error: {user_error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -154,3 +154,21 @@ def test_gradcheck_double_precision():
     skip = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(dff, (x, skip))
     assert torch.autograd.gradcheck(dff, (to_channels_last(x.detach()).requires_grad_(), skip))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dff_bf16_autocast_matches_fp32(channels_last):
+    torch.manual_seed(0)
+    m = DFF(8, spatial_dims=2)
+    x, s = torch.randn(2, 8, 16, 16), torch.randn(2, 8, 16, 16)
+    if channels_last:
+        x, s = x.to(memory_format=torch.channels_last), s.to(memory_format=torch.channels_last)
+    ref = m(x, s)
+    x.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, s)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.detach(), atol=5e-2, rtol=5e-2)
+    out.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert m.conv_redu.weight.grad is not None

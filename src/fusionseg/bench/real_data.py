@@ -12,8 +12,8 @@ Every (dataset, seed, model) run trains with :func:`fusionseg.engine.train.train
 training-time budget (the LR schedule ends at the budget; data loading counts, checkpoint writes do
 not) and is scored with sliding-window inference and :func:`fusionseg.engine.evaluate.dice_iou`.
 The peer, MONAI ``BasicUNet``, is registered as ``monai_basicunet`` when the benchmark runs
-(:func:`register_peer`), so it goes through exactly the same loop, loss, optimiser and evaluation. Seeds run outside,
-models inside, so a change of machine load hits every model alike.
+(:func:`register_peer`), so it goes through exactly the same loop, loss, optimiser and evaluation.
+Seeds run outside, models inside, so a change of machine load hits every model alike.
 
 Outputs in ``--output``: ``data/`` (the built datasets), ``runs/DATASET/MODEL_seedK/`` (each
 training run), ``real_data_runs.csv`` (one row per run), ``real_data.csv`` (mean ± std per model and

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionseg.data.io import read_image, read_label
-from fusionseg.errors import InputError
+from fusionseg.errors import InputError, find_input_error
 
 __all__ = [
     "check_channels",
@@ -143,14 +143,3 @@ def validate_dataset(info, pre: dict, include_test: bool = False) -> int:
     for case in cases:
         validate_case(case, pre)
     return len(cases)
-
-
-def find_input_error(exc: BaseException) -> InputError | None:
-    """The InputError that caused ``exc`` (following ``__cause__``/``__context__``), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, InputError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None

@@ -205,7 +205,7 @@ class DFF(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         check_same_shape("DFF", x, skip, self.dim, self.spatial_dims)
-        return _dff(
+        tensors = (
             x,
             skip,
             self.conv_atten[0].weight.flatten(1),
@@ -215,6 +215,13 @@ class DFF(nn.Module):
             self.conv2.weight.view(1, self.dim),
             self.conv2.bias,
         )
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # Mixed precision: run every product in the autocast dtype (in-place baddbmm needs one dtype).
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return _dff(*(t.to(dtype) for t in tensors))
+        return _dff(*tensors)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, spatial_dims={self.spatial_dims}"
