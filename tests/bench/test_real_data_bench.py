@@ -122,6 +122,8 @@ def test_smoke_run_nuclei2d_two_seeds(shared_data, tmp_path):
         seeds = [float(r["dice"]) for r in runs if r["model"] == row["model"]]
         assert math.isclose(float(row["dice_mean"]), np.mean(seeds), rel_tol=1e-9)
         assert math.isclose(float(row["dice_std"]), np.std(seeds, ddof=1), rel_tol=1e-6, abs_tol=1e-12)
+    peer, dff = (float(r["dice_mean"]) for r in rows)
+    assert math.isclose(float(rows[1]["diff_vs_peer"]), dff - peer, abs_tol=1e-12)
     table = (tmp_path / "real_data.md").read_text()
     assert "| nuclei2d | basicunet (peer) |" in table and "target: a fusion model ≥ 0.92" in table
 

@@ -18,6 +18,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import platform
 import sys
@@ -75,10 +77,26 @@ def _swin_unetr() -> nn.Module | None:
     return SwinUNETR(in_channels=3, out_channels=1, feature_size=48, spatial_dims=2)
 
 
+def _release_free_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``), so the next RSS peak counts reused memory.
+
+    Without it, memory freed by an earlier, larger run stays in malloc's free lists and a later
+    run reuses it without raising the resident size (its peak would read ~0).
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _measure_together(fn: Callable[[], object], repeats: int, warmup: int) -> dict[str, float]:
     """Like :func:`measure`, but time and peak memory come from the same runs (steps of a minute)."""
     peaks: list[float] = []
-    seconds = time_call(lambda: peaks.append(peak_memory_mb(fn)), repeats=repeats, warmup=warmup)
+
+    def run() -> None:
+        _release_free_memory()
+        peaks.append(peak_memory_mb(fn))
+
+    seconds = time_call(run, repeats=repeats, warmup=warmup)
     return {"time_s": seconds, "peak_mb": max(peaks[warmup:])}
 
 

@@ -396,7 +396,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
 
 
 def summarise(records: list[dict]) -> list[dict]:
-    """Mean ± std (ddof 1) over seeds per (dataset, model), with iterations, parameters and per-class means."""
+    """Mean ± std (ddof 1) over seeds per (dataset, model): iterations, parameters, per-class means, Δ vs the peer."""
     rows = []
     keys = list(dict.fromkeys((r["dataset"], r["model"]) for r in records))
     for dataset, model in keys:
@@ -416,7 +416,16 @@ def summarise(records: list[dict]) -> list[dict]:
             if key.startswith("dice_"):
                 row[key] = float(np.mean([r[key] for r in runs]))
         rows.append(row)
+    peer = {r["dataset"]: r["dice_mean"] for r in rows if r["model"] == PEER}
+    for row in rows:  # the in-run baseline: Dice difference to the peer on the same dataset
+        row["diff_vs_peer"] = row["dice_mean"] - peer[row["dataset"]] if row["dataset"] in peer else math.nan
     return rows
+
+
+def _delta(row: dict) -> str:
+    if row["model"] == PEER:
+        return "(peer)"
+    return "–" if math.isnan(row["diff_vs_peer"]) else f"{row['diff_vs_peer']:+.4f}"
 
 
 def format_tables(rows: list[dict], budgets: dict[str, float], copy_dice: dict[str, float] | None = None) -> str:
@@ -424,12 +433,22 @@ def format_tables(rows: list[dict], budgets: dict[str, float], copy_dice: dict[s
     from fusionseg.bench.common import format_table
 
     main = format_table(
-        ["dataset", "model", "Dice (mean ± std over seeds)", "seeds", "budget (s)", "iterations", "params (M)"],
+        [
+            "dataset",
+            "model",
+            "Dice (mean ± std over seeds)",
+            "Δ Dice vs peer",
+            "seeds",
+            "budget (s)",
+            "iterations",
+            "params (M)",
+        ],
         [
             [
                 r["dataset"],
                 r["model"] + (" (peer)" if r["model"] == PEER else ""),
                 f"{r['dice_mean']:.4f} ± {r['dice_std']:.4f}",
+                _delta(r),
                 r["seeds"],
                 f"{budgets[r['dataset']]:g}",
                 f"{r['iterations']:.0f}",
