@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fusionseg.bench import real_data
+from fusionseg.engine.checkpoint import load_checkpoint
 from fusionseg.errors import InputError
 
 
@@ -124,6 +125,7 @@ def test_smoke_run_nuclei2d_two_seeds(shared_data, tmp_path):
         assert math.isclose(float(row["dice_std"]), np.std(seeds, ddof=1), rel_tol=1e-6, abs_tol=1e-12)
     peer, dff = (float(r["dice_mean"]) for r in rows)
     assert math.isclose(float(rows[1]["diff_vs_peer"]), dff - peer, abs_tol=1e-12)
+    assert load_checkpoint(tmp_path / "runs" / "nuclei2d" / "basicunet_seed1" / "best.pt")["train_args"]["augment"]
     table = (tmp_path / "real_data.md").read_text()
     assert "| nuclei2d | basicunet (peer) |" in table and "target: a fusion model ≥ 0.92" in table
 
@@ -133,6 +135,8 @@ def test_smoke_run_brain3d(shared_data, tmp_path):
     for r in runs:  # the score is the mean of the 7 merged classes
         per_class = [float(r[f"dice_{name}"]) for name, _ in real_data.AAL_GROUPS]
         assert math.isclose(float(r["dice"]), np.mean(per_class), rel_tol=1e-9)
+    args = load_checkpoint(tmp_path / "runs" / "brain3d" / "unet_dff_seed0" / "best.pt")["train_args"]
+    assert args["augment"] is False and args["target_spacing"] == [2.0, 2.0, 2.0]  # 3D default: no flips, 2 mm
     table = (tmp_path / "real_data.md").read_text()
     assert "Per-class Dice on brain3d" in table
     copy = re.search(r"copied onto the test hemisphere \(no learning\) scores (\d\.\d{4})", table)

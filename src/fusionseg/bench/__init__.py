@@ -12,8 +12,10 @@ BENCHMARKS = ("modules", "dnet", "ds_transunet", "real_data")
 
 
 def main(argv: list[str], prog: str = "fusionseg bench") -> int:
+    if argv and argv[0] in BENCHMARKS:  # everything after the name (``--help`` too) goes to the benchmark
+        module = importlib.import_module(f"fusionseg.bench.{argv[0]}")
+        return int(module.main(argv[1:], f"{prog} {argv[0]}") or 0)
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=BENCHMARKS)
-    args, rest = parser.parse_known_args(argv)
-    module = importlib.import_module(f"fusionseg.bench.{args.name}")
-    return int(module.main(rest, f"{prog} {args.name}") or 0)
+    parser.parse_args(argv)  # prints usage or the error for a missing/unknown name
+    return 2

@@ -75,6 +75,8 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | None = None)
         return float("nan")
     _use_mmap_for_large_allocations()
     gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # freed heap blocks back to the OS, else reuse reads ~0
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident size
     base = _proc_status_mb("VmRSS")

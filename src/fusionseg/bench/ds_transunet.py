@@ -18,8 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import gc
 import platform
 import sys
@@ -29,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionseg.bench.common import format_table, peak_memory_mb, time_call
+from fusionseg.bench.common import format_table, measure, peak_memory_mb, time_call
 from fusionseg.nets import create_model
 from fusionseg.nets.ds_transunet import set_attention_impl, set_use_checkpoint
 
@@ -77,23 +75,11 @@ def _swin_unetr() -> nn.Module | None:
     return SwinUNETR(in_channels=3, out_channels=1, feature_size=48, spatial_dims=2)
 
 
-def _release_free_memory() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``), so the next RSS peak counts reused memory.
-
-    Without it, memory freed by an earlier, larger run stays in malloc's free lists and a later
-    run reuses it without raising the resident size (its peak would read ~0).
-    """
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _measure_together(fn: Callable[[], object], repeats: int, warmup: int) -> dict[str, float]:
-    """Like :func:`measure`, but time and peak memory come from the same runs (steps of a minute)."""
+    """Time and peak memory from the same runs (for steps of minutes; adds ~0.3 s of gc/trim per run)."""
     peaks: list[float] = []
 
     def run() -> None:
-        _release_free_memory()
         peaks.append(peak_memory_mb(fn))
 
     seconds = time_call(run, repeats=repeats, warmup=warmup)
@@ -115,8 +101,8 @@ def table_models(args: argparse.Namespace) -> str:
         if model is None:
             rows.append([name, "n/a", "needs monai + einops", "", "", ""])
             continue
-        fwd = _measure_together(_forward_fn(model, x), args.repeats, args.warmup)
-        step = _measure_together(_train_step_fn(model, x), args.repeats, args.warmup)
+        fwd = measure(_forward_fn(model, x), args.repeats, args.warmup)
+        step = measure(_train_step_fn(model, x), args.repeats, args.warmup)
         rows.append([name, _params_m(model), fwd["time_s"], fwd["peak_mb"], step["time_s"], step["peak_mb"]])
         print(f"  measured {name}", file=sys.stderr, flush=True)
         del model

@@ -332,8 +332,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
     features = list(args.features)
     specs = [parse_model_spec(m, features) for m in args.models.split(",") if m.strip()]
     settings = {
-        "nuclei2d": {"budget": args.budget2d, "patch": args.patch2d, "batch": args.batch2d, "spacing": None},
-        "brain3d": {"budget": args.budget3d, "patch": args.patch3d, "batch": args.batch3d, "spacing": (2.0, 2.0, 2.0)},
+        "nuclei2d": {"budget": args.budget2d, "patch": args.patch2d, "batch": args.batch2d, "augment": args.augment2d},
+        "brain3d": {"budget": args.budget3d, "patch": args.patch3d, "batch": args.batch3d, "augment": args.augment3d},
     }
     builders = {"nuclei2d": build_nuclei2d, "brain3d": build_brain3d}
     records, copy_dice = [], {}
@@ -357,7 +357,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
                     time_budget=s["budget"],
                     batch_size=s["batch"],
                     patch_size=tuple(s["patch"]),
-                    target_spacing=s["spacing"],
+                    target_spacing=(2.0, 2.0, 2.0) if dataset == "brain3d" else None,
+                    augment=s["augment"],
                     optimizer=args.optimizer,
                     lr=args.lr,
                     val_fraction=0.0,
@@ -512,7 +513,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--patch2d", type=_ints, default=[128, 128], help="2D training patch (default 128,128)")
     p.add_argument("--patch3d", type=_ints, default=[48, 64, 64], help="3D training patch at 2 mm (default 48,64,64)")
     p.add_argument("--batch2d", type=int, default=4, help="2D batch size (default 4)")
-    p.add_argument("--batch3d", type=int, default=2, help="3D batch size (default 2)")
+    p.add_argument("--batch3d", type=int, default=1, help="3D batch size (default 1)")
+    p.add_argument("--no-augment2d", dest="augment2d", action="store_false", help="2D without augmentation")
+    p.add_argument(
+        "--augment3d", action="store_true", help="3D with the engine's augmentation (default off: it flips all axes)"
+    )
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="default adamw")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
     p.add_argument("--iters-per-epoch", type=int, default=50, help="iterations between checkpoint writes")

@@ -202,36 +202,11 @@ class ExplicitTIFAttention(TIFAttention):
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
-class SplitQueryTIFAttention(TIFAttention):
-    """TIF's SDPA attention, with the queries split in two batch entries when batch·heads == 1 on CPU.
-
-    Measured on this project's 2-core CPU (PyTorch 2.13): the CPU flash-attention backward with a
-    single (batch, head) pair is 7-10× slower than with two (it does not split the queries
-    across threads), e.g. 16 s vs 1.5 s for 4,097 tokens, dim_head 64 — and the main TIF branch
-    has one head, so every batch-1 training step hits it. Rows of attention are independent, so
-    ``q`` padded to an even length and viewed as (2, 1, N/2, d) against ``k``, ``v`` expanded to
-    batch 2 gives the same values and gradients.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        if not (x.device.type == "cpu" and torch.is_grad_enabled() and b * self.heads == 1 and n > 1):
-            return super().forward(x)
-        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
-        half = (n + 1) // 2
-        q = F.pad(q, (0, 0, 0, 2 * half - n)).reshape(2, 1, half, self.dim_head)
-        p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k.expand(2, -1, -1, -1), v.expand(2, -1, -1, -1), dropout_p=p,
-                                             scale=self.scale)  # fmt: skip
-        out = out.reshape(1, 2 * half, self.dim_head)[:, :n]
-        return self.to_out(out)
-
-
 def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
     """Switch every Swin window attention and TIF attention in ``model`` to "sdpa" or "explicit".
 
     Weights and state_dict names are unchanged (TIF attention modules change class only:
-    :class:`SplitQueryTIFAttention` for "sdpa", :class:`ExplicitTIFAttention` for "explicit").
+    :class:`fusionseg.fusion.tif.Attention` for "sdpa", :class:`ExplicitTIFAttention` for "explicit").
     Returns ``model``.
     """
     check_attention_impl(impl)
@@ -239,7 +214,7 @@ def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
         if isinstance(m, WindowAttention):
             m.attention_impl = impl
         elif isinstance(m, TIFAttention):
-            m.__class__ = ExplicitTIFAttention if impl == "explicit" else SplitQueryTIFAttention
+            m.__class__ = ExplicitTIFAttention if impl == "explicit" else TIFAttention
     if isinstance(model, DSTransUNet):
         model.attention_impl = impl
     return model
@@ -391,7 +366,6 @@ class DSTransUNet(nn.Module):
         for k in range(4):
             width_s, width_l = embed_dim2 * 2**k, dim * 2**k
             tif_k = TIF(width_s, width_l, spatial_dims=nd, **tif_kwargs)
-            tif_k.proj_r = None  # only the fused form uses it; the paired network has no such weights
             self.add_module(f"cross_att_{k + 1}", tif_k)
             self.add_module(f"change{k + 1}", ConvBlock(width_s + width_l, width_l, nd))
         self.up2 = nn.Upsample(scale_factor=2, mode="nearest")  # r_k' onto e_k's grid (official ``m1``)
