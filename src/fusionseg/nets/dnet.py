@@ -93,15 +93,6 @@ def _up(conv_t: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
     return upsample2x(x, conv_t) if fast else conv_t(x)
 
 
-def _fuse(dff: nn.Module, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """``dff(x, skip)``; under autocast it runs in fp32 on fp32 inputs (DFF mixes in-place fp32 and bf16 ops)."""
-    device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return dff(x, skip)
-    with torch.autocast(device, enabled=False):
-        return dff(x.float(), skip.float())
-
-
 def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Eval-mode BatchNorm as ``x·scale + shift`` per channel, or None when it uses batch statistics."""
     if bn.training or bn.running_mean is None:
@@ -320,10 +311,10 @@ class _DecoderV2(nn.Module):
         seg = []
         for i in range(4):
             x = self.norm_layers[i](_up(self.upsample_layers[i], x, self.fast))
-            x = self.stages[i](_fuse(self.steps[i], x, features[3 - i]))
+            x = self.stages[i](self.steps[i](x, features[3 - i]))
             if deep_supervision:
                 seg.append(head(self.seg_layers[i], x))
-        x = self.final_layer(_fuse(self.final_fusion, _up(self.stem, x, self.fast), saliency))
+        x = self.final_layer(self.final_fusion(_up(self.stem, x, self.fast), saliency))
         return (head(self.output_layer, x), *reversed(seg))
 
 
@@ -378,7 +369,7 @@ class DNetV1(_DNetBase):
         saliency = self.saliency(x)
         skips = self.dnet_down(x)
         y, seg_features = self.dnet_up(self.bottleneck(skips[-1]), skips)
-        out = self._head(self.output_layer, self.final_layer(_fuse(self.dff, y, saliency)))
+        out = self._head(self.output_layer, self.final_layer(self.dff(y, saliency)))
         if not self.deep_supervision:
             return out
         seg = [self._head(head, f) for head, f in zip(self.dnet_up.seg_layers, seg_features)]
@@ -435,7 +426,7 @@ class _DecoderV1(nn.Module):
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         stage_outputs = []
         for i in range(4):
-            x = self.stages[i](_fuse(self.steps[i], x, skips[3 - i]))
+            x = self.stages[i](self.steps[i](x, skips[3 - i]))
             stage_outputs.append(x)
             x = self.norm_layers[i](_up(self.upsample_layers[i], x, self.fast))
         return x, stage_outputs
