@@ -15,14 +15,7 @@ from fusionseg.engine import evaluate
 from fusionseg.engine.evaluate import case_metrics, dice_iou, evaluate_folders, surface_distances
 from fusionseg.errors import InputError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads than idle cores make OpenMP spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _box(shape, lo, hi):

@@ -24,6 +24,8 @@ import torch
 
 __all__ = ["format_table", "measure", "peak_memory_mb", "time_call"]
 
+WARM_MMAP_THRESHOLD = 32 * 2**20  # glibc's dynamic threshold after warm-up (its maximum on 64-bit)
+
 
 def _sync(device: torch.device | None) -> None:
     if device is not None and device.type == "cuda":
@@ -31,7 +33,8 @@ def _sync(device: torch.device | None) -> None:
 
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
-    """Median wall time of ``fn()`` in seconds."""
+    """Median wall time of ``fn()`` in seconds (glibc: blocks up to 32 MiB from the heap, as after warm-up)."""
+    _set_mmap_threshold(WARM_MMAP_THRESHOLD)
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -44,10 +47,12 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, devic
     return statistics.median(times)
 
 
-def _use_mmap_for_large_allocations() -> None:
-    """Make glibc return every large freed block to the OS, so resident memory tracks live tensors."""
-    with contextlib.suppress(OSError):  # not glibc: RSS-based peaks are then upper bounds
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD, fixed (not dynamic)
+def _set_mmap_threshold(nbytes: int) -> None:
+    """glibc: allocations above ``nbytes`` get their own mapping, returned to the OS on free."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: RSS-based peaks are then upper bounds
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD (fixed from now on, no longer dynamic)
+        libc.mallopt(-1, 2 * nbytes)  # M_TRIM_THRESHOLD
 
 
 def _proc_status_mb(key: str) -> float:
@@ -73,15 +78,21 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | None = None)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     if not os.path.exists("/proc/self/clear_refs"):
         return float("nan")
-    _use_mmap_for_large_allocations()
+    # While measuring, every large block is its own mapping (resident memory tracks live tensors);
+    # afterwards blocks up to 32 MiB come from the heap again (glibc's warm default), so timings
+    # taken after a memory measurement do not pay a page fault per allocation.
+    _set_mmap_threshold(128 * 1024)
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # freed heap blocks back to the OS, else reuse reads ~0
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current resident size
-    base = _proc_status_mb("VmRSS")
-    fn()
-    return _proc_status_mb("VmHWM") - base
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident size
+        base = _proc_status_mb("VmRSS")
+        fn()
+        return _proc_status_mb("VmHWM") - base
+    finally:
+        _set_mmap_threshold(WARM_MMAP_THRESHOLD)
 
 
 def measure(

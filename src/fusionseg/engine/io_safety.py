@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from fusionseg.errors import InputError
+from fusionseg.errors import InputError, ensure_file
 
 __all__ = ["atomic_write", "check_channels", "ensure_file", "ensure_writable_dir", "fsync_dir", "publish_mode"]
 
@@ -39,21 +39,6 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
             errno.ENOSPC: "no space left on device",
         }.get(err.errno, err.strerror or type(err).__name__)
         raise InputError(f"cannot write to {what} {path} ({reason}); choose a writable directory") from None
-    return path
-
-
-def ensure_file(path: str | os.PathLike, what: str = "file") -> Path:
-    """``path`` as a Path if it is a readable, non-empty file; :class:`InputError` naming the problem otherwise."""
-    path = Path(path)
-    if not path.exists():
-        where = "" if path.parent.is_dir() else f" (folder {path.parent} does not exist either)"
-        raise InputError(f"{what} {path} does not exist{where}; check the path")
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; pass the file inside it")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{what} {path} is not readable (permission denied); fix its permissions")
-    if path.stat().st_size == 0:
-        raise InputError(f"{what} {path} is empty (0 bytes); the copy or download was probably interrupted")
     return path
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.errors import InputError
+from fusionseg.errors import InputError, ensure_file
 
 __all__ = ["LoadReport", "extract_state_dict", "load_pretrained", "one_line", "read_weights_file", "strip_prefixes"]
 
@@ -115,17 +115,6 @@ def _numpy_safe_globals() -> list:
     return objs + aliases
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist; check the path")
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; pass the file inside it")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{what} {path} is not readable (permission denied); fix its permissions")
-    if path.stat().st_size == 0:
-        raise InputError(f"{what} {path} is empty (0 bytes); the copy or download was probably interrupted")
-
-
 def read_weights_file(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",
@@ -140,7 +129,7 @@ def read_weights_file(
     code and is refused). ``allow_numpy`` also accepts numpy arrays/scalars (data, never code).
     """
     path = Path(path)
-    _check_file(path, what)
+    ensure_file(path, what)
     not_torch = _sniff(path)
     if not_torch:
         raise InputError(f"{what} {path} is not a PyTorch file: {not_torch}")
