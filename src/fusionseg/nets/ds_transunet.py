@@ -490,7 +490,7 @@ def ds_transunet(
 def ds_transunet_small(
     in_channels: int = 3, out_channels: int = 1, spatial_dims: int = 2, deep_supervision: bool = True, **kwargs
 ) -> DSTransUNet:
-    """A CPU preset: dim 32, depths (2,2,2,2) + (1,1,1,1), narrow TIFs (about 3 M parameters)."""
+    """A CPU preset: dim 32, depths (2,2,2,2) + (1,1,1,1), narrow TIFs (6.63 M parameters with 1 class)."""
     kw = dict(
         in_channels=in_channels,
         out_channels=out_channels,
