@@ -31,3 +31,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_phantom_2d(tmp_path: Path) -> Path:
+    """A 2D phantom dataset (4 train, 1 test cases, 32×32) written under ``tmp_path/data``."""
+    from fusionseg.data import make_phantom_dataset
+
+    return make_phantom_dataset(tmp_path / "data", spatial_dims=2, num_train=4, num_test=1, size=(32, 32), seed=0)

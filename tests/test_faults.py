@@ -266,10 +266,10 @@ def test_wrong_channel_count_for_checkpoint(tmp_path):
         load_pretrained(Faulty(in_channels=3), Faulty(in_channels=1).state_dict())
 
 
-def test_predict_with_wrong_channel_count_fails_cleanly_and_writes_nothing(tmp_path, capsys):
+def test_predict_with_wrong_channel_count_fails_cleanly_and_writes_nothing(tmp_path, capsys, tiny_phantom_2d):
     """Cross-stream: a 3-channel checkpoint given 1-channel images (engine predict + data loading)."""
     pytest.importorskip("fusionseg.engine.infer")
-    data = _phantom_or_skip(tmp_path)
+    data = tiny_phantom_2d
     from fusionseg.data import build_preprocessing, scan_dataset
 
     pre = build_preprocessing(scan_dataset(data))
@@ -360,17 +360,6 @@ def test_resume_from_checkpoint_continues_bit_identically(tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def _phantom_or_skip(tmp_path: Path) -> Path:
-    try:
-        from fusionseg.data import make_phantom_dataset
-        from fusionseg.nets.registry import list_models
-    except ImportError as err:
-        pytest.skip(f"data stream not ready: {err}")
-    if "unet" not in list_models():
-        pytest.skip("model 'unet' is not registered yet")
-    return make_phantom_dataset(tmp_path / "data", spatial_dims=2, num_train=4, num_test=1, size=(32, 32), seed=0)
-
-
 def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "fusionseg", "train", "--data", str(data), "--output", str(out), "--model", "unet",
@@ -384,10 +373,10 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_sigkill_during_training_then_resume_reaches_identical_weights(tmp_path):
+def test_sigkill_during_training_then_resume_reaches_identical_weights(tmp_path, tiny_phantom_2d):
     """``fusionseg train`` killed with SIGKILL after its first checkpoint, then ``--resume``: bit-identical."""
     pytest.importorskip("fusionseg.engine.train")
-    data = _phantom_or_skip(tmp_path)
+    data = tiny_phantom_2d
     # Uninterrupted reference run.
     ref = subprocess.run(_train_cmd(data, tmp_path / "ref"), env=_env(), capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]

@@ -185,14 +185,14 @@ def test_two_gloo_processes_match_single_process_training(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_torchrun_train_end_to_end_matches_single_process(tmp_path):
+def test_torchrun_train_end_to_end_matches_single_process(tmp_path, tiny_phantom_2d):
     """``torchrun --nproc_per_node=2 -m fusionseg train`` vs ``fusionseg train`` with the same global batch.
 
     Rank r takes every other case of the same epoch order, so both runs see the same cases per
     step; losses differ only through per-rank batch statistics (batch Dice, normalisation).
     """
     pytest.importorskip("fusionseg.engine.train")
-    data = _phantom_or_skip(tmp_path)
+    data = tiny_phantom_2d
     common = ["--data", str(data), "--model", "unet", "--epochs", "2", "--iters-per-epoch", "2", "--no-augment"]
     common += ["--patch-size", "32,32", "--val-fraction", "0", "--device", "cpu", "--seed", "0", "--lr", "1e-3"]
     common += ["--model-kwargs", '{"features": [4, 8]}']
@@ -208,17 +208,6 @@ def test_torchrun_train_end_to_end_matches_single_process(tmp_path):
     # only rank 0 writes: one set of run files, no temp files left behind
     names = sorted(p.name for p in (tmp_path / "ddp").iterdir())
     assert "last.pt" in names and not any(n.endswith(".tmp") or n.startswith(".") for n in names)
-
-
-def _phantom_or_skip(tmp_path: Path) -> Path:
-    try:
-        from fusionseg.data import make_phantom_dataset
-        from fusionseg.nets.registry import list_models
-    except ImportError as err:
-        pytest.skip(f"data stream not ready: {err}")
-    if "unet" not in list_models():
-        pytest.skip("model 'unet' is not registered yet")
-    return make_phantom_dataset(tmp_path / "data", spatial_dims=2, num_train=4, num_test=1, size=(32, 32), seed=0)
 
 
 def test_incomplete_launcher_env_is_an_input_error(monkeypatch):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.engine.io_safety import ensure_file, ensure_writable_dir, fsync_dir, publish_mode
+from fusionseg.engine.io_safety import ensure_file, ensure_writable_dir, fsync_dir, parse_json_object, publish_mode
 from fusionseg.errors import InputError
 from fusionseg.nets.weights import one_line, read_weights_file
 
@@ -306,12 +306,7 @@ def main(argv: list[str], prog: str = "fusionseg import-weights") -> int:
     from fusionseg.nets.weights import load_pretrained
 
     args = _parser(prog).parse_args(argv)
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--model-kwargs is not valid JSON ({err.msg}); e.g. '{{\"dim\": 96}}'") from None
-    if not isinstance(kwargs, dict):
-        raise InputError("--model-kwargs must be a JSON object, e.g. '{\"dim\": 96}'")
+    kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
     for key in ("in_channels", "out_channels", "spatial_dims", "deep_supervision"):
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)

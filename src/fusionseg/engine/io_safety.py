@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -17,7 +18,15 @@ from pathlib import Path
 
 from fusionseg.errors import InputError, ensure_file
 
-__all__ = ["atomic_write", "check_channels", "ensure_file", "ensure_writable_dir", "fsync_dir", "publish_mode"]
+__all__ = [
+    "atomic_write",
+    "check_channels",
+    "ensure_file",
+    "ensure_writable_dir",
+    "fsync_dir",
+    "parse_json_object",
+    "publish_mode",
+]
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
@@ -102,3 +111,14 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def parse_json_object(text: str, option: str, example: str) -> dict:
+    """``text`` parsed as a JSON object (e.g. ``--model-kwargs``); InputError naming ``option`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{option} is not valid JSON ({err.msg}); e.g. '{example}'") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{option} must be a JSON object, e.g. '{example}'")
+    return value

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from fusionseg.engine.io_safety import parse_json_object
 from fusionseg.errors import FusionSegError, InputError
 
 __all__ = [
@@ -729,12 +730,7 @@ def build_parser(prog: str = "fusionseg train", ablation: bool = False) -> argpa
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    try:
-        model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--model-kwargs is not valid JSON ({err.msg}); e.g. '{{\"features\": [16, 32]}}'") from None
-    if not isinstance(model_kwargs, dict):
-        raise InputError("--model-kwargs must be a JSON object, e.g. '{\"features\": [16, 32]}'")
+    model_kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"features": [16, 32]}')
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names and k != "model_kwargs"}
     return TrainConfig(model_kwargs=model_kwargs, **values)

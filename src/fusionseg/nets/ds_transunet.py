@@ -461,7 +461,8 @@ _SMALL = dict(
 )
 
 
-def _build(name: str, defaults: dict[str, Any], kwargs: dict[str, Any]) -> DSTransUNet:
+def _build(name: str, defaults: dict[str, Any], **kwargs: Any) -> DSTransUNet:
+    """``DSTransUNet(**defaults, **kwargs)`` with ``model.config`` recording the registry name and kwargs."""
     params = {**defaults, **kwargs}
     model = DSTransUNet(**params)
     plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
@@ -476,14 +477,10 @@ def ds_transunet(
     in_channels: int = 3, out_channels: int = 1, spatial_dims: int = 2, deep_supervision: bool = True, **kwargs
 ) -> DSTransUNet:
     """The official DS-TransUNet (dim 128, Swin-B + Swin-T encoders, window 7)."""
-    kw = dict(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        spatial_dims=spatial_dims,
-        deep_supervision=deep_supervision,
-        **kwargs,
-    )
-    return _build("ds_transunet", {}, kw)
+    return _build(
+        "ds_transunet", {}, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
+        deep_supervision=deep_supervision, **kwargs,
+    )  # fmt: skip
 
 
 @register_model("ds_transunet_small")
@@ -491,11 +488,7 @@ def ds_transunet_small(
     in_channels: int = 3, out_channels: int = 1, spatial_dims: int = 2, deep_supervision: bool = True, **kwargs
 ) -> DSTransUNet:
     """A CPU preset: dim 32, depths (2,2,2,2) + (1,1,1,1), narrow TIFs (6.63 M parameters with 1 class)."""
-    kw = dict(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        spatial_dims=spatial_dims,
-        deep_supervision=deep_supervision,
-        **kwargs,
-    )
-    return _build("ds_transunet_small", _SMALL, kw)
+    return _build(
+        "ds_transunet_small", _SMALL, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
+        deep_supervision=deep_supervision, **kwargs,
+    )  # fmt: skip
