@@ -6,8 +6,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import fusionseg.nets.dlk as dlk
 from fusionseg.layers import to_channels_last
-from fusionseg.nets.dlk import DLKBlock, DLKLayer, DLKMlp, DLKModule, depthwise, pointwise, set_fast_path, upsample2x
+from fusionseg.nets.dlk import (
+    DLKBlock,
+    DLKLayer,
+    DLKMlp,
+    DLKModule,
+    conv_few_channels,
+    depthwise,
+    mlp_in_slabs,
+    pointwise,
+    set_fast_path,
+    upsample2x,
+)
 
 CASES = [(2, 2, (12, 10)), (2, 1, (12, 10)), (3, 2, (6, 7, 5)), (3, 1, (6, 7, 5))]  # spatial_dims, version, size
 
@@ -131,6 +143,45 @@ def test_same_conv_fast_backward_equals_builtin(kernel, dilation, groups):
     ref = torch.autograd.grad(conv(x), [x, conv.weight, conv.bias], grad)
     for a, b in zip(fast, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,slab_voxels", [((11, 6, 5), 60), ((9, 4, 3), 12), ((13, 7), 14), ((5, 4), 4)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_mlp_in_slabs_equals_whole_tensor_mlp(monkeypatch, size, slab_voxels, residual):
+    # slabs of 2, 1, 2 and 1 planes: first and last slab touch the volume faces, the middle ones need both halos
+    monkeypatch.setattr(dlk, "SLAB_VOXELS", slab_voxels)
+    mlp = _randomize(DLKMlp(3, 12, spatial_dims=len(size)))
+    x = to_channels_last(torch.randn(2, 3, *size))
+    with torch.no_grad():
+        y = mlp_in_slabs(x, mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2, residual=residual)
+        ref = _conv(F.gelu(_conv(_conv(x, mlp.fc1), mlp.dwconv, padding=1, groups=12)), mlp.fc2)
+        assert torch.allclose(y, ref + x if residual else ref, atol=1e-5)
+        assert torch.allclose(mlp(x), ref, atol=1e-5)  # the module takes the slab path without gradients
+    # not applicable: gradients needed, NC* layout, or a single slab
+    assert mlp_in_slabs(x, mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2) is None
+    with torch.no_grad():
+        assert mlp_in_slabs(x.contiguous(), mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2) is None
+        monkeypatch.setattr(dlk, "SLAB_VOXELS", 10**9)
+        assert mlp_in_slabs(x, mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2) is None
+
+
+@pytest.mark.parametrize(
+    "c_in,kernel,stride,padding,size",
+    [(1, 3, 1, 1, (6, 5, 7)), (1, 7, 2, 3, (8, 6, 5)), (2, 5, 2, 2, (7, 6, 9)), (4, 3, 2, 1, (7, 9))],
+)
+def test_conv_few_channels_equals_builtin_conv(c_in, kernel, stride, padding, size):
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv3d if len(size) == 3 else torch.nn.Conv2d)(c_in, 5, kernel, stride, padding)
+    x = torch.randn(2, c_in, *size)
+    with torch.no_grad():
+        y = conv_few_channels(conv, x, conv.weight, conv.bias)
+        ref = conv(x)
+    assert y.shape == ref.shape and y.movedim(1, -1).is_contiguous()
+    assert torch.allclose(y, ref, atol=1e-5)
+    assert conv_few_channels(conv, x, conv.weight, conv.bias) is None  # training: the builtin (less memory)
+    wide = torch.nn.Conv2d(8, 5, 3, padding=1)  # many input channels: the builtin (oneDNN) is better
+    with torch.no_grad():
+        assert conv_few_channels(wide, torch.randn(1, 8, 5, 5), wide.weight, wide.bias) is None
 
 
 @pytest.mark.parametrize("size", [(3, 5), (3, 2, 4)])

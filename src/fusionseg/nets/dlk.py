@@ -22,13 +22,38 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionseg.layers import DropPath, LayerNormChannels, check_spatial_dims, conv_type, spatial_mean
+from fusionseg.layers import (
+    DropPath,
+    LayerNormChannels,
+    check_spatial_dims,
+    conv_type,
+    is_channels_last,
+    spatial_mean,
+)
 
-__all__ = ["DLKBlock", "DLKLayer", "DLKMlp", "DLKModule", "depthwise", "pointwise", "set_fast_path", "upsample2x"]
+__all__ = [
+    "DLKBlock",
+    "DLKLayer",
+    "DLKMlp",
+    "DLKModule",
+    "conv_few_channels",
+    "depthwise",
+    "mlp_in_slabs",
+    "pointwise",
+    "set_fast_path",
+    "upsample2x",
+]
+
+# Inference MLPs run in slabs of about this many voxels: the 4×-wide hidden tensor of one slab
+# (2^15 · 4·C floats, 24 MiB at C = 48) stays below glibc's mmap threshold, so it is reused
+# instead of freshly page-faulted, and the passes over it stay cache-friendlier.
+SLAB_VOXELS = 2**15
 
 
 def pointwise(x: torch.Tensor, conv: nn.Module, residual: torch.Tensor | None = None) -> torch.Tensor:
@@ -162,6 +187,38 @@ def upsample2x(x: torch.Tensor, conv_t: nn.Module) -> torch.Tensor:
     return y.movedim(-1, 1)
 
 
+def conv_few_channels(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """A dense ``conv`` (its stride and padding; ``weight``/``bias`` may be BN-folded) on an input with
+    few channels, as one matmul over im2col columns; channels-last out. None when it does not apply.
+
+    With 1-4 input channels oneDNN is not used and the builtin falls back to a slow NC* kernel plus
+    a layout copy; the columns here are (B·S_out, C_in·k^n) — small because C_in is. Inference only
+    (no gradients): in training the columns would be kept for the backward, more memory than the builtin.
+    """
+    n, c_in = x.ndim - 2, x.shape[1]
+    k, stride, pad = conv.kernel_size, conv.stride, conv.padding
+    fits = (
+        not torch.is_grad_enabled()
+        and n in (2, 3)
+        and c_in <= 4
+        and conv.groups == 1
+        and conv.dilation == (1,) * n
+        and isinstance(pad, tuple)
+        and len(set(k)) == len(set(stride)) == len(set(pad)) == 1
+        and c_in * math.prod(k) <= 512
+    )
+    if not fits:
+        return None
+    k, s, p = k[0], stride[0], pad[0]
+    xp = F.pad(x, (p, p) * n) if p else x
+    out = [(size + 2 * p - k) // s + 1 for size in x.shape[2:]]
+    st = xp.stride()
+    # (B, *S_out, C_in, *kernel) view: output position o reads input o·s + tap
+    cols = xp.as_strided((x.shape[0], *out, c_in, *(k,) * n), (st[0], *(v * s for v in st[2:]), st[1], *st[2:]))
+    y = F.linear(cols.reshape(-1, c_in * k**n), weight.flatten(1), bias)
+    return y.view(x.shape[0], *out, -1).movedim(-1, 1)
+
+
 def set_fast_path(module: nn.Module, fast: bool) -> nn.Module:
     """Switch every submodule with a ``fast`` attribute to the fast (True) or plain (False) path."""
     for m in module.modules():
@@ -274,6 +331,65 @@ class DLKModule(nn.Module):
         return self.proj_2(self.spatial_gating_unit(h)) + x
 
 
+def mlp_in_slabs(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor | None,
+    dwconv: nn.Module,
+    fc2: nn.Module,
+    residual: bool = False,
+) -> torch.Tensor | None:
+    """No-grad ``fc2(GELU(dwconv(fc1(x)))) (+ x)`` on channels-last ``x``, slab by slab along the first spatial axis.
+
+    Each slab recomputes ``fc1`` on one extra plane each side (the 3-tap depthwise conv's halo);
+    at the volume's faces the hidden tensor is zero-padded, exactly like the full conv. Same numbers
+    as the whole-tensor path, without ever holding the (B, 4·C, *S) hidden tensor. Returns None when
+    the slab path does not apply (gradients needed, small input, other conv shapes, not
+    channels-last): the caller then runs the whole-tensor path.
+
+    Example:
+        >>> mlp = DLKMlp(4, 16, spatial_dims=3).eval()
+        >>> x = torch.randn(1, 4, 80, 32, 32).contiguous(memory_format=torch.channels_last_3d)
+        >>> with torch.no_grad():
+        ...     y = mlp_in_slabs(x, mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2)
+        >>> y.shape
+        torch.Size([1, 4, 80, 32, 32])
+    """
+    n = x.ndim - 2
+    sizes = x.shape[2:]
+    plane = math.prod(sizes[1:]) * x.shape[0]
+    slab = max(1, SLAB_VOXELS // max(plane, 1))
+    fits = (
+        not torch.is_grad_enabled()
+        and n in (2, 3)
+        and sizes[0] > 2 * slab
+        and dwconv.kernel_size == (3,) * n
+        and dwconv.padding == (1,) * n
+        and dwconv.dilation == (1,) * n
+        and dwconv.stride == (1,) * n
+        and is_channels_last(x)
+    )
+    if not fits:
+        return None
+    xs = x.movedim(1, -1)  # (B, *S, C) contiguous
+    depth, conv = sizes[0], F.conv3d if n == 3 else F.conv2d
+    out = None
+    for d0 in range(0, depth, slab):
+        d1 = min(depth, d0 + slab)
+        lo, hi = max(0, d0 - 1), min(depth, d1 + 1)
+        h = F.linear(xs[:, lo:hi], fc1_weight, fc1_bias).movedim(-1, 1)
+        if lo == d0 or hi == d1:  # volume face: the full conv's zero padding of the hidden tensor
+            h = F.pad(h, (0, 0) * (n - 1) + (int(lo == d0), int(hi == d1)))
+        h = F.gelu(conv(h, dwconv.weight, dwconv.bias, padding=(0,) + (1,) * (n - 1), groups=dwconv.groups))
+        y = F.linear(h.movedim(1, -1), fc2.weight.flatten(1), fc2.bias)
+        if residual:
+            y = y.add_(xs[:, d0:d1])
+        if out is None:
+            out = xs.new_empty((*xs.shape[:-1], y.shape[-1]), dtype=y.dtype)
+        out[:, d0:d1] = y
+    return out.movedim(-1, 1)
+
+
 class DLKMlp(nn.Module):
     """``fc2(GELU(DWConv3(fc1(x))))`` with hidden width ``hidden`` (official name ``mlp``).
 
@@ -295,6 +411,9 @@ class DLKMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fast:
+            y = mlp_in_slabs(x, self.fc1.weight.flatten(1), self.fc1.bias, self.dwconv, self.fc2)
+            if y is not None:
+                return y
             return pointwise(F.gelu(depthwise(pointwise(x, self.fc1), self.dwconv)), self.fc2)
         return self.fc2(self.act(self.dwconv(self.fc1(x))))
 

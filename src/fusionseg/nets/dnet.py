@@ -36,7 +36,16 @@ from fusionseg.layers import (
     conv_type,
     to_channels_last,
 )
-from fusionseg.nets.dlk import DLKBlock, DLKMlp, depthwise, pointwise, set_fast_path, upsample2x
+from fusionseg.nets.dlk import (
+    DLKBlock,
+    DLKMlp,
+    conv_few_channels,
+    depthwise,
+    mlp_in_slabs,
+    pointwise,
+    set_fast_path,
+    upsample2x,
+)
 from fusionseg.nets.registry import register_model
 
 __all__ = ["DNet", "DNetV1", "bf16_autocast", "check_input_size"]
@@ -83,9 +92,11 @@ def _check_sequence(name: str, values: Sequence[int], length: int, minimum: int)
 
 
 def _dense(conv: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """``conv(x)``; on the fast path the output is forced channels-last (e.g. 1-channel inputs give NCDHW)."""
-    y = conv(x)
-    return to_channels_last(y) if fast else y
+    """``conv(x)``; on the fast path channels-last out (few input channels: one im2col matmul)."""
+    if not fast:
+        return conv(x)
+    y = conv_few_channels(conv, x, conv.weight, conv.bias)
+    return to_channels_last(conv(x)) if y is None else y
 
 
 def _up(conv_t: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -110,11 +121,12 @@ def _conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``, channels-last; in eval mode the BN is folded into the conv weights (one pass fewer)."""
     affine = _bn_affine(bn)
     if affine is None:
-        return bn(to_channels_last(conv(x)))
+        return bn(_dense(conv, x, True))
     scale, shift = affine
     weight = conv.weight * scale.view(-1, *(1,) * (conv.weight.ndim - 1))
     bias = shift if conv.bias is None else conv.bias * scale + shift
-    return to_channels_last(conv._conv_forward(x, weight, bias))
+    y = conv_few_channels(conv, x, weight, bias)
+    return to_channels_last(conv._conv_forward(x, weight, bias)) if y is None else y
 
 
 def _conv_norm_act(conv: type[nn.Module], bn: type[nn.Module], c_in: int, c_out: int) -> nn.Sequential:
@@ -161,7 +173,11 @@ class Saliency(nn.Module):
             h = pointwise(self.norm_layer(x), mlp.fc1)
         else:  # eval: fold the second use of the BN into fc1, W·(x·s + t) + b = (W·diag(s))·x + (W·t + b)
             w1 = mlp.fc1.weight.flatten(1)
-            h = F.linear(x.movedim(1, -1), w1 * affine[0], mlp.fc1.bias + w1 @ affine[1]).movedim(-1, 1)
+            w1, b1 = w1 * affine[0], mlp.fc1.bias + w1 @ affine[1]
+            y = mlp_in_slabs(x, w1, b1, mlp.dwconv, mlp.fc2, residual=True)
+            if y is not None:
+                return y
+            h = F.linear(x.movedim(1, -1), w1, b1).movedim(-1, 1)
         h = F.gelu(depthwise(h, mlp.dwconv))
         return pointwise(h, mlp.fc2, residual=x)
 
