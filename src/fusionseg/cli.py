@@ -48,13 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module_name, _ = COMMANDS[command]
     prog = f"fusionseg {command}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name and err.name.startswith("fusionseg"):
-            print(f"{prog}: not yet available in this version")
-            return 0
-        raise
+    module = importlib.import_module(module_name)
     try:
         return int(module.main(rest, prog) or 0)
     except FusionSegError as err:

@@ -42,3 +42,15 @@ def test_bad_options_exit_with_usage():
         modules.main(["--only", "unet"])
     with pytest.raises(SystemExit):
         modules.main(["--threads", "0"])
+
+
+def test_attention_floor_counts_and_note():
+    # TIF(96,128) at 128² tokens, T_l branch: 1 head, 16,385 tokens, dim_head 64
+    assert modules.attention_gflop(16385, 64, 1, 7) == pytest.approx(240.6, abs=0.1)
+    assert modules.attention_gflop(4097, 32, 3, 6) == pytest.approx(19.34, abs=0.01)
+    assert modules.tif_floor_note([{"module": "DFF(48)", "pass": "forward+backward"}]) is None
+
+
+def test_sgemm_rate_is_positive_and_finite():
+    rate = modules.sgemm_gflops(257, 16, repeats=1)
+    assert 0.1 < rate < 1e5

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import fusionseg.nets.dlk as dlk
+import fusionseg.nets.dnet as dnet
 from fusionseg.errors import InputError
 from fusionseg.nets import create_model
-from fusionseg.nets.dnet import DNet, DNetV1, bf16_autocast
+from fusionseg.nets.dnet import ConvBlock, DNet, DNetV1, bf16_autocast
 
 SPECS = Path(__file__).resolve().parents[2] / ".." / "shared" / "specs"
 TINY = (8, 16, 32, 64, 128)
@@ -164,6 +166,26 @@ def test_fast_path_equals_plain_path(cls, spatial_dims):
     for f, p in zip(fast, plain):
         assert ((f - p).abs().max() / p.abs().max()).item() <= 1e-4
     assert fast[0].is_contiguous(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+
+
+@pytest.mark.parametrize("cls,spatial_dims", [(DNet, 3), (DNet, 2), (DNetV1, 3)])
+def test_inference_slabs_equal_plain_path(monkeypatch, cls, spatial_dims):
+    # tiny slabs (1-plane MLP slabs, 8-plane ConvBlock slabs) so that tiny inputs take the slab paths
+    monkeypatch.setattr(dlk, "SLAB_VOXELS", 1)
+    monkeypatch.setattr(dnet, "CONV_SLAB_VOXELS", 1)
+    taken = []
+    in_slabs = ConvBlock._in_slabs
+    monkeypatch.setattr(ConvBlock, "_in_slabs", lambda self, x: taken.append(in_slabs(self, x)) or taken[-1])
+    size = (32, 32, 32) if spatial_dims == 3 else (64, 32)
+    model = _randomize(cls(2, 3, dims=(8, 8, 8, 8, 8), spatial_dims=spatial_dims)).eval()
+    x = torch.randn(1, 2, *size)
+    with torch.no_grad():
+        fast = model(x)
+        model.channels_last = False
+        plain = model(x)
+    assert any(t is not None for t in taken)
+    for f, p in zip(fast, plain):
+        assert ((f - p).abs().max() / p.abs().max()).item() <= 1e-4
 
 
 def test_fast_path_gradients_equal_plain_gradients():
