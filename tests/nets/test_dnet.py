@@ -257,7 +257,11 @@ def test_drop_path_rates_rise_linearly():
     assert model.decoder.stages[0][0].drop_path.drop_prob == pytest.approx(enc[7])
 
 
-def test_bf16_autocast_runs_and_mostly_agrees():
+@pytest.mark.parametrize("slabs", [False, True])
+def test_bf16_autocast_runs_and_mostly_agrees(monkeypatch, slabs):
+    if slabs:  # the inference slab paths under autocast: bf16 slab buffers, fp32 residuals
+        monkeypatch.setattr(dlk, "SLAB_VOXELS", 1)
+        monkeypatch.setattr(dnet, "CONV_SLAB_VOXELS", 1)
     model = _randomize(DNet(1, 3, dims=TINY, spatial_dims=2, deep_supervision=False)).eval()
     x = torch.randn(1, 1, 64, 64)
     with torch.inference_mode():
