@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import fusionseg.nets.dlk as dlk
-import fusionseg.nets.dnet as dnet
 from fusionseg.errors import InputError
 from fusionseg.nets import create_model
-from fusionseg.nets.dnet import ConvBlock, DNet, DNetV1, bf16_autocast
+from fusionseg.nets.dnet import DNet, DNetV1, bf16_autocast
 
 SPECS = Path(__file__).resolve().parents[2] / ".." / "shared" / "specs"
 TINY = (8, 16, 32, 64, 128)
@@ -170,12 +169,10 @@ def test_fast_path_equals_plain_path(cls, spatial_dims):
 
 @pytest.mark.parametrize("cls,spatial_dims", [(DNet, 3), (DNet, 2), (DNetV1, 3)])
 def test_inference_slabs_equal_plain_path(monkeypatch, cls, spatial_dims):
-    # tiny slabs (1-plane MLP slabs, 8-plane ConvBlock slabs) so that tiny inputs take the slab paths
-    monkeypatch.setattr(dlk, "SLAB_VOXELS", 1)
-    monkeypatch.setattr(dnet, "CONV_SLAB_VOXELS", 1)
+    monkeypatch.setattr(dlk, "SLAB_VOXELS", 1)  # 1-plane MLP slabs, so that tiny inputs take the slab path
     taken = []
-    in_slabs = ConvBlock._in_slabs
-    monkeypatch.setattr(ConvBlock, "_in_slabs", lambda self, x: taken.append(in_slabs(self, x)) or taken[-1])
+    in_slabs = dlk.mlp_in_slabs
+    monkeypatch.setattr(dlk, "mlp_in_slabs", lambda *a, **k: taken.append(in_slabs(*a, **k)) or taken[-1])
     size = (32, 32, 32) if spatial_dims == 3 else (64, 32)
     model = _randomize(cls(2, 3, dims=(8, 8, 8, 8, 8), spatial_dims=spatial_dims)).eval()
     x = torch.randn(1, 2, *size)
@@ -259,9 +256,8 @@ def test_drop_path_rates_rise_linearly():
 
 @pytest.mark.parametrize("slabs", [False, True])
 def test_bf16_autocast_runs_and_mostly_agrees(monkeypatch, slabs):
-    if slabs:  # the inference slab paths under autocast: bf16 slab buffers, fp32 residuals
+    if slabs:  # the inference MLP slab path under autocast: bf16 slab buffers, fp32 residuals
         monkeypatch.setattr(dlk, "SLAB_VOXELS", 1)
-        monkeypatch.setattr(dnet, "CONV_SLAB_VOXELS", 1)
     model = _randomize(DNet(1, 3, dims=TINY, spatial_dims=2, deep_supervision=False)).eval()
     x = torch.randn(1, 1, 64, 64)
     with torch.inference_mode():

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 
 import torch
@@ -50,10 +49,6 @@ from fusionseg.nets.dlk import (
 from fusionseg.nets.registry import register_model
 
 __all__ = ["DNet", "DNetV1", "bf16_autocast", "check_input_size"]
-
-# Eval-mode ConvBlocks run in slabs of about this many voxels (at 48 channels a 12 MiB conv output,
-# below glibc's mmap threshold: reused, not page-faulted); at least 8 planes to bound the halo work.
-CONV_SLAB_VOXELS = 2**16
 
 SIZE_MULTIPLE = 32
 
@@ -122,22 +117,14 @@ def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     return scale, shift
 
 
-def _folded(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(weight, bias) of ``bn ∘ conv`` as one conv for an eval-mode BN, else None."""
-    affine = _bn_affine(bn)
-    if affine is None:
-        return None
-    scale, shift = affine
-    weight = conv.weight * scale.view(-1, *(1,) * (conv.weight.ndim - 1))
-    return weight, shift if conv.bias is None else conv.bias * scale + shift
-
-
 def _conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``, channels-last; in eval mode the BN is folded into the conv weights (one pass fewer)."""
-    folded = _folded(conv, bn)
-    if folded is None:
+    affine = _bn_affine(bn)
+    if affine is None:
         return bn(_dense(conv, x, True))
-    weight, bias = folded
+    scale, shift = affine
+    weight = conv.weight * scale.view(-1, *(1,) * (conv.weight.ndim - 1))
+    bias = shift if conv.bias is None else conv.bias * scale + shift
     y = conv_few_channels(conv, x, weight, bias)
     return to_channels_last(conv._conv_forward(x, weight, bias)) if y is None else y
 
@@ -160,44 +147,9 @@ class ConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fast:
             return self.conv2(self.conv1(x))
-        y = self._in_slabs(x)
-        if y is not None:
-            return y
         for conv, norm, act in (self.conv1, self.conv2):
             x = act(_conv_bn(conv, norm, x))
         return x
-
-    def _in_slabs(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Eval inference slab by slab along the first spatial axis (None when it does not apply).
-
-        Output planes [d0, d1) need conv1's output on [d0 - 1, d1 + 1), which needs x on [d0 - 2, d1 + 2);
-        at the faces the conv's zero padding is reproduced by zero planes. The full-size conv1 output
-        is never held, and the slab buffers stay small enough to be reused instead of page-faulted.
-        """
-        (conv1, bn1, act1), (conv2, bn2, act2) = self.conv1, self.conv2
-        folded1, folded2 = _folded(conv1, bn1), _folded(conv2, bn2)
-        n, depth = x.ndim - 2, x.shape[2]
-        slab = max(8, CONV_SLAB_VOXELS // max(1, x.shape[0] * math.prod(x.shape[3:])))
-        if torch.is_grad_enabled() or folded1 is None or folded2 is None or depth < 2 * slab or x.shape[1] <= 4:
-            return None
-        conv = F.conv3d if n == 3 else F.conv2d
-        padding = (0,) + (1,) * (n - 1)  # the first axis is padded by hand
-
-        def conv_act(t, lo, hi, start, stop, folded, act):  # planes [lo, hi) of t hold [start, stop) ∩ volume
-            t = F.pad(t, (0, 0) * (n - 1) + (lo - start, stop - hi)) if (lo, hi) != (start, stop) else t
-            return act(conv(t, *folded, padding=padding))
-
-        out = None
-        for d0 in range(0, depth, slab):
-            d1 = min(depth, d0 + slab)
-            a, b = max(0, d0 - 1), min(depth, d1 + 1)  # conv1 output planes needed
-            xa, xb = max(0, a - 1), min(depth, b + 1)
-            h = conv_act(x[:, :, xa:xb], xa, xb, a - 1, b + 1, folded1, act1)  # planes [a, b)
-            y = conv_act(h, a, b, d0 - 1, d1 + 1, folded2, act2)  # planes [d0, d1)
-            if out is None:
-                out = to_channels_last(x.new_empty((x.shape[0], y.shape[1], *x.shape[2:]), dtype=y.dtype))
-            out[:, :, d0:d1] = y
-        return out
 
 
 class Saliency(nn.Module):
