@@ -187,7 +187,9 @@ def upsample2x(x: torch.Tensor, conv_t: nn.Module) -> torch.Tensor:
     return y.movedim(-1, 1)
 
 
-def conv_few_channels(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+def conv_few_channels(
+    conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor | None:
     """A dense ``conv`` (its stride and padding; ``weight``/``bias`` may be BN-folded) on an input with
     few channels, as one matmul over im2col columns; channels-last out. None when it does not apply.
 

@@ -91,12 +91,15 @@ def _check_sequence(name: str, values: Sequence[int], length: int, minimum: int)
     return values
 
 
+def _conv_channels_last(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """``conv`` with these weights, channels-last out (few input channels: one im2col matmul)."""
+    y = conv_few_channels(conv, x, weight, bias)
+    return to_channels_last(conv._conv_forward(x, weight, bias)) if y is None else y
+
+
 def _dense(conv: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
-    """``conv(x)``; on the fast path channels-last out (few input channels: one im2col matmul)."""
-    if not fast:
-        return conv(x)
-    y = conv_few_channels(conv, x, conv.weight, conv.bias)
-    return to_channels_last(conv(x)) if y is None else y
+    """``conv(x)``; channels-last out on the fast path."""
+    return _conv_channels_last(conv, x, conv.weight, conv.bias) if fast else conv(x)
 
 
 def _up(conv_t: nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -125,8 +128,7 @@ def _conv_bn(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     scale, shift = affine
     weight = conv.weight * scale.view(-1, *(1,) * (conv.weight.ndim - 1))
     bias = shift if conv.bias is None else conv.bias * scale + shift
-    y = conv_few_channels(conv, x, weight, bias)
-    return to_channels_last(conv._conv_forward(x, weight, bias)) if y is None else y
+    return _conv_channels_last(conv, x, weight, bias)
 
 
 def _conv_norm_act(conv: type[nn.Module], bn: type[nn.Module], c_in: int, c_out: int) -> nn.Sequential:
