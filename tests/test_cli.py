@@ -57,7 +57,7 @@ def test_train_predict_evaluate(phantoms, tmp_path):
 
     proc = fusionseg(
         "predict",
-        "--model",
+        "--checkpoint",
         run / "best.pt",
         "--input",
         phantoms / "test" / "images",
@@ -97,11 +97,11 @@ def test_ablate(phantoms, tmp_path):
         phantoms,
         "--output",
         tmp_path,
-        "--fusions",
+        "--fusion",
         "concat,dff",
         "--seeds",
         "2",
-        "--budget",
+        "--time-budget",
         "0.5",
         "--batch-size",
         "2",
@@ -127,9 +127,11 @@ def test_ablate(phantoms, tmp_path):
     ("argv", "message"),
     [
         (["train", "--data", "/nonexistent/folder"], "not a folder"),
-        (["predict", "--model", "/nonexistent.pt", "--input", ".", "--output", "/tmp/x"], "does not exist"),
+        (["predict", "--checkpoint", "/nonexistent.pt", "--input", ".", "--output", "/tmp/x"], "does not exist"),
+        (["predict", "--input", ".", "--output", "/tmp/x"], "--checkpoint is required"),
         (["evaluate", "--pred", "/nonexistent", "--gt", "/nonexistent"], "not a folder"),
-        (["ablate", "--data", ".", "--budget", "1", "--fusions", "concat,magic"], "unknown"),
+        (["ablate", "--data", ".", "--time-budget", "1", "--fusion", "concat,magic"], "unknown"),
+        (["ablate", "--data", "."], "--time-budget is required"),
         (["demo", "--threads", "zero"], "--threads"),
     ],
 )
@@ -140,12 +142,41 @@ def test_user_errors_are_one_line(argv, message, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo", "ablate"])
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate", "demo", "ablate", "export", "import-weights"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main([command, "--help"])
     assert exit_info.value.code == 0
-    assert f"usage: fusionseg {command}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"usage: fusionseg {command}" in out and "``" not in out
+
+
+def test_ablate_help_shows_its_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["ablate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default 1000)" in out and "(default runs/ablate)" in out and "--no-progress" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "old", "new"),
+    [
+        (["predict", "--model", "/nonexistent.pt", "--input", ".", "--output", "/tmp/x"], "--model", "--checkpoint"),
+        (["ablate", "--data", ".", "--budget", "1", "--fusions", "concat,magic"], "--fusions", "--fusion"),
+    ],
+)
+def test_old_option_names_still_work_with_a_note(argv, old, new, capsys):
+    assert cli_main(argv) == 2  # parsed into the new option, then the usual one-line error
+    err = capsys.readouterr().err
+    assert f"note: {old} is now {new}" in err and "error:" in err and "Traceback" not in err
+
+
+def test_bench_names_take_hyphens_and_underscores(capsys):
+    for name in ("ds-transunet", "ds_transunet"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["bench", name, "--help"])
+        assert exit_info.value.code == 0
+    assert "usage: fusionseg bench ds-transunet" in capsys.readouterr().out
 
 
 @pytest.mark.slow

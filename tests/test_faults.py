@@ -19,10 +19,11 @@ import torch
 from torch import nn
 
 from fusionseg import cli
+from fusionseg.data.validation import check_channels
 from fusionseg.engine import checkpoint as ckpt_mod
 from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
-from fusionseg.engine.io_safety import atomic_write, check_channels, ensure_file, ensure_writable_dir
 from fusionseg.errors import InputError
+from fusionseg.files import atomic_write, ensure_file, ensure_writable_dir
 from fusionseg.nets import registry
 from fusionseg.nets.weights import load_pretrained
 
@@ -35,8 +36,12 @@ class Faulty(nn.Module):
     def __init__(self, in_channels=1, out_channels=2, spatial_dims=2):
         super().__init__()
         self.conv = (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(in_channels, out_channels, 3, padding=1)
+        self.in_channels, self.out_channels, self.spatial_dims = in_channels, out_channels, spatial_dims
         kwargs = dict(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims)
         self.config = {"name": "_toy_faults", "kwargs": kwargs}
+
+    def check_input(self, x):
+        pass
 
     def forward(self, x):
         return self.conv(x)
@@ -221,7 +226,7 @@ def test_unwritable_output_directory(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("fusionseg.engine.io_safety.tempfile.mkstemp", denied)  # as if the folder were read-only
+    monkeypatch.setattr("fusionseg.files.tempfile.mkstemp", denied)  # as if the folder were read-only
     with pytest.raises(InputError) as info:
         save_checkpoint(tmp_path / "ro" / "last.pt", {"a": 1})
     assert "(permission denied); choose a writable directory" in _assert_one_line(info.value)
@@ -241,7 +246,7 @@ def test_read_only_directory_for_real(tmp_path):
 def test_cli_unwritable_output_is_one_line(tmp_path, good_ckpt, capsys):
     (tmp_path / "file").write_text("x")
     rc = cli.main(["export", "--checkpoint", str(good_ckpt), "--format", "torchscript", "--output",
-                   str(tmp_path / "file" / "m.ts"), "--input-size", "4", "4"])  # fmt: skip
+                   str(tmp_path / "file" / "m.ts"), "--patch-size", "4", "4"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "is an existing file, not a directory" in err and err.count("\n") == 1
 
@@ -257,10 +262,10 @@ def test_missing_and_empty_input_files(tmp_path):
 
 def test_wrong_channel_count_for_checkpoint(tmp_path):
     with pytest.raises(InputError) as info:
-        check_channels(expected=1, got=3, source="image case_001.png")
+        check_channels(3, 1, "image case_001.png")
     msg = _assert_one_line(info.value)
     assert "3 channel(s)" in msg and "expects 1" in msg
-    check_channels(2, 2, "x")
+    check_channels(2, 2, "x")  # matching counts pass
     # weights of a 1-channel model do not go into a 3-channel model: named fix
     with pytest.raises(InputError, match="in_channels=1"):
         load_pretrained(Faulty(in_channels=3), Faulty(in_channels=1).state_dict())
@@ -280,7 +285,7 @@ def test_predict_with_wrong_channel_count_fails_cleanly_and_writes_nothing(tmp_p
     if image is None:
         pytest.skip("2D phantom layout has no images/ folder")
     out = tmp_path / "pred"
-    rc = cli.main(["predict", "--model", str(ck), "--input", str(image), "--output", str(out)])
+    rc = cli.main(["predict", "--checkpoint", str(ck), "--input", str(image), "--output", str(out)])
     captured = capsys.readouterr()
     assert rc != 0
     assert "channel" in captured.err.lower()

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-__all__ = ["FusionSegError", "InputError", "ensure_file", "find_input_error"]
+__all__ = ["FusionSegError", "InputError", "find_input_error"]
 
 
 class FusionSegError(Exception):
@@ -26,18 +23,3 @@ def find_input_error(exc: BaseException | None) -> FusionSegError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-def ensure_file(path: str | os.PathLike, what: str = "file") -> Path:
-    """``path`` as a Path if it is a readable, non-empty file; :class:`InputError` naming the problem otherwise."""
-    path = Path(path)
-    if not path.exists():
-        where = "" if path.parent.is_dir() else f" (folder {path.parent} does not exist either)"
-        raise InputError(f"{what} {path} does not exist{where}; check the path")
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory; pass the file inside it")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{what} {path} is not readable (permission denied); fix its permissions")
-    if path.stat().st_size == 0:
-        raise InputError(f"{what} {path} is empty (0 bytes); the copy or download was probably interrupted")
-    return path

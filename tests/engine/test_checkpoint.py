@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
+from fusionseg.cli.import_weights import main
 from fusionseg.engine.checkpoint import (
     CHECKPOINT_VERSION,
     build_checkpoint,
     capture_rng_state,
     load_checkpoint,
-    main,
     rebuild_model,
     restore_rng_state,
     save_checkpoint,
@@ -303,7 +303,7 @@ def test_import_weights_cli_errors_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="JSON"):
         main(["--model", "_toy_ckpt", "--model-kwargs", "{bad", *base], "p")
     assert not (tmp_path / "ck.pt").exists()
-    assert main(["--model", "_toy_ckpt", "--non-strict", *base], "p") == 0  # head re-initialised, rest loaded
+    assert main(["--model", "_toy_ckpt", "--no-strict", *base], "p") == 0  # head re-initialised, rest loaded
 
 
 # --------------------------------------------------------------------------------------------- official listings
@@ -349,6 +349,6 @@ def test_import_weights_cli_embeds_dataset_preprocessing(tmp_path):
     root = data.make_phantom_dataset(tmp_path / "ds", spatial_dims=2, num_train=2, num_test=1, size=(16, 16))
     torch.save(_toy(in_channels=1, out_channels=3).state_dict(), tmp_path / "o.pth")
     args = ["--model", "_toy_ckpt", "--weights", str(tmp_path / "o.pth"), "--output", str(tmp_path / "ck.pt")]
-    assert main([*args, "--out-channels", "3", "--dataset", str(root), "--patch-size", "16", "16"], "p") == 0
+    assert main([*args, "--out-channels", "3", "--data", str(root), "--patch-size", "16", "16"], "p") == 0
     pre = load_checkpoint(tmp_path / "ck.pt")["preprocessing"]
     assert pre["spatial_dims"] == 2 and pre["num_classes"] == 3 and list(pre["patch_size"]) == [16, 16]

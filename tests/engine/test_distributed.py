@@ -35,14 +35,13 @@ WORKER = textwrap.dedent(
     g = torch.Generator().manual_seed(1)
     data = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g))
     net = D.wrap_model(model, info)
-    sampler = D.make_sampler(data, info, shuffle=True, seed=3)
-    if sampler is None:  # one process: the same permutation, whole global batch
-        sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3)
+    # rank r of world_size takes its share of one permutation; one process takes all of it
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=info.world_size, rank=info.rank, seed=3)
     loader = torch.utils.data.DataLoader(data, batch_size=4 // info.world_size, sampler=sampler)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     losses, seen = [], []
     for epoch in range(2):
-        D.set_epoch(sampler, epoch)
+        sampler.set_epoch(epoch)
         for x, y in loader:
             opt.zero_grad()
             loss = nn.functional.mse_loss(net(x), y)
@@ -50,12 +49,11 @@ WORKER = textwrap.dedent(
             opt.step()
             losses.append(D.all_reduce_mean(loss, info))
         seen.append(list(iter(sampler)))
-    shared = D.broadcast_object({"from": info.rank, "pre": [1.5, 2]}, info)
     rank_mean = D.all_reduce_mean(float(info.rank), info)
     D.barrier(info)
     result = {
         "rank": info.rank, "world": info.world_size, "enabled": info.enabled, "is_main": info.is_main,
-        "wrapped": type(net).__name__, "losses": losses, "seen": seen, "shared": shared, "rank_mean": rank_mean,
+        "wrapped": type(net).__name__, "losses": losses, "seen": seen, "rank_mean": rank_mean,
         "weights": [p.detach().flatten().tolist() for p in D.unwrap_model(net).parameters()],
     }
     with open(f"{out}/rank{info.rank}.json", "w") as f:
@@ -101,11 +99,8 @@ def test_single_process_defaults_are_no_ops(monkeypatch):
     assert info == D.DistInfo(0, 1, 0, torch.device("cpu"), True, False)
     model = nn.Linear(2, 2)
     assert D.wrap_model(model, info) is model
-    assert D.make_sampler(list(range(5)), info) is None
     assert D.all_reduce_mean(torch.tensor([1.0, 3.0]), info) == 2.0
     assert D.all_reduce_mean(0.25, info) == 0.25
-    assert D.broadcast_object({"a": 1}, info) == {"a": 1}
-    D.set_epoch(None, 3)
     D.barrier(info)
     D.cleanup(info)
 
@@ -130,7 +125,7 @@ def test_unwrap_model_removes_every_wrapper():
 
 @pytest.mark.parametrize(
     ("device", "match"),
-    [("tpu", "unknown device"), ("cuda", "no CUDA GPU"), ("cuda:3", "no CUDA GPU")],
+    [("tpu", "unknown device"), ("cuda", "no CUDA device"), ("cuda:3", "no CUDA device")],
 )
 def test_bad_device_is_an_input_error(device, match):
     if torch.cuda.is_available():
@@ -167,7 +162,6 @@ def test_two_gloo_processes_match_single_process_training(tmp_path, monkeypatch)
     for r, res in enumerate(ranks):
         assert res["enabled"] and res["world"] == 2 and res["rank"] == r and res["is_main"] == (r == 0)
         assert res["wrapped"] == "DistributedDataParallel"
-        assert res["shared"] == {"from": 0, "pre": [1.5, 2]}  # rank 0's object everywhere
         assert res["rank_mean"] == 0.5
     # The sampler splits each epoch's permutation into disjoint halves covering the dataset.
     for epoch in range(2):

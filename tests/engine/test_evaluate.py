@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fusionseg.engine import evaluate
-from fusionseg.engine.evaluate import case_metrics, dice_iou, evaluate_folders, surface_distances
+from fusionseg.cli import evaluate as evaluate_cli
+from fusionseg.engine.evaluate import evaluate_folders
+from fusionseg.engine.metrics import case_metrics, dice_iou, surface_distances
 from fusionseg.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -134,7 +135,9 @@ def test_evaluate_main_writes_csv_json_and_overlays(tmp_path):
         Image.fromarray(pred).save(pred_dir / f"c{i}.png")
         Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(img_dir / f"c{i}.png")
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(gt_dir / "lonely.png")  # no prediction
-    code = evaluate.main(["--pred", str(pred_dir), "--gt", str(gt_dir), "--images", str(img_dir), "--output", str(out)])
+    code = evaluate_cli.main(
+        ["--pred", str(pred_dir), "--gt", str(gt_dir), "--images", str(img_dir), "--output", str(out)]
+    )
     assert code == 0
     lines = (out / "metrics.csv").read_text().splitlines()
     assert lines[0] == "case,label,dice,iou,hd95,msd" and len(lines) == 1 + 4

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from fusionseg.cli.export import main
 from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
-from fusionseg.engine.export import ExportMismatchError, InferenceWrapper, export_model, main, run_exported
+from fusionseg.engine.export import ExportMismatchError, InferenceWrapper, export_model, run_exported
 from fusionseg.errors import InputError
 from fusionseg.fusion import DFF, TIF
 from fusionseg.nets import registry
@@ -29,12 +30,17 @@ class TinySeg(nn.Module):
         self.body = nn.Sequential(conv(in_channels, 4, 3, padding=1), nn.GELU())
         self.head, self.aux = conv(4, out_channels, 1), conv(4, out_channels, 1)
         self.deep_supervision = deep_supervision
+        self.in_channels, self.out_channels, self.spatial_dims = in_channels, out_channels, spatial_dims
         kwargs = dict(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims)
         self.config = {"name": "_toy_export", "kwargs": {**kwargs, "deep_supervision": deep_supervision}}
 
+    def check_input(self, x):
+        if any(s % self.size_multiple for s in x.shape[2:]):
+            fix = [max(4, round(s / 4) * 4) for s in x.shape[2:]]
+            raise InputError(f"sizes must be multiples of 4 for this model; try {fix}")
+
     def forward(self, x):
-        if x.shape[-1] % self.size_multiple:
-            raise ValueError("size must be a multiple of 4")
+        self.check_input(x)
         h = self.body(x)
         return (self.head(h), self.aux(h)) if self.deep_supervision else self.head(h)
 
@@ -185,12 +191,12 @@ def test_export_cli_bad_inputs_are_one_line_errors(tmp_path, toy_checkpoint):
     ckpt, _ = toy_checkpoint
     base = ["--checkpoint", str(ckpt), "--format", "torchscript", "--output", str(tmp_path / "o.ts")]
     with pytest.raises(InputError, match=r"multiples of 4 .*try \[8, 8\]"):
-        main([*base, "--input-size", "9", "7"], "p")
+        main([*base, "--patch-size", "9", "7"], "p")
     with pytest.raises(InputError, match="needs 2 values"):
-        main([*base, "--input-size", "8", "8", "8"], "p")
+        main([*base, "--patch-size", "8", "8", "8"], "p")
     with pytest.raises(InputError, match="does not exist"):
         main(["--checkpoint", str(tmp_path / "nope.pt"), *base[2:]], "p")
-    assert main([*base, "--input-size", "16"], "p") == 0  # one value = all spatial dims
+    assert main([*base, "--patch-size", "16"], "p") == 0  # one value = all spatial dims
 
 
 def test_onnx_dynamic_batch_runs_other_batch_sizes(tmp_path, toy_checkpoint):

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fusionseg.cli import predict as predict_cli
 from fusionseg.data import build_preprocessing, make_phantom_dataset, scan_dataset
 from fusionseg.engine import infer
 from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
@@ -184,7 +185,10 @@ def test_predict_main_2d_png_with_probabilities(tmp_path, capsys):
     ckpt = _checkpoint(tmp_path, 2)
     images = tmp_path / "ph2" / "test" / "images"
     out = tmp_path / "out"
-    assert infer.main(["--model", str(ckpt), "--input", str(images), "--output", str(out), "--probabilities"]) == 0
+    assert (
+        predict_cli.main(["--checkpoint", str(ckpt), "--input", str(images), "--output", str(out), "--probabilities"])
+        == 0
+    )
     pred = np.asarray(Image.open(out / "phantom_000.png"))
     assert pred.shape == (32, 32) and pred.max() <= 2
     probs = np.load(out / "phantom_000_probabilities.npz")["probabilities"]
@@ -197,3 +201,26 @@ def test_predict_rejects_non_checkpoint(tmp_path):
     path = save_checkpoint(tmp_path / "weights.pt", {"conv.weight": torch.zeros(1)})
     with pytest.raises(InputError, match="fusionseg"):
         infer.load_model(path)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_predict_amp_follows_the_cpu_rule(native_bf16, tmp_path, capsys, monkeypatch):
+    """--amp: bf16 where the CPU has native bf16; elsewhere fp32 (same labels as without --amp) and a note."""
+    monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    ckpt = _checkpoint(tmp_path, 2)
+    images = tmp_path / "ph2" / "test" / "images"
+    args = ["--checkpoint", str(ckpt), "--input", str(images), "--device", "cpu", "--no-progress"]
+    dtypes = []
+    real_forward = torch.nn.Conv2d.forward
+    monkeypatch.setattr(
+        torch.nn.Conv2d, "forward", lambda self, x: dtypes.append(real_forward(self, x).dtype) or real_forward(self, x)
+    )
+    assert predict_cli.main([*args, "--output", str(tmp_path / "amp"), "--amp"]) == 0
+    out = capsys.readouterr().out
+    assert ("no native bfloat16" in out) is (not native_bf16)
+    assert set(dtypes) == {torch.bfloat16 if native_bf16 else torch.float32}
+    assert predict_cli.main([*args, "--output", str(tmp_path / "fp32")]) == 0
+    if not native_bf16:  # the fallback is plain fp32: identical label maps
+        a = np.asarray(Image.open(tmp_path / "amp" / "phantom_000.png"))
+        b = np.asarray(Image.open(tmp_path / "fp32" / "phantom_000.png"))
+        np.testing.assert_array_equal(a, b)

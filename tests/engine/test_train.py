@@ -11,19 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusionseg.cli.train import build_parser, config_from_args
 from fusionseg.data import make_phantom_dataset
-from fusionseg.engine import train as train_module
 from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
-from fusionseg.engine.train import (
-    DeepSupervisedDiceCE,
-    TrainConfig,
-    build_parser,
-    config_from_args,
-    deep_supervision_weights,
-    poly_lr_lambda,
-    split_cases,
-    train,
-)
+from fusionseg.engine.config import TrainConfig
+from fusionseg.engine.losses import DeepSupervisedDiceCE, deep_supervision_weights
+from fusionseg.engine.optim import poly_lr_lambda
+from fusionseg.engine.train import Trainer, split_cases, train
 from fusionseg.errors import InputError
 from fusionseg.nets.registry import list_models
 
@@ -114,7 +108,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(phantoms2d, tmp_p
     # Run 1 stops cleanly after epoch 1; run 2 is killed in the middle of epoch 3; run 3 finishes.
     train(_config(phantoms2d, tmp_path / "parts", stop_after=1, **kw))
     assert load_checkpoint(tmp_path / "parts" / "last.pt")["epoch"] == 1
-    real_step, calls = train_module._train_step, []
+    real_step, calls = Trainer.train_step, []
 
     def dying_step(*args, **kwargs):
         calls.append(1)
@@ -122,10 +116,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(phantoms2d, tmp_p
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "_train_step", dying_step)
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         train(_config(phantoms2d, tmp_path / "parts", resume=True, **kw))
-    monkeypatch.setattr(train_module, "_train_step", real_step)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
     assert load_checkpoint(tmp_path / "parts" / "last.pt")["epoch"] == 2
     train(_config(phantoms2d, tmp_path / "parts", resume=True, **kw))
     a = load_checkpoint(tmp_path / "full" / "last.pt")
@@ -248,13 +242,29 @@ def test_unet_with_each_fusion(fusion, dims, phantoms2d, phantoms3d, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["model"]["kwargs"]["fusion"] == fusion
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
 @pytest.mark.parametrize("fusion", ["concat", "tif"])
-def test_amp_and_channels_last_on_cpu(fusion, phantoms2d, tmp_path):
+def test_amp_and_channels_last_on_cpu(fusion, native_bf16, phantoms2d, tmp_path, monkeypatch, capsys):
+    """--amp trains in bf16 where the CPU has native bf16, else in fp32 with a note (both branches, any CPU)."""
+    monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    dtypes = []
+    real_step = Trainer.train_step
+
+    def step(self, batch):
+        handle = self.model.heads[0].register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+        try:
+            return real_step(self, batch)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(Trainer, "train_step", step)
     config = _config(phantoms2d, tmp_path, fusion=fusion, amp=True, channels_last=True, deep_supervision=True, epochs=1)
     train(config)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["train_args"]["amp"] is True and math.isfinite(ckpt["history"][0]["train_loss"])
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert set(dtypes) == {torch.bfloat16 if native_bf16 else torch.float32}
+    assert ("no native bfloat16" in capsys.readouterr().out) is (not native_bf16)
 
 
 def test_patch_size_is_rounded_to_size_multiple(phantoms2d, tmp_path, capsys):

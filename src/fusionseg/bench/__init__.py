@@ -8,14 +8,22 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("modules", "dnet", "ds_transunet", "real_data")
+# command name → module (names use hyphens like the commands; the underscore spellings still work)
+BENCHMARKS = {
+    "modules": "modules",
+    "dnet": "dnet",
+    "ds-transunet": "ds_transunet",
+    "real-data": "real_data",
+    "train-loop": "train_loop",
+}
 
 
 def main(argv: list[str], prog: str = "fusionseg bench") -> int:
-    if argv and argv[0] in BENCHMARKS:  # everything after the name (``--help`` too) goes to the benchmark
-        module = importlib.import_module(f"fusionseg.bench.{argv[0]}")
-        return int(module.main(argv[1:], f"{prog} {argv[0]}") or 0)
+    name = argv[0].replace("_", "-") if argv else None
+    if name in BENCHMARKS:  # everything after the name (``--help`` too) goes to the benchmark
+        module = importlib.import_module(f"fusionseg.bench.{BENCHMARKS[name]}")
+        return int(module.main(argv[1:], f"{prog} {name}") or 0)
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=BENCHMARKS)
+    parser.add_argument("name", choices=list(BENCHMARKS))
     parser.parse_args(argv)  # prints usage or the error for a missing/unknown name
     return 2

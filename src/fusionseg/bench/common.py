@@ -18,9 +18,12 @@ import gc
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
+
+from fusionseg.engine.report import format_table
+from fusionseg.engine.runtime import tune_cpu_allocator
 
 __all__ = ["format_table", "measure", "peak_memory_mb", "time_call"]
 
@@ -34,7 +37,7 @@ def _sync(device: torch.device | None) -> None:
 
 def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, device: torch.device | None = None) -> float:
     """Median wall time of ``fn()`` in seconds (glibc: blocks up to 32 MiB from the heap, as after warm-up)."""
-    _set_mmap_threshold(WARM_MMAP_THRESHOLD)
+    tune_cpu_allocator(WARM_MMAP_THRESHOLD)
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -45,14 +48,6 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, devic
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def _set_mmap_threshold(nbytes: int) -> None:
-    """glibc: allocations above ``nbytes`` get their own mapping, returned to the OS on free."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: RSS-based peaks are then upper bounds
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, nbytes)  # M_MMAP_THRESHOLD (fixed from now on, no longer dynamic)
-        libc.mallopt(-1, 2 * nbytes)  # M_TRIM_THRESHOLD
 
 
 def _proc_status_mb(key: str) -> float:
@@ -81,7 +76,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | None = None)
     # While measuring, every large block is its own mapping (resident memory tracks live tensors);
     # afterwards blocks up to 32 MiB come from the heap again (glibc's warm default), so timings
     # taken after a memory measurement do not pay a page fault per allocation.
-    _set_mmap_threshold(128 * 1024)
+    tune_cpu_allocator(128 * 1024)
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # freed heap blocks back to the OS, else reuse reads ~0
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -92,7 +87,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | None = None)
         fn()
         return _proc_status_mb("VmHWM") - base
     finally:
-        _set_mmap_threshold(WARM_MMAP_THRESHOLD)
+        tune_cpu_allocator(WARM_MMAP_THRESHOLD)
 
 
 def measure(
@@ -100,16 +95,3 @@ def measure(
 ) -> dict[str, float]:
     """``{"time_s": median seconds, "peak_mb": peak tensor MiB}`` of ``fn()``."""
     return {"time_s": time_call(fn, repeats, warmup, device), "peak_mb": peak_memory_mb(fn, device)}
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A GitHub-markdown table; floats get 3 significant decimals."""
-
-    def cell(v: object) -> str:
-        if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)

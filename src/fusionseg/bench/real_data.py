@@ -277,8 +277,9 @@ def _score(best: Path, data_dir: Path, device: str, overlap: float) -> tuple[flo
     from monai.data import Dataset
 
     from fusionseg import data
-    from fusionseg.engine.evaluate import dice_iou
-    from fusionseg.engine.infer import load_model, pick_device, predict_volume
+    from fusionseg.engine.infer import load_model, predict_volume
+    from fusionseg.engine.metrics import dice_iou
+    from fusionseg.engine.runtime import pick_device
 
     model, pre, _ = load_model(best, pick_device(device))
     info = data.scan_dataset(data_dir)
@@ -302,7 +303,7 @@ def label_copy_dice(data_dir: Path, pre: dict) -> float:
     for what copying the mirrored training hemisphere would score.
     """
     from fusionseg import data
-    from fusionseg.engine.evaluate import dice_iou
+    from fusionseg.engine.metrics import dice_iou
 
     info = data.scan_dataset(data_dir)
     transform = data.eval_transforms(pre)
@@ -325,7 +326,9 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
 
     Returns one record per run, and brain3d's :func:`label_copy_dice` (``{"brain3d": dice}``).
     """
-    from fusionseg.engine.train import TrainConfig, set_threads, train
+    from fusionseg.engine.config import TrainConfig
+    from fusionseg.engine.runtime import set_threads
+    from fusionseg.engine.train import train
 
     root = Path(args.data_root)
     output = Path(args.output)
@@ -382,7 +385,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
                     "train_time_s": round(summary["train_time_s"], 2),
                     "wall_s": round(time.perf_counter() - start, 2),
                     "params": params,
-                    "threads": set_threads(None),
+                    "threads": set_threads(None)[0],
                     "load_before": load_before,
                     "load_after": _load(),
                     **{f"dice_{k}": v for k, v in per_class.items()},
@@ -431,7 +434,7 @@ def _delta(row: dict) -> str:
 
 def format_tables(rows: list[dict], budgets: dict[str, float], copy_dice: dict[str, float] | None = None) -> str:
     """Markdown: the main table (every dataset) and a per-class table for multi-class datasets."""
-    from fusionseg.bench.common import format_table
+    from fusionseg.engine.report import format_table
 
     main = format_table(
         [

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from fusionseg.errors import InputError
+from fusionseg.files import atomic_write
 
-__all__ = ["compare_paired", "main", "run_ablation", "summarise_ablation"]
+__all__ = ["compare_paired", "format_ablation_table", "run_ablation", "summarise_ablation", "write_csv"]
 
 
 def compare_paired(values: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
@@ -92,7 +93,8 @@ def _fmt(value: float, spec: str = ".4f") -> str:
 
 
 def format_ablation_table(rows: list[dict], reference: str, budget: float) -> str:
-    from fusionseg.bench.common import format_table
+    """Markdown table of :func:`summarise_ablation` rows with a note on the protocol."""
+    from fusionseg.engine.report import format_table
 
     table = format_table(
         [
@@ -130,8 +132,10 @@ def run_ablation(
     from monai.data import Dataset
 
     from fusionseg import data
-    from fusionseg.engine.infer import load_model, pick_device
-    from fusionseg.engine.train import case_dice, split_cases, train
+    from fusionseg.engine.infer import load_model
+    from fusionseg.engine.runtime import pick_device
+    from fusionseg.engine.train import split_cases, train
+    from fusionseg.engine.validation import case_dice
 
     info = data.scan_dataset(base.data)
     labelled_test = [c for c in info.test_cases if c.label is not None]
@@ -165,43 +169,9 @@ def run_ablation(
     return summarise_ablation(records, runs, reference), records, reference
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts (same keys) as a CSV file (atomic write)."""
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
-    from fusionseg.engine.train import build_parser, config_from_args
-
-    parser = build_parser(prog, ablation=True)
-    parser.description = "Equal-budget comparison of skip fusions (trains one model per fusion and seed)."
-    parser.add_argument("--fusions", default="concat,add,dff,tif", help="comma-separated fusions (default all four)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per fusion (default 3: seeds 0, 1, 2)")
-    parser.add_argument("--budget", type=float, required=True, help="training seconds per run (equal for every fusion)")
-    parser.set_defaults(output=Path("runs/ablate"), epochs=1000, val_every=1000, progress=False)
-    args = parser.parse_args(argv)
-    fusions = [f.strip().lower() for f in args.fusions.split(",") if f.strip()]
-    from fusionseg.fusion import list_fusions
-
-    unknown = [f for f in fusions if f not in list_fusions()]
-    if unknown or not fusions:
-        raise InputError(f"--fusions: unknown {unknown or 'empty list'}; choose from {', '.join(list_fusions())}")
-    if args.seeds < 1:
-        raise InputError(f"--seeds must be ≥ 1, got {args.seeds}")
-    if args.budget <= 0:
-        raise InputError(f"--budget must be > 0 seconds, got {args.budget}")
-    base = config_from_args(args)
-    seeds = [base.seed + k for k in range(args.seeds)]
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, records, reference = run_ablation(base, fusions, seeds, args.budget, output)
-    _write_csv(output / "ablation_cases.csv", records)
-    _write_csv(output / "ablation.csv", rows)
-    table = format_ablation_table(rows, reference, args.budget)
-    command = "fusionseg ablate " + " ".join(argv or [])
-    (output / "ablation.md").write_text(f"# Fusion ablation ({base.model})\n\n`{command}`\n\n{table}\n")
-    print(table)
-    print(f"wrote {output / 'ablation.csv'}, {output / 'ablation_cases.csv'} and {output / 'ablation.md'}")
-    return 0

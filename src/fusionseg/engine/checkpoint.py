@@ -7,8 +7,8 @@ A fusionseg checkpoint is a plain dict of tensors and plain data (no pickled obj
      "preprocessing": {...},                          # plain data used by predict
      "state_dict": {...}, "optimizer": {...}, "epoch": 3, "rng": capture_rng_state(), ...}
 
-Also the ``fusionseg import-weights`` command (:func:`main`), which turns an official D-Net /
-DS-TransUNet ``.pth``/``.model`` file into a fusionseg checkpoint.
+:func:`import_weights` turns an official D-Net / DS-TransUNet ``.pth``/``.model`` file (or an
+nnU-Net ``checkpoint_final.pth``) into a fusionseg checkpoint (``fusionseg import-weights``).
 
 Example:
     >>> save_checkpoint("run/last.pt", {"format": "fusionseg", "version": 1, "state_dict": {}})
@@ -18,11 +18,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,17 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.engine.io_safety import ensure_file, ensure_writable_dir, fsync_dir, parse_json_object, publish_mode
+from fusionseg.engine.distributed import unwrap_model
 from fusionseg.errors import InputError
-from fusionseg.nets.weights import one_line, read_weights_file
+from fusionseg.files import atomic_write
+from fusionseg.nets.weights import LoadReport, one_line, read_weights_file
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "build_checkpoint",
     "capture_rng_state",
+    "import_weights",
     "load_checkpoint",
-    "main",
     "rebuild_model",
     "restore_rng_state",
     "save_checkpoint",
@@ -88,23 +86,6 @@ def to_plain_data(obj: Any, where: str = "state") -> Any:
     )
 
 
-def _remove_stale_temp_files(path: Path) -> None:
-    """Delete ``.NAME.<pid>.*.tmp`` leftovers of writers that died (e.g. SIGKILL during a save)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        parts = tmp.name[len(path.name) + 2 :].split(".")
-        if not parts or not parts[0].isdigit():
-            continue
-        pid = int(parts[0])
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # alive under another user: not ours to delete
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
 
@@ -114,24 +95,8 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     state = to_plain_data(state)
-    ensure_writable_dir(path.parent, "checkpoint directory")
-    _remove_stale_temp_files(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, publish_mode(path))
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.strerror:
-            raise InputError(
-                f"could not write checkpoint {path}: {err.strerror}; free space or choose another path"
-            ) from None
-        raise
-    fsync_dir(path.parent)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
     return path
 
 
@@ -168,13 +133,11 @@ def build_checkpoint(
     train_args: dict | None = None,
     rng: bool = True,
 ) -> dict[str, Any]:
-    """The contract-2 checkpoint dict of ``model`` (DDP / compiled wrappers are unwrapped).
+    """The checkpoint dict of ``model`` (DDP / compiled wrappers are unwrapped).
 
     Example:
         >>> save_checkpoint("run/last.pt", build_checkpoint(model, optimizer=opt, epoch=3))
     """
-    from fusionseg.engine.distributed import unwrap_model
-
     model = unwrap_model(model)
     config = getattr(model, "config", None)
     if not (isinstance(config, dict) and "name" in config):
@@ -273,63 +236,31 @@ def restore_rng_state(state: dict[str, Any] | None) -> None:
         random.setstate((version, tuple(internal), gauss))
 
 
-# --------------------------------------------------------------------------------------------- CLI
-def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Convert official D-Net / DS-TransUNet weights (.pth, .model, nnU-Net checkpoints) into a "
-        "fusionseg checkpoint usable by `fusionseg predict` / `export` / `train --init`.",
-    )
-    p.add_argument("--model", required=True, help="registry name, e.g. dnet, dnet_v1, ds_transunet")
-    p.add_argument("--weights", required=True, type=Path, help="official weights file")
-    p.add_argument("--output", required=True, type=Path, help="fusionseg checkpoint to write (.pt)")
-    p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's default)")
-    p.add_argument("--out-channels", type=int, default=None, help="classes incl. background (default: model's)")
-    p.add_argument("--spatial-dims", type=int, default=None, choices=(2, 3), help="2 or 3 (default: model's)")
-    ds = p.add_mutually_exclusive_group()
-    ds.add_argument("--deep-supervision", dest="deep_supervision", action="store_true", default=None)
-    ds.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false")
-    p.add_argument("--model-kwargs", default="{}", help="extra create_model kwargs as JSON, e.g. '{\"dim\": 96}'")
-    pre = p.add_mutually_exclusive_group()
-    pre.add_argument("--preprocessing", type=Path, default=None, help="JSON file with the preprocessing to embed")
-    pre.add_argument(
-        "--dataset", type=Path, default=None, help="dataset folder: embed its preprocessing (needed by predict)"
-    )
-    p.add_argument("--patch-size", type=int, nargs="+", default=None, help="with --dataset: the patch size")
-    p.add_argument("--non-strict", action="store_true", help="load the keys that fit, skip the rest (report them)")
-    return p
+# --------------------------------------------------------------------------------------------- import
+def import_weights(
+    model_name: str,
+    weights: str | os.PathLike,
+    output: str | os.PathLike,
+    model_kwargs: dict[str, Any] | None = None,
+    preprocessing: dict | None = None,
+    strict: bool = True,
+) -> tuple[nn.Module, LoadReport]:
+    """Build registered ``model_name`` with ``model_kwargs``, load official ``weights`` into it, save a checkpoint.
 
-
-def main(argv: list[str], prog: str = "fusionseg import-weights") -> int:
-    """``fusionseg import-weights --model dnet --weights FILE --output CKPT [--in-channels N --out-channels K]``."""
+    ``preprocessing`` (e.g. from ``data.build_preprocessing``) is embedded for ``predict``. Returns
+    (model, load report); with ``strict`` every tensor must match by name and shape.
+    """
     from fusionseg.nets.registry import create_model, list_models
     from fusionseg.nets.weights import load_pretrained
 
-    args = _parser(prog).parse_args(argv)
-    kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
-    for key in ("in_channels", "out_channels", "spatial_dims", "deep_supervision"):
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
-    if args.model.lower() not in list_models():
-        raise InputError(f"unknown model {args.model!r}; choose one of {', '.join(list_models())}")
-    preprocessing = None
-    if args.preprocessing is not None:
-        try:
-            preprocessing = json.loads(ensure_file(args.preprocessing, "preprocessing file").read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(f"preprocessing file {args.preprocessing} is not valid JSON ({err.msg})") from None
-    if args.dataset is not None:
-        from fusionseg.data import build_preprocessing, scan_dataset
-
-        preprocessing = build_preprocessing(scan_dataset(args.dataset), patch_size=args.patch_size)
-    ensure_writable_dir(args.output.parent if str(args.output.parent) else Path("."), "output directory")
+    kwargs = dict(model_kwargs or {})
+    if str(model_name).lower() not in list_models():
+        raise InputError(f"unknown model {model_name!r}; choose one of {', '.join(list_models())}")
     try:
-        model = create_model(args.model, **kwargs)
+        model = create_model(model_name, **kwargs)
     except (TypeError, ValueError) as err:
-        raise InputError(f"cannot build {args.model} with {kwargs}: {one_line(str(err), 160)}") from None
-    report = load_pretrained(model, args.weights, strict=not args.non_strict)
-    ckpt = build_checkpoint(model, preprocessing=preprocessing, rng=False, train_args={"imported_from": args.weights})
-    save_checkpoint(args.output, ckpt)
-    print(report.summary())
-    print(f"wrote {args.output} (model {args.model}, {sum(p.numel() for p in model.parameters()):,} parameters)")
-    return 0
+        raise InputError(f"cannot build {model_name} with {kwargs}: {one_line(str(err), 160)}") from None
+    report = load_pretrained(model, weights, strict=strict)
+    ckpt = build_checkpoint(model, preprocessing=preprocessing, rng=False, train_args={"imported_from": str(weights)})
+    save_checkpoint(output, ckpt)
+    return model, report

@@ -16,15 +16,13 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fusionseg.engine.train import set_threads
 from fusionseg.errors import InputError
 
-__all__ = ["DemoSettings", "main", "run_demo"]
+__all__ = ["FULL", "PASS_DICE", "QUICK", "DemoSettings", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -72,10 +70,12 @@ def run_demo(
 ) -> dict:
     """Run the whole demo in ``output`` → summary dict (``mean_dice``, timings, paths)."""
     from fusionseg.data import make_phantom_dataset
+    from fusionseg.engine.config import TrainConfig
     from fusionseg.engine.evaluate import format_summary_table, run_evaluation
-    from fusionseg.engine.infer import find_inputs, load_model, pick_device, predict_files
+    from fusionseg.engine.infer import find_inputs, load_model, predict_files
     from fusionseg.engine.report import write_markdown_report
-    from fusionseg.engine.train import TrainConfig, train
+    from fusionseg.engine.runtime import pick_device
+    from fusionseg.engine.train import train
 
     start = time.perf_counter()
     output = Path(output)
@@ -154,30 +154,3 @@ def run_demo(
         "report": output / "report.md",
         "summary": summary,
     }
-
-
-def main(argv: list[str] | None = None, prog: str = "fusionseg demo") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Train, predict and evaluate on synthetic phantoms.")
-    parser.add_argument("--output", type=Path, default=Path("fusionseg_demo"), help="folder (default ./fusionseg_demo)")
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run of the same pipeline (seconds)")
-    parser.add_argument("--fusion", default="dff", help="fusion of the U-Net skips (default dff)")
-    parser.add_argument("--seed", type=int, default=0, help="phantom and training seed (default 0)")
-    parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores) or a number")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    args = parser.parse_args(argv)
-    threads = set_threads(args.threads)
-    settings = QUICK if args.quick else FULL
-    print(f"fusionseg demo → {args.output} ({'quick' if args.quick else 'full'} run, {threads} CPU thread(s))")
-    result = run_demo(
-        args.output, settings, fusion=args.fusion, seed=args.seed, progress=args.progress, device=args.device
-    )
-    print()
-    print(result["table"])
-    print(
-        f"\nmean test Dice {result['mean_dice']:.4f} | train {result['train_s']:.0f} s, "
-        f"predict {result['predict_s']:.1f} s, total {result['total_s']:.0f} s | report: {result['report']}"
-    )
-    if not args.quick and result["mean_dice"] < PASS_DICE:
-        print(f"note: the mean Dice is below {PASS_DICE}; the machine may have been too busy for the time budget")
-    return 0

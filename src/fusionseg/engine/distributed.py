@@ -1,4 +1,4 @@
-"""Data-parallel training helpers (contract 5): one process per device, started by ``torchrun``.
+"""Data-parallel training helpers: one process per device, started by ``torchrun``.
 
 ``torchrun --nproc_per_node=N -m fusionseg train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
 :func:`init_distributed` joins the process group (NCCL on CUDA, gloo on CPU). Without those
@@ -7,7 +7,6 @@ variables everything degrades to a single process and the helpers are no-ops.
 Example:
     >>> info = init_distributed()                  # DistInfo(rank=0, world_size=1, ..., enabled=False)
     >>> model = wrap_model(model.to(info.device), info)
-    >>> sampler = make_sampler(dataset, info, shuffle=True, seed=0)   # call set_epoch(sampler, e) each epoch
     >>> loss = all_reduce_mean(loss.detach(), info)
     >>> if info.is_main: save_checkpoint(...)      # only rank 0 writes
     >>> cleanup(info)
@@ -24,17 +23,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fusionseg.engine.runtime import pick_device
 from fusionseg.errors import InputError
 
 __all__ = [
     "DistInfo",
     "all_reduce_mean",
     "barrier",
-    "broadcast_object",
     "cleanup",
     "init_distributed",
-    "make_sampler",
-    "set_epoch",
     "unwrap_model",
     "wrap_model",
 ]
@@ -64,28 +61,6 @@ def _env_int(name: str, default: int) -> int:
         ) from None
 
 
-def _pick_device(device: str, local_rank: int) -> torch.device:
-    device = str(device).lower()
-    if device == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
-        if device == "cuda":
-            return torch.device("cuda", local_rank)
-        dev = torch.device(device)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
-        return dev
-    if device == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise InputError("--device mps was requested but MPS is not available; use --device cpu or auto")
-        return torch.device("mps")
-    if device == "cpu":
-        return torch.device("cpu")
-    raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
-
-
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Read the torchrun environment and, when WORLD_SIZE > 1, join the process group.
 
@@ -95,7 +70,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if world_size <= 1:
         return DistInfo(rank=0, world_size=1, local_rank=0, device=dev, is_main=True, enabled=False)
     if dev.type == "mps":
@@ -152,27 +127,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def make_sampler(
-    dataset: Any, info: DistInfo, shuffle: bool = True, seed: int = 0, drop_last: bool = False
-) -> torch.utils.data.DistributedSampler | None:
-    """A ``DistributedSampler`` giving each rank a disjoint 1/world_size share, or None for one process.
-
-    With None, pass ``shuffle=shuffle`` to the DataLoader yourself; with a sampler, pass
-    ``sampler=...`` and call :func:`set_epoch` every epoch so the shuffle changes.
-    """
-    if not info.enabled:
-        return None
-    return torch.utils.data.DistributedSampler(
-        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
-    )
-
-
-def set_epoch(sampler: Any, epoch: int) -> None:
-    """``sampler.set_epoch(epoch)`` when the sampler has it (a no-op for None)."""
-    if sampler is not None and hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-
-
 def all_reduce_mean(value: float | torch.Tensor, info: DistInfo) -> float:
     """Mean of ``value`` over all ranks, as a Python float (the value itself for one process)."""
     if isinstance(value, torch.Tensor):
@@ -184,15 +138,6 @@ def all_reduce_mean(value: float | torch.Tensor, info: DistInfo) -> float:
     t = torch.as_tensor(value, dtype=torch.float64).to(info.device).reshape(1)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t.item()) / info.world_size
-
-
-def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank (e.g. preprocessing statistics computed once on rank 0)."""
-    if not info.enabled:
-        return obj
-    box = [obj if info.rank == src else None]
-    dist.broadcast_object_list(box, src=src, device=info.device if info.device.type == "cuda" else None)
-    return box[0]
 
 
 def barrier(info: DistInfo) -> None:

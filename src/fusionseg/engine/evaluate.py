@@ -1,23 +1,17 @@
-"""Segmentation metrics and ``fusionseg evaluate``.
+"""Scoring folders of predicted label maps against ground truth (``fusionseg evaluate``).
 
-Per case and per foreground class: Dice, IoU, HD95 and mean (symmetric) surface distance in mm,
-using the voxel spacing. Surfaces and distances follow MONAI's conventions (surface = mask minus
-its 1-connected erosion; Euclidean distance transform with ``sampling=spacing``; HD95 = the larger
-of the two directed 95th percentiles; MSD = mean of all surface-to-surface distances, both ways).
-
-Conventions for empty masks: prediction and ground truth both empty → Dice = IoU = 1 and
-distances 0; only one empty → Dice = IoU = 0 and distances NaN (left out of the means, counted
-in ``summary.json`` as ``undefined``).
+Pairs files by case id, scores every case and foreground class with :mod:`fusionseg.engine.metrics`
+(Dice, IoU, HD95, mean surface distance in mm), and writes ``metrics.csv``, ``summary.json`` and
+overlay PNGs of the best and worst cases.
 
 Example:
-    >>> gt = np.zeros((8, 8), np.uint8); gt[2:6, 2:6] = 1
-    >>> case_metrics(gt, gt, spacing=(1.0, 1.0), labels=[1])[1]["dice"]
-    1.0
+    >>> rows, summary = evaluate_folders("preds", "Dataset001/labelsTs")
+    >>> summary["mean"]["dice"]
+    0.91
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -25,126 +19,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
+from fusionseg.engine.metrics import METRICS, case_metrics, summarise
 from fusionseg.errors import InputError
+from fusionseg.files import atomic_write, write_text_atomic
 
 __all__ = [
-    "METRICS",
-    "case_metrics",
-    "dice_iou",
+    "case_mean_dice",
     "evaluate_folders",
-    "main",
+    "format_summary_table",
+    "label_files",
     "match_cases",
-    "summarise",
-    "surface_distances",
+    "run_evaluation",
+    "write_metrics_csv",
 ]
 
-METRICS = ("dice", "iou", "hd95", "msd")
 LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".bmp")
-
-
-def dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two boolean masks of the same shape (both empty → 1, 1)."""
-    inter = np.count_nonzero(pred & gt)
-    total = np.count_nonzero(pred) + np.count_nonzero(gt)
-    if total == 0:
-        return 1.0, 1.0
-    return 2.0 * inter / total, inter / (total - inter)
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask)
-
-
-def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Directed surface distances in mm: (pred surface → gt surface, gt surface → pred surface).
-
-    Both masks must be non-empty. Work happens in the bounding box of the union (+1 voxel), which
-    holds every surface voxel, so the distances are exact and large volumes stay cheap.
-    """
-    union = pred | gt
-    box = tuple(slice(max(int(idx.min()) - 1, 0), int(idx.max()) + 2) for idx in np.nonzero(union))
-    pred, gt = np.pad(pred[box], 1), np.pad(gt[box], 1)  # padding keeps a border voxel off the surface test
-    surf_p, surf_g = _surface(pred), _surface(gt)
-    sampling = [float(s) for s in spacing]
-    dist_to_g = ndimage.distance_transform_edt(~surf_g, sampling=sampling)
-    dist_to_p = ndimage.distance_transform_edt(~surf_p, sampling=sampling)
-    return dist_to_g[surf_p], dist_to_p[surf_g]
-
-
-def case_metrics(
-    pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], labels: Sequence[int]
-) -> dict[int, dict[str, float]]:
-    """Metrics of one case: ``{label: {"dice", "iou", "hd95", "msd"}}`` (distances in mm).
-
-    Args:
-        pred, gt: integer label maps of the same shape (*S).
-        spacing: voxel size in mm per spatial axis (len == pred.ndim).
-        labels: foreground labels to score.
-    """
-    if pred.shape != gt.shape:
-        raise InputError(
-            f"prediction shape {pred.shape} differs from ground truth {gt.shape}; predict on the same grid"
-        )
-    if len(spacing) != gt.ndim:
-        raise InputError(f"spacing {tuple(spacing)} has {len(spacing)} values for a {gt.ndim}-D label map")
-    # One pass per map for every label's bounding box; each label is then scored inside the union of its boxes.
-    pred_boxes, gt_boxes = _boxes(pred, labels), _boxes(gt, labels)
-    out = {}
-    for label in labels:
-        box = _union_box(pred_boxes[label], gt_boxes[label], gt.ndim)
-        p, g = pred[box] == label, gt[box] == label
-        dice, iou = dice_iou(p, g)
-        has_p, has_g = bool(p.any()), bool(g.any())
-        if has_p and has_g:
-            d_pg, d_gp = surface_distances(p, g, spacing)
-            hd95 = float(max(np.percentile(d_pg, 95), np.percentile(d_gp, 95)))
-            msd = float(np.concatenate([d_pg, d_gp]).mean())
-        elif not has_p and not has_g:
-            hd95 = msd = 0.0
-        else:
-            hd95 = msd = math.nan
-        out[int(label)] = {"dice": float(dice), "iou": float(iou), "hd95": hd95, "msd": msd}
-    return out
-
-
-def _boxes(label_map: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
-    """Bounding box (slices) of every label in ``labels`` (None when absent; the whole map for labels ≤ 0)."""
-    top = max((int(v) for v in labels), default=0)
-    found = ndimage.find_objects(np.clip(label_map, 0, top + 1).astype(np.int32), max_label=top) if top > 0 else []
-    whole = tuple(slice(0, n) for n in label_map.shape)
-    return {int(v): whole if int(v) <= 0 else found[int(v) - 1] for v in labels}
-
-
-def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None, ndim: int) -> tuple[slice, ...]:
-    if a is None and b is None:
-        return tuple(slice(0, 0) for _ in range(ndim))
-    if a is None or b is None:
-        return a if b is None else b
-    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
-
-
-def summarise(rows: list[dict], labels: Sequence[int]) -> dict:
-    """Mean / std / median per class and metric, plus the mean over classes (NaNs left out)."""
-    per_class: dict[str, dict] = {}
-    for label in labels:
-        stats = {}
-        for metric in METRICS:
-            values = np.array([r[metric] for r in rows if r["label"] == label], dtype=float)
-            finite = values[np.isfinite(values)]
-            stats[metric] = {
-                "mean": float(finite.mean()) if finite.size else math.nan,
-                "std": float(finite.std()) if finite.size else math.nan,
-                "median": float(np.median(finite)) if finite.size else math.nan,
-                "undefined": int(values.size - finite.size),
-            }
-        per_class[str(label)] = stats
-    overall = {
-        metric: float(np.nanmean([per_class[str(k)][metric]["mean"] for k in labels])) if labels else math.nan
-        for metric in METRICS
-    }
-    return {"per_class": per_class, "mean": overall}
 
 
 def _case_id(path: Path) -> str:
@@ -155,7 +45,8 @@ def _case_id(path: Path) -> str:
     return path.stem
 
 
-def _label_files(folder: Path) -> dict[str, Path]:
+def label_files(folder: Path) -> dict[str, Path]:
+    """Label files of ``folder`` by case id; InputError when it is not a folder or holds none."""
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder of label files")
     files = {
@@ -170,7 +61,7 @@ def _label_files(folder: Path) -> dict[str, Path]:
 
 def match_cases(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[str], list[str]]:
     """Pair prediction and ground-truth files by case id → (pairs, ids missing a prediction, extra predictions)."""
-    preds, gts = _label_files(Path(pred_dir)), _label_files(Path(gt_dir))
+    preds, gts = label_files(Path(pred_dir)), label_files(Path(gt_dir))
     pairs = [(cid, preds[cid], gts[cid]) for cid in gts if cid in preds]
     missing = [cid for cid in gts if cid not in preds]
     extra = [cid for cid in preds if cid not in gts]
@@ -215,7 +106,7 @@ def evaluate_folders(
             )
         loaded.append((cid, pred, gt, spacing))
     gt_dir = Path(gt_dir)
-    gt_files = _label_files(gt_dir)
+    gt_files = label_files(gt_dir)
     for cid in missing:
         gt, spacing = _read_label(gt_files[cid])
         loaded.append((cid, np.zeros_like(gt), gt, spacing))
@@ -243,8 +134,8 @@ def case_mean_dice(rows: list[dict]) -> dict[str, float]:
 
 
 def write_metrics_csv(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    """One row per (case, class) with every metric (atomic write)."""
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["case", "label", *METRICS])
         writer.writeheader()
         for r in rows:
@@ -264,7 +155,7 @@ def _json_safe(obj):
 
 def format_summary_table(summary: dict) -> str:
     """Markdown table: one row per class plus the mean (mean ± std)."""
-    from fusionseg.bench.common import format_table
+    from fusionseg.engine.report import format_table
 
     rows = []
     for label, stats in summary["per_class"].items():
@@ -291,39 +182,14 @@ def run_evaluation(
     write_metrics_csv(rows, output / "metrics.csv")
     summary["overlays"] = []
     if images is not None and num_overlays > 0:
+        from fusionseg.engine.infer import find_inputs
         from fusionseg.engine.report import best_and_worst_overlays
 
+        image_files = {cid: paths[0] for cid, paths in find_inputs(Path(images), in_channels=1)}
         paths = best_and_worst_overlays(
-            case_mean_dice(rows), Path(images), Path(pred_dir), Path(gt_dir), output, k=num_overlays
-        )
+            case_mean_dice(rows), image_files, label_files(Path(pred_dir)), label_files(Path(gt_dir)), output,
+            k=num_overlays,
+        )  # fmt: skip
         summary["overlays"] = [str(p.relative_to(output)) for p in paths]
-    (output / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2))
+    write_text_atomic(output / "summary.json", json.dumps(_json_safe(summary), indent=2))
     return summary
-
-
-def main(argv: list[str] | None = None, prog: str = "fusionseg evaluate") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Dice / IoU / HD95 / mean surface distance per case and class."
-    )
-    parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
-    parser.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps (same file names)")
-    parser.add_argument(
-        "--images", type=Path, default=None, help="folder of images, for overlay PNGs of best/worst cases"
-    )
-    parser.add_argument("--output", type=Path, default=None, help="where metrics.csv/summary.json go (default: --pred)")
-    parser.add_argument("--labels", default=None, help="comma-separated foreground labels (default: all in the gt)")
-    parser.add_argument("--num-overlays", type=int, default=2, help="best and worst cases to draw (default 2 each)")
-    args = parser.parse_args(argv)
-    labels = None
-    if args.labels:
-        try:
-            labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        except ValueError:
-            raise InputError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
-    output = args.output or args.pred
-    summary = run_evaluation(args.pred, args.gt, output, args.images, labels, args.num_overlays)
-    print(format_summary_table(summary))
-    if summary["missing"]:
-        print(f"warning: {len(summary['missing'])} case(s) without a prediction scored as empty: {summary['missing']}")
-    print(f"wrote {output / 'metrics.csv'} and {output / 'summary.json'}")
-    return 0

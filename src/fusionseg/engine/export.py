@@ -1,6 +1,6 @@
 """Export a model to TorchScript or ONNX and check the file reproduces eager outputs.
 
-``fusionseg export --checkpoint CKPT --format torchscript|onnx --output FILE [--input-size 96 96]``.
+``fusionseg export --checkpoint CKPT --format torchscript|onnx --output FILE [--patch-size 96,96]``.
 The exported graph returns the full-resolution logits only (deep-supervision heads are dropped)
 and carries the checkpoint's model config and preprocessing as metadata (TorchScript extra file
 ``fusionseg.json``, ONNX ``metadata_props["fusionseg"]``). The file appears only once the
@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.engine.io_safety import atomic_write, ensure_writable_dir
 from fusionseg.errors import FusionSegError, InputError
+from fusionseg.files import atomic_write, ensure_writable_dir
 
-__all__ = ["FORMATS", "ExportMismatchError", "InferenceWrapper", "export_model", "main", "run_exported"]
+__all__ = ["FORMATS", "ExportMismatchError", "InferenceWrapper", "example_shape", "export_model", "run_exported"]
 
 FORMATS = ("torchscript", "onnx")
 
@@ -218,68 +217,19 @@ def export_model(
     )
 
 
-# --------------------------------------------------------------------------------------------- CLI
-def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Export a fusionseg checkpoint to TorchScript or ONNX.")
-    p.add_argument("--checkpoint", required=True, type=Path, help="fusionseg checkpoint (.pt)")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--output", required=True, type=Path, help="file to write (.ts / .pt or .onnx)")
-    p.add_argument(
-        "--input-size", type=int, nargs="+", default=None, metavar="N",
-        help="spatial size of the example input (one value per spatial dim; default: the training patch size)",
-    )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
-    p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (default 1e-4)")
-    p.add_argument("--no-verify", action="store_true", help="skip the exported-vs-eager check")
-    return p
+def example_shape(model: nn.Module, pre: dict | None, size: list[int] | None, batch: int = 1) -> tuple[int, ...]:
+    """Shape (B, C, *S) of the example input for exporting ``model``: ``size``, else the training patch.
 
-
-def _example_shape(ckpt: dict, model: nn.Module, input_size: list[int] | None, batch: int) -> tuple[int, ...]:
-    kwargs = ckpt["model"].get("kwargs") or {}
-    pre = ckpt.get("preprocessing") or {}
-    spatial_dims = int(
-        getattr(model, "spatial_dims", None) or kwargs.get("spatial_dims") or pre.get("spatial_dims") or 3
-    )
-    first_conv = next((p for p in model.parameters() if p.ndim == spatial_dims + 2), None)  # (out, in, *k)
-    in_channels = int(
-        getattr(model, "in_channels", None)
-        or kwargs.get("in_channels")
-        or pre.get("in_channels")
-        or (first_conv.shape[1] if first_conv is not None else 1)
-    )
-    multiple = int(getattr(model, "size_multiple", 1) or 1)
-    if input_size is None:
-        input_size = list(pre.get("patch_size") or [2 * multiple] * spatial_dims)
-    if len(input_size) == 1:
-        input_size = input_size * spatial_dims
-    if len(input_size) != spatial_dims:
-        raise InputError(f"--input-size needs {spatial_dims} values (or one) for this {spatial_dims}D model")
-    bad = [s for s in input_size if s < 1 or s % multiple]
-    if bad:
-        fix = [max(multiple, round(s / multiple) * multiple) for s in input_size]
-        raise InputError(f"--input-size {input_size} must be multiples of {multiple} for this model; try {fix}")
-    return (batch, in_channels, *map(int, input_size))
-
-
-def main(argv: list[str], prog: str = "fusionseg export") -> int:
-    """Command-line entry: load, rebuild, export, verify, print the measured difference."""
-    from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
-
-    args = _parser(prog).parse_args(argv)
-    if args.batch_size < 1:
-        raise InputError("--batch-size must be >= 1")
-    ckpt = load_checkpoint(args.checkpoint)
-    model = rebuild_model(ckpt)
-    shape = _example_shape(ckpt, model, args.input_size, args.batch_size)
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    result = export_model(
-        model, example, args.format, args.output, atol=args.atol, verify=not args.no_verify,
-        metadata={"model": ckpt["model"], "preprocessing": ckpt.get("preprocessing"), "input_shape": list(shape)},
-        onnx_exporter=args.onnx_exporter, opset=args.opset, dynamic_batch=args.dynamic_batch,
-    )  # fmt: skip
-    check = "not verified" if args.no_verify else f"max |exported - eager| = {result['max_abs_diff']:.2e}"
-    print(f"wrote {args.output} ({args.format} via {result['exporter']}, input {list(shape)}; {check})")
-    return 0
+    Raises :class:`InputError` naming the nearest valid size when ``size`` does not fit the model.
+    """
+    spatial_dims, multiple = int(model.spatial_dims), int(model.size_multiple)
+    if size is None:
+        size = list((pre or {}).get("patch_size") or [2 * multiple] * spatial_dims)
+    size = [int(s) for s in size]
+    if len(size) == 1:
+        size = size * spatial_dims
+    if len(size) != spatial_dims:
+        raise InputError(f"--patch-size needs {spatial_dims} values (or one) for this {spatial_dims}D model")
+    shape = (int(batch), int(model.in_channels), *size)
+    model.check_input(torch.empty(shape, device="meta"))
+    return shape

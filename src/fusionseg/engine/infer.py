@@ -1,10 +1,11 @@
-"""Sliding-window inference and ``fusionseg predict``.
+"""Sliding-window inference: one image, a folder of cases, a checkpoint (``fusionseg predict``).
 
 :func:`predict_volume` runs MONAI's Gaussian-weighted sliding window over one preprocessed image,
 with optional flip test-time augmentation; the window is rounded up to the network's
 ``size_multiple`` and images smaller than it are padded (and cropped back) automatically.
-``fusionseg predict`` rebuilds model and preprocessing from a checkpoint and writes label maps
-(and optionally probabilities) in each input's own geometry via ``data.save_prediction``.
+:func:`load_model` rebuilds model and preprocessing from a checkpoint; :func:`predict_files`
+writes label maps (and optionally probabilities) in each input's own geometry via
+``data.save_prediction``. Mixed precision follows :func:`fusionseg.engine.runtime.amp_dtype`.
 
 Example:
     >>> probs = predict_volume(model, image, pre, overlap=0.5)   # image (C, *S) → probs (K, *S)
@@ -13,19 +14,19 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.errors import InputError
+from fusionseg.files import atomic_write
 
-__all__ = ["find_inputs", "load_model", "main", "predict_files", "predict_volume", "round_up", "window_size"]
+__all__ = ["find_inputs", "load_model", "predict_files", "predict_volume", "round_up", "window_size"]
 
 IMAGE_EXTENSIONS = (
     ".nii.gz",
@@ -61,13 +62,6 @@ def _flips(spatial_dims: int) -> list[tuple[int, ...]]:
     return [(), *((d + 2,) for d in range(spatial_dims))]
 
 
-def _autocast(device: torch.device, amp: bool):
-    if not amp:
-        return nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def predict_volume(
     model: nn.Module,
@@ -91,7 +85,7 @@ def predict_volume(
         sw_batch_size: windows per forward pass.
         tta: average over flips of each spatial axis (1 + spatial_dims passes).
         device: where the network runs (default: the model's device); blending happens there too.
-        amp: autocast (fp16 on CUDA, bf16 on CPU).
+        amp: mixed precision where it is fast (fp16 on CUDA, bf16 on CPUs with native bf16; else fp32).
         roi_size: explicit window size (overrides ``pre``); rounded up to ``model.size_multiple``.
 
     Returns:
@@ -104,18 +98,19 @@ def predict_volume(
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
     spatial = tuple(image.shape[1:])
-    multiple = int(getattr(model, "size_multiple", 1) or 1)
+    multiple = int(model.size_multiple)
     patch = roi_size if roi_size is not None else (pre or {}).get("patch_size")
     roi = window_size(spatial, patch, multiple)
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
+    dtype = amp_dtype(device, amp)
     was_training = model.training
     model.eval()
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, amp):
+        with autocast(device, dtype):
             out = model(x)
         if isinstance(out, list | tuple):
             out = out[0]
@@ -214,7 +209,6 @@ def _output_ext(image: Path) -> str:
 def _save_atomic(array, meta, out_path: Path) -> Path:
     """Write via ``data.save_prediction`` to a hidden temp name in the same folder, then rename."""
     from fusionseg.data import save_prediction
-    from fusionseg.engine.io_safety import atomic_write
 
     with atomic_write(out_path) as tmp:
         save_prediction(array, meta, tmp)
@@ -281,63 +275,7 @@ def _save_probabilities(probs, meta, out_path: Path) -> Path:
     if out_path.suffix == ".npz":
         import numpy as np
 
-        from fusionseg.engine.io_safety import atomic_write
-
         with atomic_write(out_path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, probabilities=probs.astype(np.float16))
         return out_path
     return _save_atomic(probs, meta, out_path)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available else CPU; errors clearly when CUDA is asked for but missing."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but no CUDA device is available; use --device cpu")
-    return device
-
-
-def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description="Sliding-window prediction with a fusionseg checkpoint.")
-    parser.add_argument("--model", required=True, type=Path, help="checkpoint written by `fusionseg train` (best.pt)")
-    parser.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, type=Path, help="folder for the label maps")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass (default 4)")
-    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (1 + spatial_dims passes)")
-    parser.add_argument("--probabilities", action="store_true", help="also write class probabilities")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    parser.add_argument("--amp", action="store_true", help="autocast: fp16 on CUDA, bf16 on CPU")
-    parser.add_argument(
-        "--threads", default=None, help="CPU threads: a number, or auto = idle cores (default: torch's)"
-    )
-    args = parser.parse_args(argv)
-    from fusionseg.engine.train import set_threads
-
-    set_threads(args.threads)
-    if args.sw_batch_size < 1:
-        raise InputError(f"--sw-batch-size must be ≥ 1, got {args.sw_batch_size}")
-    device = pick_device(args.device)
-    model, pre, _ = load_model(args.model, device)
-    cases = find_inputs(args.input, int(pre.get("in_channels", 1)))
-    written, failed = predict_files(
-        model,
-        pre,
-        cases,
-        args.output,
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size,
-        tta=args.tta,
-        probabilities=args.probabilities,
-        device=device,
-        amp=args.amp,
-    )
-    print(f"wrote {len(written)} prediction(s) to {args.output}")
-    if failed:
-        print(f"{prog}: {len(failed)} of {len(cases)} case(s) failed:", file=sys.stderr)
-        for cid, message in failed:
-            print(f"  {cid}: {message}", file=sys.stderr)
-        return 1
-    return 0

@@ -1,20 +1,23 @@
-"""Figures and reports: learning curve, segmentation overlays, markdown report (matplotlib Agg).
+"""Figures and reports: learning curve, segmentation overlays, markdown tables and reports (matplotlib Agg).
 
 Example:
     >>> plot_learning_curve([{"epoch": 1, "train_loss": 0.9, "val_dice": 0.5}], Path("curve.png"))
     >>> overlay_png(image, gt, pred, Path("case.png"), title="case_0 Dice 0.91")
+    >>> print(format_table(["model", "Dice"], [["unet", 0.91234]]))
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from fusionseg.files import atomic_write, write_text_atomic
+
 __all__ = [
     "best_and_worst_overlays",
+    "format_table",
     "overlay_png",
     "plot_learning_curve",
     "read_array",
@@ -44,16 +47,25 @@ def _pyplot():
     return plt
 
 
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-markdown table; floats get 3 significant decimals."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _savefig(fig, path: Path) -> Path:
-    """Save a figure atomically (temp file + rename)."""
+    """Save a figure as PNG, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
     return path
 
 
@@ -158,14 +170,17 @@ def overlay_png(image: np.ndarray | None, gt: np.ndarray, pred: np.ndarray, path
 
 
 def best_and_worst_overlays(
-    case_scores: dict[str, float], images: Path, pred_dir: Path, gt_dir: Path, output: Path, k: int = 2
+    case_scores: dict[str, float],
+    image_files: dict[str, Path],
+    preds: dict[str, Path],
+    gts: dict[str, Path],
+    output: Path,
+    k: int = 2,
 ) -> list[Path]:
-    """Overlay PNGs of the ``k`` best and ``k`` worst cases by mean Dice → ``output/overlays/``."""
-    from fusionseg.engine.evaluate import _label_files
-    from fusionseg.engine.infer import find_inputs
+    """Overlay PNGs of the ``k`` best and ``k`` worst cases by mean Dice → ``output/overlays/``.
 
-    image_files = {cid: paths[0] for cid, paths in find_inputs(Path(images), in_channels=1)} if images else {}
-    preds, gts = _label_files(pred_dir), _label_files(gt_dir)
+    ``image_files``, ``preds`` and ``gts`` map case ids to files (images may miss cases: labels on black).
+    """
     ranked = sorted((s, cid) for cid, s in case_scores.items() if cid in preds and cid in gts)
     chosen = [("worst", s, cid) for s, cid in ranked[:k]]
     chosen += [("best", s, cid) for s, cid in reversed(ranked[-k:]) if cid not in {c for _, _, c in chosen}]
@@ -183,12 +198,7 @@ def best_and_worst_overlays(
 
 def write_markdown_report(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
     """Markdown file with ``# title`` and ``## heading`` + body per section (bodies are markdown)."""
-    path = Path(path)
     text = [f"# {title}", ""]
     for heading, body in sections:
         text += [f"## {heading}", "", body.rstrip(), ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(text))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "\n".join(text))

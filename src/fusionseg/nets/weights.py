@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.errors import InputError, ensure_file
+from fusionseg.errors import InputError
+from fusionseg.files import ensure_file
 
 __all__ = ["LoadReport", "extract_state_dict", "load_pretrained", "one_line", "read_weights_file", "strip_prefixes"]
 

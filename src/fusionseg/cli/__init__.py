@@ -1,9 +1,10 @@
 """``fusionseg`` command line. ``fusionseg COMMAND --help`` shows each command's options.
 
-Every command lives in its own module exposing ``main(argv: list[str], prog: str) -> int``
-(which builds its own argparse parser); this dispatcher imports only the module that runs,
-so ``fusionseg --help`` is instant. User errors (:class:`fusionseg.errors.FusionSegError`)
-are printed as one line and exit with status 2.
+Every command lives in its own module of this package exposing ``main(argv: list[str], prog: str)
+-> int`` (which builds its parser from the shared options of :mod:`fusionseg.cli.options`); this
+dispatcher imports only the module that runs, so ``fusionseg --help`` is instant. User errors
+(:class:`fusionseg.errors.FusionSegError`) are printed as one line and exit with status 2.
+The options of every command are tabulated in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from fusionseg.errors import FusionSegError, find_input_error
 
 # command -> (module with main(argv, prog), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("fusionseg.engine.demo", "train, predict and evaluate on built-in synthetic phantoms"),
-    "train": ("fusionseg.engine.train", "train a model on a dataset folder"),
-    "predict": ("fusionseg.engine.infer", "sliding-window prediction with a checkpoint"),
-    "evaluate": ("fusionseg.engine.evaluate", "Dice / IoU / HD95 / surface distance of predictions"),
-    "ablate": ("fusionseg.engine.ablate", "equal-budget comparison of fusion modules"),
-    "export": ("fusionseg.engine.export", "export a checkpoint to TorchScript or ONNX"),
-    "import-weights": ("fusionseg.engine.checkpoint", "convert an official .pth/.model into a fusionseg checkpoint"),
-    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds_transunet, real_data"),
+    "demo": ("fusionseg.cli.demo", "train, predict and evaluate on built-in synthetic phantoms"),
+    "train": ("fusionseg.cli.train", "train a model on a dataset folder"),
+    "predict": ("fusionseg.cli.predict", "sliding-window prediction with a checkpoint"),
+    "evaluate": ("fusionseg.cli.evaluate", "Dice / IoU / HD95 / surface distance of predictions"),
+    "ablate": ("fusionseg.cli.ablate", "equal-budget comparison of fusion modules"),
+    "export": ("fusionseg.cli.export", "export a checkpoint to TorchScript or ONNX"),
+    "import-weights": ("fusionseg.cli.import_weights", "convert an official .pth/.model into a fusionseg checkpoint"),
+    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds-transunet, real-data, train-loop"),
 }
 
 

@@ -1,0 +1,53 @@
+"""``fusionseg export``: a checkpoint to TorchScript or ONNX, verified against eager PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fusionseg.cli.options import SizesAction, add_alias, positive_int, sizes
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
+    from fusionseg.engine.export import FORMATS
+
+    p = argparse.ArgumentParser(prog=prog, description="Export a fusionseg checkpoint to TorchScript or ONNX.")
+    p.add_argument("--checkpoint", required=True, type=Path, help="fusionseg checkpoint (.pt)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--output", required=True, type=Path, help="file to write (.ts / .pt or .onnx)")
+    p.add_argument(
+        "--patch-size", type=sizes, action=SizesAction, default=None,
+        help="spatial size of the exported input, e.g. 96,96 (default: the checkpoint's training patch)",
+    )  # fmt: skip
+    add_alias(p, "--input-size", "--patch-size", "patch_size", type=sizes, nargs="+")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default 1)")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
+    p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--atol", type=float, default=1e-4, help="verification tolerance (default 1e-4)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the exported-vs-eager check")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg export") -> int:
+    import torch
+
+    from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
+    from fusionseg.engine.export import example_shape, export_model
+
+    args = build_parser(prog).parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = rebuild_model(ckpt)
+    shape = example_shape(model, ckpt.get("preprocessing"), list(args.patch_size) if args.patch_size else None,
+                          args.batch_size)  # fmt: skip
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    result = export_model(
+        model, example, args.format, args.output, atol=args.atol, verify=args.verify,
+        metadata={"model": ckpt["model"], "preprocessing": ckpt.get("preprocessing"), "input_shape": list(shape)},
+        onnx_exporter=args.onnx_exporter, opset=args.opset, dynamic_batch=args.dynamic_batch,
+    )  # fmt: skip
+    check = f"max |exported - eager| = {result['max_abs_diff']:.2e}" if args.verify else "not verified"
+    print(f"wrote {args.output} ({args.format} via {result['exporter']}, input {list(shape)}; {check})")
+    return 0

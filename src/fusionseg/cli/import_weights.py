@@ -1,0 +1,67 @@
+"""``fusionseg import-weights``: official D-Net / DS-TransUNet weights → a fusionseg checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fusionseg.cli.options import SizesAction, add_alias, parse_json_object, sizes
+from fusionseg.errors import InputError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Convert official D-Net / DS-TransUNet weights (.pth, .model, nnU-Net checkpoints) into a "
+        "fusionseg checkpoint usable by `fusionseg predict`, `export` and `train --init`.",
+    )
+    p.add_argument("--model", required=True, help="registered model, e.g. dnet, dnet_v1, ds_transunet")
+    p.add_argument("--weights", required=True, type=Path, help="official weights file")
+    p.add_argument("--output", required=True, type=Path, help="fusionseg checkpoint to write (.pt)")
+    p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's default)")
+    p.add_argument("--out-channels", type=int, default=None, help="classes incl. background (default: model's)")
+    p.add_argument("--spatial-dims", type=int, default=None, choices=(2, 3), help="2 or 3 (default: model's)")
+    ds = p.add_mutually_exclusive_group()
+    ds.add_argument("--deep-supervision", dest="deep_supervision", action="store_true", default=None)
+    ds.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false")
+    p.add_argument("--model-kwargs", default="{}", help="extra model arguments as JSON, e.g. '{\"dim\": 96}'")
+    pre = p.add_mutually_exclusive_group()
+    pre.add_argument("--preprocessing", type=Path, default=None, help="JSON file with the preprocessing to embed")
+    pre.add_argument("--data", type=Path, default=None, help="dataset folder: embed its preprocessing (for predict)")
+    add_alias(pre, "--dataset", "--data", "data", type=Path)
+    p.add_argument("--patch-size", type=sizes, action=SizesAction, default=None, help="with --data: the patch size")
+    p.add_argument(
+        "--strict", action=argparse.BooleanOptionalAction, default=True,
+        help="every tensor must match by name and shape (default); --no-strict loads what fits and reports the rest",
+    )  # fmt: skip
+    add_alias(p, "--non-strict", "--no-strict", "strict", const=False)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") -> int:
+    from fusionseg.engine.checkpoint import import_weights
+    from fusionseg.files import ensure_file
+
+    args = build_parser(prog).parse_args(argv)
+    kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
+    for key in ("in_channels", "out_channels", "spatial_dims", "deep_supervision"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    preprocessing = None
+    if args.preprocessing is not None:
+        try:
+            preprocessing = json.loads(ensure_file(args.preprocessing, "preprocessing file").read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(f"preprocessing file {args.preprocessing} is not valid JSON ({err.msg})") from None
+    if args.data is not None:
+        from fusionseg.data import build_preprocessing, scan_dataset
+
+        patch = list(args.patch_size) if args.patch_size else None
+        preprocessing = build_preprocessing(scan_dataset(args.data), patch_size=patch)
+    model, report = import_weights(args.model, args.weights, args.output, kwargs, preprocessing, strict=args.strict)
+    print(report.summary())
+    print(f"wrote {args.output} (model {args.model}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0

@@ -1,0 +1,157 @@
+"""Options shared by the ``fusionseg`` commands: one concept, one name, one syntax everywhere.
+
+Every command builds its parser from these helpers, so ``--threads``, ``--device``, ``--amp``,
+``--no-progress``, ``--checkpoint``, ``--patch-size``, ``--time-budget``, ``--seed``/``--seeds`` mean
+the same thing in every command that has them (the table is in docs/cli.md). Old spellings are
+accepted as hidden aliases for one release and print a one-line note.
+
+Example:
+    >>> p = argparse.ArgumentParser()
+    >>> add_runtime_options(p)
+    >>> p.add_argument("--patch-size", type=sizes, action=SizesAction)
+    >>> p.parse_args(["--patch-size", "96", "96"]).patch_size
+    (96, 96)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fusionseg.errors import InputError
+
+__all__ = [
+    "SizesAction",
+    "add_alias",
+    "add_runtime_options",
+    "boolean",
+    "floats",
+    "parse_json_object",
+    "positive_float",
+    "positive_int",
+    "sizes",
+]
+
+
+def sizes(text: str) -> tuple[int, ...]:
+    """``"96,96"``, ``"96x96"`` or ``"96"`` → positive ints (one value per spatial axis, or one for all)."""
+    try:
+        values = tuple(int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 96,96 or 64,64,64, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 96,96, got {text!r}")
+    return values
+
+
+class SizesAction(argparse.Action):
+    """Collect sizes written as ``96,96`` or as separate words ``96 96`` into one tuple."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.setdefault("nargs", "+")
+        kwargs.setdefault("metavar", "N[,N...]")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flat: tuple = ()
+        for v in values:
+            flat += v if isinstance(v, tuple) else (v,)
+        setattr(namespace, self.dest, flat)
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """``"1.0,1.0,1.5"`` → floats."""
+    try:
+        values = tuple(float(v) for v in str(text).replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1.0,1.0,1.5, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1.0,1.0,1.5, got {text!r}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def boolean(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_json_object(text: str, option: str, example: str) -> dict:
+    """``text`` parsed as a JSON object (e.g. ``--model-kwargs``); InputError naming ``option`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{option} is not valid JSON ({err.msg}); e.g. '{example}'") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{option} must be a JSON object, e.g. '{example}'")
+    return value
+
+
+def add_runtime_options(
+    parser: argparse.ArgumentParser, *, device: bool = True, amp: bool = True, progress: bool = True
+) -> None:
+    """``--threads``, and optionally ``--device``, ``--amp``, ``--no-progress`` (same meaning in every command)."""
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        help="CPU threads: auto = the usable cores that are idle now (default), or a number",
+    )
+    if device:
+        parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    if amp:
+        parser.add_argument(
+            "--amp",
+            action="store_true",
+            help="mixed precision where it is faster: float16 on CUDA, bfloat16 on CPUs with native bf16 "
+            "(elsewhere float32, with a note)",
+        )
+    if progress:
+        parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
+
+
+class _Renamed(argparse.Action):
+    """A hidden old spelling: stores like the new option (``const`` for flags) and notes the rename."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is now {self.new} in {parser.prog}; the old name works in this release only",
+              file=sys.stderr)  # fmt: skip
+        if self.nargs == 0:
+            values = self.const
+        elif isinstance(values, list) and values and isinstance(values[0], tuple):
+            values = tuple(v for t in values for v in t)  # sizes given as separate words
+        setattr(namespace, self.dest, values)
+
+
+def add_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs) -> None:
+    """Accept ``old`` as a hidden alias of ``new``; ``kwargs``: ``nargs``/``type``, or ``const`` for a flag."""
+    if "const" in kwargs:
+        kwargs["nargs"] = 0
+    parser.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)

@@ -1,0 +1,121 @@
+"""``fusionseg train``: train a registered model on a dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import fields
+from pathlib import Path
+
+from fusionseg.cli.options import (
+    SizesAction,
+    add_runtime_options,
+    floats,
+    parse_json_object,
+    positive_float,
+    positive_int,
+    sizes,
+)
+from fusionseg.engine.config import TrainConfig
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+# Options `fusionseg ablate` sets per run itself (and so does not offer).
+PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init")
+
+
+def _spacing(text: str) -> tuple[float, ...] | str:
+    return "median" if str(text).lower() == "median" else floats(text)
+
+
+def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **defaults) -> argparse.ArgumentParser:
+    """Options of ``fusionseg train``; ``skip`` leaves options out, ``defaults`` overrides defaults (shown in help)."""
+    from fusionseg.nets.registry import list_models
+
+    d = {f.name: f.default for f in fields(TrainConfig) if f.name != "model_kwargs"}
+    d["output"] = Path("runs/fusionseg")
+    d.update(defaults)
+    p = argparse.ArgumentParser(prog=prog, description="Train a segmentation model on a dataset folder.")
+
+    def add(name: str, *args, **kwargs) -> None:
+        if name not in skip:
+            p.add_argument(*args, **kwargs)
+
+    p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
+    p.add_argument("--output", type=Path, default=d["output"], help=f"run folder (default {d['output']})")
+    p.add_argument(
+        "--model", default=d["model"], help=f"registered model (default {d['model']}): {', '.join(list_models())}"
+    )
+    add("fusion", "--fusion", default=None, help="skip fusion of models that take one: concat | add | dff | tif")
+    p.add_argument(
+        "--model-kwargs", default="{}", help="extra model arguments as JSON, e.g. '{\"features\": [16, 32, 64]}'"
+    )
+    ds = p.add_mutually_exclusive_group()
+    ds.add_argument("--deep-supervision", dest="deep_supervision", action="store_true", default=None)
+    ds.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false")
+    p.add_argument("--epochs", type=positive_int, default=d["epochs"], help=f"default {d['epochs']}")
+    p.add_argument(
+        "--iters-per-epoch", type=positive_int, default=d["iters_per_epoch"], help=f"default {d['iters_per_epoch']}"
+    )
+    add("time_budget", "--time-budget", type=positive_float, default=None, help="stop training after this many seconds")
+    add("stop_after", "--stop-after", type=positive_int, default=None, help="run this many epochs now, then exit")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d["batch_size"],
+        help=f"patches per iteration (default {d['batch_size']})",
+    )
+    p.add_argument(
+        "--patch-size", type=sizes, action=SizesAction, default=None, help="training patch, e.g. 96,96 or 64,64,64"
+    )
+    p.add_argument(
+        "--target-spacing", type=_spacing, default=None, help="resample to this spacing in mm (e.g. 1,1,3) or median"
+    )
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d["optimizer"], help="sgd (poly, nnU-Net) or adamw")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-2 sgd, 1e-3 adamw)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default 3e-5 sgd, 1e-2 adamw")
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=d["grad_clip"],
+        help=f"gradient-norm clip, 0 = off (default {d['grad_clip']:g})",
+    )
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no data augmentation")
+    p.add_argument(
+        "--val-every",
+        type=positive_int,
+        default=d["val_every"],
+        help=f"validate every N epochs (default {d['val_every']})",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=d["val_fraction"], help=f"cases held out (default {d['val_fraction']})"
+    )
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
+    add("resume", "--resume", action="store_true", help="continue the run in --output from last.pt")
+    add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
+    p.add_argument("--num-workers", type=int, default=d["num_workers"], help="data-loading processes (default 0)")
+    p.add_argument(
+        "--cache-rate", type=float, default=d["cache_rate"], help="fraction of cases kept in memory (default 1)"
+    )
+    add_runtime_options(p)
+    p.set_defaults(**{k: v for k, v in defaults.items() if k in ("progress",)})
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` described by parsed ``fusionseg train`` options."""
+    model_kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"features": [16, 32]}')
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and k != "model_kwargs"}
+    return TrainConfig(model_kwargs=model_kwargs, **values)
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
+    from fusionseg.engine.train import train
+
+    config = config_from_args(build_parser(prog).parse_args(argv))
+    best = train(config)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"best checkpoint: {best}")
+    return 0

@@ -1,0 +1,89 @@
+"""The description of a training run (:class:`TrainConfig`), stored in every checkpoint as ``train_args``.
+
+Example:
+    >>> config = TrainConfig(data=Path("phantoms"), model="unet", fusion="dff", epochs=2, iters_per_epoch=5)
+    >>> config.check()          # InputError naming the option for bad values
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusionseg.engine.optim import OPTIMIZERS
+from fusionseg.errors import InputError
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. One iteration trains on ``batch_size`` patches."""
+
+    data: Path
+    output: Path = Path("runs/fusionseg")
+    model: str = "unet"
+    fusion: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    deep_supervision: bool | None = None  # None: the model's own default
+    epochs: int = 50
+    iters_per_epoch: int = 50
+    time_budget: float | None = None  # seconds of training (validation and checkpoint writes excluded)
+    stop_after: int | None = None  # epochs to run in this invocation, then exit (continue with resume)
+    batch_size: int = 2
+    patch_size: tuple[int, ...] | None = None
+    target_spacing: tuple[float, ...] | str | None = None  # mm per axis, "median", or None (keep)
+    optimizer: str = "sgd"
+    lr: float | None = None  # default 1e-2 (sgd) / 1e-3 (adamw)
+    weight_decay: float | None = None  # default 3e-5 (sgd) / 1e-2 (adamw)
+    momentum: float = 0.99
+    grad_clip: float | None = 12.0
+    amp: bool = False
+    channels_last: bool = False
+    augment: bool = True
+    val_every: int = 1
+    val_fraction: float = 0.2
+    val_overlap: float = 0.25
+    seed: int = 0
+    resume: bool = False
+    init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
+    num_workers: int = 0
+    cache_rate: float = 1.0
+    device: str = "auto"
+    threads: str | int | None = None  # CPU intra-op threads: None = leave as is, "auto" = idle usable cores, a count
+    progress: bool = True
+
+    def check(self) -> None:
+        """:class:`InputError` naming the option for values that cannot work."""
+        for name in ("epochs", "iters_per_epoch", "batch_size", "val_every"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise InputError(f"--time-budget must be > 0 seconds, got {self.time_budget}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise InputError(f"--stop-after must be ≥ 1 epoch, got {self.stop_after}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if str(self.optimizer).lower() not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.num_workers < 0:
+            raise InputError(f"--num-workers must be ≥ 0, got {self.num_workers}")
+        if not Path(self.data).is_dir():
+            raise InputError(
+                f"--data {self.data} is not a folder; pass a dataset folder (see `fusionseg train --help`)"
+            )
+
+    def plain(self) -> dict[str, Any]:
+        """JSON-able copy (paths → str, tuples → lists)."""
+
+        def conv(v):
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, tuple | list):
+                return [conv(x) for x in v]
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            return v
+
+        return {k: conv(v) for k, v in asdict(self).items()}
