@@ -683,7 +683,13 @@ def build_parser(prog: str = "fusionseg train", ablation: bool = False) -> argpa
     p = argparse.ArgumentParser(prog=prog, description="Train a segmentation model on a dataset folder.")
     p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
     p.add_argument("--output", type=Path, default=d.output, help=f"run folder (default {d.output})")
-    p.add_argument("--model", default=d.model, help="registered model name (default unet)")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="registered model (default unet): unet, dnet, dnet_small, dnet_v1, ds_transunet, ds_transunet_small; "
+        "MONAI / nnU-Net networks whose skips take --fusion: monai_basicunet, monai_dynunet, monai_swinunetr, "
+        "nnunet_plain, nnunet_resenc (nnunet_* need dynamic-network-architectures)",
+    )
     only_train = (lambda *a, **k: None) if ablation else p.add_argument
     only_train("--fusion", default=None, help="skip fusion of unet: concat | add | dff | tif")
     p.add_argument(
