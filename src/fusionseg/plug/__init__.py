@@ -9,7 +9,7 @@ Example:
     >>> from monai.networks.nets import BasicUNet
     >>> net = plug_fusion(BasicUNet(spatial_dims=3, features=(16, 32, 64, 128, 256, 16)), "dff")
     >>> print(describe_plug(net).splitlines()[0])
-    BasicUNet + dff at skip levels (0, 1, 2, 3): 4 of 4 skips fused; parameters 5,749,430 → ...
+    BasicUNet + dff at skip levels (0, 1, 2, 3): 4 of 4 skips fused; parameters 5,658,898 → 5,191,402 (-8.3%)
 """
 
 from fusionseg.plug.core import SUPPORTED, PlugRecord, Site, SiteChange, plug_fusion
