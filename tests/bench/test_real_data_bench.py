@@ -1,4 +1,4 @@
-"""Real-data benchmark: dataset building (AAL merge, hemisphere split, nuclei halves), the peer wrapper, a smoke run.
+"""Real-data benchmark: dataset building (AAL merge, hemisphere split, nuclei halves), the peer model, a smoke run.
 
 The smoke run trains every model for ~1 s on both real datasets with tiny widths; it skips (with a
 reason) when ``../shared/data`` is absent.
@@ -72,9 +72,7 @@ def test_nuclei2d_halves(shared_data, tmp_path):
     np.testing.assert_array_equal(right, full[:, 256:])
 
 
-def test_peer_wrapper_follows_model_contract():
-    real_data.register_peer()
-    real_data.register_peer()  # idempotent
+def test_peer_follows_model_contract():
     from fusionseg.nets.registry import create_model
 
     net = create_model("monai_basicunet", in_channels=1, out_channels=3, spatial_dims=3, features=[4, 4, 8, 8, 16, 4])

@@ -11,8 +11,9 @@ Two tasks are built from ``../shared/data`` (see ``docs/real_data.md`` for the e
 Every (dataset, seed, model) run trains with :func:`fusionseg.engine.train.train` for the same
 training-time budget (the LR schedule ends at the budget; data loading counts, checkpoint writes do
 not) and is scored with sliding-window inference and :func:`fusionseg.engine.evaluate.dice_iou`.
-The peer, MONAI ``BasicUNet``, is registered as ``monai_basicunet`` when the benchmark runs
-(:func:`register_peer`), so it goes through exactly the same loop, loss, optimiser and evaluation.
+The peer, MONAI ``BasicUNet``, is the registered model ``monai_basicunet`` (``fusionseg.nets.external``), so it
+goes through exactly the same loop, loss, optimiser and evaluation; ``basicunet+dff`` is the same network with
+its skips fused by DFF (``fusionseg.plug``).
 Seeds run outside, models inside, so a change of machine load hits every model alike.
 
 Outputs in ``--output``: ``data/`` (the built datasets), ``runs/DATASET/MODEL_seedK/`` (each
@@ -38,10 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
 from fusionseg.errors import InputError
-from fusionseg.nets.registry import list_models, register_model
+from fusionseg.nets.registry import list_models
 
 __all__ = [
     "AAL_GROUPS",
@@ -53,9 +53,7 @@ __all__ = [
     "format_tables",
     "label_copy_dice",
     "main",
-    "monai_basicunet",
     "parse_model_spec",
-    "register_peer",
     "run_benchmark",
     "summarise",
 ]
@@ -97,53 +95,7 @@ _MIDLINE, _HALF_WIDTH = 90, 79
 _MARGIN = 6  # voxels kept around the atlas' bounding box along y and z
 
 
-# ------------------------------------------------------------------------------------------ peer model
-
-
-def monai_basicunet(
-    in_channels: int = 1,
-    out_channels: int = 2,
-    spatial_dims: int = 2,
-    features: Sequence[int] = (16, 32, 64, 128, 256, 16),
-    deep_supervision: bool = False,
-) -> nn.Module:
-    """MONAI ``BasicUNet`` behind the registry contract (``size_multiple``, ``config``), benchmark-only.
-
-    Example:
-        >>> net = create_model("monai_basicunet", in_channels=1, out_channels=2, spatial_dims=2)
-        >>> net(torch.randn(1, 1, 32, 32)).shape
-        torch.Size([1, 2, 32, 32])
-    """
-    from monai.networks.nets import BasicUNet
-
-    if deep_supervision:
-        raise ValueError("monai_basicunet has no deep supervision; pass deep_supervision=False")
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    features = [int(f) for f in features]
-    if len(features) != 6:
-        raise ValueError(
-            f"BasicUNet needs 6 features (5 levels + the last decoder), e.g. 16,32,64,128,256,16; got {features}"
-        )
-    model = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features)
-    model.size_multiple = 16  # four 2× poolings
-    model.config = {
-        "name": "monai_basicunet",
-        "kwargs": {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "spatial_dims": spatial_dims,
-            "features": features,
-            "deep_supervision": False,
-        },
-    }
-    return model
-
-
-def register_peer() -> None:
-    """Register :func:`monai_basicunet` under ``"monai_basicunet"`` (idempotent; only the benchmark calls it)."""
-    if "monai_basicunet" not in list_models():
-        register_model("monai_basicunet")(monai_basicunet)
+# ------------------------------------------------------------------------------------------ models
 
 
 @dataclass(frozen=True)
@@ -157,24 +109,26 @@ class ModelSpec:
 
 
 def parse_model_spec(text: str, features: Sequence[int]) -> ModelSpec:
-    """``"basicunet"`` (the peer), ``"unet+dff"`` (U-Net with that fusion) or any registered model name.
+    """``"basicunet"`` (the peer), ``"NAME+FUSION"`` (NAME with that skip fusion) or any registered model name.
 
-    U-Nets get ``features``; the peer gets ``features`` plus a last decoder width equal to the first.
+    NAME is ``unet``, ``basicunet`` (= ``monai_basicunet``) or a registered model taking ``fusion``
+    (e.g. ``monai_basicunet+dff``, ``nnunet_plain+tif``). U-Nets get ``features``; BasicUNet gets ``features``
+    plus a last decoder width equal to the first; other models their defaults.
     """
     text = text.strip().lower()
-    if text == PEER:
-        register_peer()
-        return ModelSpec(PEER, "monai_basicunet", None, {"features": [*features, features[0]]})
-    if text.startswith("unet+"):
+    name, _, fusion = text.partition("+")
+    model = "monai_basicunet" if name == PEER else name
+    if model not in list_models():
+        raise InputError(
+            f"--models: unknown model {text!r}; use basicunet, unet+FUSION, NAME+FUSION or one of {list_models()}"
+        )
+    if fusion:
         from fusionseg.fusion import list_fusions
 
-        fusion = text.split("+", 1)[1]
         if fusion not in list_fusions():
             raise InputError(f"--models: unknown fusion in {text!r}; choose from {', '.join(list_fusions())}")
-        return ModelSpec(text, "unet", fusion, {"features": list(features)})
-    if text not in list_models():
-        raise InputError(f"--models: unknown model {text!r}; use basicunet, unet+FUSION or one of {list_models()}")
-    return ModelSpec(text, text, None, {})
+    widths = {"unet": list(features), "monai_basicunet": [*features, features[0]]}
+    return ModelSpec(text, model, fusion or None, {"features": widths[model]} if model in widths else {})
 
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -506,7 +460,10 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("runs/bench_real_data"), help="results folder")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: nuclei2d,brain3d")
     p.add_argument(
-        "--models", default="basicunet,unet+concat,unet+dff", help="basicunet (peer), unet+FUSION or registered names"
+        "--models",
+        default="basicunet,unet+concat,unet+dff",
+        help="basicunet (peer), unet+FUSION, basicunet+FUSION (BasicUNet with that skip fusion), NAME+FUSION "
+        "or registered names",
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed … first-seed+seeds-1")

@@ -46,7 +46,12 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
     p.add_argument(
         "--model", default=d["model"], help=f"registered model (default {d['model']}): {', '.join(list_models())}"
     )
-    add("fusion", "--fusion", default=None, help="skip fusion of models that take one: concat | add | dff | tif")
+    add(
+        "fusion",
+        "--fusion",
+        default=None,
+        help="skip fusion (concat | add | dff | tif) of the models that take one: unet, monai_*, nnunet_*",
+    )
     p.add_argument(
         "--model-kwargs", default="{}", help="extra model arguments as JSON, e.g. '{\"features\": [16, 32, 64]}'"
     )

@@ -1,0 +1,288 @@
+"""Registered MONAI and nnU-Net networks with a pluggable skip fusion (``fusionseg.plug.plug_fusion``).
+
+``create_model(name, fusion="dff", ...)`` builds the network with MONAI / nnU-Net defaults, then replaces its
+decoder skip concatenations by the fusion (``"concat"`` = the network unchanged):
+
+| name | network | defaults |
+|---|---|---|
+| ``monai_basicunet`` | MONAI ``BasicUNet`` | features 16, 32, 64, 128, 256, 16 |
+| ``monai_dynunet`` | MONAI ``DynUNet`` (nnU-Net-like) | filters 32…320, kernel 3, strides 1, 2, 2, … |
+| ``monai_swinunetr`` | MONAI ``SwinUNETR`` | feature_size 24, depths 2, 2, 2, 2, heads 3, 6, 12, 24 |
+| ``nnunet_plain`` | nnU-Net ``PlainConvUNet`` | features 32…320, 2 convs per stage, deep supervision |
+| ``nnunet_resenc`` | nnU-Net ``ResidualEncoderUNet`` | features 32…320, 1, 3, 4, 6, 6 blocks, deep supervision |
+
+The nnU-Net networks need ``dynamic-network-architectures`` (not a dependency: its metadata pulls timm,
+which it does not need for these networks): ``pip install --no-deps dynamic-network-architectures==0.4.4``.
+Every factory sets ``spatial_dims``, ``in_channels``, ``out_channels``, ``size_multiple`` and ``config``.
+
+Example:
+    >>> net = create_model("monai_basicunet", in_channels=1, out_channels=3, spatial_dims=2, fusion="dff")
+    >>> net(torch.randn(1, 1, 64, 64)).shape
+    torch.Size([1, 3, 64, 64])
+    >>> net.config["kwargs"]["fusion_levels"]
+    [0, 1, 2, 3]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fusionseg.errors import InputError
+from fusionseg.layers import check_spatial_dims
+from fusionseg.nets.registry import register_model
+
+__all__ = ["monai_basicunet", "monai_dynunet", "monai_swinunetr", "nnunet_plain", "nnunet_resenc"]
+
+_DNA_INSTALL = "pip install --no-deps dynamic-network-architectures==0.4.4"
+
+
+def _ints(name: str, values, length: int | None = None, minimum: int = 1) -> list[int]:
+    values = [values] if isinstance(values, int) else list(values)
+    if (length is not None and len(values) != length) or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values
+    ):
+        size = f"{length} " if length is not None else ""
+        raise ValueError(f"{name} must be {size}integers ≥ {minimum}, got {values!r}")
+    return values
+
+
+def _check_io(in_channels: int, out_channels: int, spatial_dims: int) -> None:
+    _ints("in_channels", in_channels, 1)
+    _ints("out_channels", out_channels, 1)
+    check_spatial_dims(spatial_dims)
+
+
+def _no_deep_supervision(name: str, deep_supervision: bool) -> None:
+    if deep_supervision:
+        raise ValueError(f"{name} has no deep supervision; pass deep_supervision=False (or --no-deep-supervision)")
+
+
+def _finish(model: nn.Module, name: str, kwargs: dict, size_multiple: int, fusion: str, fusion_levels) -> nn.Module:
+    """Plug the fusion, then set the attributes of the model contract (``config`` records the chosen levels)."""
+    from fusionseg.plug import plug_fusion
+
+    plug_fusion(model, fusion, fusion_levels)
+    model.spatial_dims, model.in_channels, model.out_channels = (
+        kwargs["spatial_dims"],
+        kwargs["in_channels"],
+        kwargs["out_channels"],
+    )
+    model.size_multiple = size_multiple
+    record = model.fusion_plug
+    model.config = {
+        "name": name,
+        "kwargs": {**kwargs, "fusion": record.fusion, "fusion_levels": list(record.levels)},
+    }
+    return model
+
+
+@register_model("monai_basicunet")
+def monai_basicunet(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 2,
+    features: Sequence[int] = (16, 32, 64, 128, 256, 16),
+    deep_supervision: bool = False,
+    fusion: str = "concat",
+    fusion_levels: Sequence[int] | None = None,
+) -> nn.Module:
+    """MONAI ``BasicUNet`` (instance norm, LeakyReLU 0.1, transposed-conv upsampling); 4 skips, ``size_multiple`` 16.
+
+    ``features``: 5 encoder widths + the last decoder width. With ``fusion`` other than concat, the top up-block
+    (which upsamples ``features[1]`` channels without halving) is rebuilt to emit ``features[0]`` when they differ.
+    """
+    from monai.networks.nets import BasicUNet
+
+    _check_io(in_channels, out_channels, spatial_dims)
+    _no_deep_supervision("monai_basicunet", deep_supervision)
+    if isinstance(features, int) or len(list(features)) != 6:
+        raise ValueError(
+            f"BasicUNet needs 6 features (5 levels + the last decoder), e.g. 16,32,64,128,256,16; got {features}"
+        )
+    features = _ints("features", features, 6)
+    model = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features)
+    kwargs = dict(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, features=features)
+    return _finish(model, "monai_basicunet", {**kwargs, "deep_supervision": False}, 16, fusion, fusion_levels)
+
+
+def _stacked_to_tuple(module: nn.Module, args, output):
+    """DynUNet training output (B, 1 + heads, K, *S) → tuple of (B, K, *S) logits, full resolution first."""
+    if module.training and module.deep_supervision and isinstance(output, torch.Tensor):
+        return tuple(output.unbind(1))
+    return output
+
+
+@register_model("monai_dynunet")
+def monai_dynunet(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    filters: Sequence[int] = (32, 64, 128, 256, 320),
+    kernel_size: int = 3,
+    res_block: bool = False,
+    deep_supervision: bool = False,
+    deep_supr_num: int | None = None,
+    fusion: str = "concat",
+    fusion_levels: Sequence[int] | None = None,
+) -> nn.Module:
+    """MONAI ``DynUNet``, nnU-Net-like: one level per filter, stride 1 then 2s, kernel ``kernel_size``, instance norm.
+
+    Deep supervision returns a tuple of logits (full resolution first; MONAI's heads are upsampled to full size)
+    from ``deep_supr_num`` heads (default: every decoder level but the deepest, ``len(filters) - 2``).
+    """
+    from monai.networks.nets import DynUNet
+
+    _check_io(in_channels, out_channels, spatial_dims)
+    filters = _ints("filters", filters)
+    if len(filters) < 3:
+        raise ValueError(f"DynUNet needs ≥ 3 filters (levels), e.g. 32,64,128,256,320; got {filters}")
+    levels = len(filters)
+    heads = levels - 2 if deep_supr_num is None else deep_supr_num
+    if deep_supervision and not 1 <= heads <= levels - 2:
+        raise ValueError(f"deep_supr_num must be in 1..{levels - 2} for {levels} filters, got {deep_supr_num}")
+    kernel_size = _ints("kernel_size", kernel_size, 1)[0]
+    strides = [1] + [2] * (levels - 1)
+    model = DynUNet(
+        spatial_dims, in_channels, out_channels, [kernel_size] * levels, strides, strides[1:], filters=filters,
+        res_block=bool(res_block), deep_supervision=bool(deep_supervision), deep_supr_num=heads,
+    )  # fmt: skip
+    if deep_supervision:
+        model.register_forward_hook(_stacked_to_tuple)
+    kwargs = dict(
+        in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, filters=filters,
+        kernel_size=kernel_size, res_block=bool(res_block), deep_supervision=bool(deep_supervision),
+        deep_supr_num=heads,
+    )  # fmt: skip
+    return _finish(model, "monai_dynunet", kwargs, 2 ** (levels - 1), fusion, fusion_levels)
+
+
+@register_model("monai_swinunetr")
+def monai_swinunetr(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    feature_size: int = 24,
+    depths: Sequence[int] = (2, 2, 2, 2),
+    num_heads: Sequence[int] = (3, 6, 12, 24),
+    window_size: int = 7,
+    norm: str = "instance",
+    deep_supervision: bool = False,
+    fusion: str = "concat",
+    fusion_levels: Sequence[int] | None = None,
+) -> nn.Module:
+    """MONAI ``SwinUNETR`` (v1, patch 2, merging downsampling); 5 skips, spatial sizes multiples of 32."""
+    from monai.networks.nets import SwinUNETR
+
+    _check_io(in_channels, out_channels, spatial_dims)
+    _no_deep_supervision("monai_swinunetr", deep_supervision)
+    feature_size = _ints("feature_size", feature_size, 1, minimum=12)[0]
+    if feature_size % 12:
+        raise ValueError(f"feature_size must be a multiple of 12 (SwinUNETR), got {feature_size}")
+    depths, num_heads = _ints("depths", depths, 4), _ints("num_heads", num_heads, 4)
+    window_size = _ints("window_size", window_size, 1)[0]
+    if norm not in ("instance", "batch"):
+        raise ValueError(f'norm must be "instance" or "batch", got {norm!r}')
+    model = SwinUNETR(
+        in_channels, out_channels, feature_size=feature_size, depths=depths, num_heads=num_heads,
+        window_size=window_size, norm_name=norm, spatial_dims=spatial_dims,
+    )  # fmt: skip
+    kwargs = dict(
+        in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, feature_size=feature_size,
+        depths=depths, num_heads=num_heads, window_size=window_size, norm=norm, deep_supervision=False,
+    )  # fmt: skip
+    return _finish(model, "monai_swinunetr", kwargs, 32, fusion, fusion_levels)
+
+
+def _nnunet_ops(spatial_dims: int) -> dict:
+    """nnU-Net's defaults: conv with bias, InstanceNorm (affine, eps 1e-5), LeakyReLU(0.01), no dropout."""
+    return {
+        "conv_op": nn.Conv2d if spatial_dims == 2 else nn.Conv3d,
+        "conv_bias": True,
+        "norm_op": nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d,
+        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "nonlin": nn.LeakyReLU,
+        "nonlin_kwargs": {"inplace": True},
+    }
+
+
+def _dna_unet(name: str):
+    try:
+        from dynamic_network_architectures.architectures import unet
+    except ImportError:
+        raise InputError(f"{name} needs dynamic-network-architectures (not installed): {_DNA_INSTALL}") from None
+    return unet
+
+
+def _nnunet(
+    name, cls_name, in_channels, out_channels, spatial_dims, features, kernel_size, blocks, decoder_convs,
+    deep_supervision, fusion, fusion_levels,
+) -> nn.Module:  # fmt: skip
+    unet = _dna_unet(name)
+    _check_io(in_channels, out_channels, spatial_dims)
+    features = _ints("features", features)
+    if len(features) < 2:
+        raise ValueError(f"{name} needs ≥ 2 features (stages), e.g. 32,64,128,256,320; got {features}")
+    stages = len(features)
+    block_arg = "n_conv_per_stage" if cls_name == "PlainConvUNet" else "n_blocks_per_stage"
+    if blocks is None:  # nnU-Net ResEnc presets: 1, 3, 4, 6, 6, 6, ... blocks
+        blocks = ([1, 3, 4] + [6] * stages)[:stages]
+    blocks = _ints(block_arg, [blocks] * stages if isinstance(blocks, int) else blocks, stages)
+    decoder_convs = _ints("n_conv_per_stage_decoder", decoder_convs, 1)[0]
+    kernel_size = _ints("kernel_size", kernel_size, 1)[0]
+    model = getattr(unet, cls_name)(
+        in_channels, stages, features, kernel_sizes=kernel_size, strides=[1] + [2] * (stages - 1),
+        num_classes=out_channels, n_conv_per_stage_decoder=decoder_convs, deep_supervision=bool(deep_supervision),
+        **{block_arg: blocks},
+        **_nnunet_ops(spatial_dims),
+    )  # fmt: skip
+    model.apply(model.initialize)  # as nnU-Net does after building the network
+    kwargs = dict(
+        in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, features=features,
+        kernel_size=kernel_size, n_conv_per_stage_decoder=decoder_convs, deep_supervision=bool(deep_supervision),
+    )  # fmt: skip
+    kwargs[block_arg] = blocks
+    return _finish(model, name, kwargs, 2 ** (stages - 1), fusion, fusion_levels)
+
+
+@register_model("nnunet_plain")
+def nnunet_plain(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    features: Sequence[int] = (32, 64, 128, 256, 320),
+    kernel_size: int = 3,
+    n_conv_per_stage: int | Sequence[int] = 2,
+    n_conv_per_stage_decoder: int = 2,
+    deep_supervision: bool = True,
+    fusion: str = "concat",
+    fusion_levels: Sequence[int] | None = None,
+) -> nn.Module:
+    """nnU-Net ``PlainConvUNet`` (dynamic-network-architectures), one stage per feature, strides 1 then 2s."""
+    return _nnunet(
+        "nnunet_plain", "PlainConvUNet", in_channels, out_channels, spatial_dims, features, kernel_size,
+        n_conv_per_stage, n_conv_per_stage_decoder, deep_supervision, fusion, fusion_levels,
+    )  # fmt: skip
+
+
+@register_model("nnunet_resenc")
+def nnunet_resenc(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    spatial_dims: int = 3,
+    features: Sequence[int] = (32, 64, 128, 256, 320),
+    kernel_size: int = 3,
+    n_blocks_per_stage: int | Sequence[int] | None = None,
+    n_conv_per_stage_decoder: int = 1,
+    deep_supervision: bool = True,
+    fusion: str = "concat",
+    fusion_levels: Sequence[int] | None = None,
+) -> nn.Module:
+    """nnU-Net ``ResidualEncoderUNet`` (ResEnc, dynamic-network-architectures); ``n_blocks_per_stage`` per stage
+    (default nnU-Net's ResEnc 1, 3, 4, 6, 6, …)."""
+    return _nnunet(
+        "nnunet_resenc", "ResidualEncoderUNet", in_channels, out_channels, spatial_dims, features, kernel_size,
+        n_blocks_per_stage, n_conv_per_stage_decoder, deep_supervision, fusion, fusion_levels,
+    )  # fmt: skip
