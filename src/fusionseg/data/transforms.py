@@ -169,7 +169,7 @@ def build_preprocessing(
             training median, or None to keep each image's own grid.
         patch_size: training patch; default: the median (resampled) image shape capped at 256
             (2D) / 128 (3D) per axis, rounded down to a multiple of ``size_multiple``.
-        num_samples: patches drawn per case and pass (default 1 in 2D, 2 in 3D).
+        num_samples: patches drawn per case and pass (default 1: every patch of a batch from its own case).
         size_multiple: the default patch is a multiple of this (the model's ``size_multiple``).
         max_stat_cases: training cases read for the CT intensity statistics.
 
@@ -179,7 +179,7 @@ def build_preprocessing(
     ``num_samples``, ``median_shape``, ``median_spacing``, ``binary_as_255``, ``layout``.
     """
     if num_samples is None:
-        num_samples = 1 if info.spatial_dims == 2 else 2
+        num_samples = 1
     if not isinstance(num_samples, int) or num_samples < 1:
         raise InputError(f"num_samples must be a positive int, got {num_samples!r}")
     if not isinstance(size_multiple, int) or size_multiple < 1:
