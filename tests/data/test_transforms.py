@@ -51,7 +51,9 @@ def test_build_preprocessing_2d(phantom2d_root):
     pre = build_preprocessing(scan_dataset(phantom2d_root))
     assert json.loads(json.dumps(pre)) == pre  # JSON-able
     assert pre["spatial_dims"] == 2 and pre["in_channels"] == 1 and pre["num_classes"] == 3
-    assert pre["normalisation"] == "channel" and pre["orientation"] is None and pre["patch_size"] == [32, 32]
+    assert pre["normalisation"] == "zscore" and pre["orientation"] is None and pre["patch_size"] == [32, 32]
+    assert pre["channel_normalisation"] == [{"scheme": "zscore", "use_mask": False}]
+    assert pre["ignore_label"] is None and pre["regions"] is None and pre["out_channels"] == 3
     assert pre["num_samples"] == 1  # 2D default; 3D draws 2 patches per case
     assert pre["labels"] == {"0": "background", "1": "class1", "2": "class2"}
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from fusionseg.data.formats import LABEL_EXTENSIONS
+from fusionseg.data.formats import strip_extension as _case_id
 from fusionseg.errors import InputError
 
 __all__ = [
@@ -41,7 +43,6 @@ __all__ = [
 ]
 
 METRICS = ("dice", "iou", "hd95", "msd")
-LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".bmp")
 
 
 def dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
@@ -145,14 +146,6 @@ def summarise(rows: list[dict], labels: Sequence[int]) -> dict:
         for metric in METRICS
     }
     return {"per_class": per_class, "mean": overall}
-
-
-def _case_id(path: Path) -> str:
-    name = path.name
-    for ext in LABEL_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
 
 
 def _label_files(folder: Path) -> dict[str, Path]:

@@ -23,24 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fusionseg.data.formats import IMAGE_EXTENSIONS, probability_extension
+from fusionseg.data.formats import prediction_extension as _output_ext
+from fusionseg.data.formats import split_extension as _split_ext
 from fusionseg.errors import InputError
 
 __all__ = ["find_inputs", "load_model", "main", "predict_files", "predict_volume", "round_up", "window_size"]
-
-IMAGE_EXTENSIONS = (
-    ".nii.gz",
-    ".nii",
-    ".nrrd",
-    ".nhdr",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".tif",
-    ".tiff",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -154,14 +142,6 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     return model.to(device).eval(), ckpt["preprocessing"], ckpt
 
 
-def _split_ext(path: Path) -> tuple[str, str]:
-    name = path.name
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)], name[len(name) - len(ext) :]
-    return path.stem, path.suffix
-
-
 def find_inputs(source: Path, in_channels: int = 1) -> list[tuple[str, list[Path]]]:
     """Cases to predict: a file, or every image file in a folder → [(case_id, [channel files])].
 
@@ -202,13 +182,6 @@ def _case_id(path: Path, strip_any_channel: bool) -> str:
     if base and len(idx) == 4 and idx.isdigit() and (strip_any_channel or idx == "0000"):
         return base
     return stem
-
-
-def _output_ext(image: Path) -> str:
-    ext = _split_ext(image)[1].lower()
-    return {".nhdr": ".nrrd", ".jpg": ".png", ".jpeg": ".png", ".bmp": ".png", ".tif": ".png", ".tiff": ".png"}.get(
-        ext, ext
-    )
 
 
 def _save_atomic(array, meta, out_path: Path) -> Path:
@@ -258,8 +231,7 @@ def predict_files(
             label_map = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).numpy()
             _save_atomic(label_map, meta, out_path)
             if probabilities:
-                ext = _output_ext(images[0])
-                prob_path = output / f"{cid}_probabilities{'.npz' if ext == '.png' else ext}"
+                prob_path = output / f"{cid}_probabilities{probability_extension(images[0])}"
                 try:
                     _save_probabilities(probs.numpy(), meta, prob_path)
                 except BaseException:
