@@ -20,6 +20,7 @@ npz        .npz (probabilities)    2/3    yes      —            .npz
 
 Detached-header inputs (``.nhdr``, ``.mhd``) are written as their single-file twin so a file can be
 renamed into place atomically; JPEG is lossy and BMP holds 8 bits, so their label maps are PNG.
+GIPL keeps spacing and origin but no direction.
 
 Example:
     >>> format_of("scan_0000.mhd").name, prediction_extension("scan_0000.mhd")
