@@ -110,8 +110,8 @@ def test_bad_files(tmp_path):
     (tmp_path / "bad.nrrd").write_bytes(b"NRRD0004\ntype: nonsense\n\n")
     with pytest.raises(InputError, match=r"bad\.nrrd: cannot read"):
         read_image(tmp_path / "bad.nrrd")
-    with pytest.raises(InputError, match=r"scan\.mha: unsupported file extension '\.mha'"):
-        read_image(tmp_path / "scan.mha")
+    with pytest.raises(InputError, match=r"scan\.dcm: unsupported file extension '\.dcm'"):
+        read_image(tmp_path / "scan.dcm")
     with pytest.raises(InputError, match="file not found"):
         read_image(tmp_path / "missing.nii.gz")
 

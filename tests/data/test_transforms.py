@@ -51,8 +51,10 @@ def test_build_preprocessing_2d(phantom2d_root):
     pre = build_preprocessing(scan_dataset(phantom2d_root))
     assert json.loads(json.dumps(pre)) == pre  # JSON-able
     assert pre["spatial_dims"] == 2 and pre["in_channels"] == 1 and pre["num_classes"] == 3
-    assert pre["normalisation"] == "channel" and pre["orientation"] is None and pre["patch_size"] == [32, 32]
-    assert pre["num_samples"] == 1  # 2D default; 3D draws 2 patches per case
+    assert pre["normalisation"] == "zscore" and pre["orientation"] is None and pre["patch_size"] == [32, 32]
+    assert pre["channel_normalisation"] == [{"scheme": "zscore", "use_mask": False}]
+    assert pre["ignore_label"] is None and pre["regions"] is None and pre["out_channels"] == 3
+    assert pre["num_samples"] == 1  # every patch of a batch from its own case
     assert pre["labels"] == {"0": "background", "1": "class1", "2": "class2"}
 
 
@@ -93,7 +95,7 @@ def test_train_transforms_3d_pads_small_volumes(phantom3d_root):
     pre = build_preprocessing(info)  # default patch 32³ > the 24×20×16 volume → padded
     assert pre["patch_size"] == [32, 32, 32]
     out = train_transforms(pre)(case_dict(info.cases[1]))
-    assert [tuple(s["image"].shape) for s in out] == [(1, 32, 32, 32)] * 2
+    assert [tuple(s["image"].shape) for s in out] == [(1, 32, 32, 32)]
     assert all(s["label"].shape == (1, 32, 32, 32) for s in out)
 
 
@@ -220,7 +222,7 @@ def test_multichannel_files_get_per_channel_normalisation(tmp_path, nifti_writer
     pet = sample["image"][1]
     assert abs(float(pet.mean())) < 1e-4 and abs(float(pet.std(unbiased=False)) - 1) < 1e-3
     patches = train_transforms(pre)(case_dict(info.cases[1]))
-    assert len(patches) == 2 and patches[0]["image"].shape == (2, 16, 16, 8)
+    assert len(patches) == 1 and patches[0]["image"].shape == (2, 16, 16, 8)
 
 
 def test_rgb_2d_pipeline(tmp_path):

@@ -22,6 +22,7 @@ resident memory of each process, and the ratios loop / bare step. Cases:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -65,8 +66,8 @@ CASES = {
 
 def make_anisotropic_dataset(root: Path, num_cases: int = 4, seed: int = 0) -> Path:
     """An nnU-Net-layout NRRD dataset shaped like a clinical brain MRI study (256×256×25 at 0.78×0.78×6.5 mm)."""
-    import numpy as np
     import nrrd
+    import numpy as np
 
     from fusionseg.data.phantoms import phantom
 
@@ -136,7 +137,7 @@ def _worker_loop(case: Case, data: Path, iterations: int, threads: int) -> dict:
         )
         trainer = TimedTrainer(config, log=lambda *a, **k: None)
         trainer.run()
-    steps = [b - a for a, b in zip(starts, starts[1:])]
+    steps = [b - a for a, b in itertools.pairwise(starts)]
     return {
         "s_per_it": steps,
         "batch_shape": list(trainer.batch_shape),

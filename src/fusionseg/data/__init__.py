@@ -1,4 +1,5 @@
-"""Data layer: dataset discovery, file I/O with geometry, MONAI preprocessing, phantoms, input checks.
+"""Data layer: dataset discovery, file formats and I/O with geometry, labels (regions, ignore label),
+normalisation, cross-validation splits, MONAI preprocessing, phantoms, input checks.
 
 Example:
     >>> from fusionseg.data import make_phantom_dataset, scan_dataset, build_preprocessing, train_transforms
@@ -8,37 +9,55 @@ Example:
 """
 
 from fusionseg.data.datasets import Case, DatasetInfo, infer_modality, scan_dataset
-from fusionseg.data.io import read_header, read_image, read_label, write_label
+from fusionseg.data.formats import FORMATS, FileFormat, format_of, prediction_extension, probability_extension
+from fusionseg.data.io import read_header, read_image, read_label, write_label, write_probabilities
+from fusionseg.data.labels import LabelLayout, labels_to_regions, regions_to_labels, valid_mask
 from fusionseg.data.phantoms import make_phantom_dataset, phantom
+from fusionseg.data.splits import get_fold, load_or_create_splits, make_splits
 from fusionseg.data.transforms import (
     build_preprocessing,
     case_dict,
     eval_transforms,
     load_for_inference,
     save_prediction,
+    save_probabilities,
     train_transforms,
 )
 from fusionseg.data.validation import find_input_error, load_checked, validate_case, validate_dataset
 
 __all__ = [
+    "FORMATS",
     "Case",
     "DatasetInfo",
+    "FileFormat",
+    "LabelLayout",
     "build_preprocessing",
     "case_dict",
     "eval_transforms",
     "find_input_error",
+    "format_of",
+    "get_fold",
     "infer_modality",
+    "labels_to_regions",
     "load_checked",
     "load_for_inference",
+    "load_or_create_splits",
     "make_phantom_dataset",
+    "make_splits",
     "phantom",
+    "prediction_extension",
+    "probability_extension",
     "read_header",
     "read_image",
     "read_label",
+    "regions_to_labels",
     "save_prediction",
+    "save_probabilities",
     "scan_dataset",
     "train_transforms",
+    "valid_mask",
     "validate_case",
     "validate_dataset",
     "write_label",
+    "write_probabilities",
 ]

@@ -11,7 +11,11 @@ Layouts:
         root/labelsTr/CASE.nii.gz
         root/imagesTs/ (optional), root/labelsTs/ (optional)
 
-    MSD-style files without ``_0000`` suffixes hold all channels in one (4D) file.
+    MSD-style files without ``_0000`` suffixes hold all channels in one (4D) file; a single
+    ``CASE_0000`` file may also carry every declared channel (nnU-Net's RGB ``CASE_0000.png`` with
+    channel_names R, G, B). ``file_ending`` may name any format of :mod:`fusionseg.data.formats`
+    (NIfTI, NRRD/NHDR, MHA/MHD, GIPL, PNG, BMP, TIFF). dataset.json's labels may declare regions
+    and an ignore label (see :mod:`fusionseg.data.labels`).
 
     2D folders::
 
@@ -35,7 +39,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionseg.data.io import EXTENSIONS_2D, SUPPORTED_EXTENSIONS, file_format, read_header, read_label, split_extension
+from fusionseg.data.formats import (
+    DATA_FILE_EXTENSIONS,
+    EXTENSIONS_2D,
+    IMAGE_EXTENSIONS,
+    LABEL_EXTENSIONS,
+    format_of,
+    split_extension,
+)
+from fusionseg.data.io import read_header, read_label
+from fusionseg.data.labels import LabelLayout
 from fusionseg.errors import InputError
 
 __all__ = ["Case", "DatasetInfo", "infer_modality", "scan_dataset"]
@@ -56,7 +69,13 @@ class Case:
 
 @dataclass
 class DatasetInfo:
-    """What :func:`scan_dataset` found. ``labels`` maps class index → name (0 = background)."""
+    """What :func:`scan_dataset` found.
+
+    ``labels`` maps label value → name (0 = background, ignore label excluded); ``num_classes`` counts
+    them. Region-based datasets also set ``regions`` (label values per region, dataset.json order),
+    ``region_names`` and ``regions_class_order``; ``ignore_label`` is the value of unannotated voxels.
+    ``use_mask_for_norm`` is dataset.json's optional override of nnU-Net's mask rule (None: not given).
+    """
 
     layout: str
     spatial_dims: int
@@ -69,10 +88,26 @@ class DatasetInfo:
     root: Path | None = None
     name: str = ""
     file_ending: str = ""
+    ignore_label: int | None = None
+    regions: list[tuple[int, ...]] | None = None
+    region_names: list[str] | None = None
+    regions_class_order: list[int] | None = None
+    use_mask_for_norm: bool | None = None
 
     @property
     def in_channels(self) -> int:
         return len(self.channel_names)
+
+    @property
+    def label_layout(self) -> LabelLayout:
+        """The labels as a :class:`~fusionseg.data.labels.LabelLayout` (classes, regions, ignore label)."""
+        return LabelLayout(
+            names=dict(self.labels),
+            regions=tuple(tuple(r) for r in self.regions) if self.regions is not None else None,
+            region_names=tuple(self.region_names) if self.region_names is not None else None,
+            regions_class_order=tuple(self.regions_class_order) if self.regions_class_order is not None else None,
+            ignore_label=self.ignore_label,
+        )
 
 
 def infer_modality(channel_names: list[str]) -> str:
@@ -86,12 +121,17 @@ def infer_modality(channel_names: list[str]) -> str:
 
 
 def _listdir(folder: Path, allowed: tuple[str, ...], what: str) -> list[Path]:
-    """Visible files of ``folder`` (sorted); InputError for an unsupported extension."""
+    """Visible files of ``folder`` (sorted); InputError for an unsupported extension.
+
+    Raw data files of detached headers (``.raw``, ``.zraw`` beside ``.mhd``/``.nhdr``) are skipped.
+    """
     files = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
             continue
         ext = split_extension(path)[1]
+        if ext in DATA_FILE_EXTENSIONS:
+            continue
         if ext not in allowed:
             raise InputError(
                 f"{path}: unsupported file extension {ext or '(none)'!r} in {what}; "
@@ -125,32 +165,40 @@ def _parse_channels(meta: dict, path: Path) -> list[str] | None:
     return [str(raw[str(k)] if str(k) in raw else raw[k]) for k in keys]
 
 
-def _parse_labels(meta: dict, path: Path) -> dict[int, str] | None:
+def _parse_labels(meta: dict, path: Path) -> LabelLayout | None:
     raw = meta.get("labels")
     if raw is None:
         return None
-    if not isinstance(raw, dict) or not raw:
-        raise InputError(f'{path}: "labels" must be a non-empty object, e.g. {{"background": 0, "tumour": 1}}')
-    if all(str(k).isdigit() for k in raw):  # MSD: {"0": "background", "1": "liver"}
-        labels = {int(k): str(v) for k, v in raw.items()}
-    else:  # nnU-Net v2: {"background": 0, "liver": 1}
-        labels = {}
-        for name, value in raw.items():
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InputError(
-                    f"{path}: label {name!r} = {value!r}; only integer class labels are supported "
-                    "(region-based label lists are not)"
-                )
-            labels[int(value)] = str(name)
-    ids = sorted(labels)
-    if ids != list(range(len(ids))):
-        raise InputError(f"{path}: label values {ids} must be consecutive from 0 (background); renumber the labels")
-    if len(ids) < 2:
-        raise InputError(f"{path}: needs at least one foreground label besides background 0")
-    return dict(sorted(labels.items()))
+    return LabelLayout.from_dataset_json(raw, meta.get("regions_class_order"), path)
+
+
+def _label_fields(layout: LabelLayout) -> dict:
+    """DatasetInfo fields describing ``layout``."""
+    return {
+        "labels": dict(layout.names),
+        "num_classes": layout.num_classes,
+        "ignore_label": layout.ignore_label,
+        "regions": list(layout.regions) if layout.regions is not None else None,
+        "region_names": list(layout.region_names) if layout.region_names is not None else None,
+        "regions_class_order": list(layout.regions_class_order) if layout.regions_class_order is not None else None,
+    }
+
+
+def _mask_override(meta: dict, path: Path) -> bool | None:
+    value = meta.get("use_mask_for_norm")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, list) and all(isinstance(v, bool) for v in value):  # nnU-Net v1 style: one per channel
+        return any(value)
+    raise InputError(f'{path}: "use_mask_for_norm" must be true or false, got {value!r}')
 
 
 # ------------------------------------------------------------------------------------------ nnU-Net
+
+
+def _carries_all_channels(path: Path, num_channels: int) -> bool:
+    """Whether one file holds every declared channel (an RGB PNG, a 4D NIfTI)."""
+    return format_of(path).multichannel and read_header(path)["num_channels"] == num_channels
 
 
 def _group_cases(files: list[Path], num_channels: int, folder: Path) -> list[Case]:
@@ -169,12 +217,16 @@ def _group_cases(files: list[Path], num_channels: int, folder: Path) -> list[Cas
         grouped.setdefault(m["case"], {})[int(m["channel"])] = f
     cases = []
     for case_id, channels in sorted(grouped.items()):
+        if num_channels > 1 and set(channels) == {0} and _carries_all_channels(channels[0], num_channels):
+            cases.append(Case(case_id=case_id, images=[channels[0]]))
+            continue
         for c in range(num_channels):
             if c not in channels:
                 ext = split_extension(next(iter(channels.values())))[1]
                 raise InputError(
                     f"{folder / f'{case_id}_{c:04d}{ext}'}: missing channel {c} of case {case_id!r} "
-                    f"(dataset.json declares {num_channels} channel(s))"
+                    f"(dataset.json declares {num_channels} channel(s)); add the file, or store all channels "
+                    f"in {case_id}_0000{ext} (e.g. one RGB image)"
                 )
         extra = sorted(set(channels) - set(range(num_channels)))
         if extra:
@@ -195,6 +247,37 @@ def _attach_labels(cases: list[Case], folder: Path, ext: str, required: bool) ->
             raise InputError(f"{case.images[0]}: no label found (expected {label}); add the label or remove the image")
 
 
+def _file_ending(meta: dict, files: list[Path], json_path: Path) -> str:
+    exts = {split_extension(f)[1] for f in files}
+    file_ending = str(meta.get("file_ending", "")).strip().lower() or sorted(exts)[0]
+    if not file_ending.startswith("."):
+        file_ending = "." + file_ending
+    if file_ending not in IMAGE_EXTENSIONS:
+        raise InputError(
+            f"{json_path}: file_ending {file_ending!r} is not supported; use one of {', '.join(LABEL_EXTENSIONS)}"
+        )
+    fmt = format_of(Path(f"x{file_ending}"))
+    if not fmt.holds_labels:
+        raise InputError(
+            f"{json_path}: file_ending {file_ending!r} cannot hold label maps (lossy or image-only); "
+            f"use one of {', '.join(LABEL_EXTENSIONS)}"
+        )
+    for f in files:
+        if split_extension(f)[1] != file_ending:
+            raise InputError(
+                f"{f}: extension differs from the dataset's file_ending {file_ending!r}; convert it or fix dataset.json"
+            )
+    return file_ending
+
+
+def _spatial_dims(first_image: Path) -> int:
+    """2 or 3: fixed by the format, or read from the first image where the format holds both."""
+    fmt = format_of(first_image)
+    if len(fmt.spatial_dims) == 1:
+        return fmt.spatial_dims[0]
+    return len(read_header(first_image)["spatial_shape"])
+
+
 def _scan_nnunet(root: Path) -> DatasetInfo:
     json_path = root / "dataset.json"
     if not json_path.is_file():
@@ -204,44 +287,38 @@ def _scan_nnunet(root: Path) -> DatasetInfo:
         )
     meta = _read_json(json_path)
     channel_names = _parse_channels(meta, json_path)
-    labels = _parse_labels(meta, json_path)
-    if channel_names is None or labels is None:
+    layout = _parse_labels(meta, json_path)
+    if channel_names is None or layout is None:
         missing = "channel_names" if channel_names is None else "labels"
         raise InputError(f'{json_path}: no "{missing}" entry; add it (see the nnU-Net dataset.json format)')
-    files = _listdir(root / "imagesTr", SUPPORTED_EXTENSIONS, "imagesTr/")
+    files = _listdir(root / "imagesTr", IMAGE_EXTENSIONS, "imagesTr/")
     if not files:
         raise InputError(f"{root / 'imagesTr'}: folder is empty; put the training images there")
-    exts = {split_extension(f)[1] for f in files}
-    file_ending = str(meta.get("file_ending", "")).lower() or sorted(exts)[0]
-    for f in files:
-        if split_extension(f)[1] != file_ending:
-            raise InputError(
-                f"{f}: extension differs from the dataset's file_ending {file_ending!r}; convert it or fix dataset.json"
-            )
+    file_ending = _file_ending(meta, files, json_path)
     cases = _group_cases(files, len(channel_names), root / "imagesTr")
     if not (root / "labelsTr").is_dir():
         raise InputError(f"{root / 'labelsTr'}: folder missing; the nnU-Net layout needs labelsTr/ beside imagesTr/")
     _attach_labels(cases, root / "labelsTr", file_ending, required=True)
     test_cases: list[Case] = []
     if (root / "imagesTs").is_dir():
-        test_files = _listdir(root / "imagesTs", SUPPORTED_EXTENSIONS, "imagesTs/")
+        test_files = _listdir(root / "imagesTs", IMAGE_EXTENSIONS, "imagesTs/")
         if test_files:
             test_cases = _group_cases(test_files, len(channel_names), root / "imagesTs")
             if (root / "labelsTs").is_dir():
                 _attach_labels(test_cases, root / "labelsTs", file_ending, required=False)
-    spatial_dims = 2 if file_ending in EXTENSIONS_2D else 3
+    spatial_dims = _spatial_dims(cases[0].images[0])
     return DatasetInfo(
         layout="nnunet",
         spatial_dims=spatial_dims,
         cases=cases,
         test_cases=test_cases,
         channel_names=channel_names,
-        labels=labels,
-        num_classes=len(labels),
         modality=infer_modality(channel_names) if spatial_dims == 3 else "2d",
         root=root,
         name=str(meta.get("name", root.name)),
         file_ending=file_ending,
+        use_mask_for_norm=_mask_override(meta, json_path),
+        **_label_fields(layout),
     )
 
 
@@ -252,7 +329,7 @@ def _pair_masks(images: list[Path], mask_dir: Path | None, required: bool) -> li
     masks: dict[str, Path] = {}
     if mask_dir is not None and mask_dir.is_dir():
         for m in _listdir(mask_dir, EXTENSIONS_2D, f"{mask_dir.name}/"):
-            if file_format(m) == "jpeg":
+            if not format_of(m).lossless:
                 raise InputError(f"{m}: JPEG masks are lossy and corrupt label values; save masks as PNG or TIFF")
             masks[split_extension(m)[0]] = m
     cases, seen = [], set()
@@ -273,7 +350,7 @@ def _mask_dir(folder: Path) -> Path | None:
     return next((folder / n for n in ("masks", "labels") if (folder / n).is_dir()), None)
 
 
-def _infer_labels(cases: list[Case]) -> dict[int, str]:
+def _infer_labels(cases: list[Case]) -> LabelLayout:
     values: set[int] = set()
     for case in cases:
         if case.label is not None:
@@ -286,7 +363,7 @@ def _infer_labels(cases: list[Case]) -> dict[int, str]:
         raise InputError(
             f"masks hold values up to {top}; store class indices 0..K-1 (or 0/255 for binary masks), not instance ids"
         )
-    return {k: "background" if k == 0 else f"class{k}" for k in range(top + 1)}
+    return LabelLayout(names={k: "background" if k == 0 else f"class{k}" for k in range(top + 1)})
 
 
 def _scan_folders(root: Path) -> DatasetInfo:
@@ -307,19 +384,19 @@ def _scan_folders(root: Path) -> DatasetInfo:
     if channel_names is None:
         channels = read_header(images[0])["num_channels"]
         channel_names = ["R", "G", "B"] if channels == 3 else ["grey"] * channels
-    labels = _parse_labels(meta, root / "dataset.json") or _infer_labels(cases)
+    layout = _parse_labels(meta, root / "dataset.json") or _infer_labels(cases)
     return DatasetInfo(
         layout="folders",
         spatial_dims=2,
         cases=cases,
         test_cases=test_cases,
         channel_names=channel_names,
-        labels=labels,
-        num_classes=len(labels),
         modality="2d",
         root=root,
         name=str(meta.get("name", root.name)),
         file_ending=split_extension(images[0])[1],
+        use_mask_for_norm=_mask_override(meta, root / "dataset.json"),
+        **_label_fields(layout),
     )
 
 

@@ -8,10 +8,15 @@
 input's own grid (orientation and resampling undone, affine/header kept).
 
 Steps: read + validate → orientation RAS (3D) → optional resampling to ``target_spacing`` →
-intensity normalisation (CT: clip to foreground 0.5–99.5 percentiles + z-score with foreground
-mean/std of the training set; MRI/other: per-image z-score; 2D folders: per-image per-channel
-z-score) → [train] pad to the patch, class-balanced patch sampling (``RandCropByLabelClassesd``,
-``num_samples`` patches per case), flips, small rotation/scale, intensity scale/shift, noise.
+intensity normalisation per channel following ``channel_names`` as nnU-Net v2 does (CT: clip to
+the training foreground 0.5–99.5 percentiles + z-score with its mean/std; ``noNorm``;
+``rescale_to_0_1``; ``rgb_to_0_1``; anything else: per-image z-score, inside the non-zero mask
+where nnU-Net would use it — see :mod:`fusionseg.data.normalization`) → [train] pad to the patch,
+class-balanced patch sampling (``RandCropByLabelClassesd``, ``num_samples`` patches per case),
+flips, small rotation/scale, intensity scale/shift, noise.
+
+Labels stay integer label maps through the pipelines (ignore label included); the engine turns
+them into training targets with :class:`~fusionseg.data.labels.LabelLayout` (regions, valid mask).
 
 Training with ``num_samples > 1`` yields a list of patch dicts per case: batch with
 ``monai.data.DataLoader`` (its ``list_data_collate`` flattens them).
@@ -51,7 +56,15 @@ from monai.transforms import (
 )
 
 from fusionseg.data.datasets import Case, DatasetInfo
-from fusionseg.data.io import read_header, write_label
+from fusionseg.data.io import read_header, write_label, write_probabilities
+from fusionseg.data.labels import regions_to_labels
+from fusionseg.data.normalization import (
+    CT_PERCENTILES,
+    normalise,
+    relative_size_after_cropping,
+    scheme_for_channel,
+    use_mask_for_norm,
+)
 from fusionseg.data.validation import find_input_error, load_checked
 from fusionseg.errors import InputError
 
@@ -65,13 +78,13 @@ __all__ = [
     "eval_transforms",
     "load_for_inference",
     "save_prediction",
+    "save_probabilities",
     "train_transforms",
 ]
 
 _PATCH_CAP = {2: 256, 3: 128}
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 _INDICES = "_class_indices"
-_CT_PERCENTILES = (0.5, 99.5)
 
 
 def case_dict(case: Case) -> dict:
@@ -115,40 +128,48 @@ def _default_patch(shape: np.ndarray, spatial_dims: int, size_multiple: int) -> 
     return [max(size_multiple, int(min(s, cap)) // size_multiple * size_multiple) for s in shape]
 
 
-def _channel_schemes(info: DatasetInfo) -> list[str]:
-    if info.layout == "folders" or info.spatial_dims == 2:
-        return ["channel"] * info.in_channels
-    return ["ct" if str(n).strip().lower().startswith("ct") else "zscore" for n in info.channel_names]
+def _stat_cases(info: DatasetInfo, max_cases: int, rng: np.random.Generator) -> list[Case]:
+    if len(info.cases) <= max_cases:
+        return list(info.cases)
+    return [info.cases[i] for i in sorted(rng.choice(len(info.cases), max_cases, replace=False))]
 
 
-def _ct_statistics(info: DatasetInfo, pre: dict, channels: list[int], max_cases: int, seed: int) -> dict[int, dict]:
-    """Foreground intensity statistics per CT channel, from up to ``max_cases`` training cases."""
+def _dataset_statistics(
+    info: DatasetInfo, pre: dict, ct_channels: list[int], need_crop_sizes: bool, max_cases: int, seed: int
+) -> tuple[dict[int, dict], list[float]]:
+    """One pass over up to ``max_cases`` training cases: foreground intensity statistics per CT channel
+    (foreground = label > 0, ignore label excluded) and each case's relative size after cropping to
+    the non-zero box (for nnU-Net's mask rule)."""
     rng = np.random.default_rng(seed)
-    samples: dict[int, list[np.ndarray]] = {c: [] for c in channels}
-    chosen = (
-        info.cases
-        if len(info.cases) <= max_cases
-        else [info.cases[i] for i in sorted(rng.choice(len(info.cases), max_cases, replace=False))]
-    )
-    for case in chosen:
+    samples: dict[int, list[np.ndarray]] = {c: [] for c in ct_channels}
+    sizes: list[float] = []
+    ignore = pre.get("ignore_label")
+    for case in _stat_cases(info, max_cases, rng):
         image, _, label, _ = load_checked(case.images, case.label, pre)
-        mask = label > 0 if label is not None and (label > 0).any() else np.ones(image.shape[1:], dtype=bool)
-        for c in channels:
+        if need_crop_sizes:
+            sizes.append(relative_size_after_cropping(image))
+        if not ct_channels:
+            continue
+        mask = np.ones(image.shape[1:], dtype=bool)
+        if label is not None:
+            foreground = (label > 0) & (label != ignore) if ignore is not None else label > 0
+            mask = foreground if foreground.any() else mask
+        for c in ct_channels:
             values = image[c][mask]
             if values.size > 20000:
                 values = rng.choice(values, 20000, replace=False)
             samples[c].append(values)
     stats = {}
-    for c in channels:
+    for c in ct_channels:
         values = np.concatenate(samples[c]).astype(np.float64)
-        lower, upper = np.percentile(values, _CT_PERCENTILES)
+        lower, upper = np.percentile(values, CT_PERCENTILES)
         stats[c] = {
             "scheme": "ct",
             "clip": [float(lower), float(upper)],
             "mean": float(values.mean()),
             "std": float(max(values.std(), 1e-8)),
         }
-    return stats
+    return stats, sizes
 
 
 def build_preprocessing(
@@ -171,12 +192,24 @@ def build_preprocessing(
             (2D) / 128 (3D) per axis, rounded down to a multiple of ``size_multiple``.
         num_samples: patches drawn per case and pass (default 1: every patch of a batch from its own case).
         size_multiple: the default patch is a multiple of this (the model's ``size_multiple``).
-        max_stat_cases: training cases read for the CT intensity statistics.
+        max_stat_cases: training cases read for the CT intensity statistics and nnU-Net's
+            non-zero-mask rule (a seeded sample when there are more).
 
-    Keys: ``spatial_dims``, ``in_channels``, ``num_classes``, ``labels`` (``{"0": "background", ...}``,
-    string keys), ``channel_names``, ``modality``, ``normalisation`` ("ct" | "zscore" | "channel"),
-    ``channel_normalisation`` (per-channel dicts), ``orientation``, ``target_spacing``, ``patch_size``,
-    ``num_samples``, ``median_shape``, ``median_spacing``, ``binary_as_255``, ``layout``.
+    Keys:
+
+    - geometry: ``spatial_dims``, ``orientation`` ("RAS" in 3D), ``target_spacing`` (list, or None),
+      ``patch_size``, ``num_samples``, ``median_shape``, ``median_spacing``;
+    - input: ``in_channels``, ``channel_names``, ``modality``, ``layout``;
+    - labels (:meth:`LabelLayout.to_preprocessing`): ``labels`` (``{"0": "background", ...}``, string
+      keys, ignore excluded), ``num_classes``, ``out_channels`` (network outputs: regions or classes),
+      ``activation`` ("softmax" | "sigmoid"), ``regions`` (lists of label values, or None),
+      ``region_names``, ``regions_class_order``, ``ignore_label`` (int or None);
+    - normalisation: ``channel_normalisation`` (one dict per channel: ``{"scheme": "ct", "clip",
+      "mean", "std"}``, ``{"scheme": "zscore", "use_mask": bool}``, ``{"scheme": "noNorm"}``,
+      ``{"scheme": "rescale_to_0_1"}``, ``{"scheme": "rgb_to_0_1"}``), ``normalisation`` (summary:
+      "ct" if any channel is CT, else the first channel's scheme), ``use_mask_for_norm``,
+      ``median_relative_size_after_cropping`` (None when not measured);
+    - ``binary_as_255``, ``version``.
     """
     if num_samples is None:
         num_samples = 1
@@ -204,31 +237,43 @@ def build_preprocessing(
         spacing = _as_sizes(target_spacing, dims, "target_spacing", float)
     resampled_shape = median_shape * median_spacing / np.asarray(spacing) if spacing else median_shape
     patch = _as_sizes(patch_size, dims, "patch_size", int) or _default_patch(resampled_shape, dims, size_multiple)
-    schemes = _channel_schemes(info)
+    schemes = [scheme_for_channel(n) for n in info.channel_names]
     modality = "2d" if dims == 2 else info.modality
+    layout = info.label_layout
     pre = {
-        "version": 1,
+        "version": 2,
         "layout": info.layout,
         "spatial_dims": dims,
         "in_channels": info.in_channels,
-        "num_classes": info.num_classes,
-        "labels": {str(k): v for k, v in info.labels.items()},
+        **layout.to_preprocessing(),
         "channel_names": list(info.channel_names),
         "modality": modality,
         "normalisation": "ct" if "ct" in schemes else schemes[0],
         "channel_normalisation": [{"scheme": s} for s in schemes],
+        "use_mask_for_norm": False,
+        "median_relative_size_after_cropping": None,
         "orientation": "RAS" if dims == 3 else None,
         "target_spacing": spacing,
         "patch_size": patch,
         "num_samples": num_samples,
         "median_shape": [float(s) for s in median_shape],
         "median_spacing": [float(s) for s in median_spacing],
-        "binary_as_255": dims == 2 and info.num_classes == 2,
+        "binary_as_255": dims == 2 and layout.num_classes == 2 and not layout.has_regions,
     }
     ct_channels = [c for c, s in enumerate(schemes) if s == "ct"]
-    if ct_channels:
-        for c, stats in _ct_statistics(info, pre, ct_channels, max_stat_cases, seed).items():
-            pre["channel_normalisation"][c] = stats
+    need_sizes = "zscore" in schemes and not info.use_mask_for_norm
+    sizes: list[float] = []
+    if ct_channels or need_sizes:
+        stats, sizes = _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed)
+        for c, spec in stats.items():
+            pre["channel_normalisation"][c] = spec
+        if sizes:
+            pre["median_relative_size_after_cropping"] = float(np.median(sizes))
+    use_mask = use_mask_for_norm(sizes, info.use_mask_for_norm)
+    pre["use_mask_for_norm"] = use_mask
+    for spec in pre["channel_normalisation"]:
+        if spec["scheme"] == "zscore":
+            spec["use_mask"] = use_mask
     return pre
 
 
@@ -252,8 +297,8 @@ class LoadCased(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         image, meta, label, _ = load_checked(d["image"], d.get("label"), self.pre)
-        affine = torch.as_tensor(np.asarray(meta["affine"]), dtype=torch.float64)
-        d["image"] = MetaTensor(torch.from_numpy(image), affine=affine)
+        affine = torch.tensor(np.asarray(meta["affine"]), dtype=torch.float64)  # a copy: transforms edit it in place
+        d["image"] = MetaTensor(torch.from_numpy(image), affine=affine, meta={"source_file": str(d["image"][0])})
         if label is not None:
             d["label"] = MetaTensor(torch.from_numpy(label.astype(np.float32))[None], affine=affine.clone())
         if self.keep_reader_meta:
@@ -262,11 +307,8 @@ class LoadCased(MapTransform):
 
 
 class NormalizeChannelsd(MapTransform):
-    """Per-channel intensity normalisation from ``pre["channel_normalisation"]``.
-
-    ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}`` → ``(clip(x, lo, hi) - m) / s``;
-    ``"zscore"`` / ``"channel"`` → per-image ``(x - mean(x)) / std(x)`` of that channel.
-    """
+    """Per-channel intensity normalisation from ``pre["channel_normalisation"]`` (see
+    :func:`fusionseg.data.normalization.normalise`); MetaTensor metadata is kept."""
 
     def __init__(self, pre: dict, key: str = "image") -> None:
         super().__init__(keys=(key,))
@@ -276,17 +318,13 @@ class NormalizeChannelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            if img.shape[0] != len(self.specs):
-                raise InputError(f"image has {img.shape[0]} channels but the preprocessing expects {len(self.specs)}")
-            out = img.clone() if not img.is_floating_point() else img
-            out = out.float()
-            for c, spec in enumerate(self.specs):
-                x = out[c]
-                if spec["scheme"] == "ct":
-                    x.clamp_(*spec["clip"]).sub_(spec["mean"]).div_(max(spec["std"], 1e-8))
-                else:
-                    std, mean = torch.std_mean(x.as_subclass(torch.Tensor), unbiased=False)
-                    x.sub_(mean).div_(std.clamp_min(1e-8))
+            try:
+                out = normalise(img, self.specs)
+            except InputError as err:
+                source = img.meta.get("source_file") if isinstance(img, MetaTensor) else None
+                raise InputError(f"{source}: {err}" if source else str(err)) from None
+            if isinstance(img, MetaTensor):
+                out = MetaTensor(out, meta=img.meta, applied_operations=img.applied_operations)
             d[key] = out
         return d
 
@@ -447,6 +485,7 @@ def load_for_inference(images: Sequence[str | Path] | str | Path, pre: dict) -> 
     meta = {
         "spatial_dims": dims,
         "num_classes": int(pre["num_classes"]),
+        "regions_class_order": pre.get("regions_class_order") if pre.get("regions") else None,
         "binary_as_255": bool(pre.get("binary_as_255", False)),
         "affine": np.asarray(image.affine, dtype=np.float64),
         "processed_shape": tuple(image.shape[1:]),
@@ -476,26 +515,60 @@ def _to_input_grid(pred: torch.Tensor, meta: dict, mode: str) -> torch.Tensor:
     return out.as_subclass(torch.Tensor)
 
 
-def save_prediction(prediction: np.ndarray | torch.Tensor, meta: dict, out_path: str | Path) -> Path:
-    """Write a label map (*S) or class probabilities/logits (K, *S) on the input's grid to ``out_path``.
+def _as_tensor(prediction: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(prediction) if isinstance(prediction, np.ndarray) else prediction).detach().cpu()
 
-    Probabilities are resampled (linear) before the argmax, label maps with nearest neighbour.
-    The file format follows ``out_path`` (``.nii.gz``, ``.nrrd``, ``.png``, ``.tif``); NIfTI keeps
-    the input affine, NRRD its space/directions/origin; binary 2D masks are written as 0/255.
+
+def _on_reference_shape(array: np.ndarray, reference: dict, channels: bool) -> np.ndarray:
+    """Reshape to the reader's spatial shape (e.g. a 2D slice read from a (X, Y, 1) NIfTI)."""
+    shape = tuple(reference["spatial_shape"])
+    if tuple(array.shape[1:] if channels else array.shape) == shape:
+        return array
+    return array.reshape((array.shape[0], *shape) if channels else shape)
+
+
+def save_prediction(prediction: np.ndarray | torch.Tensor, meta: dict, out_path: str | Path) -> Path:
+    """Write a label map (*S) or class/region scores (K, *S) on the input's grid to ``out_path``.
+
+    Scores are resampled (linear) to the input grid first, then turned into labels: softmax
+    probabilities or logits by argmax; for region-based models (``meta["regions_class_order"]``,
+    set by :func:`load_for_inference`) sigmoid **probabilities** are thresholded at 0.5 and painted
+    in ``regions_class_order`` (:func:`~fusionseg.data.labels.regions_to_labels`). Label maps are
+    resampled with nearest neighbour. The format follows ``out_path`` (any label format of
+    :mod:`fusionseg.data.formats`; :func:`~fusionseg.data.formats.prediction_extension` picks the
+    input's own); the input's geometry is kept; binary 2D masks are written as 0/255.
     """
-    pred = torch.as_tensor(np.asarray(prediction) if isinstance(prediction, np.ndarray) else prediction).detach().cpu()
+    pred = _as_tensor(prediction)
     dims = meta["spatial_dims"]
     if pred.ndim == dims + 1:
         probs = _to_input_grid(pred.float(), meta, "bilinear")
-        label = probs.argmax(0)
+        order = meta.get("regions_class_order")
+        label = regions_to_labels(probs, order) if order else probs.argmax(0)
     elif pred.ndim == dims:
         label = _to_input_grid(pred[None].float(), meta, "nearest")[0].round()
     else:
         raise ValueError(
             f"prediction must be (*S) labels or (K, *S) scores for {dims}D data, got shape {tuple(pred.shape)}"
         )
-    label_np = label.to(torch.int64).numpy()
     reference = dict(meta["reference"])
-    if len(reference["spatial_shape"]) != label_np.ndim:  # e.g. a 2D slice read from a (X, Y, 1) NIfTI
-        label_np = label_np.reshape(reference["spatial_shape"])
+    label_np = _on_reference_shape(label.to(torch.int64).numpy(), reference, channels=False)
     return write_label(label_np, reference, out_path, binary_as_255=meta.get("binary_as_255", False))
+
+
+def save_probabilities(probabilities: np.ndarray | torch.Tensor, meta: dict, out_path: str | Path) -> Path:
+    """Write class (softmax) or region (sigmoid) probabilities (K, *S) on the input's grid to ``out_path``.
+
+    ``probabilities`` live on the preprocessed grid (from :func:`load_for_inference`); they are
+    resampled linearly to the input grid (softmax columns keep summing to 1) and written as float32
+    with the input's geometry: NIfTI (X, Y, Z, K), NRRD, MetaImage vector pixels, or ``.npz`` for 2D
+    raster inputs (:func:`~fusionseg.data.formats.probability_extension` picks the extension).
+    The label map of the same input equals ``LabelLayout.to_label_map`` of what is written here.
+    """
+    probs = _as_tensor(probabilities).float()
+    dims = meta["spatial_dims"]
+    if probs.ndim != dims + 1:
+        raise ValueError(f"probabilities must be (K, *S) for {dims}D data, got shape {tuple(probs.shape)}")
+    probs = _to_input_grid(probs, meta, "bilinear")
+    reference = dict(meta["reference"])
+    array = _on_reference_shape(probs.numpy().astype(np.float32), reference, channels=True)
+    return write_probabilities(array, reference, out_path)

@@ -39,18 +39,21 @@ def check_finite(array: np.ndarray, path: str | Path) -> None:
         raise InputError(f"{path}: {bad} NaN/Inf voxel(s); replace them (e.g. with 0) before training or inference")
 
 
-def check_label_values(label: np.ndarray, num_classes: int, path: str | Path) -> None:
-    """InputError when ``label`` holds values outside ``0..num_classes-1``."""
+def check_label_values(label: np.ndarray, num_classes: int, path: str | Path, ignore_label: int | None = None) -> None:
+    """InputError when ``label`` holds values outside ``0..num_classes-1`` (and the ignore label, if any)."""
     if label.size == 0:
         raise InputError(f"{path}: label map is empty")
-    low, high = int(label.min()), int(label.max())
-    if low < 0 or high >= num_classes:
-        values = np.unique(label)
-        bad = [int(v) for v in values if v < 0 or v >= num_classes][:5]
-        raise InputError(
-            f"{path}: label values {bad} are outside the declared classes 0..{num_classes - 1}; "
-            "fix the label map or the labels in dataset.json"
-        )
+    if int(label.min()) >= 0 and int(label.max()) < num_classes:
+        return
+    values = np.unique(label)
+    bad = [int(v) for v in values if (v < 0 or v >= num_classes) and v != ignore_label]
+    if not bad:
+        return
+    allowed = f"0..{num_classes - 1}" + (f" and the ignore label {ignore_label}" if ignore_label is not None else "")
+    raise InputError(
+        f"{path}: label values {bad[:5]} are outside the declared classes {allowed}; "
+        "fix the label map or the labels in dataset.json"
+    )
 
 
 def check_channels(num_channels: int, expected: int, path: str | Path) -> None:
@@ -128,7 +131,7 @@ def load_checked(
     check_geometry(metas[0], label_meta)
     if label_array.ndim != spatial_dims and spatial_dims == 2 and label_array.ndim == 3:
         label_array = label_array[..., 0]
-    check_label_values(label_array, int(pre["num_classes"]), label)
+    check_label_values(label_array, int(pre["num_classes"]), label, pre.get("ignore_label"))
     return image, image_meta, label_array, label_meta
 
 

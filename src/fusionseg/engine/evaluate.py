@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionseg.data.formats import LABEL_EXTENSIONS
+from fusionseg.data.formats import strip_extension as _case_id
 from fusionseg.engine.metrics import METRICS, case_metrics, summarise
 from fusionseg.errors import InputError
 from fusionseg.files import atomic_write, write_text_atomic
@@ -33,16 +35,6 @@ __all__ = [
     "run_evaluation",
     "write_metrics_csv",
 ]
-
-LABEL_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".png", ".tif", ".tiff", ".bmp")
-
-
-def _case_id(path: Path) -> str:
-    name = path.name
-    for ext in LABEL_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
 
 
 def label_files(folder: Path) -> dict[str, Path]:

@@ -22,26 +22,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fusionseg.data.formats import IMAGE_EXTENSIONS, probability_extension
+from fusionseg.data.formats import prediction_extension as _output_ext
+from fusionseg.data.formats import split_extension as _split_ext
 from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.errors import InputError
 from fusionseg.files import atomic_write
 
 __all__ = ["find_inputs", "load_model", "predict_files", "predict_volume", "round_up", "window_size"]
-
-IMAGE_EXTENSIONS = (
-    ".nii.gz",
-    ".nii",
-    ".nrrd",
-    ".nhdr",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".tif",
-    ".tiff",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -149,14 +137,6 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     return model.to(device).eval(), ckpt["preprocessing"], ckpt
 
 
-def _split_ext(path: Path) -> tuple[str, str]:
-    name = path.name
-    for ext in IMAGE_EXTENSIONS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)], name[len(name) - len(ext) :]
-    return path.stem, path.suffix
-
-
 def find_inputs(source: Path, in_channels: int = 1) -> list[tuple[str, list[Path]]]:
     """Cases to predict: a file, or every image file in a folder → [(case_id, [channel files])].
 
@@ -197,13 +177,6 @@ def _case_id(path: Path, strip_any_channel: bool) -> str:
     if base and len(idx) == 4 and idx.isdigit() and (strip_any_channel or idx == "0000"):
         return base
     return stem
-
-
-def _output_ext(image: Path) -> str:
-    ext = _split_ext(image)[1].lower()
-    return {".nhdr": ".nrrd", ".jpg": ".png", ".jpeg": ".png", ".bmp": ".png", ".tif": ".png", ".tiff": ".png"}.get(
-        ext, ext
-    )
 
 
 def _save_atomic(array, meta, out_path: Path) -> Path:
@@ -252,10 +225,9 @@ def predict_files(
             label_map = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).numpy()
             _save_atomic(label_map, meta, out_path)
             if probabilities:
-                ext = _output_ext(images[0])
-                prob_path = output / f"{cid}_probabilities{'.npz' if ext == '.png' else ext}"
+                prob_path = output / f"{cid}_probabilities{probability_extension(images[0])}"
                 try:
-                    _save_probabilities(probs.numpy(), meta, prob_path)
+                    _save_probabilities(probs, meta, prob_path)
                 except BaseException:
                     out_path.unlink(missing_ok=True)  # all files of a case or none
                     raise
@@ -271,11 +243,10 @@ def predict_files(
     return written, failed
 
 
-def _save_probabilities(probs, meta, out_path: Path) -> Path:
-    if out_path.suffix == ".npz":
-        import numpy as np
+def _save_probabilities(probs: torch.Tensor, meta: dict, out_path: Path) -> Path:
+    """Float probabilities (K, *S) on the input's grid and geometry (``data.save_probabilities``), atomically."""
+    from fusionseg.data import save_probabilities
 
-        with atomic_write(out_path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, probabilities=probs.astype(np.float16))
-        return out_path
-    return _save_atomic(probs, meta, out_path)
+    with atomic_write(out_path) as tmp:
+        save_probabilities(probs, meta, tmp)
+    return out_path

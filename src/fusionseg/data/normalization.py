@@ -1,0 +1,130 @@
+"""Intensity normalisation per channel, chosen by dataset.json's ``channel_names`` as nnU-Net v2 does.
+
+=================================== ================ ===========================================================
+channel name (case-insensitive)     scheme           per image x of that channel
+=================================== ================ ===========================================================
+``CT``                              ``ct``           ``(clip(x, p0.5, p99.5) - mean) / std``, all four from the
+                                                     training foreground (label > 0, ignore label excluded)
+``noNorm``                          ``noNorm``       ``x``
+``rescale_to_0_1`` (``rescale_0_1``) ``rescale_to_0_1`` ``(x - min x) / (max x - min x)``
+``rgb_to_0_1``                      ``rgb_to_0_1``   ``x / 255`` (values must lie in 0..255)
+anything else (``zscore``, ``T1``,  ``zscore``       ``(x - mean) / std`` over the image — or, with
+``R``, ...)                                          ``use_mask``, over the non-zero mask only (outside stays 0)
+=================================== ================ ===========================================================
+
+The non-zero mask is nnU-Net's: voxels non-zero in any channel, holes filled. z-score channels use it
+when cropping the training images to the bounding box of that mask shrinks them, by median, to
+less than 3/4 of their size (skull-stripped MRI, BraTS), or when dataset.json says
+``"use_mask_for_norm": true`` (nnU-Net's ``determine_whether_to_use_mask_for_norm``). ``std`` is the
+population standard deviation, floored at 1e-8. Normalisation runs after reorientation and
+resampling (nnU-Net normalises before resampling; the difference is interpolation at mask edges).
+
+Example:
+    >>> scheme_for_channel("T1"), scheme_for_channel("CT"), scheme_for_channel("noNorm")
+    ('zscore', 'ct', 'noNorm')
+    >>> normalise(image, [{"scheme": "zscore", "use_mask": True}])   # image (C, *S) tensor
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from fusionseg.errors import InputError
+
+__all__ = [
+    "CT_PERCENTILES",
+    "MASK_SIZE_THRESHOLD",
+    "SCHEMES",
+    "nonzero_mask",
+    "normalise",
+    "relative_size_after_cropping",
+    "scheme_for_channel",
+    "use_mask_for_norm",
+]
+
+SCHEMES = ("ct", "zscore", "noNorm", "rescale_to_0_1", "rgb_to_0_1")
+CT_PERCENTILES = (0.5, 99.5)
+MASK_SIZE_THRESHOLD = 0.75  # nnU-Net: median relative size after cropping to the non-zero box < 3/4 → use the mask
+_ALIASES = {
+    "ct": "ct",
+    "nonorm": "noNorm",
+    "rescale_0_1": "rescale_to_0_1",
+    "rescale_to_0_1": "rescale_to_0_1",
+    "rgb_to_0_1": "rgb_to_0_1",
+    "zscore": "zscore",
+}
+
+
+def scheme_for_channel(name: str) -> str:
+    """Normalisation scheme of a ``channel_names`` entry (see the module table); unknown names → ``zscore``."""
+    return _ALIASES.get(str(name).strip().lower(), "zscore")
+
+
+def nonzero_mask(image: np.ndarray) -> np.ndarray:
+    """(C, *S) image → bool (*S): non-zero in any channel, enclosed holes filled."""
+    mask = np.any(np.asarray(image) != 0, axis=0)
+    return ndimage.binary_fill_holes(mask)
+
+
+def relative_size_after_cropping(image: np.ndarray) -> float:
+    """Voxels of the bounding box of the non-zero region / all voxels (1.0 for an all-zero image)."""
+    mask = np.any(np.asarray(image) != 0, axis=0)
+    if not mask.any():
+        return 1.0
+    extent = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d))) for d in range(mask.ndim)]
+    box = np.prod([e[-1] - e[0] + 1 for e in extent], dtype=np.float64)
+    return float(box / mask.size)
+
+
+def use_mask_for_norm(relative_sizes: Sequence[float], forced: bool | None = None) -> bool:
+    """nnU-Net's rule: ``forced`` (dataset.json ``use_mask_for_norm``) or median relative size < 3/4."""
+    if forced:
+        return True
+    return bool(relative_sizes) and float(np.median(relative_sizes)) < MASK_SIZE_THRESHOLD
+
+
+def _zscore(x: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if mask is not None and bool(mask.any()):
+        values = x[mask]
+        std, mean = torch.std_mean(values, unbiased=False)
+        x[mask] = (values - mean) / std.clamp_min(1e-8)
+        return
+    std, mean = torch.std_mean(x, unbiased=False)
+    x.sub_(mean).div_(std.clamp_min(1e-8))
+
+
+def normalise(image: torch.Tensor, specs: Sequence[dict]) -> torch.Tensor:
+    """Normalise each channel of ``image`` (C, *S) by its spec; returns a new float32 tensor.
+
+    Specs: ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}``, ``{"scheme": "zscore",
+    "use_mask": bool}``, ``{"scheme": "noNorm" | "rescale_to_0_1" | "rgb_to_0_1"}``; ``"channel"``
+    (older checkpoints) is a z-score without mask.
+    """
+    if image.shape[0] != len(specs):
+        raise InputError(f"image has {image.shape[0]} channels but the preprocessing expects {len(specs)}")
+    out = image.as_subclass(torch.Tensor).float().clone()
+    mask = None
+    if any(s["scheme"] == "zscore" and s.get("use_mask") for s in specs):  # from the raw channels, before any change
+        mask = torch.from_numpy(nonzero_mask(out.numpy()))
+    for c, spec in enumerate(specs):
+        x, scheme = out[c], spec["scheme"]
+        if scheme == "ct":
+            x.clamp_(*spec["clip"]).sub_(spec["mean"]).div_(max(spec["std"], 1e-8))
+        elif scheme in ("zscore", "channel"):
+            _zscore(x, mask if spec.get("use_mask") else None)
+        elif scheme == "rescale_to_0_1":
+            x.sub_(x.min()).div_(x.max().clamp_min(1e-8))
+        elif scheme == "rgb_to_0_1":
+            if x.numel() and (float(x.min()) < 0 or float(x.max()) > 255):
+                raise InputError(
+                    f"channel {c} holds values {float(x.min()):g}..{float(x.max()):g}, outside 0..255 of "
+                    '"rgb_to_0_1"; store 8-bit colour images or name the channel "zscore" in dataset.json'
+                )
+            x.div_(255.0)
+        elif scheme != "noNorm":
+            raise ValueError(f"unknown normalisation scheme {scheme!r}; expected one of {SCHEMES}")
+    return out
