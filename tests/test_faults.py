@@ -37,6 +37,7 @@ class Faulty(nn.Module):
         self.conv = (nn.Conv2d if spatial_dims == 2 else nn.Conv3d)(in_channels, out_channels, 3, padding=1)
         kwargs = dict(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims)
         self.config = {"name": "_toy_faults", "kwargs": kwargs}
+        self.in_channels, self.out_channels, self.spatial_dims = in_channels, out_channels, spatial_dims
 
     def forward(self, x):
         return self.conv(x)

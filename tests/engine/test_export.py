@@ -29,6 +29,7 @@ class TinySeg(nn.Module):
         self.body = nn.Sequential(conv(in_channels, 4, 3, padding=1), nn.GELU())
         self.head, self.aux = conv(4, out_channels, 1), conv(4, out_channels, 1)
         self.deep_supervision = deep_supervision
+        self.in_channels, self.out_channels, self.spatial_dims = in_channels, out_channels, spatial_dims
         kwargs = dict(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims)
         self.config = {"name": "_toy_export", "kwargs": {**kwargs, "deep_supervision": deep_supervision}}
 

@@ -103,11 +103,11 @@ _MARGIN = 6  # voxels kept around the atlas' bounding box along y and z
 def monai_basicunet(
     in_channels: int = 1,
     out_channels: int = 2,
-    spatial_dims: int = 2,
+    spatial_dims: int = 3,
     features: Sequence[int] = (16, 32, 64, 128, 256, 16),
     deep_supervision: bool = False,
 ) -> nn.Module:
-    """MONAI ``BasicUNet`` behind the registry contract (``size_multiple``, ``config``), benchmark-only.
+    """MONAI ``BasicUNet`` with the registered-model attributes (``in_channels``, ``size_multiple``, ...); bench only.
 
     Example:
         >>> net = create_model("monai_basicunet", in_channels=1, out_channels=2, spatial_dims=2)
@@ -126,17 +126,8 @@ def monai_basicunet(
             f"BasicUNet needs 6 features (5 levels + the last decoder), e.g. 16,32,64,128,256,16; got {features}"
         )
     model = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features)
+    model.in_channels, model.out_channels, model.spatial_dims = in_channels, out_channels, spatial_dims
     model.size_multiple = 16  # four 2× poolings
-    model.config = {
-        "name": "monai_basicunet",
-        "kwargs": {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "spatial_dims": spatial_dims,
-            "features": features,
-            "deep_supervision": False,
-        },
-    }
     return model
 
 
