@@ -39,6 +39,7 @@ class Faulty(nn.Module):
         self.in_channels, self.out_channels, self.spatial_dims = in_channels, out_channels, spatial_dims
         kwargs = dict(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims)
         self.config = {"name": "_toy_faults", "kwargs": kwargs}
+        self.in_channels, self.out_channels, self.spatial_dims = in_channels, out_channels, spatial_dims
 
     def check_input(self, x):
         pass

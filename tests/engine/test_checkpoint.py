@@ -46,6 +46,7 @@ class ToyNet(nn.Module):
         self.head = conv(width, out_channels, 1)
         self.aux = conv(width, out_channels, 1) if deep_supervision else None
         self.spatial_dims, self.deep_supervision = spatial_dims, deep_supervision
+        self.in_channels, self.out_channels = in_channels, out_channels
         self.config = {
             "name": "_toy_ckpt",
             "kwargs": dict(

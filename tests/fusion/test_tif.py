@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fusionseg.fusion.tif as tif_module
+import fusionseg.kernels.attention as attention_kernels
 from fusionseg.fusion import TIF
 from fusionseg.fusion.reference import attention_reference, tif_paired_reference, tif_reference
-from fusionseg.fusion.tif import add_resized, scaled_dot_product_attention
+from fusionseg.fusion.tif import add_resized
+from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.layers import to_channels_last
 
 SMALL = dict(heads_s=2, dim_head_s=8, mlp_s=24, heads_l=1, dim_head_l=16, mlp_l=32)
@@ -56,10 +57,10 @@ def test_forward_matches_reference(dim_s, dim_l, spatial_dims, e_shape, r_shape,
     torch.testing.assert_close(fused, tif_reference(tif, e, r), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("query_chunk", [tif_module.QUERY_CHUNK, 16], ids=["default-chunk", "chunk16"])
+@pytest.mark.parametrize("query_chunk", [attention_kernels.QUERY_CHUNK, 16], ids=["default-chunk", "chunk16"])
 @pytest.mark.parametrize(("dim_s", "dim_l", "spatial_dims", "e_shape", "r_shape", "kwargs"), CASES)
 def test_backward_matches_reference(dim_s, dim_l, spatial_dims, e_shape, r_shape, kwargs, query_chunk, monkeypatch):
-    monkeypatch.setattr(tif_module, "QUERY_CHUNK", query_chunk)  # 16 → chunked CPU attention backward
+    monkeypatch.setattr(attention_kernels, "QUERY_CHUNK", query_chunk)  # 16 → chunked CPU attention backward
     tif = _make(dim_s, dim_l, spatial_dims, kwargs)
     e, r = _inputs(e_shape, r_shape, channels_last=False, requires_grad=True)
     grad_out = torch.randn(e_shape)
@@ -71,27 +72,36 @@ def test_backward_matches_reference(dim_s, dim_l, spatial_dims, e_shape, r_shape
         torch.testing.assert_close(g_fast, g_plain, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
-@pytest.mark.parametrize(
-    ("shape", "query_chunk"),
-    [((2, 3, 70, 8), 16), ((1, 1, 64, 16), 16), ((1, 2, 40, 8), 1024), ((2, 1, 33, 4), 8)],
-)
-def test_attention_gradients_match_explicit_softmax(shape, query_chunk, monkeypatch):
-    monkeypatch.setattr(tif_module, "QUERY_CHUNK", query_chunk)
-    q, k, v = (torch.randn(shape, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    grad_out = torch.randn(shape, dtype=torch.float64)
-    out = scaled_dot_product_attention(q, k, v, scale=0.3)
-    explicit = torch.softmax(q @ k.transpose(-1, -2) * 0.3, -1) @ v
-    torch.testing.assert_close(out, explicit, atol=1e-12, rtol=1e-10)
-    for g_fast, g_plain in zip(
-        torch.autograd.grad(out, [q, k, v], grad_out), torch.autograd.grad(explicit, [q, k, v], grad_out)
-    ):
-        torch.testing.assert_close(g_fast, g_plain, atol=1e-12, rtol=1e-10)
-
-
 def test_attention_module_matches_reference():
     attn = TIF(16, 16, **SMALL).transformer_s.layers[0][0].fn
     t = torch.randn(2, 30, 16)
     torch.testing.assert_close(attn(t), attention_reference(attn, t), atol=1e-5, rtol=1e-5)
+    with reference_ops(attn):  # the explicit N×N matrix: the same computation as attention_reference
+        torch.testing.assert_close(attn(t), attention_reference(attn, t), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("dim_s", "dim_l", "spatial_dims", "e_shape", "r_shape", "kwargs"), CASES[:2] + CASES[-1:])
+def test_reference_ops_switch_gives_same_outputs_and_gradients(dim_s, dim_l, spatial_dims, e_shape, r_shape, kwargs):
+    tif = _make(dim_s, dim_l, spatial_dims, kwargs)
+    e, r = _inputs(e_shape, r_shape, channels_last=False, requires_grad=True)
+    wrt = [e, r, *tif.parameters()]
+    runs = []
+    for reference in (False, True):
+        set_reference_ops(tif, reference)
+        assert all(layer[0].fn.reference_ops is reference for layer in tif.transformer_l.layers)
+        out = tif(e, r)
+        runs.append((out, torch.autograd.grad(out.square().sum(), wrt)))
+    torch.testing.assert_close(runs[0][0], runs[1][0], atol=1e-5, rtol=1e-5)
+    for g_fast, g_ref in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(g_fast, g_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_in_reference_attention_is_active_only_in_training():
+    tif = set_reference_ops(TIF(16, 16, spatial_dims=2, dropout=0.5, **SMALL))
+    e, r = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
+    assert not torch.equal(tif(e, r), tif(e, r))
+    tif.eval()
+    torch.testing.assert_close(tif(e, r), tif_reference(tif, e, r), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +123,7 @@ def test_outputs_depend_on_the_other_branch():
 
 
 def test_dropout_is_active_only_in_training():
-    tif = TIF(16, 16, dropout=0.5, **SMALL)
+    tif = TIF(16, 16, spatial_dims=2, dropout=0.5, **SMALL)
     e, r = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
     assert not torch.equal(tif(e, r), tif(e, r))
     tif.eval()
@@ -135,6 +145,7 @@ def test_parameter_count_from_the_layer_list():
     for dim_s, dim_l in [(96, 128), (192, 256), (64, 64)]:
         assert sum(p.numel() for p in TIF(dim_s, dim_l).parameters()) == tif_count(dim_s, dim_l)
     assert "transformer_l.layers.0.0.fn.to_out.0.weight" not in TIF(64, 64).state_dict()  # identity out-proj
+    assert TIF(8, 8).spatial_dims == 3  # the library-wide default
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

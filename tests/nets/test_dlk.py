@@ -1,4 +1,4 @@
-"""DLK layer / module / block: shapes, spec maths against a literal reference, fast = plain, backward, arguments."""
+"""DLK layer / module / block: shapes, the paper's maths against a literal reference, fast = reference, arguments."""
 
 from __future__ import annotations
 
@@ -6,20 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fusionseg.nets.dlk as dlk
+from fusionseg.kernels import reference_ops_default, set_reference_ops
 from fusionseg.layers import to_channels_last
-from fusionseg.nets.dlk import (
-    DLKBlock,
-    DLKLayer,
-    DLKMlp,
-    DLKModule,
-    conv_few_channels,
-    depthwise,
-    mlp_in_slabs,
-    pointwise,
-    set_fast_path,
-    upsample2x,
-)
+from fusionseg.nets.dlk import DLKBlock, DLKLayer, DLKMlp, DLKModule
 
 CASES = [(2, 2, (12, 10)), (2, 1, (12, 10)), (3, 2, (6, 7, 5)), (3, 1, (6, 7, 5))]  # spatial_dims, version, size
 
@@ -42,7 +31,7 @@ def _conv(x, conv, **kw):
 
 
 def reference_dlk_layer(layer: DLKLayer, x: torch.Tensor) -> torch.Tensor:
-    """Spec "DLK layer", written out step by step with functional ops on NC* tensors."""
+    """The DLK layer (see :class:`DLKLayer`), written out step by step with functional ops on NC* tensors."""
     p = _conv(x, layer.channel_proj) if layer.version == 2 else x
     c = p.shape[1]
     a1 = _conv(p, layer.att_conv1, padding=2, groups=c)
@@ -59,8 +48,8 @@ def reference_dlk_layer(layer: DLKLayer, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("spatial_dims,version,size", CASES)
 @pytest.mark.parametrize("fast", [False, True])
-def test_dlk_layer_matches_spec_reference(spatial_dims, version, size, fast):
-    layer = set_fast_path(_randomize(DLKLayer(8, spatial_dims, version)), fast)
+def test_dlk_layer_matches_literal_reference(spatial_dims, version, size, fast):
+    layer = set_reference_ops(_randomize(DLKLayer(8, spatial_dims, version)), not fast)
     x = torch.randn(2, 8, *size)
     if fast:
         x = to_channels_last(x)
@@ -86,12 +75,14 @@ def test_dlk_layer_v2_weights_both_scale_all_of_u():
 
 
 @pytest.mark.parametrize("spatial_dims,version,size", CASES)
-def test_block_fast_equals_plain_forward_and_backward(spatial_dims, version, size):
+def test_block_fast_equals_reference_forward_and_backward(spatial_dims, version, size):
     block = _randomize(DLKBlock(8, spatial_dims, version))
+    flags = [m.reference_ops for m in block.modules() if hasattr(m, "reference_ops")]
+    assert flags == [reference_ops_default()] * 4 and not reference_ops_default()
     x = torch.randn(2, 8, *size)
     outs, grads = [], []
     for fast in (False, True):
-        set_fast_path(block, fast)
+        set_reference_ops(block, not fast)
         block.zero_grad()
         xi = (to_channels_last(x) if fast else x.clone()).requires_grad_()
         out = block(xi)
@@ -113,9 +104,10 @@ def test_block_formula_shares_norm_and_layer_scale():
     assert block.layer_scale.shape == (6,) and torch.allclose(DLKBlock(6, 2).layer_scale, torch.full((6,), 1e-6))
 
 
-def test_module_and_mlp_formulas():
-    module = _randomize(DLKModule(6, 2)).eval()
-    mlp = _randomize(DLKMlp(6, 24, 2)).eval()
+@pytest.mark.parametrize("reference", [False, True])
+def test_module_and_mlp_formulas(reference):
+    module = set_reference_ops(_randomize(DLKModule(6, 2)).eval(), reference)
+    mlp = set_reference_ops(_randomize(DLKMlp(6, 24, 2)).eval(), reference)
     x = torch.randn(1, 6, 8, 8)
     expected = _conv(module.spatial_gating_unit(F.gelu(_conv(x, module.proj_1))), module.proj_2) + x
     torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-6)
@@ -123,80 +115,17 @@ def test_module_and_mlp_formulas():
     torch.testing.assert_close(mlp(x), _conv(hidden, mlp.fc2), rtol=1e-5, atol=1e-6)
 
 
-def test_pointwise_is_a_1x1_conv_and_channels_last():
-    conv = torch.nn.Conv3d(5, 7, 1)
-    x = torch.randn(2, 5, 3, 4, 6)
-    y = pointwise(to_channels_last(x), conv)
-    torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-6)
-    assert y.is_contiguous(memory_format=torch.channels_last_3d)
+def test_mlp_takes_the_slab_path_without_gradients(monkeypatch):
+    import fusionseg.kernels.mlp as mlp_kernels
 
-
-@pytest.mark.parametrize("kernel,dilation,groups", [(3, 1, 5), (7, 3, 5), (7, 1, 1)])
-def test_same_conv_fast_backward_equals_builtin(kernel, dilation, groups):
-    pad = dilation * (kernel - 1) // 2
-    conv = torch.nn.Conv3d(5, 5, kernel, padding=pad, dilation=dilation, groups=groups)
-    x = torch.randn(2, 5, 7, 6, 5, requires_grad=True)
-    grad = torch.randn(2, 5, 7, 6, 5)
-    y = depthwise(to_channels_last(x), conv)
-    torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-6)
-    fast = torch.autograd.grad(y, [x, conv.weight, conv.bias], grad)
-    ref = torch.autograd.grad(conv(x), [x, conv.weight, conv.bias], grad)
-    for a, b in zip(fast, ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("size,slab_voxels", [((11, 6, 5), 60), ((9, 4, 3), 12), ((13, 7), 14), ((5, 4), 4)])
-@pytest.mark.parametrize("residual", [False, True])
-def test_mlp_in_slabs_equals_whole_tensor_mlp(monkeypatch, size, slab_voxels, residual):
-    # slabs of 2, 1, 2 and 1 planes: first and last slab touch the volume faces, the middle ones need both halos
-    monkeypatch.setattr(dlk, "SLAB_VOXELS", slab_voxels)
-    mlp = _randomize(DLKMlp(3, 12, spatial_dims=len(size)))
-    x = to_channels_last(torch.randn(2, 3, *size))
+    monkeypatch.setattr(mlp_kernels, "SLAB_VOXELS", 20)  # 1-plane slabs at 4×5
+    mlp = _randomize(DLKMlp(3, 12, spatial_dims=3))
+    x = to_channels_last(torch.randn(2, 3, 7, 4, 5))
     with torch.no_grad():
-        y = mlp_in_slabs(x, mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2, residual=residual)
-        ref = _conv(F.gelu(_conv(_conv(x, mlp.fc1), mlp.dwconv, padding=1, groups=12)), mlp.fc2)
-        assert torch.allclose(y, ref + x if residual else ref, atol=1e-5)
-        assert torch.allclose(mlp(x), ref, atol=1e-5)  # the module takes the slab path without gradients
-    # not applicable: gradients needed, NC* layout, or a single slab
-    assert mlp_in_slabs(x, mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2) is None
-    with torch.no_grad():
-        assert mlp_in_slabs(x.contiguous(), mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2) is None
-        monkeypatch.setattr(dlk, "SLAB_VOXELS", 10**9)
-        assert mlp_in_slabs(x, mlp.fc1.weight.flatten(1), mlp.fc1.bias, mlp.dwconv, mlp.fc2) is None
-
-
-@pytest.mark.parametrize(
-    "c_in,kernel,stride,padding,size",
-    [(1, 3, 1, 1, (6, 5, 7)), (1, 7, 2, 3, (8, 6, 5)), (2, 5, 2, 2, (7, 6, 9)), (4, 3, 2, 1, (7, 9))],
-)
-def test_conv_few_channels_equals_builtin_conv(c_in, kernel, stride, padding, size):
-    torch.manual_seed(0)
-    conv = (torch.nn.Conv3d if len(size) == 3 else torch.nn.Conv2d)(c_in, 5, kernel, stride, padding)
-    x = torch.randn(2, c_in, *size)
-    with torch.no_grad():
-        y = conv_few_channels(conv, x, conv.weight, conv.bias)
-        ref = conv(x)
-    assert y.shape == ref.shape and y.movedim(1, -1).is_contiguous()
-    assert torch.allclose(y, ref, atol=1e-5)
-    assert conv_few_channels(conv, x, conv.weight, conv.bias) is None  # training: the builtin (less memory)
-    wide = torch.nn.Conv2d(8, 5, 3, padding=1)  # many input channels: the builtin (oneDNN) is better
-    with torch.no_grad():
-        assert conv_few_channels(wide, torch.randn(1, 8, 5, 5), wide.weight, wide.bias) is None
-
-
-@pytest.mark.parametrize("size", [(3, 5), (3, 2, 4)])
-def test_upsample2x_equals_transposed_conv(size):
-    conv_t = (torch.nn.ConvTranspose2d if len(size) == 2 else torch.nn.ConvTranspose3d)(6, 4, 2, stride=2)
-    x = torch.randn(2, 6, *size, requires_grad=True)
-    y = upsample2x(to_channels_last(x), conv_t)
-    ref = conv_t(x)
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    assert y.shape == (2, 4, *(2 * s for s in size)) and y.movedim(1, -1).is_contiguous()
-    grad = torch.randn_like(ref)
-    g_fast = torch.autograd.grad(y, [x, conv_t.weight], grad)
-    g_ref = torch.autograd.grad(ref, [x, conv_t.weight], grad)
-    for a, b in zip(g_fast, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        fast = mlp(x)
+        assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+        reference = set_reference_ops(mlp)(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
 
 
 def test_official_parameter_names_v2_and_v1():

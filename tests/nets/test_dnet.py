@@ -1,4 +1,7 @@
-"""D-Net v2 / v1: official sizes and names, registry contract, shapes 2D/3D, deep supervision, layouts, bad input."""
+"""D-Net v2 / v1: official sizes and names, shapes 2D/3D, deep supervision, fast = reference paths, bad input.
+
+The shared network table (config round trip, gradients, input errors) is tests/nets/test_models.py.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import fusionseg.kernels.mlp as mlp_kernels
 import fusionseg.nets.dlk as dlk
 from fusionseg.errors import InputError
+from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.nets import create_model
 from fusionseg.nets.dnet import DNet, DNetV1, bf16_autocast
 
 SPECS = Path(__file__).resolve().parents[2] / ".." / "shared" / "specs"
 TINY = (8, 16, 32, 64, 128)
 
-# Self-contained excerpt of the official key list (specs/dnet_v2_state_dict.txt): key → shape, in 1, out 16.
+# Self-contained excerpt of the official key list (shared/specs/dnet_v2_state_dict.txt): key → shape, in 1, out 16.
 V2_KEYS = {
     "encoder.downsample_layers.0.weight": (48, 1, 7, 7, 7),
     "encoder.downsample_layers.4.weight": (768, 384, 3, 3, 3),
@@ -152,24 +157,24 @@ def test_shapes_deep_supervision_order_and_backward(name, spatial_dims, size, de
 
 
 @pytest.mark.parametrize("cls,spatial_dims", [(DNet, 3), (DNet, 2), (DNetV1, 3), (DNetV1, 2)])
-def test_fast_path_equals_plain_path(cls, spatial_dims):
+def test_fast_path_equals_reference_path(cls, spatial_dims):
     size = (32, 32, 32) if spatial_dims == 3 else (64, 32)
     model = _randomize(cls(2, 3, dims=TINY, spatial_dims=spatial_dims, deep_supervision=True)).eval()
     x = torch.randn(2, 2, *size)
     with torch.no_grad():
-        model.channels_last = True
         fast = model(x)
-        model.channels_last = False
+        set_reference_ops(model, True)
         plain = model(x)
-    assert not any(m.fast for m in model.modules() if hasattr(m, "fast"))
+    switched = [m for m in model.modules() if hasattr(m, "reference_ops")]
+    assert len(switched) > 10 and all(m.reference_ops for m in switched)
     for f, p in zip(fast, plain):
         assert ((f - p).abs().max() / p.abs().max()).item() <= 1e-4
     assert fast[0].is_contiguous(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
 
 
 @pytest.mark.parametrize("cls,spatial_dims", [(DNet, 3), (DNet, 2), (DNetV1, 3)])
-def test_inference_slabs_equal_plain_path(monkeypatch, cls, spatial_dims):
-    monkeypatch.setattr(dlk, "SLAB_VOXELS", 1)  # 1-plane MLP slabs, so that tiny inputs take the slab path
+def test_inference_slabs_equal_reference_path(monkeypatch, cls, spatial_dims):
+    monkeypatch.setattr(mlp_kernels, "SLAB_VOXELS", 1)  # 1-plane MLP slabs, so that tiny inputs take the slab path
     taken = []
     in_slabs = dlk.mlp_in_slabs
     monkeypatch.setattr(dlk, "mlp_in_slabs", lambda *a, **k: taken.append(in_slabs(*a, **k)) or taken[-1])
@@ -178,19 +183,19 @@ def test_inference_slabs_equal_plain_path(monkeypatch, cls, spatial_dims):
     x = torch.randn(1, 2, *size)
     with torch.no_grad():
         fast = model(x)
-        model.channels_last = False
-        plain = model(x)
+        with reference_ops(model):
+            plain = model(x)
     assert any(t is not None for t in taken)
     for f, p in zip(fast, plain):
         assert ((f - p).abs().max() / p.abs().max()).item() <= 1e-4
 
 
-def test_fast_path_gradients_equal_plain_gradients():
+def test_fast_path_gradients_equal_reference_gradients():
     model = _randomize(DNet(1, 2, dims=TINY, spatial_dims=2)).train()
     x = torch.randn(2, 1, 32, 32)
     grads = []
     for fast in (True, False):
-        model.channels_last = fast
+        set_reference_ops(model, not fast)
         model.zero_grad()
         sum(o.square().mean() for o in model(x)).backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
@@ -235,6 +240,7 @@ def test_bad_arguments(kwargs, match):
 def test_registry_config_round_trip_and_size_multiple():
     model = create_model("dnet_small", in_channels=2, out_channels=4, spatial_dims=2, depths=(1, 1, 1, 1, 1))
     assert model.size_multiple == 32 and model.deep_supervision is True
+    assert (model.in_channels, model.out_channels, model.spatial_dims) == (2, 4, 2)
     cfg = json.loads(json.dumps(model.config))
     assert cfg == {
         "name": "dnet_small",
@@ -257,7 +263,7 @@ def test_drop_path_rates_rise_linearly():
 @pytest.mark.parametrize("slabs", [False, True])
 def test_bf16_autocast_runs_and_mostly_agrees(monkeypatch, slabs):
     if slabs:  # the inference MLP slab path under autocast: bf16 slab buffers, fp32 residuals
-        monkeypatch.setattr(dlk, "SLAB_VOXELS", 1)
+        monkeypatch.setattr(mlp_kernels, "SLAB_VOXELS", 1)
     model = _randomize(DNet(1, 3, dims=TINY, spatial_dims=2, deep_supervision=False)).eval()
     x = torch.randn(1, 1, 64, 64)
     with torch.inference_mode():
@@ -266,3 +272,22 @@ def test_bf16_autocast_runs_and_mostly_agrees(monkeypatch, slabs):
             low = model(x)
     assert low.dtype == torch.bfloat16
     assert (low.float().argmax(1) == ref.argmax(1)).float().mean() > 0.9
+
+
+def test_deprecated_channels_last_switch_still_works():
+    with pytest.warns(DeprecationWarning, match="set_reference_ops"):
+        model = DNet(1, 2, dims=TINY, spatial_dims=2, channels_last=False)
+    assert all(m.reference_ops for m in model.modules() if hasattr(m, "reference_ops"))
+    with pytest.warns(DeprecationWarning):
+        assert model.channels_last is False
+    with pytest.warns(DeprecationWarning):
+        model.channels_last = True
+    assert not any(m.reference_ops for m in model.modules() if hasattr(m, "reference_ops"))
+
+
+def test_renamed_conv_block_keeps_official_keys():
+    from fusionseg.nets.dnet import DNetConvBlock
+
+    model = DNetV1(1, 2, dims=TINY, spatial_dims=2)
+    assert isinstance(model.final_layer, DNetConvBlock) and isinstance(model.saliency, DNetConvBlock)
+    assert {"saliency.conv1.0.weight", "final_layer.conv2.1.running_var"} <= set(model.state_dict())

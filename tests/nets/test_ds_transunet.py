@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from fusionseg.errors import InputError
+from fusionseg.kernels import set_reference_ops
 from fusionseg.nets import create_model, list_models
-from fusionseg.nets.ds_transunet import DSTransUNet, crop_to, pad_to_multiple, set_attention_impl
+from fusionseg.nets.ds_transunet import DSTransUNet, GroupNormConvBlock, crop_to, pad_to_multiple, set_attention_impl
 from fusionseg.nets.swin import SwinEncoder, relative_position_index
 from fusionseg.nets.swin_pretrained import load_swin_pretrained
 
@@ -56,10 +57,9 @@ def test_official_parameter_count_and_names(official):
     ours = {k: tuple(v.shape) for k, v in official.state_dict().items()}
     assert ours == spec
     assert official.size_multiple == 64
-    assert official.config == {
-        "name": "ds_transunet",
-        "kwargs": {"in_channels": 3, "out_channels": 1, "spatial_dims": 2, "deep_supervision": True},
-    }
+    assert official.config == {"name": "ds_transunet", "kwargs": {"out_channels": 1}}  # the kwargs given
+    assert (official.in_channels, official.out_channels, official.spatial_dims) == (3, 1, 2)  # 2D: the paper's
+    assert isinstance(official.change1, GroupNormConvBlock) and isinstance(official.down2, GroupNormConvBlock)
 
 
 def test_official_state_dict_from_spec_loads_strictly(official):
@@ -129,16 +129,27 @@ def test_sdpa_equals_explicit_attention():
     x = torch.randn(1, 3, 64, 64)
     ref = net(x)
     g_ref = torch.autograd.grad(ref[0].square().mean(), net.cross_att_1.transformer_l.layers[0][0].fn.to_qkv.weight)
-    set_attention_impl(net, "explicit")
-    assert net.encoder.layers[0].blocks[0].attn.attention_impl == "explicit"
+    set_reference_ops(net, True)
+    assert net.encoder.layers[0].blocks[0].attn.reference_ops
+    assert net.cross_att_4.transformer_s.layers[0][0].fn.reference_ops
     out = net(x)
     g_out = torch.autograd.grad(out[0].square().mean(), net.cross_att_1.transformer_l.layers[0][0].fn.to_qkv.weight)
     for a, b in zip(ref, out):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(g_ref[0], g_out[0], atol=1e-6, rtol=1e-4)
     assert set(net.state_dict()) == set(create_model("ds_transunet_small", **TINY).state_dict())
-    set_attention_impl(net, "sdpa")
+    set_reference_ops(net, False)
     torch.testing.assert_close(net(x)[0], ref[0])
+
+
+def test_deprecated_attention_impl_maps_to_the_switch():
+    with pytest.warns(DeprecationWarning, match="set_reference_ops"):
+        net = create_model("ds_transunet_small", attention_impl="explicit", **TINY)
+    flags = [m.reference_ops for m in net.modules() if hasattr(m, "reference_ops")]
+    assert len(flags) == 4 + 4 + 3 * 2 + 4 * 2 and all(flags)  # Swin blocks (2 encoders, 3 decoders), 4 TIFs × 2
+    with pytest.warns(DeprecationWarning):
+        set_attention_impl(net, "sdpa")
+    assert not any(m.reference_ops for m in net.modules() if hasattr(m, "reference_ops"))
 
 
 def test_checkpointing_gives_same_gradients():
@@ -161,7 +172,7 @@ def test_checkpointing_gives_same_gradients():
 )  # fmt: skip
 def test_bad_input_sizes(shape, match):
     net = create_model("ds_transunet_small", **TINY)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(InputError, match=match):
         net(torch.randn(*shape))
 
 
@@ -221,7 +232,7 @@ def test_registry_config_and_state_dict_round_trip():
 def synthetic_swin_checkpoint(path: Path, embed_dim=24, depths=(1, 1, 1, 1), heads=(1, 2, 4, 8), window=7):
     """A file in the official Swin classification layout: {"model": {...}} with head, norm, attn_mask."""
     torch.manual_seed(1)
-    enc = SwinEncoder(3, embed_dim, depths, heads, patch_size=4, window_size=window)
+    enc = SwinEncoder(3, embed_dim, depths, heads, patch_size=4, window_size=window, spatial_dims=2)
     state = {k: v for k, v in enc.state_dict().items() if not k.startswith("norm")}
     width = embed_dim * 2 ** (len(depths) - 1)
     state["norm.weight"], state["norm.bias"] = torch.rand(width), torch.rand(width)
@@ -261,13 +272,13 @@ def test_pretrained_swin_loading_reports_everything(tmp_path):
 def test_pretrained_patch8_resize_and_skip_modes(tmp_path):
     ckpt = tmp_path / "swin.pth"
     state = synthetic_swin_checkpoint(ckpt)
-    enc = SwinEncoder(3, 24, (1, 1, 1, 1), (1, 2, 4, 8), patch_size=8)
+    enc = SwinEncoder(3, 24, (1, 1, 1, 1), (1, 2, 4, 8), patch_size=8, spatial_dims=2)
     before = enc.patch_embed.proj.weight.clone()
     report = load_swin_pretrained(enc, ckpt)
     w4, w8 = state["patch_embed.proj.weight"], enc.patch_embed.proj.weight
     torch.testing.assert_close(w8.sum((1, 2, 3)), w4.sum((1, 2, 3)), atol=1e-5, rtol=1e-4)  # same flat response
     assert report.num_loaded == len(report.loaded) + 1
-    enc2 = SwinEncoder(3, 24, (1, 1, 1, 1), (1, 2, 4, 8), patch_size=8)
+    enc2 = SwinEncoder(3, 24, (1, 1, 1, 1), (1, 2, 4, 8), patch_size=8, spatial_dims=2)
     torch.manual_seed(0)
     report2 = load_swin_pretrained(enc2, state, patch_embed="skip")  # plain state_dict works too
     assert "patch_embed.proj.weight" in report2.skipped and "patch_embed.proj.weight" in report2.missing
@@ -276,7 +287,7 @@ def test_pretrained_patch8_resize_and_skip_modes(tmp_path):
 
 def test_pretrained_adapts_channels_window_and_3d(tmp_path):
     state = synthetic_swin_checkpoint(tmp_path / "s.pth")
-    enc = SwinEncoder(1, 24, (1, 1, 1, 1), (1, 2, 4, 8), patch_size=4, window_size=5)
+    enc = SwinEncoder(1, 24, (1, 1, 1, 1), (1, 2, 4, 8), patch_size=4, window_size=5, spatial_dims=2)
     report = load_swin_pretrained(enc, state)
     torch.testing.assert_close(enc.patch_embed.proj.weight, state["patch_embed.proj.weight"].sum(1, keepdim=True))
     assert enc.layers[0].blocks[0].attn.relative_position_bias_table.shape == (81, 1)
@@ -290,7 +301,7 @@ def test_pretrained_adapts_channels_window_and_3d(tmp_path):
 
 
 def test_pretrained_bad_files(tmp_path):
-    enc = SwinEncoder(3, 24, (1, 1, 1, 1), (1, 2, 4, 8))
+    enc = SwinEncoder(3, 24, (1, 1, 1, 1), (1, 2, 4, 8), spatial_dims=2)
     with pytest.raises(InputError, match="not found"):
         load_swin_pretrained(enc, tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusionseg.kernels import set_reference_ops
 from fusionseg.nets.swin import (
     PatchMerging,
     SwinBlock,
@@ -131,7 +132,7 @@ def test_block_matches_original_formulation(shift, size):
 def test_window_attention_sdpa_equals_explicit(window, with_mask):
     torch.manual_seed(0)
     sdpa = WindowAttention(12, window, num_heads=3)
-    explicit = WindowAttention(12, window, num_heads=3, attention_impl="explicit")
+    explicit = set_reference_ops(WindowAttention(12, window, num_heads=3))
     explicit.load_state_dict(sdpa.state_dict())
     with torch.no_grad():
         sdpa.relative_position_bias_table.normal_()
@@ -189,7 +190,7 @@ def test_encoder_shapes_backward_and_state_dict(spatial_dims, size, patch, expec
 def test_encoder_checkpointing_gives_same_result():
     torch.manual_seed(0)
     kw = dict(embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 1, 2, 2), drop_path_rate=0.0)
-    a, b = SwinEncoder(3, **kw), SwinEncoder(3, use_checkpoint=True, **kw)
+    a, b = SwinEncoder(3, spatial_dims=2, **kw), SwinEncoder(3, spatial_dims=2, use_checkpoint=True, **kw)
     b.load_state_dict(a.state_dict())
     x = torch.randn(1, 3, 64, 64)
     ya, yb = a(x), b(x)
@@ -204,10 +205,11 @@ def test_encoder_checkpointing_gives_same_result():
     [
         (dict(depths=(2, 2), num_heads=(1,)), "equal length"),
         (dict(spatial_dims=1), "spatial_dims"),
-        (dict(window_size=(7, 7, 7)), "window_size"),
+        (dict(window_size=(7, 7)), "window_size"),  # 3D by default: one window size per dim
+        (dict(window_size=(7, 7, 7), spatial_dims=2), "window_size"),
         (dict(drop_path_rate=1.0), "drop_path_rate"),
         (dict(embed_dim=10, num_heads=(3, 3, 3, 3)), "multiple of num_heads"),
-        (dict(attention_impl="flash"), "attention_impl"),
+        (dict(patch_size=0), "patch_size"),
     ],
 )
 def test_encoder_bad_arguments(kwargs, match):
@@ -218,3 +220,9 @@ def test_encoder_bad_arguments(kwargs, match):
 def test_block_bad_shift():
     with pytest.raises(ValueError, match="shift"):
         SwinBlock(8, 1, window_size=(7, 7), shift_size=(7, 0))
+
+
+def test_defaults_are_3d():
+    enc = SwinEncoder(1, 8, (1, 1), (1, 1), patch_size=2, window_size=2)
+    assert enc.spatial_dims == 3 and enc.patch_embed.proj.weight.shape == (8, 1, 2, 2, 2)
+    assert [f.shape for f in enc(torch.randn(1, 1, 4, 4, 4))] == [(1, 8, 2, 2, 2), (1, 16, 1, 1, 1)]

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusionseg.errors import InputError
 from fusionseg.fusion import TIF, ConcatFusion
 from fusionseg.layers import to_channels_last
 from fusionseg.nets import create_model
@@ -57,7 +58,7 @@ def test_deep_supervision_outputs_full_resolution_first(dims):
 def test_fusion_levels_choose_modules():
     net = _model(2, "tif")
     assert isinstance(net.fusions[1], TIF) and isinstance(net.fusions[0], ConcatFusion)  # default: deepest only
-    assert net.config["kwargs"]["fusion_levels"] == [1]
+    assert net.fusion_levels == (1,) and "fusion_levels" not in net.config["kwargs"]  # config: the kwargs given
     everywhere = _model(2, "tif", fusion_levels=(0, 1))
     assert all(isinstance(f, TIF) for f in everywhere.fusions)
     dff = _model(2, "dff", fusion_levels=[0])
@@ -110,7 +111,16 @@ def test_bad_arguments(kwargs, match):
 
 def test_bad_inputs_name_the_fix():
     net = _model(2, "concat")
-    with pytest.raises(ValueError, match=r"multiples of 4; got \(18, 24\), nearest valid size \(20, 24\)"):
+    with pytest.raises(InputError, match=r"multiple of 4; got \(18, 24\), nearest valid size \(20, 24\)"):
         net(torch.randn(1, 2, 18, 24))
-    with pytest.raises(ValueError, match=r"expects \(B, 2, \*S\) with 2 spatial dims"):
+    with pytest.raises(InputError, match=r"expects input \(B, 2, H, W\) for in_channels=2, spatial_dims=2"):
         net(torch.randn(1, 3, 16, 16))
+
+
+def test_defaults_are_3d_and_the_block_has_its_own_name():
+    from fusionseg.nets.unet import FusionUNet, UNetConvBlock
+
+    net = create_model("unet", features=(4, 8))
+    assert (net.in_channels, net.out_channels, net.spatial_dims) == (1, 2, 3)
+    assert isinstance(net, FusionUNet) and all(isinstance(b, UNetConvBlock) for b in net.encoder)
+    assert net.config == {"name": "unet", "kwargs": {"features": [4, 8]}}

@@ -40,7 +40,7 @@ def test_registered_model_contract_and_config_rebuild(name):
     assert (net.spatial_dims, net.in_channels, net.out_channels) == (2, 2, 3)
     assert size % net.size_multiple == 0 and net.config["name"] == name
     config = json.loads(json.dumps(net.config))  # JSON-able, as checkpoints store it
-    assert config["kwargs"]["fusion"] == "dff" and config["kwargs"]["fusion_levels"] == list(net.fusion_plug.levels)
+    assert config["kwargs"]["fusion"] == "dff" and "fusion_levels" not in config["kwargs"]  # the kwargs given
     assert net.fusion_plug.changes  # DFF is in the network
     rebuilt = create_model(config["name"], **config["kwargs"])
     rebuilt.load_state_dict(net.state_dict())
@@ -56,11 +56,11 @@ def test_registered_model_contract_and_config_rebuild(name):
 
 def test_fusion_levels_and_concat_default():
     net = create_model("monai_basicunet", spatial_dims=2, fusion="tif", **TINY["monai_basicunet"][0])
-    assert net.config["kwargs"]["fusion_levels"] == [3]  # TIF: deepest skip only
+    assert list(net.fusion_plug.levels) == [3]  # TIF: deepest skip only
     net = create_model("monai_dynunet", spatial_dims=3, fusion="add", fusion_levels=[0], **TINY["monai_dynunet"][0])
     assert [c.name for c in net.fusion_plug.changes] == ["upsamples.2"]
     plain = create_model("monai_basicunet", spatial_dims=2, **TINY["monai_basicunet"][0])
-    assert plain.config["kwargs"]["fusion"] == "concat" and not plain.fusion_plug.changes
+    assert plain.fusion_plug.fusion == "concat" and not plain.fusion_plug.changes
 
 
 def test_deep_supervision_returns_a_tuple_full_resolution_first():
@@ -122,8 +122,9 @@ def test_train_cli_monai_basicunet_dff_end_to_end(tiny_phantom_2d, tmp_path, cap
     assert main(argv) == 0, capsys.readouterr().err
     ckpt = load_checkpoint(run / "best.pt")
     assert ckpt["model"]["name"] == "monai_basicunet" and ckpt["step"] == 2
-    assert ckpt["model"]["kwargs"]["fusion"] == "dff" and ckpt["model"]["kwargs"]["fusion_levels"] == [0, 1, 2, 3]
+    assert ckpt["model"]["kwargs"]["fusion"] == "dff"
     model = rebuild_model(ckpt)
+    assert list(model.fusion_plug.levels) == [0, 1, 2, 3]
     assert sum(".fusion." in k for k in model.state_dict()) > 0
 
 

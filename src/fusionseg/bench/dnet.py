@@ -1,12 +1,13 @@
 """D-Net speed benchmark: ``fusionseg bench dnet [--sizes 64 96] [--repeats N] [--quick]``.
 
 Measures, in one run and on the same weights, the D-Net v2 (in 1, out 16, deep supervision)
-in the original's plain layout (the baseline), the fast channels-last path, and the fast path
-under bf16 autocast, plus MONAI's SwinUNETR (feature_size 48) and DynUNet (nnU-Net-like) as
-peers: inference time, training-step time (forward + backward + SGD step) and peak memory at
-batch 1, one input channel, cubic sizes. Ratios are against the plain D-Net of the same size.
-Also prints parameter counts and convolution MACs (counted with forward hooks) and the argmax
-voxel agreement of the bf16 and fast outputs with the plain fp32 output.
+with ``reference_ops`` — the original's op sequence and layout, the "plain" baseline — then the
+fast channels-last path, and the fast path under bf16 autocast, plus MONAI's SwinUNETR
+(feature_size 48) and DynUNet (nnU-Net-like) as peers: inference time, training-step time
+(forward + backward + SGD step) and peak memory at batch 1, one input channel, cubic sizes.
+Ratios are against the plain D-Net of the same size. Also prints parameter counts and
+convolution MACs (counted with forward hooks) and the argmax voxel agreement of the bf16 and
+fast outputs with the plain fp32 output.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from fusionseg.bench.common import format_table, peak_memory_mb, time_call
 from fusionseg.fusion import DFF
+from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.nets.dnet import DNet, bf16_autocast
 
 __all__ = ["count_macs", "main"]
@@ -32,7 +34,7 @@ _CONV_TS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     """Multiply-accumulates of all convolutions, transposed convolutions, linear layers and DFFs in ``model(x)``.
 
-    Counted with forward hooks on a plain-layout forward (so every 1×1 conv is a module call);
+    Counted with forward hooks on a reference-ops forward (so every 1×1 conv is a module call);
     DFF computes its 1×1 convs from the weights directly, so it is counted by its own rule.
     Attention score/value matmuls and elementwise work are not counted.
     """
@@ -59,17 +61,12 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, DFF):
             handles.append(m.register_forward_hook(dff_hook))
-    fast = getattr(model, "channels_last", None)
     try:
-        if fast is not None:
-            model.channels_last = False
-        with torch.inference_mode():
+        with reference_ops(model), torch.inference_mode():
             model(x)
     finally:
         for h in handles:
             h.remove()
-        if fast is not None:
-            model.channels_last = fast
     return total
 
 
@@ -120,11 +117,11 @@ def _infer(model: nn.Module, x: torch.Tensor, bf16: bool) -> Callable[[], torch.
 
 
 def _with_layout(model: nn.Module, fast: bool | None, train: bool, fn: Callable[[], object]) -> Callable[[], None]:
-    """``fn`` with the D-Net layout (``fast``; None for peers) and train/eval mode set first."""
+    """``fn`` with D-Net's fast or reference ops (``fast``; None for peers) and train/eval mode set first."""
 
     def run() -> None:
         if fast is not None:
-            model.channels_last = fast
+            set_reference_ops(model, not fast)
         model.train(train)
         fn()
 
@@ -195,9 +192,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
             variants += [(name, make, None, False) for name, make in _peers(k, size).items()]
 
         # Accuracy of the fast and bf16 paths against plain fp32 (same weights, same input).
-        dnet.channels_last = False
-        ref = _infer(dnet, x, False)().argmax(1)
-        dnet.channels_last = True
+        with reference_ops(dnet):
+            ref = _infer(dnet, x, False)().argmax(1)
         fast_out = _infer(dnet, x, False)().argmax(1)
         bf16_out = _infer(dnet, x, True)().argmax(1)
         agree_rows.append(

@@ -3,7 +3,7 @@
 Attention table (``--big-batch``×3×``--big-size``², fp32; runs first, its steps take minutes): the
 official preset's training step with this project's attention (``scaled_dot_product_attention``
 in the Swin windows and the TIF global attention) against the original's plain formulation
-(explicit q·kᵀ → softmax → ·v matrices, same weights), plus activation checkpointing. Ratios are
+(explicit q·kᵀ → softmax → ·v matrices, same weights, ``reference_ops``), plus activation checkpointing. Ratios are
 against the explicit row.
 
 Model table (``--batch``×3×``--size``²): the official preset, the small preset and MONAI's 2D
@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionseg.bench.common import format_table, measure, peak_memory_mb, time_call
+from fusionseg.kernels import set_reference_ops
 from fusionseg.nets import create_model
-from fusionseg.nets.ds_transunet import set_attention_impl, set_use_checkpoint
+from fusionseg.nets.ds_transunet import set_use_checkpoint
 
 LOSS_WEIGHTS = (0.6, 0.2, 0.2)
 
@@ -120,14 +121,14 @@ def table_attention(args: argparse.Namespace) -> str:
     step = _train_step_fn(model, x)
     # Prime once at 64²: optimizer state and first-call allocations stay out of every row's numbers.
     _train_step_fn(model, torch.randn(1, 3, 64, 64), optimizer=step.optimizer)()
-    variants = [
-        ("explicit attention matrices (original)", "explicit", False),
-        ("SDPA (fusionseg)", "sdpa", False),
-        ("SDPA + use_checkpoint=True", "sdpa", True),
+    variants = [  # (label, reference_ops, use_checkpoint)
+        ("explicit attention matrices (original)", True, False),
+        ("SDPA (fusionseg)", False, False),
+        ("SDPA + use_checkpoint=True", False, True),
     ]
     results = []
-    for label, impl, ckpt in variants:
-        set_attention_impl(model, impl)
+    for label, reference, ckpt in variants:
+        set_reference_ops(model, reference)
         set_use_checkpoint(model, ckpt)
         gc.collect()
         results.append((label, _measure_together(step, args.big_repeats, args.big_warmup)))

@@ -1,7 +1,7 @@
 """Module benchmark: DFF and TIF fast paths against their plain formulations, measured in the same run.
 
 For every case it times forward (no grad) and forward+backward (gradients of the inputs and of
-every parameter) of the module and of the literal spec formulation in
+every parameter) of the module and of its literal step-by-step formulation in
 ``fusionseg.fusion.reference`` (explicit concat / gated copy / NC* 1×1 convs for DFF, explicit
 N×N softmax attention for TIF) on the same weights and inputs, and prints a markdown table
 with the speedup (plain time / fast time) and the memory ratio (fast peak / plain peak).
@@ -204,7 +204,7 @@ def tif_floor_note(results: list[dict[str, object]]) -> str | None:
     if row is None:
         return None
     rate = sgemm_gflops(128 * 128 + 1, 64)
-    branches = [(128 * 128 + 1, 64, 1), (64 * 64 + 1, 32, 3)]  # T_l and T_s (spec TIF, step 3)
+    branches = [(128 * 128 + 1, 64, 1), (64 * 64 + 1, 32, 3)]  # T_l and T_s (TIF step 3)
     flash = sum(attention_gflop(n, d, h, 7) for n, d, h in branches) / rate
     explicit = sum(attention_gflop(n, d, h, 6) for n, d, h in branches) / rate
     plain = float(row["plain_s"])

@@ -1,9 +1,10 @@
-"""Plain, literal formulations of the fusion modules (spec: ``specs/fusion.md``).
+"""Plain, literal formulations of the fusion modules, step by step as in their papers.
 
 They share the weights of a :class:`~fusionseg.fusion.DFF` / :class:`~fusionseg.fusion.TIF`
-instance and follow the spec step by step — explicit concat and gated copy for DFF, NCHW
-1×1 convolutions, an explicit N×N softmax attention matrix for TIF — so tests can check the
-fast modules against them and benchmarks can measure the fast paths against them.
+instance and follow the numbered steps of those classes' docstrings — explicit concat and gated
+copy for DFF, NC* 1×1 convolutions, an explicit N×N softmax attention matrix for TIF
+(:func:`fusionseg.kernels.attention.explicit_attention`) — so tests can check the fast modules
+against them and ``fusionseg bench modules`` can measure the fast paths against them.
 
 Example:
     >>> dff = DFF(8, spatial_dims=2)
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 
 from fusionseg.fusion.dff import DFF
 from fusionseg.fusion.tif import TIF, Attention, Transformer
+from fusionseg.kernels.attention import explicit_attention
 
 __all__ = ["attention_reference", "dff_reference", "tif_paired_reference", "tif_reference", "transformer_reference"]
 
 
 def dff_reference(module: DFF, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    """DFF spec steps 1–5 with the module's convolutions: (B, d, *S), (B, d, *S) → (B, d, *S)."""
+    """DFF steps 1–5 with the module's convolutions: (B, d, *S), (B, d, *S) → (B, d, *S)."""
     u = torch.cat([x, skip], 1)  # step 1
     a = module.conv_atten(u.mean(dim=tuple(range(2, u.ndim)), keepdim=True))  # step 2 (conv + sigmoid)
     v = module.conv_redu(u * a)  # step 3
@@ -37,8 +39,7 @@ def attention_reference(module: Attention, t: torch.Tensor) -> torch.Tensor:
     b, n, _ = t.shape
     h, dh = module.heads, module.dim_head
     q, k, v = (z.reshape(b, n, h, dh).transpose(1, 2) for z in module.to_qkv(t).chunk(3, dim=-1))
-    weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * module.scale, dim=-1)
-    out = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, h * dh)
+    out = explicit_attention(q, k, v, module.scale).transpose(1, 2).reshape(b, n, h * dh)
     return module.to_out(out)
 
 
@@ -51,7 +52,7 @@ def transformer_reference(module: Transformer, t: torch.Tensor) -> torch.Tensor:
 
 
 def tif_paired_reference(module: TIF, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """TIF spec steps 1–4: (e (B, dim_l, *S_e), r (B, dim_s, *S_r)) → (e', r') in NC* layout."""
+    """TIF steps 1–4: (e (B, dim_l, *S_e), r (B, dim_s, *S_r)) → (e', r') in NC* layout."""
     te = e.reshape(e.shape[0], e.shape[1], -1).permute(0, 2, 1)  # step 1: (B, N_e, dim_l)
     tr = r.reshape(r.shape[0], r.shape[1], -1).permute(0, 2, 1)
     g_e = module.linear_l(module.norm_l(te).mean(1)).unsqueeze(1)  # step 2: (B, 1, dim_s)

@@ -1,8 +1,8 @@
-"""TIF — Transformer Interactive Fusion (DS-TransUNet, arXiv 2106.06716; spec: ``specs/fusion.md``, TIF).
+"""TIF — Transformer Interactive Fusion (DS-TransUNet, Lin et al., arXiv 2106.06716).
 
 Two branches exchange one global token each, then each runs one pre-norm transformer layer
-with global self-attention over all of its tokens (``scaled_dot_product_attention``, O(N)
-memory instead of an explicit N×N matrix).
+with global self-attention over all of its tokens (:func:`fusionseg.kernels.attention.scaled_dot_product_attention`,
+O(N) memory; with ``reference_ops`` the explicit N×N matrix of the original).
 
 Example:
     >>> tif = TIF(dim_s=96, dim_l=128, spatial_dims=2)
@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
+from fusionseg.kernels.attention import explicit_attention, scaled_dot_product_attention
+from fusionseg.kernels.switch import reference_ops_default
 from fusionseg.layers import check_spatial_dims
 
 __all__ = [
@@ -30,14 +31,8 @@ __all__ = [
     "Transformer",
     "add_resized",
     "from_tokens",
-    "scaled_dot_product_attention",
     "to_tokens",
 ]
-
-# Queries per chunk in the CPU attention backward (see _CPUFlashAttention).
-QUERY_CHUNK = 1024
-# The CPU flash-attention ops (private ATen API); without them the PyTorch function is used as is.
-_HAS_CPU_FLASH = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
 def to_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -48,82 +43,6 @@ def to_tokens(x: torch.Tensor) -> torch.Tensor:
 def from_tokens(t: torch.Tensor, spatial: torch.Size | tuple[int, ...]) -> torch.Tensor:
     """(B, N, C) → (B, C, *S) channels-last view (no copy)."""
     return t.transpose(1, 2).unflatten(2, tuple(spatial))
-
-
-class _CPUFlashAttention(torch.autograd.Function):
-    """Exact attention on CPU: flash-attention forward, query-chunked flash-attention backward.
-
-    PyTorch's CPU flash backward parallelises over batch·heads only and slows down sharply on long
-    query sequences (one head of 16k tokens: ~40× its forward time, several times slower than
-    the explicit N×N formulation). The backward here runs the same kernel on chunks of
-    ``QUERY_CHUNK`` queries presented as extra heads — K and V broadcast with stride 0, so not
-    copied — and sums the per-chunk dK, dV: the same maths with chunk·heads-way parallelism, in
-    O(N) memory (the log-sum-exp saved by the forward replaces the N×N matrix).
-    """
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, out, lse = ctx.saved_tensors
-        backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        b, h, n, _ = q.shape
-        chunks = n // QUERY_CHUNK
-        if chunks < 2:
-            grad_q, grad_k, grad_v = backward(grad_out, q, k, v, out, lse, 0.0, False, scale=ctx.scale)
-            return grad_q, grad_k, grad_v, None
-        m = chunks * QUERY_CHUNK  # queries in whole chunks; the rest goes through one more call
-
-        def split(t: torch.Tensor) -> torch.Tensor:  # (B, h, N, ...) → (B·h, chunks, QUERY_CHUNK, ...)
-            return t[:, :, :m].reshape(b * h, chunks, QUERY_CHUNK, *t.shape[3:])
-
-        def broadcast(t: torch.Tensor) -> torch.Tensor:  # (B, h, N, c) → (B·h, chunks, N, c), stride 0
-            return t.reshape(b * h, 1, n, t.shape[-1]).expand(-1, chunks, -1, -1)
-
-        grad_q, grad_k, grad_v = backward(
-            split(grad_out), split(q), broadcast(k), broadcast(v), split(out), split(lse), 0.0, False, scale=ctx.scale
-        )
-        grad_q = grad_q.reshape(b, h, m, -1)
-        grad_k = grad_k.sum(1).view(b, h, n, -1)
-        grad_v = grad_v.sum(1).view(b, h, n, -1)
-        if m < n:
-            rest = slice(m, None)
-            grad_q_rest, grad_k_rest, grad_v_rest = backward(
-                grad_out[:, :, rest], q[:, :, rest], k, v, out[:, :, rest], lse[:, :, rest], 0.0, False, scale=ctx.scale
-            )
-            grad_q = torch.cat([grad_q, grad_q_rest], 2)
-            grad_k += grad_k_rest
-            grad_v += grad_v_rest
-        return grad_q, grad_k, grad_v, None
-
-
-def scaled_dot_product_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, scale: float | None = None
-) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` on (B, heads, N, dh) tensors, with a fast exact CPU backward.
-
-    When gradients are needed on CPU (no dropout, eager mode) it runs :class:`_CPUFlashAttention`;
-    everywhere else (GPU, inference, dropout, tracing/export) the PyTorch function itself.
-    """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if (
-        needs_grad
-        and _HAS_CPU_FLASH
-        and dropout_p == 0.0
-        and q.device.type == "cpu"
-        and q.dtype in (torch.float32, torch.float64)
-        and not torch.jit.is_scripting()
-        and not torch.compiler.is_compiling()
-    ):
-        return _CPUFlashAttention.apply(q, k, v, scale)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
 
 
 class PreNorm(nn.Module):
@@ -139,7 +58,12 @@ class PreNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head global self-attention on (B, N, dim) tokens; q, k, v from one bias-free Linear."""
+    """Multi-head global self-attention on (B, N, dim) tokens; q, k, v from one bias-free Linear.
+
+    ``softmax(q·kᵀ·dim_head^-½)·v`` per head, then ``to_out`` (identity when heads == 1 and
+    dim_head == dim). Two implementations, same numbers: fast (default) — exact attention in O(N)
+    memory with a chunked CPU backward; ``reference_ops = True`` — the original's explicit (N × N) matrix.
+    """
 
     def __init__(self, dim: int, heads: int, dim_head: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -152,13 +76,17 @@ class Attention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         project = not (heads == 1 and dim_head == dim)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout)) if project else nn.Identity()
+        self.reference_ops = reference_ops_default()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
         # (B, N, 3·h·dh) → three (B, h, N, dh) strided views; SDPA reads them without copies.
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
-        out = scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        if self.reference_ops:
+            out = explicit_attention(q, k, v, self.scale, dropout_p=p)
+        else:
+            out = scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
@@ -200,6 +128,13 @@ class Transformer(nn.Module):
 class TIF(nn.Module):
     """Transformer Interactive Fusion of a fine branch ``e`` (dim_l) and a coarse branch ``r`` (dim_s).
 
+    1. tokens: ``e → (B, N_e, dim_l)``, ``r → (B, N_r, dim_s)``;
+    2. global tokens ``g_e = linear_l(mean_tokens(norm_l(e)))`` (B, 1, dim_s) and
+       ``g_r = linear_s(mean_tokens(norm_s(r)))`` (B, 1, dim_l);
+    3. ``r' = T_s([g_e; r])[:, 1:]``, ``e' = T_l([g_r; e])[:, 1:]`` with T one pre-norm transformer
+       layer ``t = t + Attn(LN(t)); t = t + FFN(LN(t))`` (global self-attention over all tokens);
+    4. tokens back to (B, C, *S).
+
     ``forward_paired(e, r)`` returns ``(e', r')`` at their own shapes (the DS-TransUNet form);
     e and r may have any grids (same batch size). ``forward(e, r)`` is the plug-and-play fused
     form ``e' + nearest_resize(proj(r'))`` at e's shape (B, dim_l, *S_e):
@@ -217,14 +152,14 @@ class TIF(nn.Module):
     Args:
         dim_s: channels of the coarse branch ``r``.
         dim_l: channels of the fine branch ``e``.
-        spatial_dims: 2 or 3.
+        spatial_dims: 3 (default) or 2.
         heads_s, dim_head_s, mlp_s: transformer of the r branch (official 3, 32, 128).
         heads_l, dim_head_l, mlp_l: transformer of the e branch (official 1, 64, 256).
         depth: transformer layers per branch (official 1).
         dropout: attention/FFN dropout (official 0).
 
     Example:
-        >>> TIF(64, 64)(torch.randn(2, 64, 8, 8), torch.randn(2, 64, 8, 8)).shape
+        >>> TIF(64, 64, spatial_dims=2)(torch.randn(2, 64, 8, 8), torch.randn(2, 64, 8, 8)).shape
         torch.Size([2, 64, 8, 8])
     """
 
@@ -232,7 +167,7 @@ class TIF(nn.Module):
         self,
         dim_s: int,
         dim_l: int,
-        spatial_dims: int = 2,
+        spatial_dims: int = 3,
         heads_s: int = 3,
         dim_head_s: int = 32,
         mlp_s: int = 128,
@@ -282,7 +217,7 @@ class TIF(nn.Module):
             )
 
     def _paired_tokens(self, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Spec steps 1–3: token outputs (B, N_e, dim_l) and (B, N_r, dim_s)."""
+        """Steps 1–3: token outputs (B, N_e, dim_l) and (B, N_r, dim_s)."""
         self._check(e, r)
         te, tr = to_tokens(e), to_tokens(r)
         g_e = self.linear_l(self.norm_l(te).mean(1, keepdim=True))  # (B, 1, dim_s)

@@ -1,4 +1,4 @@
-"""DS-TransUNet: dual-scale Swin encoders fused by TIF (arXiv 2106.06716; spec ``specs/ds_transunet.md``).
+"""DS-TransUNet: dual-scale Swin encoders fused by TIF (Lin et al., arXiv 2106.06716).
 
 Two Swin v1 encoders (patch 4 and patch 8) → four :class:`~fusionseg.fusion.TIF` modules in
 paired form → fusion conv blocks ``change1..4`` → three Swin decoder blocks, two CNN decoder
@@ -6,7 +6,11 @@ blocks with image-stem skips → ``final`` plus two deep-supervision heads. Para
 the official ``UNet(dim=128, n_class=1)`` so its checkpoints load with ``strict=True``.
 
 Registered presets: ``"ds_transunet"`` (official, 171,441,329 parameters with one class) and
-``"ds_transunet_small"`` (dim 32, shallow, trains on a laptop CPU at 256²). 2D and 3D.
+``"ds_transunet_small"`` (dim 32, shallow, trains on a laptop CPU at 256²). 2D by default — the
+paper's network, and the one exception to the library's ``spatial_dims=3`` default — and 3D.
+
+The attention (Swin windows and TIF) has two implementations with the same numbers, switched with
+:func:`fusionseg.kernels.set_reference_ops`: SDPA (default) or the original's explicit N×N matrices.
 
 Example:
     >>> net = create_model("ds_transunet_small", in_channels=1, out_channels=2)
@@ -17,22 +21,24 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fusionseg.fusion import TIF
-from fusionseg.fusion.tif import Attention as TIFAttention
-from fusionseg.layers import check_spatial_dims, conv_type, max_pool_type
+from fusionseg.kernels.switch import set_reference_ops
+from fusionseg.layers import conv_type, max_pool_type
+from fusionseg.nets.base import SegmentationNet, crop_to, pad_to_multiple
 from fusionseg.nets.registry import register_model
-from fusionseg.nets.swin import SwinEncoder, SwinLayer, WindowAttention, check_attention_impl, linear_rates
+from fusionseg.nets.swin import SwinEncoder, SwinLayer, linear_rates
 
 __all__ = [
     "DSTransUNet",
+    "GroupNormConvBlock",
     "crop_to",
     "ds_transunet",
     "ds_transunet_small",
@@ -41,42 +47,7 @@ __all__ = [
     "set_use_checkpoint",
 ]
 
-
-# ---------------------------------------------------------------------------------------------
-# input sizes
-# ---------------------------------------------------------------------------------------------
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant", value: float = 0.0):
-    """Pad (B, C, *S) at the end of every spatial dim up to a multiple of ``multiple``.
-
-    Returns ``(padded, crop_info)``; :func:`crop_to` undoes it on any (B, K, *S') output.
-
-    Example:
-        >>> y, info = pad_to_multiple(torch.randn(1, 3, 100, 70), 64)
-        >>> y.shape, crop_to(y, info).shape
-        (torch.Size([1, 3, 128, 128]), torch.Size([1, 3, 100, 70]))
-    """
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    spatial = tuple(int(s) for s in x.shape[2:])
-    pads = [(-s) % multiple for s in spatial]
-    if any(pads):
-        flat: list[int] = []
-        for p in reversed(pads):
-            flat += [0, p]
-        x = F.pad(x, flat, mode=mode, value=value) if mode == "constant" else F.pad(x, flat, mode=mode)
-    return x, {"spatial": spatial}
-
-
-def crop_to(y: torch.Tensor, crop_info: dict) -> torch.Tensor:
-    """Crop the trailing spatial dims of ``y`` back to ``crop_info["spatial"]`` (from :func:`pad_to_multiple`)."""
-    spatial = crop_info["spatial"]
-    return y[(..., *(slice(0, s) for s in spatial))]
-
-
-def _nearest_multiple(s: int, m: int) -> int:
-    return max(m, round(s / m) * m)
+SIZE_MULTIPLE = 64  # patch 8 · three 2× merges of the second branch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,10 +60,10 @@ def _group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(channels, groups), channels)
 
 
-class ConvBlock(nn.Module):
+class GroupNormConvBlock(nn.Module):
     """``conv`` = [pool] → (3×3 conv → GN → ReLU) × 2 (official ``change_k`` / ``down2``)."""
 
-    def __init__(self, in_ch: int, out_ch: int, spatial_dims: int = 2, pool: bool = False) -> None:
+    def __init__(self, in_ch: int, out_ch: int, spatial_dims: int, pool: bool = False) -> None:
         super().__init__()
         conv = conv_type(spatial_dims)
         layers: list[nn.Module] = [max_pool_type(spatial_dims)(2)] if pool else []
@@ -107,7 +78,7 @@ class ConvBlock(nn.Module):
 class UpConv(nn.Module):
     """``up`` = nearest ×2 → 3×3 conv → GN → ReLU (official ``up_conv``)."""
 
-    def __init__(self, in_ch: int, out_ch: int, spatial_dims: int = 2) -> None:
+    def __init__(self, in_ch: int, out_ch: int, spatial_dims: int) -> None:
         super().__init__()
         self.up = nn.Sequential(
             nn.Upsample(scale_factor=2, mode="nearest"),
@@ -132,7 +103,6 @@ class SwinUp(nn.Module):
         drop_path: float,
         spatial_dims: int,
         use_checkpoint: bool,
-        attention_impl: str,
     ) -> None:
         super().__init__()
         mid = in_ch // 2
@@ -146,7 +116,6 @@ class SwinUp(nn.Module):
             drop_path=rates,
             spatial_dims=spatial_dims,
             use_checkpoint=use_checkpoint,
-            attention_impl=attention_impl,
         )
         self.conv_relu = nn.Sequential(conv_type(spatial_dims)(mid, mid // 2, 1), nn.ReLU(inplace=True))
 
@@ -161,12 +130,10 @@ class SwinDecoderBlock(nn.Module):
     x (B, C, *S), skip (B, C/2, *2S) → (B, C/2, *2S).
     """
 
-    def __init__(
-        self, in_ch: int, depth: int, num_heads: int, window_size, drop_path, spatial_dims, use_checkpoint, impl
-    ):
+    def __init__(self, in_ch: int, num_heads: int, depth: int, window_size, drop_path, spatial_dims, use_checkpoint):
         super().__init__()
         conv = conv_type(spatial_dims)
-        self.up = SwinUp(in_ch, depth, num_heads, window_size, drop_path, spatial_dims, use_checkpoint, impl)
+        self.up = SwinUp(in_ch, depth, num_heads, window_size, drop_path, spatial_dims, use_checkpoint)
         self.conv2 = nn.Sequential(conv(in_ch // 2, in_ch // 4, 1), nn.ReLU(inplace=True))
         self.conv_relu = nn.Sequential(conv(in_ch // 2, in_ch // 2, 3, padding=1), nn.ReLU(inplace=True))
 
@@ -186,38 +153,25 @@ class ConvDecoderBlock(nn.Module):
         return self.conv_relu(torch.cat([skip, self.up(x)], 1))
 
 
-class ExplicitTIFAttention(TIFAttention):
-    """TIF attention with the original's explicit (N × N) matrix: ``softmax(q·kᵀ·scale)·v``.
-
-    Used through :func:`set_attention_impl` (class swap: same parameters, same names).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(-1)
-        if self.training and self.dropout > 0:
-            attn = F.dropout(attn, self.dropout)
-        out = attn @ v
-        return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
-
-
 def set_attention_impl(model: nn.Module, impl: str) -> nn.Module:
-    """Switch every Swin window attention and TIF attention in ``model`` to "sdpa" or "explicit".
+    """Deprecated: ``"explicit"`` → ``set_reference_ops(model, True)``; ``"sdpa"`` → ``(model, False)``."""
+    _warn_attention_impl()
+    return set_reference_ops(model, _explicit_attention(impl))
 
-    Weights and state_dict names are unchanged (TIF attention modules change class only:
-    :class:`fusionseg.fusion.tif.Attention` for "sdpa", :class:`ExplicitTIFAttention` for "explicit").
-    Returns ``model``.
-    """
-    check_attention_impl(impl)
-    for m in model.modules():
-        if isinstance(m, WindowAttention):
-            m.attention_impl = impl
-        elif isinstance(m, TIFAttention):
-            m.__class__ = ExplicitTIFAttention if impl == "explicit" else TIFAttention
-    if isinstance(model, DSTransUNet):
-        model.attention_impl = impl
-    return model
+
+def _explicit_attention(impl: str) -> bool:
+    if impl not in ("sdpa", "explicit"):
+        raise ValueError(f'attention_impl must be "sdpa" or "explicit", got {impl!r}')
+    return impl == "explicit"
+
+
+def _warn_attention_impl() -> None:
+    warnings.warn(
+        "DS-TransUNet's attention_impl / set_attention_impl are deprecated and will be removed in the next release; "
+        "use fusionseg.kernels.set_reference_ops(net, True) for the explicit attention matrices (False: SDPA)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def set_use_checkpoint(model: nn.Module, flag: bool) -> nn.Module:
@@ -233,15 +187,15 @@ def set_use_checkpoint(model: nn.Module, flag: bool) -> nn.Module:
 # ---------------------------------------------------------------------------------------------
 
 
-class DSTransUNet(nn.Module):
-    """Dual-Swin Transformer U-Net with TIF fusion (2D, or 3D with 3D windows).
+class DSTransUNet(SegmentationNet):
+    """Dual-Swin Transformer U-Net with TIF fusion (2D by default, or 3D with 3D windows).
 
     Input (B, in_channels, *S) with every side a multiple of :attr:`size_multiple` (64; use
     :func:`pad_to_multiple` / :func:`crop_to` otherwise). Output: logits (B, out_channels, *S),
     or with ``deep_supervision`` the tuple ``(final, loss1, loss2)``, all at full resolution.
 
     Args:
-        in_channels, out_channels, spatial_dims: image channels, classes, 2 or 3.
+        in_channels, out_channels, spatial_dims: image channels, classes, 2 (default, the paper's) or 3.
         deep_supervision: return the two auxiliary heads too (the original returns all three).
         dim: width of the main branch (embed dim of the patch-4 Swin; 128 in the original).
         depths, num_heads, drop_path_rate: main Swin encoder (Swin-B: (2,2,18,2), (4,8,16,32), 0.5).
@@ -251,7 +205,8 @@ class DSTransUNet(nn.Module):
         tif: keyword arguments for every TIF (heads/dim_head/mlp per branch; defaults = the original).
         aux_relu: keep the original's ReLU on the auxiliary heads (non-negative logits).
         use_checkpoint: activation checkpointing of Swin blocks, TIFs and fusion blocks.
-        attention_impl: "sdpa" (fast) or "explicit" (the original's N×N attention matrices).
+        attention_impl: deprecated; ``"explicit"`` = ``set_reference_ops(net, True)`` (the original's
+            N×N attention matrices), ``"sdpa"`` = the default.
 
     Example:
         >>> net = DSTransUNet(1, 2, dim=32, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), embed_dim2=24,
@@ -281,17 +236,12 @@ class DSTransUNet(nn.Module):
         tif: dict[str, Any] | None = None,
         aux_relu: bool = True,
         use_checkpoint: bool = False,
-        attention_impl: str = "sdpa",
+        attention_impl: str | None = None,
     ) -> None:
-        super().__init__()
-        nd = check_spatial_dims(spatial_dims)
-        check_attention_impl(attention_impl)
-        for name, value in (
-            ("in_channels", in_channels),
-            ("out_channels", out_channels),
-            ("dim", dim),
-            ("embed_dim2", embed_dim2),
-        ):
+        super().__init__(in_channels, out_channels, spatial_dims, SIZE_MULTIPLE)
+        nd = self.spatial_dims
+        explicit = None if attention_impl is None else _explicit_attention(attention_impl)
+        for name, value in (("dim", dim), ("embed_dim2", embed_dim2)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DSTransUNet {name} must be a positive int, got {value!r}")
         if dim % 4:
@@ -305,12 +255,9 @@ class DSTransUNet(nn.Module):
                 raise ValueError(
                     f"decoder Swin width {width} is not divisible by its heads {heads}; change decoder_heads"
                 )
-        self.spatial_dims = nd
         self.deep_supervision = bool(deep_supervision)
         self.aux_relu = bool(aux_relu)
         self.use_checkpoint = bool(use_checkpoint)
-        self.attention_impl = attention_impl
-        self.size_multiple = 64  # patch 8 · three 2× merges of the second branch
         self.encoder = SwinEncoder(
             in_channels,
             dim,
@@ -321,7 +268,6 @@ class DSTransUNet(nn.Module):
             drop_path_rate=drop_path_rate,
             spatial_dims=nd,
             use_checkpoint=use_checkpoint,
-            attention_impl=attention_impl,
         )
         self.encoder2 = SwinEncoder(
             in_channels,
@@ -333,23 +279,17 @@ class DSTransUNet(nn.Module):
             drop_path_rate=drop_path_rate2,
             spatial_dims=nd,
             use_checkpoint=use_checkpoint,
-            attention_impl=attention_impl,
         )
         wins = self.encoder.layers[0].window_size
-        self.layer1 = SwinDecoderBlock(
-            8 * dim, decoder_depth, decoder_heads[0], wins, decoder_drop_path, nd, use_checkpoint, attention_impl
-        )
-        self.layer2 = SwinDecoderBlock(
-            4 * dim, decoder_depth, decoder_heads[1], wins, decoder_drop_path, nd, use_checkpoint, attention_impl
-        )
-        self.layer3 = SwinDecoderBlock(
-            2 * dim, decoder_depth, decoder_heads[2], wins, decoder_drop_path, nd, use_checkpoint, attention_impl
-        )
+        swin_args = (decoder_depth, wins, decoder_drop_path, nd, use_checkpoint)
+        self.layer1 = SwinDecoderBlock(8 * dim, decoder_heads[0], *swin_args)
+        self.layer2 = SwinDecoderBlock(4 * dim, decoder_heads[1], *swin_args)
+        self.layer3 = SwinDecoderBlock(2 * dim, decoder_heads[2], *swin_args)
         self.layer4 = ConvDecoderBlock(dim, dim // 2, dim // 2, nd)
         self.layer5 = ConvDecoderBlock(dim // 2, dim // 4, dim // 4, nd)
         conv = conv_type(nd)
         self.down1 = conv(in_channels, dim // 4, 1)
-        self.down2 = ConvBlock(dim // 4, dim // 2, nd, pool=True)
+        self.down2 = GroupNormConvBlock(dim // 4, dim // 2, nd, pool=True)
         self.final = conv(dim // 4, out_channels, 1)
         # Deep-supervision heads: 1×1 conv (→ ReLU in the original) → nearest upsampling to full size.
         self.loss1 = nn.Sequential(
@@ -367,9 +307,11 @@ class DSTransUNet(nn.Module):
             width_s, width_l = embed_dim2 * 2**k, dim * 2**k
             tif_k = TIF(width_s, width_l, spatial_dims=nd, **tif_kwargs)
             self.add_module(f"cross_att_{k + 1}", tif_k)
-            self.add_module(f"change{k + 1}", ConvBlock(width_s + width_l, width_l, nd))
+            self.add_module(f"change{k + 1}", GroupNormConvBlock(width_s + width_l, width_l, nd))
         self.up2 = nn.Upsample(scale_factor=2, mode="nearest")  # r_k' onto e_k's grid (official ``m1``)
-        set_attention_impl(self, attention_impl)
+        if explicit is not None:
+            _warn_attention_impl()
+            set_reference_ops(self, explicit)
 
     # -----------------------------------------------------------------------------------------
 
@@ -388,25 +330,6 @@ class DSTransUNet(nn.Module):
         if second is not None:
             reports["encoder2"] = load_swin_pretrained(self.encoder2, second, patch_embed)
         return reports
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ValueError naming the nearest valid size when ``x`` does not fit the network."""
-        if x.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"DSTransUNet(spatial_dims={self.spatial_dims}) expects input (B, C, *S) with "
-                f"{self.spatial_dims} spatial dims, got shape {tuple(x.shape)}"
-            )
-        in_ch = self.down1.in_channels
-        if x.shape[1] != in_ch:
-            raise ValueError(f"DSTransUNet was built with in_channels={in_ch}, got input with {x.shape[1]} channels")
-        spatial = tuple(x.shape[2:])
-        m = self.size_multiple
-        if any(s % m for s in spatial):
-            nearest = tuple(_nearest_multiple(s, m) for s in spatial)
-            raise ValueError(
-                f"DSTransUNet input size {spatial} must be a multiple of {m} per side; nearest valid size "
-                f"{nearest} (or pad with fusionseg.nets.ds_transunet.pad_to_multiple and crop back with crop_to)"
-            )
 
     def _run(self, fn, *args):
         if self.use_checkpoint and torch.is_grad_enabled():
@@ -442,7 +365,7 @@ class DSTransUNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# registered presets (contract 1)
+# registered presets
 # ---------------------------------------------------------------------------------------------
 
 _SMALL = dict(
@@ -461,34 +384,13 @@ _SMALL = dict(
 )
 
 
-def _build(name: str, defaults: dict[str, Any], **kwargs: Any) -> DSTransUNet:
-    """``DSTransUNet(**defaults, **kwargs)`` with ``model.config`` recording the registry name and kwargs."""
-    params = {**defaults, **kwargs}
-    model = DSTransUNet(**params)
-    plain = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
-    if isinstance(plain.get("tif"), dict):
-        plain["tif"] = dict(plain["tif"])
-    model.config = {"name": name, "kwargs": plain}
-    return model
-
-
 @register_model("ds_transunet")
-def ds_transunet(
-    in_channels: int = 3, out_channels: int = 1, spatial_dims: int = 2, deep_supervision: bool = True, **kwargs
-) -> DSTransUNet:
-    """The official DS-TransUNet (dim 128, Swin-B + Swin-T encoders, window 7)."""
-    return _build(
-        "ds_transunet", {}, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
-        deep_supervision=deep_supervision, **kwargs,
-    )  # fmt: skip
+def ds_transunet(**kwargs: Any) -> DSTransUNet:
+    """The official DS-TransUNet (dim 128, Swin-B + Swin-T encoders, window 7; 3 input channels, 1 class, 2D)."""
+    return DSTransUNet(**kwargs)
 
 
 @register_model("ds_transunet_small")
-def ds_transunet_small(
-    in_channels: int = 3, out_channels: int = 1, spatial_dims: int = 2, deep_supervision: bool = True, **kwargs
-) -> DSTransUNet:
+def ds_transunet_small(**kwargs: Any) -> DSTransUNet:
     """A CPU preset: dim 32, depths (2,2,2,2) + (1,1,1,1), narrow TIFs (6.63 M parameters with 1 class)."""
-    return _build(
-        "ds_transunet_small", _SMALL, in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims,
-        deep_supervision=deep_supervision, **kwargs,
-    )  # fmt: skip
+    return DSTransUNet(**{**_SMALL, **kwargs})

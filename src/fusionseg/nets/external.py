@@ -13,25 +13,28 @@ decoder skip concatenations by the fusion (``"concat"`` = the network unchanged)
 
 The nnU-Net networks need ``dynamic-network-architectures`` (not a dependency: its metadata pulls timm,
 which it does not need for these networks): ``pip install --no-deps dynamic-network-architectures==0.4.4``.
-Every factory sets ``spatial_dims``, ``in_channels``, ``out_channels``, ``size_multiple`` and ``config``.
+Every factory gives the network the model contract (``spatial_dims``, ``in_channels``, ``out_channels``,
+``size_multiple``, ``check_input`` run before every forward); the registry records ``config``.
 
 Example:
     >>> net = create_model("monai_basicunet", in_channels=1, out_channels=3, spatial_dims=2, fusion="dff")
     >>> net(torch.randn(1, 1, 64, 64)).shape
     torch.Size([1, 3, 64, 64])
-    >>> net.config["kwargs"]["fusion_levels"]
-    [0, 1, 2, 3]
+    >>> net.fusion_plug.levels                 # the skips that got the fusion
+    (0, 1, 2, 3)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from fusionseg.errors import InputError
 from fusionseg.layers import check_spatial_dims
+from fusionseg.nets.base import check_input_size
 from fusionseg.nets.registry import register_model
 
 __all__ = ["monai_basicunet", "monai_dynunet", "monai_swinunetr", "nnunet_plain", "nnunet_resenc"]
@@ -60,8 +63,22 @@ def _no_deep_supervision(name: str, deep_supervision: bool) -> None:
         raise ValueError(f"{name} has no deep supervision; pass deep_supervision=False (or --no-deep-supervision)")
 
 
+def _check_input_hook(module: nn.Module, args: tuple) -> None:
+    module.check_input(args[0])
+
+
+def _list_to_tuple(module: nn.Module, args: tuple, output):
+    """nnU-Net's decoder returns deep-supervision logits as a list: the model contract is a tuple."""
+    return tuple(output) if isinstance(output, list) else output
+
+
 def _finish(model: nn.Module, name: str, kwargs: dict, size_multiple: int, fusion: str, fusion_levels) -> nn.Module:
-    """Plug the fusion, then set the attributes of the model contract (``config`` records the chosen levels)."""
+    """Plug the fusion, then give the network the model contract of :class:`~fusionseg.nets.base.SegmentationNet`.
+
+    ``spatial_dims``, ``in_channels``, ``out_channels``, ``size_multiple`` and ``check_input`` (run before every
+    forward, so a wrong input size is a one-line :class:`InputError` naming the nearest valid size); the registry
+    records ``config``.
+    """
     from fusionseg.plug import plug_fusion
 
     plug_fusion(model, fusion, fusion_levels)
@@ -71,11 +88,15 @@ def _finish(model: nn.Module, name: str, kwargs: dict, size_multiple: int, fusio
         kwargs["out_channels"],
     )
     model.size_multiple = size_multiple
-    record = model.fusion_plug
-    model.config = {
-        "name": name,
-        "kwargs": {**kwargs, "fusion": record.fusion, "fusion_levels": list(record.levels)},
-    }
+    model.check_input = partial(
+        check_input_size,
+        in_channels=model.in_channels,
+        spatial_dims=model.spatial_dims,
+        multiple=size_multiple,
+        name=name,
+    )
+    model.register_forward_pre_hook(_check_input_hook)
+    model.register_forward_hook(_list_to_tuple)
     return model
 
 
@@ -83,7 +104,7 @@ def _finish(model: nn.Module, name: str, kwargs: dict, size_multiple: int, fusio
 def monai_basicunet(
     in_channels: int = 1,
     out_channels: int = 2,
-    spatial_dims: int = 2,
+    spatial_dims: int = 3,
     features: Sequence[int] = (16, 32, 64, 128, 256, 16),
     deep_supervision: bool = False,
     fusion: str = "concat",

@@ -1,22 +1,29 @@
 """Model registry: ``create_model(name, **kwargs)`` and ``list_models()``.
 
-Network modules register themselves with ``@register_model("name")``; the registry imports
-:mod:`fusionseg.nets` lazily so every built-in model is available.
+Network modules register their factory (class or function) with ``@register_model("name")``; the
+registry imports :mod:`fusionseg.nets` lazily so every built-in model is available. ``create_model``
+records ``model.config = {"name": name, "kwargs": <JSON copy of the kwargs given>}`` on every model it
+builds — checkpoints store it and rebuild with ``create_model(config["name"], **config["kwargs"])`` —
+and checks that the model has the attributes of :class:`fusionseg.nets.base.SegmentationNet`.
 
 Example:
     >>> "dnet" in list_models()
     True
+    >>> create_model("unet", in_channels=1, features=(8, 16)).config
+    {'name': 'unet', 'kwargs': {'in_channels': 1, 'features': [8, 16]}}
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import numbers
+from collections.abc import Callable, Mapping
 
 from torch import nn
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["MODEL_ATTRIBUTES", "create_model", "list_models", "register_model"]
 
+MODEL_ATTRIBUTES = ("spatial_dims", "in_channels", "out_channels", "size_multiple")
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -43,10 +50,37 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def _json_copy(value: object, where: str) -> object:
+    """A JSON-able copy of a keyword argument: tuples → lists, mappings copied, numbers as int/float."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_copy(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        return {str(k): _json_copy(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TypeError(
+        f"create_model argument {where}={value!r} is not JSON-able; pass numbers, strings, lists or dicts "
+        "(checkpoints record the arguments to rebuild the model)"
+    )
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build registered model ``name`` with its keyword arguments."""
+    """Build registered model ``name`` with its keyword arguments and record ``model.config``."""
     _load_builtin()
     key = str(name).lower()
     if key not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(_MODELS))}")
-    return _MODELS[key](**kwargs)
+    config = {"name": key, "kwargs": {k: _json_copy(v, k) for k, v in kwargs.items()}}
+    model = _MODELS[key](**kwargs)
+    missing = [a for a in MODEL_ATTRIBUTES if not hasattr(model, a)]
+    if missing:
+        raise TypeError(
+            f"model {key!r} ({type(model).__name__}) lacks {', '.join(missing)}; a registered model must have "
+            f"{', '.join(MODEL_ATTRIBUTES)} (derive from fusionseg.nets.base.SegmentationNet or set them)"
+        )
+    model.config = config
+    return model

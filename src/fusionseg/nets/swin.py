@@ -1,18 +1,18 @@
 """Swin Transformer v1 (Liu et al., ICCV 2021) as a segmentation encoder, 2D and 3D windows.
 
-The layout follows the segmentation form of Swin used by DS-TransUNet (spec
-``specs/ds_transunet.md``, "Encoders"): feature maps are padded (right/bottom) to a multiple of
-the window inside every block, shifted blocks mask cross-region pairs with -100, a LayerNorm
-``norm{i}`` is applied to each stage output and all stages are returned. Parameter names match
-the official Swin checkpoints (``patch_embed.proj``, ``layers.i.blocks.j.attn.qkv``, ...).
+The layout follows the segmentation form of Swin used by DS-TransUNet (its official code): feature
+maps are padded (right/bottom) to a multiple of the window inside every block, shifted blocks mask
+cross-region pairs with -100, a LayerNorm ``norm{i}`` is applied to each stage output and all stages
+are returned. Parameter names match the official Swin checkpoints (``patch_embed.proj``,
+``layers.i.blocks.j.attn.qkv``, ...). 3D by default (3D windows, patches and merging); 2D for images.
 
 Inside a stage the tokens stay on their grid, channels-last: (B, *S, C). Window attention runs
 through ``scaled_dot_product_attention`` with the relative position bias (and the shifted-window
-mask) passed as ``attn_mask``; ``attention_impl="explicit"`` switches to the plain
-``softmax(q·kᵀ·scale + bias + mask)·v`` formulation of the original (same weights).
+mask) passed as ``attn_mask``; with ``reference_ops`` (:func:`fusionseg.kernels.set_reference_ops`)
+it is the plain ``softmax(q·scale·kᵀ + bias + mask)·v`` formulation of the original (same weights).
 
 Example:
-    >>> enc = SwinEncoder(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), patch_size=4)
+    >>> enc = SwinEncoder(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), patch_size=4, spatial_dims=2)
     >>> [f.shape[1:] for f in enc(torch.randn(1, 3, 64, 64))]
     [torch.Size([24, 16, 16]), torch.Size([48, 8, 8]), torch.Size([96, 4, 4]), torch.Size([192, 2, 2])]
 """
@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from fusionseg.kernels.attention import explicit_attention
+from fusionseg.kernels.switch import reference_ops_default
 from fusionseg.layers import DropPath, check_spatial_dims, conv_type
 
 __all__ = [
-    "ATTENTION_IMPLS",
     "Mlp",
     "PatchEmbed",
     "PatchMerging",
@@ -45,7 +46,6 @@ __all__ = [
     "window_reverse",
 ]
 
-ATTENTION_IMPLS = ("sdpa", "explicit")
 _MASK_VALUE = -100.0  # the original's value for pairs of tokens from different shifted regions
 
 
@@ -54,12 +54,6 @@ def _tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     if len(out) != n or min(out) < 0:
         raise ValueError(f"{name} must be a non-negative int or a sequence of {n} ints, got {value!r}")
     return out
-
-
-def check_attention_impl(impl: str) -> str:
-    if impl not in ATTENTION_IMPLS:
-        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
-    return impl
 
 
 def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
@@ -118,7 +112,9 @@ class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias.
 
     Official names: ``relative_position_bias_table`` ((∏(2w-1)), heads), buffer
-    ``relative_position_index`` (N, N), ``qkv`` (with bias), ``proj``.
+    ``relative_position_index`` (N, N), ``qkv`` (with bias), ``proj``. Two implementations, same
+    numbers: SDPA with the bias as ``attn_mask`` (default), or with ``reference_ops = True`` the
+    original's explicit (N × N) logits per window and head.
 
     Example:
         >>> WindowAttention(32, (7, 7), num_heads=2)(torch.randn(4, 49, 32)).shape
@@ -131,7 +127,6 @@ class WindowAttention(nn.Module):
         window_size: Sequence[int],
         num_heads: int,
         qkv_bias: bool = True,
-        attention_impl: str = "sdpa",
     ) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
@@ -140,7 +135,6 @@ class WindowAttention(nn.Module):
         self.window_size = tuple(window_size)
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.attention_impl = check_attention_impl(attention_impl)
         table_size = math.prod(2 * w - 1 for w in self.window_size)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(table_size, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -148,6 +142,7 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(self.window_size))
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.reference_ops = reference_ops_default()
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, N, N) bias added to the attention logits."""
@@ -164,15 +159,14 @@ class WindowAttention(nn.Module):
             nw = mask.shape[0]
             bias = (bias + mask.to(q.dtype).unsqueeze(1)).unsqueeze(0)  # (1, nW, h, N, N)
             bias = bias.expand(bw // nw, -1, -1, -1, -1).reshape(bw, self.num_heads, n, n)
-        if self.attention_impl == "sdpa":
+        if self.reference_ops:  # the original: q scaled first, explicit (N × N) logits per window and head
+            out = explicit_attention(q * self.scale, k, v, bias=bias)
+        else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-        else:  # the original: explicit (N × N) logits per window and head
-            attn = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(-1)
-            out = attn @ v
         return self.proj(out.transpose(1, 2).reshape(bw, n, c))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, impl={self.attention_impl}"
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
 
 
 class Mlp(nn.Module):
@@ -200,21 +194,21 @@ class SwinBlock(nn.Module):
         self,
         dim: int,
         num_heads: int,
-        window_size: Sequence[int] = (7, 7),
-        shift_size: Sequence[int] = (0, 0),
+        window_size: Sequence[int],
+        shift_size: Sequence[int] | None = None,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
-        attention_impl: str = "sdpa",
     ) -> None:
         super().__init__()
-        self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
+        self.window_size = tuple(window_size)
+        self.shift_size = (0,) * len(self.window_size) if shift_size is None else tuple(shift_size)
         if len(self.shift_size) != len(self.window_size) or any(
             not 0 <= s < w for s, w in zip(self.shift_size, self.window_size)
         ):
             raise ValueError(f"shift_size {shift_size} must satisfy 0 <= shift < window {window_size} per dim")
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias, attention_impl)
+        self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
@@ -254,7 +248,7 @@ class PatchMerging(nn.Module):
     spatial offset varies fastest. Odd sizes are zero-padded.
     """
 
-    def __init__(self, dim: int, spatial_dims: int = 2) -> None:
+    def __init__(self, dim: int, spatial_dims: int = 3) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         k = 2**spatial_dims
@@ -297,9 +291,8 @@ class SwinLayer(nn.Module):
         qkv_bias: bool = True,
         drop_path: Sequence[float] | float = 0.0,
         downsample: bool = False,
-        spatial_dims: int = 2,
+        spatial_dims: int = 3,
         use_checkpoint: bool = False,
-        attention_impl: str = "sdpa",
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -320,7 +313,6 @@ class SwinLayer(nn.Module):
                 mlp_ratio,
                 qkv_bias,
                 rates[i],
-                attention_impl,
             )
             for i in range(depth)
         )
@@ -351,7 +343,7 @@ class PatchEmbed(nn.Module):
     zero-padded on the right/bottom, as in the original.
     """
 
-    def __init__(self, patch_size: int, in_channels: int, embed_dim: int, spatial_dims: int = 2, norm: bool = True):
+    def __init__(self, patch_size: int, in_channels: int, embed_dim: int, spatial_dims: int = 3, norm: bool = True):
         super().__init__()
         if patch_size < 1:
             raise ValueError(f"patch_size must be >= 1, got {patch_size}")
@@ -383,9 +375,8 @@ class SwinEncoder(nn.Module):
         window_size: int or per-dim tuple (7 in the original).
         mlp_ratio, qkv_bias: block options (4, True).
         drop_path_rate: stochastic depth, linear 0 → rate over all blocks.
-        spatial_dims: 2 or 3 (3D windows, 3D patch embedding, 8-neighbour merging).
+        spatial_dims: 3 (default: 3D windows, 3D patch embedding, 8-neighbour merging) or 2.
         use_checkpoint: activation checkpointing per block (saves memory in training).
-        attention_impl: "sdpa" (default) or "explicit" (the original's formulation).
     """
 
     def __init__(
@@ -399,9 +390,8 @@ class SwinEncoder(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         drop_path_rate: float = 0.2,
-        spatial_dims: int = 2,
+        spatial_dims: int = 3,
         use_checkpoint: bool = False,
-        attention_impl: str = "sdpa",
     ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -432,7 +422,6 @@ class SwinEncoder(nn.Module):
                     downsample=i < len(depths) - 1,
                     spatial_dims=spatial_dims,
                     use_checkpoint=use_checkpoint,
-                    attention_impl=attention_impl,
                 )
             )
         for i, c in enumerate(self.num_features):

@@ -15,6 +15,8 @@ is the deepest skip of a 4-level U-Net. By default every skip uses the fusion, e
 ``"tif"``, which defaults to the deepest skip only; pass the same ``fusion_levels`` to every
 fusion for a like-for-like ablation.
 
+3D by default (``spatial_dims=2`` for images).
+
 Example:
     >>> net = create_model("unet", in_channels=1, out_channels=3, spatial_dims=2, features=(8, 16, 32), fusion="dff")
     >>> net(torch.randn(2, 1, 64, 64)).shape
@@ -25,17 +27,17 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from fusionseg.fusion import create_fusion, list_fusions
-from fusionseg.layers import batch_norm_type, check_spatial_dims, conv_transpose_type, conv_type
+from fusionseg.layers import batch_norm_type, conv_transpose_type, conv_type
+from fusionseg.nets.base import SegmentationNet
 from fusionseg.nets.registry import register_model
 
-__all__ = ["ConvBlock", "FusionUNet", "unet"]
+__all__ = ["FusionUNet", "UNetConvBlock", "unet"]
 
 _INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 
@@ -46,11 +48,11 @@ def _norm(kind: str, channels: int, spatial_dims: int) -> nn.Module:
     return batch_norm_type(spatial_dims)(channels)
 
 
-class ConvBlock(nn.Module):
+class UNetConvBlock(nn.Module):
     """Two ``conv3×3 → norm → LeakyReLU(0.01)`` layers; the first may stride (downsampling).
 
     Example:
-        >>> ConvBlock(4, 8, spatial_dims=3, stride=2)(torch.randn(1, 4, 8, 8, 8)).shape
+        >>> UNetConvBlock(4, 8, spatial_dims=3, stride=2)(torch.randn(1, 4, 8, 8, 8)).shape
         torch.Size([1, 8, 4, 4, 4])
     """
 
@@ -68,13 +70,13 @@ class ConvBlock(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
-class FusionUNet(nn.Module):
+class FusionUNet(SegmentationNet):
     """U-Net encoder/decoder with a pluggable skip fusion.
 
     Args:
         in_channels: image channels C.
         out_channels: classes K (logits).
-        spatial_dims: 2 or 3.
+        spatial_dims: 3 (default) or 2.
         features: channels per level, full resolution first; depth = ``len(features)`` levels
             with ``len(features) - 1`` downsamplings (stride-2 convs), so ``size_multiple = 2**(depth-1)``.
         fusion: skip fusion name from :func:`fusionseg.fusion.list_fusions` (``"concat"``, ``"add"``,
@@ -91,20 +93,16 @@ class FusionUNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        out_channels: int,
-        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        spatial_dims: int = 3,
         features: Sequence[int] = (16, 32, 64, 128),
         fusion: str = "concat",
         fusion_levels: Sequence[int] | None = None,
         deep_supervision: bool = False,
         norm: str = "instance",
     ) -> None:
-        super().__init__()
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.spatial_dims = check_spatial_dims(spatial_dims)
+        super().__init__(in_channels, out_channels, spatial_dims)
         features = tuple(features) if not isinstance(features, (str, bytes)) else ()
         if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
             raise ValueError(
@@ -124,14 +122,13 @@ class FusionUNet(nn.Module):
                 raise ValueError(
                     f"fusion_levels must be levels in 0..{num_skips - 1} (0 = full resolution); got {fusion_levels!r}"
                 )
-        self.in_channels, self.out_channels = in_channels, out_channels
         self.features, self.fusion, self.fusion_levels = features, fusion, levels
         self.deep_supervision = bool(deep_supervision)
         self.size_multiple = 2**num_skips
         dims = self.spatial_dims
 
         self.encoder = nn.ModuleList(
-            ConvBlock(in_channels if i == 0 else features[i - 1], f, dims, stride=1 if i == 0 else 2, norm=norm)
+            UNetConvBlock(in_channels if i == 0 else features[i - 1], f, dims, stride=1 if i == 0 else 2, norm=norm)
             for i, f in enumerate(features)
         )
         up = conv_transpose_type(dims)
@@ -142,7 +139,7 @@ class FusionUNet(nn.Module):
         self.fusions = nn.ModuleList(
             create_fusion(fusion if i in levels else "concat", features[i], spatial_dims=dims) for i in range(num_skips)
         )
-        self.decoder = nn.ModuleList(ConvBlock(features[i], features[i], dims, norm=norm) for i in range(num_skips))
+        self.decoder = nn.ModuleList(UNetConvBlock(features[i], features[i], dims, norm=norm) for i in range(num_skips))
         conv = conv_type(dims)
         num_heads = num_skips if self.deep_supervision else 1
         self.heads = nn.ModuleList(conv(features[i], out_channels, kernel_size=1) for i in range(num_heads))
@@ -157,21 +154,6 @@ class FusionUNet(nn.Module):
                     nn.init.kaiming_normal_(m.weight, a=0.01)
                     if m.bias is not None:
                         nn.init.zeros_(m.bias)
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """ValueError naming the fix when ``x`` is not (B, in_channels, *S) with S multiples of ``size_multiple``."""
-        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"UNet expects (B, {self.in_channels}, *S) with {self.spatial_dims} spatial dims; got {tuple(x.shape)}"
-            )
-        m = self.size_multiple
-        bad = [s for s in x.shape[2:] if s % m]
-        if bad:
-            nearest = tuple(max(m, math.floor(s / m + 0.5) * m) for s in x.shape[2:])
-            raise ValueError(
-                f"UNet spatial sizes must be multiples of {m}; got {tuple(x.shape[2:])}, nearest valid size {nearest} "
-                "(pad or crop the input)"
-            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.check_input(x)
@@ -195,29 +177,6 @@ class FusionUNet(nn.Module):
 
 
 @register_model("unet")
-def unet(
-    in_channels: int = 1,
-    out_channels: int = 2,
-    spatial_dims: int = 2,
-    features: Sequence[int] = (16, 32, 64, 128),
-    fusion: str = "concat",
-    fusion_levels: Sequence[int] | None = None,
-    deep_supervision: bool = False,
-    norm: str = "instance",
-) -> FusionUNet:
-    """Registered factory ``create_model("unet", ...)``; records ``model.config`` for checkpoints."""
-    model = FusionUNet(in_channels, out_channels, spatial_dims, features, fusion, fusion_levels, deep_supervision, norm)
-    model.config = {
-        "name": "unet",
-        "kwargs": {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "spatial_dims": spatial_dims,
-            "features": [int(f) for f in model.features],
-            "fusion": model.fusion,
-            "fusion_levels": list(model.fusion_levels),
-            "deep_supervision": model.deep_supervision,
-            "norm": norm,
-        },
-    }
-    return model
+def unet(**kwargs) -> FusionUNet:
+    """Registered factory ``create_model("unet", ...)``: :class:`FusionUNet` with the same arguments."""
+    return FusionUNet(**kwargs)
