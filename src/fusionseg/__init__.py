@@ -2,6 +2,6 @@
 
 from fusionseg.fusion import DFF, TIF, create_fusion, list_fusions
 from fusionseg.nets.registry import create_model, list_models
+from fusionseg.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["DFF", "TIF", "__version__", "create_fusion", "create_model", "list_fusions", "list_models"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
@@ -21,16 +20,19 @@ def test_format_table():
     ]
 
 
-def test_time_call_counts_calls_and_returns_median():
+def test_time_call_counts_calls_and_returns_median(monkeypatch):
+    """A fake clock (no dependence on this machine's speed): calls take 5, 1, 3 time units after 2 warm-ups."""
+    durations = iter([9.0, 9.0, 5.0, 1.0, 3.0])
+    clock = {"now": 0.0}
     calls = []
 
     def fn():
         calls.append(1)
-        time.sleep(0.01)
+        clock["now"] += next(durations)
 
-    t = time_call(fn, repeats=3, warmup=2)
+    monkeypatch.setattr("fusionseg.bench.common.time.perf_counter", lambda: clock["now"])
+    assert time_call(fn, repeats=3, warmup=2) == 3.0
     assert len(calls) == 5
-    assert 0.009 < t < 0.5
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="RSS peak needs Linux /proc")

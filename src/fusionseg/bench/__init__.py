@@ -15,6 +15,7 @@ BENCHMARKS = {
     "ds-transunet": "ds_transunet",
     "real-data": "real_data",
     "train-loop": "train_loop",
+    "plug": "plug",
 }
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from fusionseg import __version__
 from fusionseg.errors import FusionSegError, find_input_error
+from fusionseg.version import __version__
 
 # command -> (module with main(argv, prog), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("fusionseg.cli.ablate", "equal-budget comparison of fusion modules"),
     "export": ("fusionseg.cli.export", "export a checkpoint to TorchScript or ONNX"),
     "import-weights": ("fusionseg.cli.import_weights", "convert an official .pth/.model into a fusionseg checkpoint"),
-    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds-transunet, real-data, train-loop"),
+    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds-transunet, real-data, train-loop, plug"),
 }
 
 

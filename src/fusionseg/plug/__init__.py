@@ -2,7 +2,7 @@
 
 ``plug_fusion(model, "dff")`` replaces every decoder skip concatenation of a MONAI ``BasicUNet``,
 ``DynUNet``, ``SwinUNETR`` or an nnU-Net ``PlainConvUNet`` / ``ResidualEncoderUNet`` (2D or 3D) by the
-fusion, in place; ``describe_plug(model)`` says what changed; ``python -m fusionseg.plug`` prints the
+fusion, in place; ``describe_plug(model)`` says what changed; ``fusionseg bench plug`` prints the
 parameter table of the registered default configurations. See ``docs/plug.md``.
 
 Example:
@@ -13,6 +13,6 @@ Example:
 """
 
 from fusionseg.plug.core import SUPPORTED, PlugRecord, Site, SiteChange, plug_fusion
-from fusionseg.plug.describe import describe_plug, parameter_table
+from fusionseg.plug.describe import describe_plug
 
-__all__ = ["SUPPORTED", "PlugRecord", "Site", "SiteChange", "describe_plug", "parameter_table", "plug_fusion"]
+__all__ = ["SUPPORTED", "PlugRecord", "Site", "SiteChange", "describe_plug", "plug_fusion"]

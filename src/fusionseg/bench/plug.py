@@ -1,0 +1,52 @@
+"""Parameters of the registered plug-in networks: ``fusionseg bench plug [--dims 2,3]``.
+
+For each MONAI / nnU-Net network registered in :mod:`fusionseg.nets.external` (default configuration,
+in 1, out 2): parameters with its own concatenation skips and with add / DFF at every skip / TIF at
+the deepest skip (docs/plug.md explains what changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from collections.abc import Sequence
+
+from fusionseg.plug.describe import change_text, markdown_table
+
+__all__ = ["PLUG_MODELS", "main", "parameter_table"]
+
+# Registered plug-in models (fusionseg.nets.external), in table order.
+PLUG_MODELS = ("monai_basicunet", "monai_dynunet", "monai_swinunetr", "nnunet_plain", "nnunet_resenc")
+
+
+def parameter_table(dims: Sequence[int] = (2, 3), models: Sequence[str] = PLUG_MODELS) -> str:
+    """Markdown table: parameters of each registered plug-in model (default configuration, in 1, out 2)
+    with its own concatenation and with add / DFF (every skip) / TIF (deepest skip)."""
+    from fusionseg.nets.registry import create_model
+
+    fusions = ("concat", "add", "dff", "tif")
+    rows, missing = [], []
+    for name in models:
+        for d in dims:
+            if name.startswith("nnunet_") and importlib.util.find_spec("dynamic_network_architectures") is None:
+                missing.append(name)
+                continue
+            counts, skips = {}, 0
+            for fusion in fusions:
+                net = create_model(name, in_channels=1, out_channels=2, spatial_dims=d, fusion=fusion)
+                counts[fusion], skips = net.fusion_plug.params_after, net.fusion_plug.num_sites
+            base = counts["concat"]
+            rows.append([name, f"{d}D", f"{base:,}", *(change_text(base, counts[f]) for f in fusions[1:]), skips])
+    columns = ["model", "dims", "original (concat)", "+ add", "+ dff", "+ tif (deepest skip)", "skips"]
+    table = markdown_table(columns, rows)
+    if missing:
+        table += f"\n(not built, dynamic-network-architectures missing: {', '.join(dict.fromkeys(missing))})"
+    return table
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench plug") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--dims", default="2,3", help="spatial dims to tabulate, e.g. 3 (default 2,3)")
+    args = parser.parse_args(argv)
+    print(parameter_table(tuple(int(d) for d in args.dims.split(",") if d.strip())))
+    return 0

@@ -1,0 +1,141 @@
+"""The package's layering: no import cycles, and no module importing from a layer above its own.
+
+Layers, bottom to top (docs/architecture.md): version, errors, files, layers → kernels → fusion → plug →
+nets, data → engine → nnunet → cli, bench → the package facade. Every ``import`` counts, also
+those inside functions (a lazy import still makes the lower layer depend on the upper one).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "fusionseg"
+
+LAYERS = {
+    "fusionseg.version": 0,
+    "fusionseg.errors": 0,
+    "fusionseg.files": 0,
+    "fusionseg.layers": 0,
+    "fusionseg.kernels": 1,
+    "fusionseg.fusion": 2,
+    "fusionseg.plug": 3,
+    "fusionseg.nets": 4,
+    "fusionseg.data": 4,
+    "fusionseg.engine": 5,
+    "fusionseg.nnunet": 6,
+    "fusionseg.cli": 7,
+    "fusionseg.bench": 7,
+    "fusionseg.__main__": 8,
+    "fusionseg": 8,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _layer(module: str) -> tuple[str, int]:
+    for prefix in sorted(LAYERS, key=len, reverse=True):
+        if module == prefix or module.startswith(prefix + "."):
+            return prefix, LAYERS[prefix]
+    raise AssertionError(f"{module} belongs to no layer; add it to LAYERS and docs/architecture.md")
+
+
+def _imports(path: Path) -> set[str]:
+    """fusionseg modules imported anywhere in ``path`` (resolved to the deepest existing module)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    here = _module_name(path)
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                package = here.split(".") if path.name == "__init__.py" else here.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            names = [f"{base}.{alias.name}" for alias in node.names]
+        for name in names:
+            if name.startswith("fusionseg"):
+                found.add(_existing(name))
+    found.discard(here)
+    return found
+
+
+def _existing(name: str) -> str:
+    parts = name.split(".")
+    while parts:
+        candidate = SRC.joinpath(*parts)
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+            return ".".join(parts)
+        parts.pop()
+    return name
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_every_module_belongs_to_a_layer():
+    for module in _graph():
+        _layer(module)
+
+
+def test_no_module_imports_from_a_layer_above():
+    bad = []
+    for module, imports in _graph().items():
+        _, rank = _layer(module)
+        for target in imports:
+            layer, target_rank = _layer(target)
+            if target_rank > rank:
+                bad.append(f"{module} imports {target} ({layer} is above)")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    # Package __init__ files that only re-export their own submodules are part of their package.
+    cycles, state = [], {}
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "active"
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph or _is_own_package_init(node, nxt):
+                continue
+            if state.get(nxt) == "active":
+                cycles.append(" → ".join([*stack[stack.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def _is_own_package_init(module: str, target: str) -> bool:
+    """A submodule importing its own package's ``__init__`` (or the reverse) is not a dependency between modules."""
+    return module.startswith(target + ".") or target.startswith(module + ".")
+
+
+@pytest.mark.parametrize("module", ["fusionseg.fusion", "fusionseg.nets", "fusionseg.kernels"])
+def test_blocks_and_networks_import_without_monai(module):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib; importlib.import_module(sys.argv[1]); "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('monai', 'dynamic_network_architectures', 'nnunetv2')]; "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
