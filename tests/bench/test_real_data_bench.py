@@ -100,13 +100,13 @@ def test_model_specs():
 
 def _smoke(shared_data, out, dataset: str, seeds: int) -> list[dict]:
     argv = ["--data-root", str(shared_data), "--output", str(out), "--datasets", dataset, "--seeds", str(seeds)]
-    argv += ["--budget2d", "0.5", "--budget3d", "0.5", "--features", "4,8,8,16,16", "--patch2d", "64,64"]
-    argv += ["--patch3d", "32,32,32", "--batch3d", "1", "--models", "basicunet,unet+dff", "--threads", "1"]
+    argv += ["--time-budget", "0.5", "--features", "4,8,8,16,16", "--patch-size", "nuclei2d=64,64"]
+    argv += ["brain3d=32,32,32", "--batch-size", "brain3d=1", "--model", "basicunet,basicunet+dff", "--threads", "1"]
     assert real_data.main([*argv, "--eval-overlap", "0"]) == 0
     with open(out / "real_data_runs.csv") as f:
         runs = list(csv.DictReader(f))
     assert {(r["dataset"], r["model"], int(r["seed"])) for r in runs} == {
-        (dataset, m, s) for m in ("basicunet", "unet+dff") for s in range(seeds)
+        (dataset, m, s) for m in ("basicunet", "basicunet+dff") for s in range(seeds)
     }
     assert all(0.0 <= float(r["dice"]) <= 1.0 and int(r["iterations"]) >= 1 for r in runs)
     return runs
@@ -116,7 +116,7 @@ def test_smoke_run_nuclei2d_two_seeds(shared_data, tmp_path):
     runs = _smoke(shared_data, tmp_path, "nuclei2d", seeds=2)
     with open(tmp_path / "real_data.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["model"] for r in rows] == ["basicunet", "unet+dff"] and all(int(r["seeds"]) == 2 for r in rows)
+    assert [r["model"] for r in rows] == ["basicunet", "basicunet+dff"] and all(int(r["seeds"]) == 2 for r in rows)
     for row in rows:
         seeds = [float(r["dice"]) for r in runs if r["model"] == row["model"]]
         assert math.isclose(float(row["dice_mean"]), np.mean(seeds), rel_tol=1e-9)
@@ -126,6 +126,10 @@ def test_smoke_run_nuclei2d_two_seeds(shared_data, tmp_path):
     assert load_checkpoint(tmp_path / "runs" / "nuclei2d" / "basicunet_seed1" / "best.pt")["train_args"]["augment"]
     table = (tmp_path / "real_data.md").read_text()
     assert "| nuclei2d | basicunet (peer) |" in table and "target: a fusion model ≥ 0.92" in table
+    # the controlled comparison: basicunet+dff paired with basicunet, seed by seed
+    by = {(r["model"], int(r["seed"])): float(r["dice"]) for r in runs}
+    diffs = [by[("basicunet+dff", k)] - by[("basicunet", k)] for k in (0, 1)]
+    assert f"| nuclei2d | basicunet+dff | basicunet | {diffs[0]:+.4f} | {diffs[1]:+.4f} |" in table
 
 
 def test_smoke_run_brain3d(shared_data, tmp_path):
@@ -133,7 +137,7 @@ def test_smoke_run_brain3d(shared_data, tmp_path):
     for r in runs:  # the score is the mean of the 7 merged classes
         per_class = [float(r[f"dice_{name}"]) for name, _ in real_data.AAL_GROUPS]
         assert math.isclose(float(r["dice"]), np.mean(per_class), rel_tol=1e-9)
-    args = load_checkpoint(tmp_path / "runs" / "brain3d" / "unet_dff_seed0" / "best.pt")["train_args"]
+    args = load_checkpoint(tmp_path / "runs" / "brain3d" / "basicunet_dff_seed0" / "best.pt")["train_args"]
     assert args["augment"] is False and args["target_spacing"] == [2.0, 2.0, 2.0]  # 3D default: no flips, 2 mm
     table = (tmp_path / "real_data.md").read_text()
     assert "Per-class Dice on brain3d" in table
@@ -144,7 +148,57 @@ def test_smoke_run_brain3d(shared_data, tmp_path):
 def test_bad_arguments_raise_input_error(tmp_path):
     with pytest.raises(InputError, match="--datasets"):
         real_data.main(["--datasets", "mnist", "--output", str(tmp_path)])
-    with pytest.raises(InputError, match="--seeds"):
+    with pytest.raises(SystemExit):  # argparse: "--seeds: expected a positive integer"
         real_data.main(["--seeds", "0", "--output", str(tmp_path)])
     with pytest.raises(InputError, match="real data folder missing"):
         real_data.main(["--data-root", str(tmp_path / "nowhere"), "--output", str(tmp_path), "--seeds", "1"])
+    with pytest.raises(InputError, match="unknown dataset"):
+        real_data.main(["--time-budget", "mnist=3", "--output", str(tmp_path)])
+    with pytest.raises(InputError, match="--time-budget brain3d=-1"):
+        real_data.main(["--time-budget", "brain3d=-1", "--output", str(tmp_path)])
+    with pytest.raises(InputError, match="unknown model"):
+        real_data.main(["--model", "brain3d=nope", "--output", str(tmp_path)])
+
+
+def test_per_dataset_options_and_old_spellings(capsys):
+    parser = real_data.build_parser("p")
+    args = real_data.resolve_options(parser.parse_args(["--time-budget", "60", "brain3d=90", "--model", "unet+dff"]))
+    assert args.budget == {"nuclei2d": 60.0, "brain3d": 90.0}
+    assert args.models_by_dataset == {"nuclei2d": ["unet+dff"], "brain3d": ["unet+dff"]}
+    assert args.patch == {"nuclei2d": [128, 128], "brain3d": [48, 64, 64]} and args.batch == {
+        "nuclei2d": 4,
+        "brain3d": 2,
+    }
+    assert args.augment_by_dataset == {"nuclei2d": True, "brain3d": False}
+    defaults = real_data.resolve_options(parser.parse_args([]))
+    assert defaults.models_by_dataset["nuclei2d"] == ["basicunet", "basicunet+dff", "basicunet+tif", "unet+dff"]
+    assert defaults.models_by_dataset["brain3d"] == ["basicunet", "basicunet+dff", "dnet_small"]
+    old = ["--budget2d", "5", "--patch3d", "32,32,32", "--no-augment2d", "--first-seed", "4", "--models", "unet+add"]
+    args = real_data.resolve_options(parser.parse_args(old))
+    assert args.budget["nuclei2d"] == 5.0 and args.patch["brain3d"] == [32, 32, 32] and args.seed == 4
+    assert args.augment_by_dataset["nuclei2d"] is False and args.models_by_dataset["brain3d"] == ["unet+add"]
+    assert "note: --budget2d is now --time-budget nuclei2d=" in capsys.readouterr().err
+
+
+def test_paired_differences_and_verdict():
+    def run(model, seed, dice, iterations=100):
+        return {"dataset": "d", "model": model, "seed": seed, "dice": dice, "iterations": iterations}
+
+    records = [run("basicunet", k, 0.80 + 0.01 * k) for k in range(3)]
+    records += [run("basicunet+dff", k, 0.85 + 0.01 * k + 0.001 * (k == 1), 90) for k in range(3)]
+    records += [run("basicunet+tif", k, 0.80 + 0.01 * k + 0.004 * (-1) ** k) for k in range(3)]
+    records += [run("dnet_small", k, 0.7) for k in range(3)]
+    pairs = {p["with"]: p for p in real_data.paired_differences(records)}
+    assert set(pairs) == {"basicunet+dff", "basicunet+tif"}  # dnet_small has no arm without a module
+    dff = pairs["basicunet+dff"]
+    assert dff["without"] == "basicunet" and dff["seeds"] == [0, 1, 2]
+    np.testing.assert_allclose(dff["diffs"], [0.05, 0.051, 0.05])
+    assert math.isclose(dff["diff_mean"], 0.050333, rel_tol=1e-4) and dff["iterations_with"] == 90
+    assert dff["verdict"].startswith("better by more than the seed-to-seed spread")
+    tif = pairs["basicunet+tif"]
+    np.testing.assert_allclose(tif["diffs"], [0.004, -0.004, 0.004], atol=1e-12)
+    assert tif["verdict"].startswith("within the seed-to-seed spread")
+    assert real_data.baseline_of("unet+dff", ["unet+concat", "unet+dff"]) == "unet+concat"
+    assert real_data.baseline_of("unet+dff", ["basicunet"]) is None
+    table = real_data.format_pairs(list(pairs.values()))
+    assert "| d | basicunet+dff | basicunet | +0.0500 | +0.0510 | +0.0500 | +0.0503 ± 0.0006 |" in table

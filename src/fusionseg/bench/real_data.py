@@ -10,19 +10,28 @@ Two tasks are built from ``../shared/data`` (see ``docs/real_data.md`` for the e
 
 Every (dataset, seed, model) run trains with :func:`fusionseg.engine.train.train` for the same
 training-time budget (the LR schedule ends at the budget; data loading counts, checkpoint writes do
-not) and is scored with sliding-window inference and :func:`fusionseg.engine.evaluate.dice_iou`.
+not) and is scored with sliding-window inference and :func:`fusionseg.engine.metrics.dice_iou`.
 The peer, MONAI ``BasicUNet``, is the registered model ``monai_basicunet`` (``fusionseg.nets.external``), so it
 goes through exactly the same loop, loss, optimiser and evaluation; ``basicunet+dff`` is the same network with
 its skips fused by DFF (``fusionseg.plug``).
 Seeds run outside, models inside, so a change of machine load hits every model alike.
 
+The controlled ablation: a model ``NAME+FUSION`` is paired with ``NAME`` (its own concatenation skips,
+e.g. ``basicunet+dff`` with ``basicunet``) when both run; per seed the paired difference (with − without
+the module, same seed, same budget) is reported with its mean ± std over seeds, next to the
+seed-to-seed spread of each arm.
+
 Outputs in ``--output``: ``data/`` (the built datasets), ``runs/DATASET/MODEL_seedK/`` (each
 training run), ``real_data_runs.csv`` (one row per run), ``real_data.csv`` (mean ± std per model and
-dataset) and ``real_data.md`` (the tables and the command).
+dataset), ``real_data_pairs.csv`` (paired differences) and ``real_data.md`` (the tables and the command).
+
+Options that differ per dataset take ``DATASET=VALUE`` entries (a value without ``DATASET=`` applies to
+every dataset): ``--model nuclei2d=basicunet,basicunet+dff brain3d=basicunet,dnet_small``,
+``--time-budget nuclei2d=180 brain3d=420``, ``--patch-size nuclei2d=128,128``, ``--batch-size brain3d=2``.
 
 Example:
-    $ fusionseg bench real_data --seeds 3 --budget2d 180 --budget3d 420 --threads 2
-    $ python -m fusionseg.bench.real_data --seeds 1 --budget2d 3 --budget3d 3   # smoke run
+    $ fusionseg bench real-data --seeds 3 --threads 2
+    $ fusionseg bench real-data --seeds 1 --time-budget 3   # smoke run
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionseg.errors import InputError
+from fusionseg.files import atomic_write, write_text_atomic
 from fusionseg.nets.registry import list_models
 
 __all__ = [
@@ -50,9 +60,11 @@ __all__ = [
     "build_brain3d",
     "build_nuclei2d",
     "default_data_root",
+    "format_pairs",
     "format_tables",
     "label_copy_dice",
     "main",
+    "paired_differences",
     "parse_model_spec",
     "run_benchmark",
     "summarise",
@@ -287,20 +299,23 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
     root = Path(args.data_root)
     output = Path(args.output)
     features = list(args.features)
-    specs = [parse_model_spec(m, features) for m in args.models.split(",") if m.strip()]
-    settings = {
-        "nuclei2d": {"budget": args.budget2d, "patch": args.patch2d, "batch": args.batch2d, "augment": args.augment2d},
-        "brain3d": {"budget": args.budget3d, "patch": args.patch3d, "batch": args.batch3d, "augment": args.augment3d},
-    }
+    threads, reason = set_threads(args.threads)  # once: every run gets the same thread count
+    print(f"CPU threads: {threads} ({reason}), for every run")
     builders = {"nuclei2d": build_nuclei2d, "brain3d": build_brain3d}
     records, copy_dice = [], {}
     for dataset in args.datasets:
+        specs = [parse_model_spec(m, features) for m in args.models_by_dataset[dataset]]
         source = root / dataset
         if not source.is_dir():
             raise InputError(f"{source}: real data folder missing; pass --data-root (the folder holding {dataset}/)")
         data_dir = builders[dataset](source, output / "data" / dataset)
-        s = settings[dataset]
-        for seed in range(args.first_seed, args.first_seed + args.seeds):
+        s = {
+            "budget": args.budget[dataset],
+            "patch": args.patch[dataset],
+            "batch": args.batch[dataset],
+            "augment": args.augment_by_dataset[dataset],
+        }
+        for seed in range(args.seed, args.seed + args.seeds):
             for spec in specs:
                 run_dir = output / "runs" / dataset / f"{spec.label.replace('+', '_')}_seed{seed}"
                 config = TrainConfig(
@@ -321,7 +336,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
                     val_fraction=0.0,
                     seed=seed,
                     device=args.device,
-                    threads=args.threads,
+                    threads=threads,
                     progress=False,
                 )
                 load_before = _load()
@@ -339,7 +354,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
                     "train_time_s": round(summary["train_time_s"], 2),
                     "wall_s": round(time.perf_counter() - start, 2),
                     "params": params,
-                    "threads": set_threads(None)[0],
+                    "threads": threads,
                     "load_before": load_before,
                     "load_after": _load(),
                     **{f"dice_{k}": v for k, v in per_class.items()},
@@ -378,6 +393,99 @@ def summarise(records: list[dict]) -> list[dict]:
     for row in rows:  # the in-run baseline: Dice difference to the peer on the same dataset
         row["diff_vs_peer"] = row["dice_mean"] - peer[row["dataset"]] if row["dataset"] in peer else math.nan
     return rows
+
+
+def baseline_of(label: str, labels: Sequence[str]) -> str | None:
+    """The arm without the module for ``NAME+FUSION`` (``NAME`` or ``NAME+concat``) when it ran, else None."""
+    name, _, fusion = label.partition("+")
+    if not fusion or fusion == "concat":
+        return None
+    for candidate in (name, f"{name}+concat"):
+        if candidate in labels:
+            return candidate
+    return None
+
+
+def paired_differences(records: list[dict]) -> list[dict]:
+    """Per dataset and module arm: Dice(with) − Dice(without) per seed, mean ± std, and each arm's seed spread."""
+    pairs = []
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        runs = [r for r in records if r["dataset"] == dataset]
+        labels = list(dict.fromkeys(r["model"] for r in runs))
+        for label in labels:
+            base = baseline_of(label, labels)
+            if base is None:
+                continue
+            by_seed = {r["seed"]: r for r in runs if r["model"] == label}
+            ref_by_seed = {r["seed"]: r for r in runs if r["model"] == base}
+            seeds = sorted(set(by_seed) & set(ref_by_seed))
+            diffs = [by_seed[k]["dice"] - ref_by_seed[k]["dice"] for k in seeds]
+            with_dice, base_dice = [by_seed[k]["dice"] for k in seeds], [ref_by_seed[k]["dice"] for k in seeds]
+            pair = {
+                "dataset": dataset,
+                "with": label,
+                "without": base,
+                "seeds": seeds,
+                "diffs": diffs,
+                "diff_mean": float(np.mean(diffs)) if diffs else math.nan,
+                "diff_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan,
+                "spread_with": float(np.std(with_dice, ddof=1)) if len(seeds) > 1 else math.nan,
+                "spread_without": float(np.std(base_dice, ddof=1)) if len(seeds) > 1 else math.nan,
+                "iterations_with": float(np.mean([by_seed[k]["iterations"] for k in seeds])) if seeds else math.nan,
+                "iterations_without": float(np.mean([ref_by_seed[k]["iterations"] for k in seeds]))
+                if seeds
+                else math.nan,
+            }
+            pair["verdict"] = paired_verdict(pair)
+            pairs.append(pair)
+    return pairs
+
+
+def paired_verdict(pair: dict) -> str:
+    """The paired difference in words: larger than the seed-to-seed spread of the arms, or within it."""
+    mean, n = pair["diff_mean"], len(pair["diffs"])
+    if n < 2 or not math.isfinite(pair["diff_std"]):
+        return f"one seed only: {mean:+.4f}, no spread to compare with"
+    spread = max(pair["spread_with"], pair["spread_without"])
+    se = pair["diff_std"] / math.sqrt(n)
+    if abs(mean) > spread and abs(mean) > 2 * se:
+        side = "better" if mean > 0 else "worse"
+        return f"{side} by more than the seed-to-seed spread (|Δ| {abs(mean):.4f} > spread {spread:.4f}, > 2 s.e.)"
+    return f"within the seed-to-seed spread (|Δ| {abs(mean):.4f} vs spread {spread:.4f}, s.e. {se:.4f})"
+
+
+def format_pairs(pairs: list[dict]) -> str:
+    """Markdown table of :func:`paired_differences`."""
+    from fusionseg.engine.report import format_table
+
+    if not pairs:
+        return ""
+    seeds = sorted({k for p in pairs for k in p["seeds"]})
+    return "Paired differences (with − without the module, same seed and budget):\n\n" + format_table(
+        [
+            "dataset",
+            "with",
+            "without",
+            *[f"Δ seed {k}" for k in seeds],
+            "Δ mean ± std",
+            "spread with / without",
+            "iterations with / without",
+            "verdict",
+        ],
+        [
+            [
+                p["dataset"],
+                p["with"],
+                p["without"],
+                *[f"{dict(zip(p['seeds'], p['diffs'])).get(k, math.nan):+.4f}" for k in seeds],
+                f"{p['diff_mean']:+.4f} ± {p['diff_std']:.4f}",
+                f"{p['spread_with']:.4f} / {p['spread_without']:.4f}",
+                f"{p['iterations_with']:.0f} / {p['iterations_without']:.0f}",
+                p["verdict"],
+            ]
+            for p in pairs
+        ],
+    )
 
 
 def _delta(row: dict) -> str:
@@ -438,7 +546,7 @@ def format_tables(rows: list[dict], budgets: dict[str, float], copy_dice: dict[s
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -454,64 +562,187 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+# Defaults per dataset: the controlled ablation of issue 12 (same backbone with and without the module).
+DEFAULTS = {
+    "model": {
+        "nuclei2d": "basicunet,basicunet+dff,basicunet+tif,unet+dff",
+        "brain3d": "basicunet,basicunet+dff,dnet_small",
+    },
+    "time_budget": {"nuclei2d": "180", "brain3d": "420"},
+    "patch_size": {"nuclei2d": "128,128", "brain3d": "48,64,64"},
+    "batch_size": {"nuclei2d": "4", "brain3d": "2"},
+    "augment": {"nuclei2d": "true", "brain3d": "false"},
+}
+
+
+def per_dataset(entries: Sequence[str] | None, option: str, default: dict[str, str]) -> dict[str, str]:
+    """``["nuclei2d=128,128", "64,64,64"]`` → ``{dataset: text}``; a value without ``DATASET=`` applies to all."""
+    out = dict(default)
+    everywhere = [e for e in entries or [] if "=" not in e]
+    if everywhere:
+        out = {d: ",".join(everywhere) for d in DATASETS}
+    for entry in entries or []:
+        name, sep, value = entry.partition("=")
+        if not sep:
+            continue
+        if name not in DATASETS:
+            raise InputError(f"{option} {entry}: unknown dataset {name!r}; use one of {', '.join(DATASETS)}")
+        out[name] = value
+    return out
+
+
+def _per_dataset_values(text: dict[str, str], option: str, parse) -> dict[str, object]:
+    values = {}
+    for dataset, value in text.items():
+        try:
+            values[dataset] = parse(value)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise InputError(f"{option} {dataset}={value}: {err}") from None
+    return values
+
+
+def _bool(text: str) -> bool:
+    from fusionseg.cli.options import boolean
+
+    return boolean(text)
+
+
+def _defaults_text(option: str) -> str:
+    return " ".join(f"{d}={v}" for d, v in DEFAULTS[option].items())
+
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
+    from fusionseg.cli.options import add_alias, positive_int
+
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=None, help="folder with nuclei2d/ and brain3d/ (../shared/data)")
     p.add_argument("--output", type=Path, default=Path("runs/bench_real_data"), help="results folder")
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: nuclei2d,brain3d")
     p.add_argument(
-        "--models",
-        default="basicunet,unet+concat,unet+dff",
-        help="basicunet (peer), unet+FUSION, basicunet+FUSION (BasicUNet with that skip fusion), NAME+FUSION "
-        "or registered names",
-    )
-    p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
-    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed … first-seed+seeds-1")
-    p.add_argument("--budget2d", type=float, default=180.0, help="training seconds per 2D run (default 180)")
-    p.add_argument("--budget3d", type=float, default=420.0, help="training seconds per 3D run (default 420)")
-    p.add_argument("--features", type=_ints, default=[16, 32, 64, 128, 256], help="U-Net widths (peer: + first)")
-    p.add_argument("--patch2d", type=_ints, default=[128, 128], help="2D training patch (default 128,128)")
-    p.add_argument("--patch3d", type=_ints, default=[48, 64, 64], help="3D training patch at 2 mm (default 48,64,64)")
-    p.add_argument("--batch2d", type=int, default=4, help="2D batch size (default 4)")
-    p.add_argument("--batch3d", type=int, default=1, help="3D batch size (default 1)")
-    p.add_argument("--no-augment2d", dest="augment2d", action="store_false", help="2D without augmentation")
+        "--model", nargs="+", metavar="[DATASET=]SPECS",
+        help="comma-separated models per dataset: basicunet (MONAI peer), NAME+FUSION (NAME with that skip fusion: "
+        "unet+dff, basicunet+tif, nnunet_plain+dff, ...) or registered names. Default "
+        + _defaults_text("model"),
+    )  # fmt: skip
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per model (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="first seed: seeds are seed … seed+seeds-1 (default 0)")
     p.add_argument(
-        "--augment3d", action="store_true", help="3D with the engine's augmentation (default off: it flips all axes)"
-    )
+        "--time-budget", nargs="+", metavar="[DATASET=]SECONDS",
+        help="training seconds per run (default " + _defaults_text("time_budget") + ")",
+    )  # fmt: skip
+    p.add_argument(
+        "--patch-size", nargs="+", metavar="[DATASET=]N,N[,N]",
+        help="training patch (default " + _defaults_text("patch_size") + ")",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-size", nargs="+", metavar="[DATASET=]N",
+        help="patches per iteration (default " + _defaults_text("batch_size") + ")",
+    )  # fmt: skip
+    p.add_argument(
+        "--augment", nargs="+", metavar="[DATASET=]BOOL",
+        help="the engine's augmentation (default " + _defaults_text("augment") + "; 3D flips hurt at short budgets)",
+    )  # fmt: skip
+    p.add_argument("--features", type=_ints, default=[16, 32, 64, 128, 256], help="U-Net widths (peer: + first)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="default adamw")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
     p.add_argument("--iters-per-epoch", type=int, default=50, help="iterations between checkpoint writes")
     p.add_argument("--eval-overlap", type=float, default=0.5, help="sliding-window overlap at test time")
-    p.add_argument("--threads", default=None, help="CPU threads per run: a number or auto (default: torch's)")
+    p.add_argument(
+        "--threads", default="auto", help="CPU threads of every run: auto (idle cores, chosen once) or a number"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    # Old spellings (one release): they print a note.
+    add_alias(p, "--models", "--model", "model", nargs="+")
+    add_alias(p, "--first-seed", "--seed", "seed", type=int)
+    for old in ("--budget2d", "--budget3d", "--patch2d", "--patch3d", "--batch2d", "--batch3d"):
+        new = {"budget": "--time-budget", "patch": "--patch-size", "batch": "--batch-size"}[old[2:-2]]
+        add_alias(p, old, f"{new} {'nuclei2d' if old.endswith('2d') else 'brain3d'}=…", f"old_{old[2:]}")
+    add_alias(p, "--no-augment2d", "--augment nuclei2d=false", "old_no_augment2d", const=True)
+    add_alias(p, "--augment3d", "--augment brain3d=true", "old_augment3d", const=True)
     return p
 
 
-def main(argv: list[str] | None = None, prog: str = "fusionseg bench real_data") -> int:
+def resolve_options(args: argparse.Namespace) -> argparse.Namespace:
+    """Per-dataset values of --model, --time-budget, --patch-size, --batch-size, --augment (old spellings merged)."""
+    old = {k: v for k, v in vars(args).items() if k.startswith("old_") and v is not None}
+    extra = {"time_budget": [], "patch_size": [], "batch_size": [], "augment": []}
+    for key, value in old.items():
+        name = key[4:]
+        if name in ("budget2d", "budget3d"):
+            extra["time_budget"].append(f"{'nuclei2d' if name.endswith('2d') else 'brain3d'}={value}")
+        elif name in ("patch2d", "patch3d"):
+            extra["patch_size"].append(f"{'nuclei2d' if name.endswith('2d') else 'brain3d'}={value}")
+        elif name in ("batch2d", "batch3d"):
+            extra["batch_size"].append(f"{'nuclei2d' if name.endswith('2d') else 'brain3d'}={value}")
+        elif name == "no_augment2d":
+            extra["augment"].append("nuclei2d=false")
+        elif name == "augment3d":
+            extra["augment"].append("brain3d=true")
+    models = per_dataset(args.model, "--model", DEFAULTS["model"])
+    args.models_by_dataset = {d: [m for m in v.split(",") if m.strip()] for d, v in models.items()}
+    args.budget = _per_dataset_values(
+        per_dataset((args.time_budget or []) + extra["time_budget"], "--time-budget", DEFAULTS["time_budget"]),
+        "--time-budget", _positive_seconds,
+    )  # fmt: skip
+    args.patch = _per_dataset_values(
+        per_dataset((args.patch_size or []) + extra["patch_size"], "--patch-size", DEFAULTS["patch_size"]),
+        "--patch-size", _ints,
+    )  # fmt: skip
+    args.batch = _per_dataset_values(
+        per_dataset((args.batch_size or []) + extra["batch_size"], "--batch-size", DEFAULTS["batch_size"]),
+        "--batch-size", _positive,
+    )  # fmt: skip
+    args.augment_by_dataset = _per_dataset_values(
+        per_dataset((args.augment or []) + extra["augment"], "--augment", DEFAULTS["augment"]), "--augment", _bool
+    )
+    for dataset, dims in (("nuclei2d", 2), ("brain3d", 3)):
+        if len(args.patch[dataset]) != dims:
+            raise InputError(f"--patch-size {dataset}= needs {dims} sizes, got {args.patch[dataset]}")
+    return args
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0 seconds")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be ≥ 1")
+    return value
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench real-data") -> int:
     args = build_parser(prog).parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     bad = [d for d in args.datasets if d not in DATASETS]
     if bad or not args.datasets:
         raise InputError(f"--datasets: unknown {bad or 'empty list'}; choose from {', '.join(DATASETS)}")
-    if args.seeds < 1:
-        raise InputError(f"--seeds must be ≥ 1, got {args.seeds}")
-    if min(args.budget2d, args.budget3d) <= 0:
-        raise InputError("--budget2d and --budget3d must be > 0 seconds")
-    if len(args.patch2d) != 2 or len(args.patch3d) != 3:
-        raise InputError("--patch2d needs 2 sizes (e.g. 128,128) and --patch3d 3 (e.g. 48,64,64)")
+    resolve_options(args)
+    for dataset in args.datasets:
+        for spec in args.models_by_dataset[dataset]:
+            parse_model_spec(spec, args.features)  # unknown names fail before any training
     if args.data_root is None:
         args.data_root = default_data_root()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     records, copy_dice = run_benchmark(args)
     rows = summarise(records)
+    pairs = paired_differences(records)
     _write_csv(output / "real_data_runs.csv", records)
     _write_csv(output / "real_data.csv", rows)
-    table = format_tables(rows, {"nuclei2d": args.budget2d, "brain3d": args.budget3d}, copy_dice)
+    if pairs:
+        _write_csv(output / "real_data_pairs.csv", [{**p, "seeds": p["seeds"], "diffs": p["diffs"]} for p in pairs])
+    table = format_tables(rows, args.budget, copy_dice)
+    if pairs:
+        table += "\n\n" + format_pairs(pairs)
     command = f"{prog} " + " ".join(argv if argv is not None else sys.argv[1:])
     loads = [r["load_before"] for r in records]
     machine = f"{os.cpu_count()} CPU cores, 1-min load average {min(loads)}–{max(loads)} during the runs"
-    (output / "real_data.md").write_text(f"# Real-data benchmark\n\n`{command}`\n\n{machine}\n\n{table}\n")
+    write_text_atomic(output / "real_data.md", f"# Real-data benchmark\n\n`{command}`\n\n{machine}\n\n{table}\n")
     print(table)
     print(machine)
     print(f"wrote {output / 'real_data_runs.csv'}, {output / 'real_data.csv'} and {output / 'real_data.md'}")
