@@ -8,6 +8,7 @@ import pytest
 
 from fusionseg.bench import main as bench_main
 from fusionseg.bench import modules
+from fusionseg.errors import InputError
 
 
 def test_quick_benchmark_prints_table_and_json(tmp_path, capsys):
@@ -40,7 +41,7 @@ def test_bad_options_exit_with_usage():
         modules.main(["--repeats", "0"])
     with pytest.raises(SystemExit):
         modules.main(["--only", "unet"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="--threads"):  # one rule for --threads in every command
         modules.main(["--threads", "0"])
 
 

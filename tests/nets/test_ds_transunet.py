@@ -321,6 +321,6 @@ def test_official_forward_and_bench_smoke(capsys):
     with torch.no_grad():
         outs = net(torch.randn(1, 3, 64, 64))
     assert [tuple(o.shape) for o in outs] == [(1, 1, 64, 64)] * 3
-    assert main(["--quick", "--no-peer"]) == 0
+    assert main(["--quick", "--no-peers", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "speed-up vs explicit" in out and "ds_transunet_small" in out

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionseg.bench.common import format_table, peak_memory_mb, time_call
-from fusionseg.engine.runtime import NO_BF16_NOTE, amp_dtype
+from fusionseg.engine.runtime import NO_BF16_NOTE, amp_dtype, set_threads
 from fusionseg.fusion import DFF
 from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.nets.dnet import DNet, bf16_autocast
@@ -161,14 +161,13 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
     parser.add_argument("--no-peers", action="store_true", help="skip SwinUNETR and DynUNet")
     parser.add_argument("--no-train", action="store_true", help="inference only")
     parser.add_argument("--out-channels", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores, default) or a number")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.repeats, args.no_peers = args.sizes[:1], 1, True
     if any(s % 32 for s in args.sizes):
         parser.error(f"sizes must be multiples of 32, got {args.sizes}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads, reason = set_threads(args.threads)
     torch.manual_seed(0)
     k = args.out_channels
 
@@ -177,7 +176,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
         for name, p in dnet.named_parameters():
             if name.endswith("layer_scale"):
                 p.fill_(0.1)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; D-Net v2 in 1, out {k}, deep supervision")
+    print(f"torch {torch.__version__}, {threads} threads ({reason}); D-Net v2 in 1, out {k}, deep supervision")
 
     # bf16 only where this CPU computes it natively (fusionseg.engine.runtime's rule for --amp): elsewhere it
     # is emulated, many times slower than fp32, and a timing of the emulation would mislead.

@@ -88,12 +88,12 @@ def _measure_together(fn: Callable[[], object], repeats: int, warmup: int) -> di
 
 
 def table_models(args: argparse.Namespace) -> str:
-    x = torch.randn(args.batch, 3, args.size, args.size)
+    x = torch.randn(args.batch_size, 3, args.size, args.size)
     builders: list[tuple[str, Callable[[], nn.Module | None]]] = []
     if not args.quick:
         builders.append(("ds_transunet (official)", lambda: create_model("ds_transunet")))
     builders.append(("ds_transunet_small", lambda: create_model("ds_transunet_small")))
-    if not args.no_peer:
+    if not args.no_peers:
         builders.append(("MONAI SwinUNETR 2D (fs 48)", _swin_unetr))
     rows = []
     for name, build in builders:
@@ -109,7 +109,7 @@ def table_models(args: argparse.Namespace) -> str:
         del model
         gc.collect()
     header = ["model", "params (M)", "forward (s)", "forward peak (MiB)", "train step (s)", "train peak (MiB)"]
-    title = f"input {args.batch}×3×{args.size}², fp32, repeats {args.repeats}, warmup {args.warmup}"
+    title = f"input {args.batch_size}×3×{args.size}², fp32, repeats {args.repeats}, warmup {args.warmup}"
     return title + "\n\n" + format_table(header, rows)
 
 
@@ -117,7 +117,7 @@ def table_attention(args: argparse.Namespace) -> str:
     name = "ds_transunet_small" if args.quick else "ds_transunet"
     torch.manual_seed(0)
     model = create_model(name)
-    x = torch.randn(args.big_batch, 3, args.big_size, args.big_size)
+    x = torch.randn(args.big_batch_size, 3, args.big_size, args.big_size)
     step = _train_step_fn(model, x)
     # Prime once at 64²: optimizer state and first-call allocations stay out of every row's numbers.
     _train_step_fn(model, torch.randn(1, 3, 64, 64), optimizer=step.optimizer)()
@@ -140,39 +140,50 @@ def table_attention(args: argparse.Namespace) -> str:
     ]
     header = ["training step", "time (s)", "speed-up vs explicit", "peak (MiB)", "memory vs explicit"]
     title = (
-        f"{name} training step, input {args.big_batch}×3×{args.big_size}², fp32, "
+        f"{name} training step, input {args.big_batch_size}×3×{args.big_size}², fp32, "
         f"repeats {args.big_repeats}, warmup {args.big_warmup}"
     )
     return title + "\n\n" + format_table(header, rows)
 
 
-def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds_transunet") -> int:
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds-transunet") -> int:
+    from fusionseg.cli.options import add_alias
+    from fusionseg.engine.runtime import set_threads
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 64² / 128², small preset only, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row of the model table (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
     parser.add_argument("--size", type=int, default=256, help="input side of the model table (multiple of 64)")
-    parser.add_argument("--batch", type=int, default=1, help="batch of the model table")
+    parser.add_argument("--batch-size", type=int, default=1, help="batch of the model table")
     parser.add_argument("--big-size", type=int, default=512, help="input side of the attention table")
-    parser.add_argument("--big-batch", type=int, default=2, help="batch of the attention table")
+    parser.add_argument("--big-batch-size", type=int, default=2, help="batch of the attention table")
     parser.add_argument("--big-repeats", type=int, default=1, help="timed runs per row of the attention table")
     parser.add_argument("--big-warmup", type=int, default=0, help="untimed steps per attention row")
     parser.add_argument("--skip-models", action="store_true", help="only the attention table")
     parser.add_argument("--skip-attention", action="store_true", help="only the model table")
-    parser.add_argument("--no-peer", action="store_true", help="leave out MONAI SwinUNETR")
+    parser.add_argument("--no-peers", action="store_true", help="leave out MONAI SwinUNETR")
+    parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores, default) or a number")
+    add_alias(parser, "--batch", "--batch-size", "batch_size", type=int)
+    add_alias(parser, "--big-batch", "--big-batch-size", "big_batch_size", type=int)
+    add_alias(parser, "--no-peer", "--no-peers", "no_peers", const=True)
     args = parser.parse_args(argv)
+    threads, reason = set_threads(args.threads)
     if args.quick:
-        args.size, args.big_size, args.big_batch = 64, 128, 1
+        args.size, args.big_size, args.big_batch_size = 64, 128, 1
         args.repeats = args.big_repeats = 1
         args.warmup = min(args.warmup, 1)
         args.big_warmup = 0
     for side in (args.size, args.big_size):
         if side % 64 or side < 64:
             parser.error(f"sizes must be multiples of 64 (DS-TransUNet size_multiple), got {side}")
-    if min(args.repeats, args.big_repeats, args.batch, args.big_batch) < 1 or min(args.warmup, args.big_warmup) < 0:
+    if (
+        min(args.repeats, args.big_repeats, args.batch_size, args.big_batch_size) < 1
+        or min(args.warmup, args.big_warmup) < 0
+    ):
         parser.error("--repeats, --big-repeats and batches must be >= 1, warmups >= 0")
     print(
-        f"# fusionseg bench ds_transunet — torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"# fusionseg bench ds-transunet — torch {torch.__version__}, {threads} threads ({reason}), "
         f"{platform.processor() or platform.machine()}, command: {' '.join([prog, *(argv or [])])}"
     )
     # The long 512² comparison runs first so that its numbers are out early.

@@ -8,7 +8,7 @@ with the speedup (plain time / fast time) and the memory ratio (fast peak / plai
 Timings alternate plain and fast runs, so load from other processes hits both alike.
 
 Usage:
-    fusionseg bench modules [--repeats 3] [--warmup 1] [--quick] [--only dff|tif] [--threads N] [--json FILE]
+    fusionseg bench modules [--repeats 3] [--warmup 1] [--quick] [--only dff|tif] [--threads auto|N] [--json FILE]
     python -m fusionseg.bench.modules --quick
 """
 
@@ -236,17 +236,18 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench modules") -
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, seconds)")
     parser.add_argument("--only", choices=("dff", "tif"), help="benchmark only one module family")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
+    parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores, default) or a number")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
-        parser.error("--repeats and --threads must be >= 1, --warmup >= 0")
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1, --warmup >= 0")
+    from fusionseg.engine.runtime import set_threads
+
     previous_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads, reason = set_threads(args.threads)
     try:
         torch.manual_seed(0)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu", flush=True)
+        print(f"torch {torch.__version__}, {threads} threads ({reason}), device cpu", flush=True)
         results = []
         for case in cases(args.quick, args.only):
             results += run_case(case, args.repeats, args.warmup)
