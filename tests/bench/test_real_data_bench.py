@@ -102,7 +102,7 @@ def _smoke(shared_data, out, dataset: str, seeds: int) -> list[dict]:
     argv = ["--data-root", str(shared_data), "--output", str(out), "--datasets", dataset, "--seeds", str(seeds)]
     argv += ["--time-budget", "0.5", "--features", "4,8,8,16,16", "--patch-size", "nuclei2d=64,64"]
     argv += ["brain3d=32,32,32", "--batch-size", "brain3d=1", "--model", "basicunet,basicunet+dff", "--threads", "1"]
-    assert real_data.main([*argv, "--eval-overlap", "0"]) == 0
+    assert real_data.main([*argv, "--overlap", "0"]) == 0
     with open(out / "real_data_runs.csv") as f:
         runs = list(csv.DictReader(f))
     assert {(r["dataset"], r["model"], int(r["seed"])) for r in runs} == {

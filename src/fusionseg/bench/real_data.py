@@ -343,7 +343,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
                 print(f"== {dataset} | {spec.label} | seed {seed}: {s['budget']:g} s (load {load_before}) → {run_dir}")
                 start = time.perf_counter()
                 best = train(config)
-                dice, per_class, params = _score(best, data_dir, args.device, args.eval_overlap)
+                dice, per_class, params = _score(best, data_dir, args.device, args.overlap)
                 summary = json.loads((run_dir / "train_summary.json").read_text())
                 record = {
                     "dataset": dataset,
@@ -646,7 +646,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="default adamw")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default 3e-3)")
     p.add_argument("--iters-per-epoch", type=int, default=50, help="iterations between checkpoint writes")
-    p.add_argument("--eval-overlap", type=float, default=0.5, help="sliding-window overlap at test time")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap at test time (default 0.5)")
     p.add_argument(
         "--threads", default="auto", help="CPU threads of every run: auto (idle cores, chosen once) or a number"
     )
@@ -654,6 +654,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     # Old spellings (one release): they print a note.
     add_alias(p, "--models", "--model", "model", nargs="+")
     add_alias(p, "--first-seed", "--seed", "seed", type=int)
+    add_alias(p, "--eval-overlap", "--overlap", "overlap", type=float)
     for old in ("--budget2d", "--budget3d", "--patch2d", "--patch3d", "--batch2d", "--batch3d"):
         new = {"budget": "--time-budget", "patch": "--patch-size", "batch": "--batch-size"}[old[2:-2]]
         add_alias(p, old, f"{new} {'nuclei2d' if old.endswith('2d') else 'brain3d'}=…", f"old_{old[2:]}")
