@@ -75,9 +75,9 @@ def test_empty_mask_conventions():
     empty = np.zeros((8, 8), np.uint8)
     full = _box((8, 8), (2, 2), (5, 5))
     both_empty = case_metrics(empty, empty, (1, 1), [1])[1]
-    assert both_empty == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "msd": 0.0}
+    assert both_empty == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "msd": 0.0, "nsd": 1.0}
     missed = case_metrics(empty, full, (1, 1), [1])[1]
-    assert missed["dice"] == 0.0 and missed["iou"] == 0.0
+    assert missed["dice"] == 0.0 and missed["iou"] == 0.0 and missed["nsd"] == 0.0
     assert math.isnan(missed["hd95"]) and math.isnan(missed["msd"])
 
 
@@ -140,7 +140,7 @@ def test_evaluate_main_writes_csv_json_and_overlays(tmp_path):
     )
     assert code == 0
     lines = (out / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "case,label,dice,iou,hd95,msd" and len(lines) == 1 + 4
+    assert lines[0] == "case,label,dice,iou,hd95,msd,nsd" and len(lines) == 1 + 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["missing"] == ["lonely"]
     assert len(summary["overlays"]) == 3  # 2 worst + 2 best of 3 predicted cases, no duplicates
