@@ -1,7 +1,8 @@
 """On-disk dataset builders shared by the tests (importable: pytest puts tests/ on sys.path).
 
 ``save_any`` writes an array in any registry format with the format's own library (an independent
-reference for fusionseg's readers); ``nnunet_dataset`` writes a whole nnU-Net raw dataset.
+reference for fusionseg's readers); ``nnunet_dataset`` writes a whole nnU-Net raw dataset;
+``check_written_probabilities`` reads ``fusionseg predict --probabilities`` outputs back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["LPS", "OBLIQUE_3D", "nnunet_dataset", "save_any", "save_nifti", "write_dataset_json"]
+__all__ = [
+    "LPS",
+    "OBLIQUE_3D",
+    "check_written_probabilities",
+    "nnunet_dataset",
+    "save_any",
+    "save_nifti",
+    "write_dataset_json",
+]
 
 
 def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
@@ -95,3 +104,24 @@ def nnunet_dataset(
         save_any(root / "labelsTr" / f"{case}{ext}", label_maps[case], affine)
     write_dataset_json(root, file_ending=ext, **dataset_json)
     return root
+
+
+def check_written_probabilities(pred_dir: Path, pre: dict) -> int:
+    """Read every written probability file back: sums to 1 (softmax) or lies in [0, 1] (sigmoid), and its
+    argmax / region painting is exactly the written label map. Returns how many were checked."""
+    from fusionseg.data import LabelLayout, read_image, read_label
+
+    layout = LabelLayout.from_preprocessing(pre)
+    checked = 0
+    for prob_path in sorted(pred_dir.glob("*_probabilities.*")):
+        cid = prob_path.name.split("_probabilities")[0]
+        label_path = next(p for p in pred_dir.iterdir() if p.name.split(".")[0] == cid)
+        probs, _ = read_image(prob_path)
+        label, _ = read_label(label_path)
+        assert probs.dtype == np.float32 and probs.shape == (layout.out_channels, *label.shape)
+        if layout.activation == "softmax":
+            np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+        assert probs.min() >= 0.0 and probs.max() <= 1.0
+        np.testing.assert_array_equal(layout.to_label_map(probs), label)
+        checked += 1
+    return checked

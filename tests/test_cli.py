@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataset_builders import OBLIQUE_3D, nnunet_dataset
+from dataset_builders import OBLIQUE_3D, check_written_probabilities, nnunet_dataset
 from fusionseg.cli import main as cli_main
 from fusionseg.data import make_phantom_dataset
 
@@ -135,6 +135,14 @@ def test_ablate(phantoms, tmp_path):
         (["ablate", "--data", ".", "--time-budget", "1", "--fusion", "concat,magic"], "unknown"),
         (["ablate", "--data", "."], "--time-budget is required"),
         (["demo", "--threads", "zero"], "--threads"),
+        (["train", "--data", "/nonexistent", "--fold", "x"], "--fold must be"),
+        (["train", "--data", ".", "--folds", "0,x"], "--folds must be"),
+        (["train", "--data", ".", "--fold", "0", "--num-folds", "1"], "--num-folds"),
+        (
+            ["predict", "--checkpoint", "a.pt", "--postprocess", "/nonexistent.json", "--input", ".", "--output", "/x"],
+            "--postprocess",
+        ),
+        (["evaluate", "--pred", ".", "--gt", ".", "--dataset-json", "/nonexistent"], "--dataset-json"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys):
@@ -234,10 +242,10 @@ def _nested(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return label
 
 
-def _layout_dataset(root: Path, kind: str) -> tuple[Path, list[str]]:
-    """A 3-case nnU-Net dataset of ``kind`` → (root, training --patch-size)."""
+def _layout_dataset(root: Path, kind: str, num_cases: int = 3) -> tuple[Path, list[str]]:
+    """An nnU-Net dataset of ``kind`` → (root, training --patch-size)."""
     rng = np.random.default_rng(0)
-    cases = [f"case{i}" for i in range(3)]
+    cases = [f"case{i}" for i in range(num_cases)]
     images, labels = {}, {}
     if kind == "regions":
         shape, ext, affine, patch = (16, 14, 12), ".nii.gz", OBLIQUE_3D, ["14,16,12"]
@@ -282,27 +290,6 @@ def _layout_dataset(root: Path, kind: str) -> tuple[Path, list[str]]:
             images[c] = [(base * (k + 1) - 100 * k).astype(np.float32) for k in range(len(channel_names))]
     nnunet_dataset(root, images, labels, ext, affine, **entries)
     return root, ["--patch-size", *patch]
-
-
-def _check_probabilities(pred_dir: Path, pre: dict) -> int:
-    """Read every written probability file back: sums to 1 (softmax) or lies in [0, 1] (sigmoid), and its
-    argmax / region painting is exactly the written label map. Returns how many were checked."""
-    from fusionseg.data import LabelLayout, read_image, read_label
-
-    layout = LabelLayout.from_preprocessing(pre)
-    checked = 0
-    for prob_path in sorted(pred_dir.glob("*_probabilities.*")):
-        cid = prob_path.name.split("_probabilities")[0]
-        label_path = next(p for p in pred_dir.iterdir() if p.name.split(".")[0] == cid)
-        probs, _ = read_image(prob_path)
-        label, _ = read_label(label_path)
-        assert probs.dtype == np.float32 and probs.shape == (layout.out_channels, *label.shape)
-        if layout.activation == "softmax":
-            np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-        assert probs.min() >= 0.0 and probs.max() <= 1.0
-        np.testing.assert_array_equal(layout.to_label_map(probs), label)
-        checked += 1
-    return checked
 
 
 def _train_predict_evaluate(root: Path, work: Path, train_args: list[str], probabilities: bool = True) -> dict:
@@ -354,6 +341,85 @@ def test_nnunet_layouts_train_predict_evaluate(kind, activation, out_channels, s
     if kind == "channels4":
         schemes = [c["scheme"] for c in pre["channel_normalisation"]]
         assert schemes == ["ct", "noNorm", "rescale_to_0_1", "zscore"]
-    assert _check_probabilities(result["pred"], pre) == 3
+    assert check_written_probabilities(result["pred"], pre) == 3
     out = capsys.readouterr().out
     assert ("| region |" if activation == "sigmoid" else "| class |") in out and "NSD (1 mm)" in out
+
+
+def _npz(path: Path) -> np.ndarray:
+    return np.load(path)["probabilities"]
+
+
+def _png(path: Path) -> np.ndarray:
+    from fusionseg.data import read_label
+
+    return read_label(path)[0]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cross_validation_ensemble_and_postprocessing(tmp_path, capsys):
+    """train --folds all (2 folds) → fold runs on splits_final.json, mean ± std, postprocessing.json; predict with
+    a run folder = the fold ensemble (mean probabilities) + its postprocessing; mismatched models are refused."""
+    from fusionseg.engine.postprocess import apply_postprocessing
+
+    root, patch = _layout_dataset(tmp_path / "Dataset_cv", "ignore", num_cases=4)
+    run = tmp_path / "cv"
+    argv = ["train", "--data", root, "--output", run, "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2"]
+    tiny = ["--model-kwargs", '{"features": [4, 8]}', "--threads", "1", "--no-progress", *patch]
+    assert cli_main([*map(str, argv), *tiny, "--folds", "all", "--num-folds", "2"]) == 0
+    out = capsys.readouterr().out
+    splits = json.loads((root / "splits_final.json").read_text())
+    assert len(splits) == 2 and sorted(splits[0]["val"] + splits[1]["val"]) == [f"case{i}" for i in range(4)]
+    fold_dice = []
+    for k in (0, 1):
+        fold = run / f"fold_{k}"
+        assert json.loads((fold / "train_summary.json").read_text())["val_cases"] == splits[k]["val"]
+        assert sorted(p.name for p in (fold / "validation").glob("*.png")) == [f"{c}.png" for c in splits[k]["val"]]
+        fold_dice.append(json.loads((fold / "validation" / "summary.json").read_text())["mean"]["dice"])
+    summary = json.loads((run / "crossval_summary.json").read_text())
+    assert [f["dice"] for f in summary["folds"]] == pytest.approx(fold_dice) and summary["complete"]
+    assert summary["dice_mean"] == pytest.approx(np.mean(fold_dice))
+    assert summary["dice_std"] == pytest.approx(np.std(fold_dice))
+    assert f"cross-validation Dice {np.mean(fold_dice):.4f} ± {np.std(fold_dice):.4f} over 2 fold(s)" in out
+    chosen = json.loads((run / "postprocessing.json").read_text())
+    assert set(chosen["dice_before"]) == {"c1", "c2"} and chosen["num_cases"] == 4
+    # A plan that surely changes these fragmented predictions, to see that predict applies the run folder's file.
+    plan = {"keep_largest_component": [{"name": "c1", "values": [1]}, {"name": "c2", "values": [2]}]}
+    (run / "postprocessing.json").write_text(json.dumps(plan))
+
+    def predict(name: str, *args) -> Path:
+        out_dir = tmp_path / name
+        argv = ["predict", "--input", root / "imagesTr", "--output", out_dir, "--probabilities", "--threads", "1"]
+        assert cli_main([*map(str, argv), "--no-progress", *map(str, args)]) == 0
+        return out_dir
+
+    f0 = predict("f0", "--checkpoint", run / "fold_0" / "best.pt")
+    f1 = predict("f1", "--checkpoint", run / "fold_1" / "best.pt")
+    ens = predict("ens", "--checkpoint", run / "fold_0" / "best.pt", run / "fold_1" / "best.pt")
+    folder = predict("folder", "--checkpoint", run)  # the run folder: ensemble + its postprocessing.json
+    raw = predict("raw", "--checkpoint", run, "--no-postprocess")
+    explicit = predict("explicit", "--checkpoint", run / "fold_0" / "best.pt", run / "fold_1" / "best.pt",
+                       "--postprocess", run / "postprocessing.json")  # fmt: skip
+    changed = 0
+    for case in (f"case{i}" for i in range(4)):
+        mean = (_npz(f0 / f"{case}_probabilities.npz") + _npz(f1 / f"{case}_probabilities.npz")) / 2
+        np.testing.assert_allclose(_npz(ens / f"{case}_probabilities.npz"), mean, atol=1e-6)
+        np.testing.assert_array_equal(
+            _npz(folder / f"{case}_probabilities.npz"), _npz(ens / f"{case}_probabilities.npz")
+        )
+        np.testing.assert_array_equal(_png(raw / f"{case}.png"), _png(ens / f"{case}.png"))
+        cleaned = apply_postprocessing(_png(ens / f"{case}.png"), plan)
+        np.testing.assert_array_equal(_png(folder / f"{case}.png"), cleaned)
+        np.testing.assert_array_equal(_png(explicit / f"{case}.png"), cleaned)
+        changed += not np.array_equal(cleaned, _png(raw / f"{case}.png"))
+    assert changed > 0
+    from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
+
+    ckpt = load_checkpoint(run / "fold_1" / "best.pt")
+    pre = {**ckpt["preprocessing"], "channel_normalisation": [{"scheme": "noNorm"}]}
+    other = save_checkpoint(tmp_path / "other.pt", build_checkpoint(rebuild_model(ckpt), preprocessing=pre, rng=False))
+    capsys.readouterr()
+    argv = ["predict", "--checkpoint", run / "fold_0" / "best.pt", other, "--input", root, "--output", tmp_path / "x"]
+    assert cli_main([*map(str, argv)]) == 2
+    err = capsys.readouterr().err
+    assert "preprocessing differs" in err and "channel_normalisation" in err and len(err.strip().splitlines()) == 1
