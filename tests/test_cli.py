@@ -413,6 +413,14 @@ def test_cross_validation_ensemble_and_postprocessing(tmp_path, capsys):
         np.testing.assert_array_equal(_png(explicit / f"{case}.png"), cleaned)
         changed += not np.array_equal(cleaned, _png(raw / f"{case}.png"))
     assert changed > 0
+    # Another invocation for fold 1 only: resumes the finished fold (no new epoch) and summarises both folders.
+    log_before = (run / "fold_1" / "log.csv").read_text()
+    capsys.readouterr()
+    assert cli_main([*map(str, argv), *tiny, "--folds", "1", "--resume"]) == 0
+    assert "over 2 fold(s)" in capsys.readouterr().out and (run / "fold_1" / "log.csv").read_text() == log_before
+    assert cli_main([*map(str, argv), *tiny, "--folds", "0,9"]) == 2
+    assert "fold(s) [9] do not exist" in capsys.readouterr().err
+
     from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 
     ckpt = load_checkpoint(run / "fold_1" / "best.pt")

@@ -99,7 +99,8 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         "--val-fraction",
         type=float,
         default=d["val_fraction"],
-        help=f"cases held out for validation when no --fold is given (default {d['val_fraction']})",
+        help=f"cases held out for validation{'' if 'fold' in skip else ' when no --fold is given'} "
+        f"(default {d['val_fraction']})",
     )
     if "fold" not in skip:
         folds = p.add_mutually_exclusive_group()

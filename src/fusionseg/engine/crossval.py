@@ -1,7 +1,7 @@
 """Cross-validation: one training run per fold of nnU-Net's ``splits_final.json`` (``fusionseg train --folds``).
 
 For every fold k the :class:`~fusionseg.engine.train.Trainer` trains ``OUTPUT/fold_k`` (validation
-cases = the fold's ``val`` list), then ``best.pt`` predicts the fold's validation cases into
+cases = the fold's ``val`` list); then each fold's ``best.pt`` predicts its validation cases into
 ``OUTPUT/fold_k/validation/`` (label maps in each input's geometry, scored with ``metrics.csv`` /
 ``summary.json`` there). Over every fold folder present, the run writes atomically:
 
@@ -99,18 +99,20 @@ def run_cross_validation(
     if bad:
         raise InputError(f"--folds: fold(s) {bad} do not exist; the splits have folds 0..{len(splits) - 1}")
     is_main = os.environ.get("RANK", "0") == "0"
-    by_id = {case.case_id: case for case in info.cases}
+    best = {}
     for i, k in enumerate(chosen, 1):
         fold_dir = _fold_dir(output, k)
         resume = config.resume and (fold_dir / "last.pt").is_file()
         if is_main:
             log(f"== fold {k} ({i} of {len(chosen)}) → {fold_dir}")
-        best = trainer(replace(config, fold=k, output=fold_dir, resume=resume), log=log).run()
-        if is_main:
-            val_cases = [by_id[c] for c in splits[k]["val"]]
-            _predict_validation(Path(best), val_cases, fold_dir / VALIDATION_FOLDER, config, log)
+        best[k] = Path(trainer(replace(config, fold=k, output=fold_dir, resume=resume), log=log).run())
     if not is_main:
         return {}
+    # After all training, so that under torchrun the other ranks never wait for rank 0's predictions.
+    by_id = {case.case_id: case for case in info.cases}
+    for k in chosen:
+        val_cases = [by_id[c] for c in splits[k]["val"]]
+        _predict_validation(best[k], val_cases, _fold_dir(output, k) / VALIDATION_FOLDER, config, log)
     return summarise_cross_validation(output, info, splits, log=log)
 
 
