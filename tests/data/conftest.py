@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
+from dataset_builders import LPS, OBLIQUE_3D, nnunet_dataset, save_any, save_nifti, write_dataset_json
 from fusionseg.data import make_phantom_dataset
+
+__all__ = ["LPS", "OBLIQUE_3D", "nnunet_dataset", "save_any", "save_nifti", "write_dataset_json"]
 
 
 @pytest.fixture(scope="session")
@@ -33,98 +33,14 @@ def copy_dataset(tmp_path):
     return copy
 
 
-def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    affine = np.eye(4) if affine is None else affine
-    img = nib.Nifti1Image(data, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
-    return path
-
-
 @pytest.fixture
 def nifti_writer():
     return save_nifti
 
 
-# ------------------------------------------------------------------------------------ any-format writer
-
-LPS = np.array([-1.0, -1.0, 1.0])  # RAS ↔ LPS (NRRD "left-posterior-superior", ITK)
-
-# An oblique, anisotropic, non-RAS grid: exercises every axis of the geometry conversions.
-OBLIQUE_3D = np.array(
-    [[0.0, -0.9, 0.1, 12.5], [1.2, 0.0, 0.0, -30.0], [0.0, 0.05, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]], dtype=np.float64
-)
-
-
-def save_any(path: Path, data: np.ndarray, affine: np.ndarray | None = None, channels: bool = False) -> Path:
-    """Write ``data`` ((C,) *S; C first with ``channels``) with the RAS ``affine`` in ``path``'s format, using
-    the format's own library directly (an independent reference for fusionseg's readers)."""
-    import nrrd
-    import SimpleITK as sitk
-    from PIL import Image
-
-    name = path.name.lower()
-    n = data.ndim - (1 if channels else 0)
-    affine = np.eye(n + 1) if affine is None else np.asarray(affine, dtype=np.float64)
-    if name.endswith((".nii.gz", ".nii")):
-        return save_nifti(path, np.moveaxis(data, 0, -1) if channels else data, affine)
-    if name.endswith((".nrrd", ".nhdr")):
-        flips = LPS[:, None] if n == 3 else np.ones((n, 1))
-        world = affine[:n] * flips
-        directions = world[:, :n].T
-        header = {"space directions": directions, "space origin": world[:, n], "kinds": ["domain"] * n}
-        header.update({"space": "left-posterior-superior"} if n == 3 else {"space dimension": n})
-        if channels:
-            header["space directions"] = np.vstack([np.full((1, n), np.nan), directions])
-            header["kinds"] = ["list", *header["kinds"]]
-        nrrd.write(str(path), data, header, index_order="F", detached_header=name.endswith(".nhdr"))
-        return path
-    if name.endswith((".mha", ".mhd", ".gipl", ".gipl.gz")):
-        flips = LPS[:, None] if n == 3 else np.ones((n, 1))
-        linear = affine[:n, :n] * flips
-        spacing = np.linalg.norm(linear, axis=0)
-        arr = np.transpose(data, (*range(n, 0, -1), 0)) if channels else np.transpose(data)
-        img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=channels)
-        img.SetSpacing(spacing.tolist())
-        img.SetDirection((linear / spacing).ravel().tolist())
-        img.SetOrigin((affine[:n, n] * flips[:, 0]).tolist())
-        sitk.WriteImage(img, str(path))
-        return path
-    Image.fromarray(np.moveaxis(data, 0, -1) if channels else data).save(path)
-    return path
-
-
 @pytest.fixture
 def any_writer():
     return save_any
-
-
-def write_dataset_json(root: Path, **entries) -> None:
-    (root / "dataset.json").write_text(json.dumps(entries))
-
-
-def nnunet_dataset(
-    root: Path,
-    images: dict[str, list[np.ndarray]],
-    label_maps: dict[str, np.ndarray],
-    ext: str,
-    affine: np.ndarray | None = None,
-    **dataset_json,
-) -> Path:
-    """An nnU-Net raw dataset: imagesTr/CASE_XXXX{ext} (one file per array), labelsTr/CASE{ext}, dataset.json.
-
-    An image array with a leading channel axis written as one file: pass it as ``(array, True)``.
-    """
-    (root / "imagesTr").mkdir(parents=True)
-    (root / "labelsTr").mkdir()
-    for case, arrays in images.items():
-        for c, array in enumerate(arrays):
-            array, channels = array if isinstance(array, tuple) else (array, False)
-            save_any(root / "imagesTr" / f"{case}_{c:04d}{ext}", array, affine, channels=channels)
-        save_any(root / "labelsTr" / f"{case}{ext}", label_maps[case], affine)
-    write_dataset_json(root, file_ending=ext, **dataset_json)
-    return root
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def test_dice_iou_known_values():
 )
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_surface_metrics_match_monai(shape, spacing):
-    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
 
     rng = np.random.default_rng(len(shape) + int(spacing[-1] * 10))
     nd = len(shape)
@@ -59,6 +59,11 @@ def test_surface_metrics_match_monai(shape, spacing):
     d_pg, d_gp = surface_distances(pred.astype(bool), gt.astype(bool), spacing)
     assert ours["msd"] == pytest.approx(np.concatenate([d_pg, d_gp]).mean(), rel=1e-9)
     assert 0 < ours["dice"] < 1
+    for tolerance in (0.5, 1.0, 2.5):
+        nsd = case_metrics(pred, gt, spacing, labels=[1], nsd_tolerance=tolerance)[1]["nsd"]
+        onehot_p, onehot_g = torch.cat([1 - p, p], 1), torch.cat([1 - g, g], 1)
+        ref = compute_surface_dice(onehot_p, onehot_g, [tolerance], spacing=list(spacing)).item()
+        assert nsd == pytest.approx(ref, rel=1e-6)
 
 
 def test_surface_distance_is_in_mm():
@@ -75,9 +80,9 @@ def test_empty_mask_conventions():
     empty = np.zeros((8, 8), np.uint8)
     full = _box((8, 8), (2, 2), (5, 5))
     both_empty = case_metrics(empty, empty, (1, 1), [1])[1]
-    assert both_empty == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "msd": 0.0}
+    assert both_empty == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "msd": 0.0, "nsd": 1.0}
     missed = case_metrics(empty, full, (1, 1), [1])[1]
-    assert missed["dice"] == 0.0 and missed["iou"] == 0.0
+    assert missed["dice"] == 0.0 and missed["iou"] == 0.0 and missed["nsd"] == 0.0
     assert math.isnan(missed["hd95"]) and math.isnan(missed["msd"])
 
 
@@ -140,7 +145,7 @@ def test_evaluate_main_writes_csv_json_and_overlays(tmp_path):
     )
     assert code == 0
     lines = (out / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "case,label,dice,iou,hd95,msd" and len(lines) == 1 + 4
+    assert lines[0] == "case,label,dice,iou,hd95,msd,nsd" and len(lines) == 1 + 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["missing"] == ["lonely"]
     assert len(summary["overlays"]) == 3  # 2 worst + 2 best of 3 predicted cases, no duplicates
@@ -178,3 +183,114 @@ def test_atlas_labels_real_data(shared_data):
         g = torch.from_numpy((gt == label).astype(np.float32))[None, None]
         ref = compute_hausdorff_distance(p, g, include_background=True, percentile=95, spacing=1.0).item()
         assert result[label]["hd95"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_normalised_surface_dice_by_hand():
+    """A 10×10 square shifted by one voxel along axis 0: 36 surface voxels each; 18 of each surface lie on the
+    other (distance 0), the other 18 at distance 1 voxel. So NSD = 36/72 below one voxel, 1 from one voxel on."""
+    gt = _box((24, 24), (5, 5), (15, 15))
+    pred = _box((24, 24), (6, 5), (16, 15))
+    d_pg, d_gp = surface_distances(pred.astype(bool), gt.astype(bool), (1.0, 1.0))
+    assert d_pg.size == d_gp.size == 36 and np.count_nonzero(d_pg == 0) == np.count_nonzero(d_gp == 0) == 18
+    assert case_metrics(pred, gt, (1.0, 1.0), [1], nsd_tolerance=0.5)[1]["nsd"] == 0.5
+    assert case_metrics(pred, gt, (1.0, 1.0), [1], nsd_tolerance=1.0)[1]["nsd"] == 1.0
+    # 2 mm voxels along the shift: the shifted rows are 2 mm away, except their two voxels next to a side
+    # column of the other square (1 mm across): (18 + 2) + (18 + 2) of 72 within 1 mm.
+    assert case_metrics(pred, gt, (2.0, 1.0), [1], nsd_tolerance=1.0)[1]["nsd"] == pytest.approx(40 / 72)
+    assert case_metrics(pred, gt, (2.0, 1.0), [1], nsd_tolerance=2.0)[1]["nsd"] == 1.0
+
+
+def _nifti(path, array, affine):
+    nib.save(nib.Nifti1Image(np.asarray(array, np.uint8), np.asarray(affine, float)), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("shape", r"shape \(8, 8, 6\) vs \(8, 8, 5\)"),
+        ("spacing", r"spacing \(1, 1, 2\) vs \(1, 1, 1\) mm"),
+        ("origin", r"origin \(3, 0, 0\) vs \(0, 0, 0\) mm"),
+        ("direction", r"direction"),
+    ],
+)
+def test_evaluate_refuses_predictions_on_another_grid(change, message, tmp_path, capsys):
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    gt = _box((8, 8, 5), (2, 2, 1), (6, 6, 4))
+    affine = np.eye(4)
+    pred, pred_affine = gt, affine.copy()
+    if change == "shape":
+        pred = np.zeros((8, 8, 6), np.uint8)
+    elif change == "spacing":
+        pred_affine[2, 2] = 2.0
+    elif change == "origin":
+        pred_affine[0, 3] = 3.0
+    else:
+        pred_affine[:3, :3] = np.diag([-1.0, 1.0, 1.0])
+    _nifti(gt_dir / "case.nii.gz", gt, affine)
+    _nifti(pred_dir / "case.nii.gz", pred, pred_affine)
+    with pytest.raises(InputError, match=message) as info:
+        evaluate_folders(pred_dir, gt_dir)
+    assert str(pred_dir / "case.nii.gz") in str(info.value) and str(gt_dir / "case.nii.gz") in str(info.value)
+    from fusionseg.cli import main as cli_main  # the CLI prints the same error as one line
+
+    assert cli_main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "different grids" in err
+
+
+def test_evaluate_scores_regions_and_leaves_out_the_ignore_label(tmp_path):
+    """dataset.json with regions and an ignore label: per-region Dice by hand; ignore voxels count for nothing."""
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    gt = np.zeros((10, 10), np.uint8)
+    gt[2:8, 2:8] = 1  # 36 voxels of label 1 ...
+    gt[4:6, 4:6] = 2  # ... of which 4 are label 2
+    gt[0, :] = 3  # ignore (unannotated) row
+    pred = np.zeros_like(gt)
+    pred[2:8, 2:6] = 1  # whole: 24 of 36 voxels
+    pred[4:6, 4:6] = 2  # core: exact
+    pred[0, :] = 2  # anything on the ignore row must not count
+    Image.fromarray(gt).save(gt_dir / "c.png")
+    Image.fromarray(pred).save(pred_dir / "c.png")
+    meta = {
+        "labels": {"background": 0, "whole": [1, 2], "core": 2, "ignore": 3},
+        "regions_class_order": [1, 2],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    from fusionseg.engine.evaluate import read_label_layout
+
+    rows, summary = evaluate_folders(pred_dir, gt_dir, layout=read_label_layout(tmp_path))
+    by = {r["label"]: r for r in rows}
+    assert summary["labels"] == ["whole", "core"] and summary["regions"] == {"whole": [1, 2], "core": [2]}
+    assert by["whole"]["dice"] == pytest.approx(2 * 24 / (24 + 36))
+    assert by["core"]["dice"] == 1.0 and by["core"]["hd95"] == 0.0 and by["core"]["nsd"] == 1.0
+    # Without the dataset.json, label 3 is a class and the ignore row is scored.
+    _, plain = evaluate_folders(pred_dir, gt_dir)
+    assert plain["labels"] == [1, 2, 3] and plain["per_class"]["2"]["dice"]["mean"] < 1.0
+    with pytest.raises(InputError, match="--labels"):
+        evaluate_folders(pred_dir, gt_dir, [1], layout=read_label_layout(tmp_path / "dataset.json"))
+
+
+def test_evaluate_with_dataset_json_scores_declared_classes_and_ignore(tmp_path):
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    gt = np.zeros((8, 8), np.uint8)
+    gt[2:6, 2:6] = 1
+    gt[7, :] = 4  # ignore
+    pred = gt.copy()
+    pred[7, :] = 1  # predicted foreground on unannotated voxels: not an error
+    Image.fromarray(gt).save(gt_dir / "c.png")
+    Image.fromarray(pred).save(pred_dir / "c.png")
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"labels": {"background": 0, "a": 1, "b": 2, "c": 3, "ignore": 4}})
+    )
+    from fusionseg.engine.evaluate import read_label_layout
+
+    rows, summary = evaluate_folders(pred_dir, gt_dir, layout=read_label_layout(tmp_path))
+    assert summary["labels"] == [1, 2, 3] and summary["ignore_label"] == 4
+    assert [r["dice"] for r in rows] == [1.0, 1.0, 1.0]  # classes 2, 3 absent from both: 1 by convention

@@ -224,3 +224,73 @@ def test_predict_amp_follows_the_cpu_rule(native_bf16, tmp_path, capsys, monkeyp
         a = np.asarray(Image.open(tmp_path / "amp" / "phantom_000.png"))
         b = np.asarray(Image.open(tmp_path / "fp32" / "phantom_000.png"))
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("labels", "order", "activation"),
+    [
+        ({"background": 0, "a": 1, "b": 2}, None, "softmax"),
+        ({"background": 0, "whole": [1, 2], "core": 2}, [1, 2], "sigmoid"),
+    ],
+)
+def test_probabilities_read_back_match_the_label_map_after_resampling(labels, order, activation, tmp_path):
+    """An oblique, anisotropic NIfTI resampled to 1.5 mm for the model: the written probabilities (on the input
+    grid) sum to 1 / lie in [0, 1], and argmax / region painting of them is exactly the written label map."""
+    from dataset_builders import OBLIQUE_3D, check_written_probabilities, nnunet_dataset
+
+    rng = np.random.default_rng(0)
+    shape = (14, 12, 6)
+    label = np.zeros(shape, np.uint8)
+    label[3:11, 3:9, 1:5] = 1
+    label[5:9, 5:7, 2:4] = 2
+    entries = {"channel_names": {"0": "T1"}, "labels": labels, **({"regions_class_order": order} if order else {})}
+    root = nnunet_dataset(
+        tmp_path / "ds", {"c0": [rng.normal(size=shape).astype(np.float32)]}, {"c0": label}, ".nii.gz",
+        OBLIQUE_3D, **entries,
+    )  # fmt: skip
+    pre = build_preprocessing(scan_dataset(root), target_spacing=(1.5, 1.5, 1.5), patch_size=(8, 8, 8))
+    assert pre["activation"] == activation
+    model = create_model("unet", in_channels=1, out_channels=pre["out_channels"], spatial_dims=3, features=(4, 8))
+    ckpt = save_checkpoint(tmp_path / "ck.pt", build_checkpoint(model, preprocessing=pre, rng=False))
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(ckpt), "--input", str(root / "imagesTr"), "--output", str(out), "--probabilities"]
+    assert predict_cli.main([*argv, "--no-progress", "--threads", "1"]) == 0
+    written = nib.load(str(out / "c0.nii.gz"))
+    assert written.shape == shape and np.allclose(written.affine, OBLIQUE_3D, atol=1e-5)
+    assert check_written_probabilities(out, pre) == 1
+    probs = np.asarray(nib.load(str(out / "c0_probabilities.nii.gz")).dataobj)
+    assert probs.shape == (*shape, pre["out_channels"]) and probs.std() > 0
+
+
+def test_predict_volume_activation_follows_the_preprocessing():
+    model = Pointwise(2)
+    image = torch.randn(2, 8, 8)
+    with torch.no_grad():
+        logits = model(image[None])[0]
+    soft = predict_volume(model, image, {"activation": "softmax"}, overlap=0.0)
+    sig = predict_volume(model, image, {"activation": "sigmoid"}, overlap=0.0)
+    torch.testing.assert_close(soft, torch.softmax(logits, 0))
+    torch.testing.assert_close(sig, torch.sigmoid(logits))
+    torch.testing.assert_close(predict_volume(model, image, None, overlap=0.0), soft)
+    with pytest.raises(ValueError, match="activation"):
+        predict_volume(model, image, None, activation="relu")
+
+
+def test_resolve_checkpoints(tmp_path):
+    from fusionseg.engine.infer import resolve_checkpoints
+
+    cv = tmp_path / "cv"
+    for k in (0, 1, 10, 2):
+        (cv / f"fold_{k}").mkdir(parents=True)
+        (cv / f"fold_{k}" / "best.pt").write_bytes(b"x")
+    (cv / "postprocessing.json").write_text("{}")
+    files, plan = resolve_checkpoints([cv])
+    assert [p.parent.name for p in files] == ["fold_0", "fold_1", "fold_2", "fold_10"]
+    assert plan == cv / "postprocessing.json"
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "best.pt").write_bytes(b"x")
+    assert resolve_checkpoints([single, tmp_path / "a.pt"]) == ([single / "best.pt", tmp_path / "a.pt"], None)
+    assert resolve_checkpoints([cv, single])[1] is None  # postprocessing only from one run folder alone
+    with pytest.raises(InputError, match="fold_"):
+        resolve_checkpoints([tmp_path])  # a folder without best.pt or fold_*/best.pt

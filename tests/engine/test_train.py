@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -293,11 +294,14 @@ def test_patch_size_is_rounded_to_size_multiple(phantoms2d, tmp_path, capsys):
         ({"time_budget": -1.0}, "--time-budget"),
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"resume": True}, "does not exist"),
+        ({"fold": "first"}, "--fold must be"),
+        ({"fold": 7}, "fold 7 does not exist"),
+        ({"num_folds": 1}, "--num-folds"),
     ],
 )
 def test_bad_config_raises_input_error(changes, match, phantoms2d, tmp_path):
     with pytest.raises(InputError, match=match):
-        train(_config(phantoms2d, tmp_path / "run", **changes))
+        train(_config(phantoms2d, tmp_path / "run", splits=tmp_path / "splits_final.json", **changes))
 
 
 def test_bad_data_folder(tmp_path):
@@ -328,3 +332,82 @@ def test_parser_builds_config():
     assert config.time_budget == 30.0 and config.deep_supervision is False and config.fusion == "tif"
     with pytest.raises(InputError, match="JSON"):
         config_from_args(build_parser().parse_args(["--data", "d", "--model-kwargs", "{oops"]))
+
+
+def test_parser_fold_options():
+    config = config_from_args(build_parser().parse_args(["--data", "d", "--fold", "all", "--num-folds", "3"]))
+    assert config.fold == "all" and config.num_folds == 3 and config.splits is None
+    args = build_parser().parse_args(["--data", "d", "--folds", "0,2", "--splits", "s.json"])
+    assert args.folds == "0,2" and config_from_args(args).splits == Path("s.json")
+    with pytest.raises(SystemExit):  # one fold or a cross-validation, not both
+        build_parser().parse_args(["--data", "d", "--fold", "0", "--folds", "all"])
+
+
+def test_split_follows_the_folds_of_splits_final_json(phantoms2d, tmp_path):
+    """--fold N: nnU-Net folds (written beside the data, or to --splits); all: every case both ways; none: hold-out."""
+    from fusionseg.data import make_splits, scan_dataset
+
+    info = scan_dataset(phantoms2d)
+    ids = [c.case_id for c in info.cases]
+    splits_path = tmp_path / "splits_final.json"
+    for fold, expected_val in [(1, make_splits(ids, 2)[1]["val"]), ("all", ids), (None, None)]:
+        trainer = Trainer(_config(phantoms2d, tmp_path, fold=fold, num_folds=2, splits=splits_path))
+        trainer.dataset = info
+        train_cases, val_cases = trainer.split(list(info.cases))
+        if fold is None:
+            assert (train_cases, val_cases) == split_cases(list(info.cases), 0.2, 0)
+            continue
+        assert [c.case_id for c in val_cases] == expected_val
+        expected_train = ids if fold == "all" else sorted(set(ids) - set(expected_val))
+        assert [c.case_id for c in train_cases] == expected_train
+    assert [f["val"] for f in json.loads(splits_path.read_text())] == [f["val"] for f in make_splits(ids, 2)]
+
+
+def test_region_dataset_builds_one_output_per_region(tmp_path):
+    from fusionseg.engine.train import build_model
+
+    pre = {"in_channels": 4, "num_classes": 4, "out_channels": 3, "spatial_dims": 2}
+    model = build_model(TrainConfig(data=tmp_path, model="unet", model_kwargs=TINY_UNET), pre)
+    assert model.out_channels == 3 and model.config["kwargs"]["out_channels"] == 3
+
+
+def test_build_loss_is_a_hook_and_tensorboard_gets_the_scalars(phantoms2d, tmp_path):
+    """A subclass's build_loss is used; event files beside log.csv hold loss, lr, mean and per-class val Dice."""
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from fusionseg.engine.losses import DeepSupervisedDiceCE
+
+    calls = []
+
+    class CountingLoss(DeepSupervisedDiceCE):
+        def forward(self, outputs, target):
+            calls.append(1)
+            return super().forward(outputs, target)
+
+    class MyTrainer(Trainer):
+        def build_loss(self):
+            return CountingLoss()
+
+    MyTrainer(_config(phantoms2d, tmp_path, epochs=2, iters_per_epoch=2)).run()
+    assert len(calls) == 4
+    events = event_accumulator.EventAccumulator(str(tmp_path))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    names = json.loads((phantoms2d / "dataset.json").read_text())["labels"]
+    per_class = {f"val/dice_{n}" for n, v in names.items() if v != 0}
+    assert tags == {"train/loss", "train/lr", "val/dice", *per_class} and len(per_class) == 2
+    rows = list(csv.DictReader((tmp_path / "log.csv").read_text().splitlines()))
+    dice = events.Scalars("val/dice")
+    assert [e.step for e in dice] == [2, 4]
+    assert [e.value for e in dice] == pytest.approx([float(r["val_dice"]) for r in rows], abs=1e-5)
+    loss = events.Scalars("train/loss")
+    assert [e.value for e in loss] == pytest.approx([float(r["train_loss"]) for r in rows], abs=1e-5)
+    per_class_values = [events.Scalars(tag)[-1].value for tag in sorted(per_class)]
+    assert np.mean(per_class_values) == pytest.approx(dice[-1].value, abs=1e-5)
+
+
+def test_tensorboard_missing_is_one_log_line(phantoms2d, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("fusionseg.engine.tensorboard_log.tensorboard_available", lambda: False)
+    train(_config(phantoms2d, tmp_path, epochs=1, iters_per_epoch=1))
+    out = capsys.readouterr().out
+    assert out.count("TensorBoard logging skipped") == 1
+    assert not list(tmp_path.glob("events.out.tfevents*")) and (tmp_path / "log.csv").is_file()

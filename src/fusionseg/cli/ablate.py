@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from fusionseg.cli.options import add_alias, positive_float, positive_int
-from fusionseg.cli.train import PER_RUN, config_from_args
+from fusionseg.cli.train import FOLD_OPTIONS, PER_RUN, config_from_args
 from fusionseg.cli.train import build_parser as train_parser
 from fusionseg.errors import InputError
 
@@ -14,7 +14,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser(prog: str = "fusionseg ablate") -> argparse.ArgumentParser:
-    p = train_parser(prog, skip=PER_RUN, output=Path("runs/ablate"), epochs=1000, val_every=1000)
+    p = train_parser(prog, skip=PER_RUN + FOLD_OPTIONS, output=Path("runs/ablate"), epochs=1000, val_every=1000)
     p.description = "Equal-budget comparison of skip fusions (trains one model per fusion and seed)."
     p.add_argument(
         "--fusion", default="concat,add,dff,tif", help="comma-separated fusions (default concat,add,dff,tif)"

@@ -1,4 +1,4 @@
-"""``fusionseg evaluate``: Dice / IoU / HD95 / mean surface distance of predicted label maps."""
+"""``fusionseg evaluate``: Dice / IoU / HD95 / mean surface distance / NSD of predicted label maps."""
 
 from __future__ import annotations
 
@@ -10,19 +10,40 @@ from fusionseg.errors import InputError
 __all__ = ["build_parser", "main"]
 
 
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a distance in mm ≥ 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a distance in mm ≥ 0, got {text!r}")
+    return value
+
+
 def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Dice / IoU / HD95 / mean surface distance per case and class.")
+    p = argparse.ArgumentParser(
+        prog=prog, description="Dice / IoU / HD95 / mean surface distance / normalised surface Dice per case and class."
+    )
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps (same file names)")
     p.add_argument("--images", type=Path, default=None, help="folder of images, for overlay PNGs of best/worst cases")
     p.add_argument("--output", type=Path, default=None, help="where metrics.csv/summary.json go (default: --pred)")
     p.add_argument("--labels", default=None, help="comma-separated foreground labels (default: all in the gt)")
+    p.add_argument(
+        "--dataset-json", type=Path, default=None, metavar="PATH",
+        help="the dataset's dataset.json (or its folder): score its declared classes, or its regions, "
+        "and leave out voxels with its ignore label",
+    )  # fmt: skip
+    p.add_argument(
+        "--nsd-tolerance", type=_tolerance, default=1.0, metavar="MM",
+        help="normalised surface Dice counts surface voxels within this distance in mm (default 1)",
+    )  # fmt: skip
     p.add_argument("--num-overlays", type=int, default=2, help="best and worst cases to draw (default 2 each)")
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg evaluate") -> int:
-    from fusionseg.engine.evaluate import format_summary_table, run_evaluation
+    from fusionseg.engine.evaluate import format_summary_table, read_label_layout, run_evaluation
 
     args = build_parser(prog).parse_args(argv)
     labels = None
@@ -31,8 +52,12 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg evaluate") -> int
             labels = [int(v) for v in args.labels.split(",") if v.strip()]
         except ValueError:
             raise InputError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
+    layout = read_label_layout(args.dataset_json) if args.dataset_json is not None else None
     output = args.output or args.pred
-    summary = run_evaluation(args.pred, args.gt, output, args.images, labels, args.num_overlays)
+    summary = run_evaluation(
+        args.pred, args.gt, output, args.images, labels, args.num_overlays, layout=layout,
+        nsd_tolerance=args.nsd_tolerance,
+    )  # fmt: skip
     print(format_summary_table(summary))
     if summary["missing"]:
         print(f"warning: {len(summary['missing'])} case(s) without a prediction scored as empty: {summary['missing']}")

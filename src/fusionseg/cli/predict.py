@@ -1,4 +1,4 @@
-"""``fusionseg predict``: sliding-window prediction of image files with a fusionseg checkpoint."""
+"""``fusionseg predict``: sliding-window prediction of image files with one checkpoint or an ensemble."""
 
 from __future__ import annotations
 
@@ -13,44 +13,69 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Sliding-window prediction with a fusionseg checkpoint.")
+    p = argparse.ArgumentParser(prog=prog, description="Sliding-window prediction with fusionseg checkpoints.")
     p.add_argument(
-        "--checkpoint", type=Path, help="checkpoint written by `fusionseg train` (best.pt) or import-weights"
-    )
-    add_alias(p, "--model", "--checkpoint", "checkpoint", type=Path)
+        "--checkpoint", type=Path, nargs="+", metavar="CKPT",
+        help="checkpoint(s) written by `fusionseg train` (best.pt) or import-weights; several, or a "
+        "cross-validation run folder (its fold_*/best.pt), are ensembled by averaging their probabilities",
+    )  # fmt: skip
+    add_alias(p, "--model", "--checkpoint", "checkpoint", type=Path, nargs="+")
     p.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
     p.add_argument("--output", required=True, type=Path, help="folder for the label maps")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--sw-batch-size", type=positive_int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (1 + spatial_dims passes)")
-    p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument(
+        "--probabilities", action="store_true",
+        help="also write the float class (softmax) or region (sigmoid) probabilities, CASE_probabilities.*",
+    )  # fmt: skip
+    post = p.add_mutually_exclusive_group()
+    post.add_argument(
+        "--postprocess", type=Path, default=None, metavar="JSON",
+        help="apply this postprocessing.json (largest connected components, chosen by `train --folds`); "
+        "default: the one of a cross-validation run folder given as --checkpoint",
+    )  # fmt: skip
+    post.add_argument(
+        "--no-postprocess", dest="postprocess", action="store_const", const=False,
+        help="do not apply the postprocessing of a cross-validation run folder",
+    )  # fmt: skip
     add_runtime_options(p)
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
-    from fusionseg.engine.infer import find_inputs, load_model, predict_files
+    from fusionseg.engine.infer import find_inputs, load_models, predict_files, resolve_checkpoints
+    from fusionseg.engine.postprocess import read_postprocessing
     from fusionseg.engine.runtime import pick_device, resolve_amp, set_threads
 
     args = build_parser(prog).parse_args(argv)
-    if args.checkpoint is None:
+    if not args.checkpoint:
         raise InputError("--checkpoint is required: the best.pt written by `fusionseg train` (or import-weights)")
+    checkpoints, run_plan = resolve_checkpoints(args.checkpoint)
+    plan_path = args.postprocess if args.postprocess is not None else run_plan
+    plan = read_postprocessing(plan_path) if plan_path else None
     threads, reason = set_threads(args.threads)
     device = pick_device(args.device)
     amp = resolve_amp(device, args.amp) is not None
     if args.progress and device.type == "cpu":
         print(f"CPU threads: {threads} ({reason})")
-    model, pre, _ = load_model(args.checkpoint, device)
-    cases = find_inputs(args.input, int(pre.get("in_channels", 1)))
+    models, pres = load_models(checkpoints, device)
+    if args.progress and len(models) > 1:
+        print(f"ensemble of {len(models)} models: {', '.join(map(str, checkpoints))}")
+    if args.progress and plan is not None:
+        kept = ", ".join(e.get("name", str(e["values"])) for e in plan["keep_largest_component"]) or "nothing"
+        print(f"postprocessing from {plan_path}: keep the largest component of {kept}")
+    cases = find_inputs(args.input, int(pres[0].get("in_channels", 1)))
     written, failed = predict_files(
-        model,
-        pre,
+        models,
+        pres,
         cases,
         args.output,
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
         tta=args.tta,
         probabilities=args.probabilities,
+        postprocessing=plan,
         device=device,
         amp=amp,
         progress=args.progress,

@@ -22,6 +22,8 @@ __all__ = ["build_parser", "config_from_args", "main"]
 
 # Options `fusionseg ablate` sets per run itself (and so does not offer).
 PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init")
+# Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
+FOLD_OPTIONS = ("fold", "folds", "num_folds", "splits")
 
 
 def _spacing(text: str) -> tuple[float, ...] | str:
@@ -94,8 +96,34 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         help=f"validate every N epochs (default {d['val_every']})",
     )
     p.add_argument(
-        "--val-fraction", type=float, default=d["val_fraction"], help=f"cases held out (default {d['val_fraction']})"
+        "--val-fraction",
+        type=float,
+        default=d["val_fraction"],
+        help=f"cases held out for validation{'' if 'fold' in skip else ' when no --fold is given'} "
+        f"(default {d['val_fraction']})",
     )
+    if "fold" not in skip:
+        folds = p.add_mutually_exclusive_group()
+        folds.add_argument(
+            "--fold",
+            default=None,
+            help="train one fold of nnU-Net's splits_final.json: 0, 1, ... (validate on its val cases), "
+            "or all (train and validate on every case)",
+        )
+        folds.add_argument(
+            "--folds",
+            default=None,
+            help="cross-validation: train the folds 'all' (or e.g. 0,1,2) into OUTPUT/fold_N, then write "
+            "crossval_summary.json (Dice mean ± std over folds) and postprocessing.json",
+        )
+        p.add_argument(
+            "--num-folds", type=positive_int, default=d["num_folds"],
+            help=f"folds made when splits_final.json does not exist yet (default {d['num_folds']})",
+        )  # fmt: skip
+        p.add_argument(
+            "--splits", type=Path, default=None,
+            help="splits_final.json to read, or to write when absent (default: DATA/splits_final.json)",
+        )  # fmt: skip
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
     add("resume", "--resume", action="store_true", help="continue the run in --output from last.pt")
     add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
@@ -117,9 +145,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
+    args = build_parser(prog).parse_args(argv)
+    config = config_from_args(args)
+    if args.folds is not None:
+        from fusionseg.engine.crossval import parse_folds, run_cross_validation
+
+        summary = run_cross_validation(config, parse_folds(args.folds))
+        if summary:
+            print(f"wrote {config.output / 'crossval_summary.json'} and {config.output / 'postprocessing.json'}")
+        return 0
     from fusionseg.engine.train import train
 
-    config = config_from_args(build_parser(prog).parse_args(argv))
     best = train(config)
     if os.environ.get("RANK", "0") == "0":
         print(f"best checkpoint: {best}")

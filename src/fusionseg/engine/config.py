@@ -14,7 +14,17 @@ from typing import Any
 from fusionseg.engine.optim import OPTIMIZERS
 from fusionseg.errors import InputError
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "parse_fold"]
+
+
+def parse_fold(value: int | str) -> int | str:
+    """A fold number ≥ 0 or ``"all"`` (InputError naming ``--fold`` otherwise)."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return "all"
+    if isinstance(value, bool) or not text.isdigit():
+        raise InputError(f"--fold must be a fold number (0, 1, ...) or 'all', got {value!r}")
+    return int(text)
 
 
 @dataclass
@@ -43,8 +53,11 @@ class TrainConfig:
     channels_last: bool = False
     augment: bool = True
     val_every: int = 1
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # hold-out when no fold is given
     val_overlap: float = 0.25
+    fold: int | str | None = None  # nnU-Net fold of splits_final.json (0-based), "all" (train on every case), or None
+    num_folds: int = 5  # folds made when splits_final.json does not exist yet
+    splits: Path | None = None  # splits_final.json to read or write (default: in the dataset folder)
     seed: int = 0
     resume: bool = False
     init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
@@ -65,6 +78,10 @@ class TrainConfig:
             raise InputError(f"--stop-after must be ≥ 1 epoch, got {self.stop_after}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.fold is not None:
+            self.fold = parse_fold(self.fold)
+        if isinstance(self.num_folds, bool) or not isinstance(self.num_folds, int) or self.num_folds < 2:
+            raise InputError(f"--num-folds must be an integer ≥ 2, got {self.num_folds!r}")
         if str(self.optimizer).lower() not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.num_workers < 0:

@@ -1,13 +1,19 @@
 """Scoring folders of predicted label maps against ground truth (``fusionseg evaluate``).
 
-Pairs files by case id, scores every case and foreground class with :mod:`fusionseg.engine.metrics`
-(Dice, IoU, HD95, mean surface distance in mm), and writes ``metrics.csv``, ``summary.json`` and
-overlay PNGs of the best and worst cases.
+Pairs files by case id, checks that each prediction lies on its ground truth's grid (shape,
+spacing, origin and direction), scores every case and foreground class — or region — with
+:mod:`fusionseg.engine.metrics` (Dice, IoU, HD95, mean surface distance in mm, normalised surface
+Dice at a tolerance in mm), and writes ``metrics.csv``, ``summary.json`` and overlay PNGs of the
+best and worst cases.
+
+Given the dataset's ``dataset.json`` (:func:`read_label_layout`), the declared classes are scored
+(also those absent from the ground truth), a region dataset is scored per region (label maps →
+``isin(label, region)``), and voxels with the ignore label are left out of every metric.
 
 Example:
-    >>> rows, summary = evaluate_folders("preds", "Dataset001/labelsTs")
-    >>> summary["mean"]["dice"]
-    0.91
+    >>> rows, summary = evaluate_folders("preds", "Dataset001/labelsTs", layout=read_label_layout("Dataset001"))
+    >>> summary["mean"]["dice"], summary["mean"]["nsd"]
+    (0.91, 0.88)
 """
 
 from __future__ import annotations
@@ -15,23 +21,28 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from fusionseg.data.formats import LABEL_EXTENSIONS
 from fusionseg.data.formats import strip_extension as _case_id
-from fusionseg.engine.metrics import METRICS, case_metrics, summarise
+from fusionseg.data.labels import LabelLayout
+from fusionseg.engine.metrics import DEFAULT_NSD_TOLERANCE, METRICS, case_metrics, summarise
 from fusionseg.errors import InputError
 from fusionseg.files import atomic_write, write_text_atomic
 
 __all__ = [
     "case_mean_dice",
+    "check_same_grid",
     "evaluate_folders",
+    "evaluate_pairs",
     "format_summary_table",
+    "json_safe",
     "label_files",
     "match_cases",
+    "read_label_layout",
     "run_evaluation",
     "write_metrics_csv",
 ]
@@ -65,55 +76,150 @@ def match_cases(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Pat
     return pairs, missing, extra
 
 
-def _read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_label_layout(path: str | Path) -> LabelLayout:
+    """The labels of a dataset: its ``dataset.json`` (the file, or the dataset folder holding it)."""
+    path = Path(path)
+    json_path = path / "dataset.json" if path.is_dir() else path
+    if not json_path.is_file():
+        raise InputError(f"--dataset-json: {json_path} does not exist; pass the dataset's dataset.json or its folder")
+    try:
+        meta = json.loads(json_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{json_path}: cannot parse ({' '.join(str(exc).split())}); fix the JSON syntax") from None
+    if not isinstance(meta, dict) or "labels" not in meta:
+        raise InputError(f'{json_path}: no "labels" entry; pass the dataset.json of an nnU-Net dataset')
+    return LabelLayout.from_dataset_json(meta["labels"], meta.get("regions_class_order"), json_path)
+
+
+def _read_label(path: Path) -> tuple[np.ndarray, dict]:
     from fusionseg.data import read_label
 
     array, meta = read_label(path)
-    array = np.asarray(array)
-    spacing = meta.get("spacing") if isinstance(meta, dict) else getattr(meta, "spacing", None)
-    if spacing is None:
-        spacing = (1.0,) * array.ndim
-    return array, tuple(float(s) for s in spacing)[: array.ndim]
+    return np.asarray(array), meta
+
+
+def _spacing(meta: dict, ndim: int) -> tuple[float, ...]:
+    spacing = meta.get("spacing") or (1.0,) * ndim
+    return tuple(float(s) for s in spacing)[:ndim]
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def check_same_grid(pred_meta: dict, gt_meta: dict, pred_path: Path, gt_path: Path) -> None:
+    """InputError naming both files unless the prediction has its ground truth's shape, spacing, origin, direction."""
+    shape_p, shape_g = tuple(pred_meta["spatial_shape"]), tuple(gt_meta["spatial_shape"])
+    what = None
+    if shape_p != shape_g:
+        what = f"shape {shape_p} vs {shape_g}"
+    else:
+        a, b = np.asarray(pred_meta["affine"], float), np.asarray(gt_meta["affine"], float)
+        n = a.shape[0] - 1
+        if a.shape != b.shape:
+            what = f"{n}-D vs {b.shape[0] - 1}-D geometry"
+        else:
+            spacing_p, spacing_g = np.linalg.norm(a[:n, :n], axis=0), np.linalg.norm(b[:n, :n], axis=0)
+            tol = 1e-3 * max(1.0, float(spacing_g.max()))  # as data.validation.check_geometry
+            if not np.allclose(spacing_p, spacing_g, rtol=1e-4, atol=1e-6):
+                what = f"spacing {_fmt(spacing_p)} vs {_fmt(spacing_g)} mm"
+            elif not np.allclose(a[:n, n], b[:n, n], rtol=1e-4, atol=tol):
+                what = f"origin {_fmt(a[:n, n])} vs {_fmt(b[:n, n])} mm"
+            elif not np.allclose(a[:n, :n] / spacing_p, b[:n, :n] / spacing_g, atol=1e-4):
+                what = "direction (axis orientation) differs"
+    if what is not None:
+        raise InputError(
+            f"prediction {pred_path} and ground truth {gt_path} are on different grids ({what}); "
+            "predict on the ground truth's grid (fusionseg predict keeps the input's geometry)"
+        )
+
+
+def _scored(layout: LabelLayout | None, labels: Sequence[int] | None) -> Sequence[int] | Mapping | None:
+    """What to score: regions {name: values}, the declared classes, or ``labels`` (None: found in the gt)."""
+    if layout is not None and layout.has_regions:
+        if labels is not None:
+            raise InputError("--labels cannot select regions; a region dataset is scored on all its regions")
+        return dict(zip(layout.output_names, (list(r) for r in layout.regions)))
+    if labels is not None:
+        return [int(v) for v in labels]
+    if layout is not None:
+        return list(range(1, layout.num_classes))
+    return None
+
+
+def evaluate_pairs(
+    pairs: Sequence[tuple[str, Path, Path]],
+    labels: Sequence[int] | None = None,
+    *,
+    layout: LabelLayout | None = None,
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE,
+    missing: Sequence[tuple[str, Path]] = (),
+) -> tuple[list[dict], dict]:
+    """Score (case id, prediction file, ground-truth file) triples → (rows, summary).
+
+    ``rows``: one dict per (case, class or region) with case, label and every metric of
+    :data:`~fusionseg.engine.metrics.METRICS`. ``missing`` (case id, ground truth) are scored as
+    empty predictions. ``layout`` (from ``dataset.json``) sets the classes or regions and the ignore label.
+    """
+    if not nsd_tolerance >= 0:
+        raise InputError(f"--nsd-tolerance must be ≥ 0 mm, got {nsd_tolerance}")
+    loaded = []
+    for cid, pred_path, gt_path in pairs:
+        gt, gt_meta = _read_label(gt_path)
+        pred, pred_meta = _read_label(pred_path)
+        check_same_grid(pred_meta, gt_meta, pred_path, gt_path)
+        loaded.append((cid, pred.reshape(gt.shape), gt, _spacing(gt_meta, gt.ndim)))
+    for cid, gt_path in missing:
+        gt, gt_meta = _read_label(gt_path)
+        loaded.append((cid, np.zeros_like(gt), gt, _spacing(gt_meta, gt.ndim)))
+    scored = _scored(layout, labels)
+    if scored is None:
+        found: set[int] = set()
+        for _, _, gt, _ in loaded:
+            found.update(int(v) for v in np.unique(gt))
+        scored = sorted(v for v in found if v != 0)
+    ignore = layout.ignore_label if layout is not None else None
+    rows = []
+    for cid, pred, gt, spacing in sorted(loaded, key=lambda item: item[0]):
+        valid = gt != ignore if ignore is not None else None
+        metrics = case_metrics(pred, gt, spacing, scored, valid=valid, nsd_tolerance=nsd_tolerance)
+        for label, values in metrics.items():
+            rows.append({"case": cid, "label": label, **values})
+    keys = list(scored)
+    summary = summarise(rows, keys)
+    summary.update(
+        num_cases=len(loaded),
+        labels=keys,
+        regions=dict(scored) if isinstance(scored, Mapping) else None,
+        ignore_label=ignore,
+        nsd_tolerance_mm=float(nsd_tolerance),
+    )
+    return rows, summary
 
 
 def evaluate_folders(
     pred_dir: str | Path,
     gt_dir: str | Path,
     labels: Sequence[int] | None = None,
+    *,
+    layout: LabelLayout | None = None,
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE,
 ) -> tuple[list[dict], dict]:
-    """Score every prediction in ``pred_dir`` against ``gt_dir`` → (rows, summary).
+    """Score every prediction in ``pred_dir`` against ``gt_dir`` → (rows, summary) (see :func:`evaluate_pairs`).
 
-    ``rows``: one dict per (case, class) with case, label, dice, iou, hd95, msd. A ground-truth case
-    without a prediction is scored as an empty prediction and listed under ``summary["missing"]``.
+    A ground-truth case without a prediction is scored as an empty prediction and listed under
+    ``summary["missing"]``; predictions without ground truth under ``summary["extra"]``.
     """
     pairs, missing, extra = match_cases(Path(pred_dir), Path(gt_dir))
-    loaded = []
-    for cid, pred_path, gt_path in pairs:
-        gt, spacing = _read_label(gt_path)
-        pred, _ = _read_label(pred_path)
-        if pred.shape != gt.shape:
-            raise InputError(
-                f"{pred_path.name}: shape {pred.shape} differs from its ground truth {gt_path} {gt.shape}; "
-                "predictions must be on the ground truth's grid"
-            )
-        loaded.append((cid, pred, gt, spacing))
-    gt_dir = Path(gt_dir)
-    gt_files = label_files(gt_dir)
-    for cid in missing:
-        gt, spacing = _read_label(gt_files[cid])
-        loaded.append((cid, np.zeros_like(gt), gt, spacing))
-    if labels is None:
-        found: set[int] = set()
-        for _, _, gt, _ in loaded:
-            found.update(int(v) for v in np.unique(gt))
-        labels = sorted(v for v in found if v != 0)
-    labels = [int(v) for v in labels]
-    rows = []
-    for cid, pred, gt, spacing in sorted(loaded, key=lambda item: item[0]):
-        for label, values in case_metrics(pred, gt, spacing, labels).items():
-            rows.append({"case": cid, "label": label, **values})
-    summary = summarise(rows, labels)
-    summary.update(num_cases=len(loaded), labels=labels, missing=missing, extra=extra)
+    gt_files = label_files(Path(gt_dir))
+    rows, summary = evaluate_pairs(
+        pairs,
+        labels,
+        layout=layout,
+        nsd_tolerance=nsd_tolerance,
+        missing=[(cid, gt_files[cid]) for cid in missing],
+    )
+    summary.update(missing=missing, extra=extra)
     return rows, summary
 
 
@@ -135,25 +241,28 @@ def write_metrics_csv(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """``obj`` with NaN/Inf floats as None (JSON has no NaN)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
 def format_summary_table(summary: dict) -> str:
-    """Markdown table: one row per class plus the mean (mean ± std)."""
+    """Markdown table: one row per class (or region) plus the mean (mean ± std)."""
     from fusionseg.engine.report import format_table
 
     rows = []
     for label, stats in summary["per_class"].items():
         rows.append([label, *(_pm(stats[m]["mean"], stats[m]["std"]) for m in METRICS)])
     rows.append(["mean", *(f"{summary['mean'][m]:.4f}" for m in METRICS)])
-    return format_table(["class", "Dice", "IoU", "HD95 (mm)", "MSD (mm)"], rows)
+    tolerance = summary.get("nsd_tolerance_mm", DEFAULT_NSD_TOLERANCE)
+    kind = "region" if summary.get("regions") else "class"
+    return format_table([kind, "Dice", "IoU", "HD95 (mm)", "MSD (mm)", f"NSD ({tolerance:g} mm)"], rows)
 
 
 def _pm(mean: float, std: float) -> str:
@@ -167,9 +276,12 @@ def run_evaluation(
     images: Path | None = None,
     labels: Sequence[int] | None = None,
     num_overlays: int = 2,
+    *,
+    layout: LabelLayout | None = None,
+    nsd_tolerance: float = DEFAULT_NSD_TOLERANCE,
 ) -> dict:
     """Evaluate, write ``metrics.csv``, ``summary.json`` and overlays; return the summary."""
-    rows, summary = evaluate_folders(pred_dir, gt_dir, labels)
+    rows, summary = evaluate_folders(pred_dir, gt_dir, labels, layout=layout, nsd_tolerance=nsd_tolerance)
     output.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(rows, output / "metrics.csv")
     summary["overlays"] = []
@@ -183,5 +295,5 @@ def run_evaluation(
             k=num_overlays,
         )  # fmt: skip
         summary["overlays"] = [str(p.relative_to(output)) for p in paths]
-    write_text_atomic(output / "summary.json", json.dumps(_json_safe(summary), indent=2))
+    write_text_atomic(output / "summary.json", json.dumps(json_safe(summary), indent=2))
     return summary

@@ -1,15 +1,20 @@
-"""Sliding-window inference: one image, a folder of cases, a checkpoint (``fusionseg predict``).
+"""Sliding-window inference: one image, a folder of cases, one checkpoint or an ensemble (``fusionseg predict``).
 
 :func:`predict_volume` runs MONAI's Gaussian-weighted sliding window over one preprocessed image,
 with optional flip test-time augmentation; the window is rounded up to the network's
-``size_multiple`` and images smaller than it are padded (and cropped back) automatically.
-:func:`load_model` rebuilds model and preprocessing from a checkpoint; :func:`predict_files`
-writes label maps (and optionally probabilities) in each input's own geometry via
-``data.save_prediction``. Mixed precision follows :func:`fusionseg.engine.runtime.amp_dtype`.
+``size_multiple`` and images smaller than it are padded (and cropped back) automatically. Outputs
+are softmax class probabilities, or sigmoid region probabilities for region-based models
+(``pre["activation"]``). :func:`load_model` rebuilds model and preprocessing from a checkpoint;
+:func:`resolve_checkpoints` expands a cross-validation run folder into its ``fold_*/best.pt``;
+:func:`predict_files` writes label maps (and optionally probabilities) in each input's own
+geometry via ``data.save_prediction``, averaging the probabilities of several models (an ensemble)
+and applying largest-component postprocessing when asked. Mixed precision follows
+:func:`fusionseg.engine.runtime.amp_dtype`.
 
 Example:
     >>> probs = predict_volume(model, image, pre, overlap=0.5)   # image (C, *S) → probs (K, *S)
     >>> label_map = probs.argmax(0)
+    >>> checkpoints, plan = resolve_checkpoints([Path("runs/cv")])   # fold_0/best.pt ... + postprocessing.json
 """
 
 from __future__ import annotations
@@ -29,7 +34,21 @@ from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.errors import InputError
 from fusionseg.files import atomic_write
 
-__all__ = ["find_inputs", "load_model", "predict_files", "predict_volume", "round_up", "window_size"]
+__all__ = [
+    "check_same_preprocessing",
+    "find_inputs",
+    "load_model",
+    "load_models",
+    "predict_ensemble",
+    "predict_files",
+    "predict_volume",
+    "resolve_checkpoints",
+    "round_up",
+    "window_size",
+]
+
+# Preprocessing entries that only shape training (a model of an ensemble may differ in them).
+TRAINING_ONLY_KEYS = ("patch_size", "num_samples")
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -62,8 +81,9 @@ def predict_volume(
     device: str | torch.device | None = None,
     amp: bool = False,
     roi_size: Sequence[int] | None = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
-    """Class probabilities of one image.
+    """Class (softmax) or region (sigmoid) probabilities of one image.
 
     Args:
         model: network returning logits (B, K, *S) or a tuple of them (the first is used).
@@ -75,6 +95,7 @@ def predict_volume(
         device: where the network runs (default: the model's device); blending happens there too.
         amp: mixed precision where it is fast (fp16 on CUDA, bf16 on CPUs with native bf16; else fp32).
         roi_size: explicit window size (overrides ``pre``); rounded up to ``model.size_multiple``.
+        activation: ``"softmax"`` or ``"sigmoid"`` (default: ``pre["activation"]``, else softmax).
 
     Returns:
         float32 probabilities (K, *S) on the CPU.
@@ -85,6 +106,10 @@ def predict_volume(
         raise InputError(f"predict_volume expects an image (C, *S) with 2 or 3 spatial dims, got {tuple(image.shape)}")
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    activation = activation or (pre or {}).get("activation") or "softmax"
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
+    activate = torch.sigmoid if activation == "sigmoid" else (lambda logits: torch.softmax(logits, 1))
     spatial = tuple(image.shape[1:])
     multiple = int(model.size_multiple)
     patch = roi_size if roi_size is not None else (pre or {}).get("patch_size")
@@ -102,7 +127,7 @@ def predict_volume(
             out = model(x)
         if isinstance(out, list | tuple):
             out = out[0]
-        return torch.softmax(out.float(), 1)
+        return activate(out.float())
 
     x = image[None].float().to(device)
     flips = _flips(len(spatial)) if tta else [()]
@@ -135,6 +160,77 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
         raise InputError(f"{checkpoint} carries no preprocessing; it cannot be used for prediction")
     model = rebuild_model(ckpt)
     return model.to(device).eval(), ckpt["preprocessing"], ckpt
+
+
+def resolve_checkpoints(paths: Sequence[str | Path]) -> tuple[list[Path], Path | None]:
+    """Checkpoint files named by ``paths`` → (files, postprocessing JSON of a cross-validation run or None).
+
+    A file is used as is. A folder stands for its ``fold_*/best.pt`` (a cross-validation run, in fold
+    order; its ``postprocessing.json`` is returned when present) or else its ``best.pt``.
+    """
+    from fusionseg.engine.postprocess import POSTPROCESSING_FILE
+
+    files: list[Path] = []
+    plan = None
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        folds = sorted(path.glob("fold_*/best.pt"), key=lambda p: _fold_number(p.parent.name))
+        if folds:
+            files += folds
+            if (path / POSTPROCESSING_FILE).is_file() and len(paths) == 1:
+                plan = path / POSTPROCESSING_FILE
+        elif (path / "best.pt").is_file():
+            files.append(path / "best.pt")
+        else:
+            raise InputError(
+                f"--checkpoint {path} is a folder without best.pt or fold_*/best.pt; "
+                "pass a checkpoint file or a run folder"
+            )
+    return files, plan
+
+
+def _fold_number(name: str) -> tuple[int, str]:
+    tail = name.rpartition("_")[2]
+    return (int(tail), name) if tail.isdigit() else (1 << 30, name)
+
+
+def check_same_preprocessing(pres: Sequence[dict], sources: Sequence[str | Path]) -> None:
+    """InputError naming the first model whose preprocessing differs from the first one's (training-only keys aside)."""
+    reference = pres[0]
+    for pre, source in zip(pres[1:], sources[1:]):
+        keys = sorted((set(reference) | set(pre)) - set(TRAINING_ONLY_KEYS))
+        differ = [k for k in keys if reference.get(k) != pre.get(k)]
+        if differ:
+            raise InputError(
+                f"{source}: preprocessing differs from {sources[0]} ({', '.join(differ[:3])}); an ensemble needs "
+                "models trained on the same dataset with the same preprocessing"
+            )
+
+
+def load_models(
+    checkpoints: Sequence[str | Path], device: str | torch.device = "cpu"
+) -> tuple[list[nn.Module], list[dict]]:
+    """Rebuild every checkpoint of an ensemble → (models, their preprocessing); they must share the preprocessing."""
+    if not checkpoints:
+        raise InputError("--checkpoint: no checkpoint given; pass best.pt file(s) or a run folder")
+    models, pres = [], []
+    for path in checkpoints:
+        model, pre, _ = load_model(path, device)
+        models.append(model)
+        pres.append(pre)
+    check_same_preprocessing(pres, [str(p) for p in checkpoints])
+    return models, pres
+
+
+def predict_ensemble(models: Sequence[nn.Module], pres: Sequence[dict], image: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Mean of :func:`predict_volume` over ``models`` (each with its own window) → probabilities (K, *S)."""
+    total = None
+    for model, pre in zip(models, pres):
+        probs = predict_volume(model, image, pre, **kwargs)
+        total = probs if total is None else total.add_(probs)
+    return total / len(models) if len(models) > 1 else total
 
 
 def find_inputs(source: Path, in_channels: int = 1) -> list[tuple[str, list[Path]]]:
@@ -179,18 +275,22 @@ def _case_id(path: Path, strip_any_channel: bool) -> str:
     return stem
 
 
-def _save_atomic(array, meta, out_path: Path) -> Path:
-    """Write via ``data.save_prediction`` to a hidden temp name in the same folder, then rename."""
+def _save_label_map(probs: torch.Tensor, meta: dict, out_path: Path, plan: dict | None, binary_as_255: bool) -> Path:
+    """Label map of ``probs`` on the input grid (``data.save_prediction``), postprocessed, written atomically."""
     from fusionseg.data import save_prediction
 
     with atomic_write(out_path) as tmp:
-        save_prediction(array, meta, tmp)
+        save_prediction(probs, meta, tmp)
+        if plan is not None:
+            from fusionseg.engine.postprocess import postprocess_label_file
+
+            postprocess_label_file(tmp, plan, binary_as_255=binary_as_255)
     return out_path
 
 
 def predict_files(
-    model: nn.Module,
-    pre: dict,
+    model: nn.Module | Sequence[nn.Module],
+    pre: dict | Sequence[dict],
     cases: list[tuple[str, list[Path]]],
     output: Path,
     *,
@@ -198,32 +298,43 @@ def predict_files(
     sw_batch_size: int = 4,
     tta: bool = False,
     probabilities: bool = False,
+    postprocessing: dict | None = None,
     device: str | torch.device = "cpu",
     amp: bool = False,
     progress: bool = True,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Predict every case → (written label files, [(case_id, error message)] of the cases that failed)."""
+    """Predict every case → (written label files, [(case_id, error message)] of the cases that failed).
+
+    ``model``/``pre``: one model and its preprocessing, or lists of them (an ensemble: probabilities are
+    averaged). The label map is computed from the probabilities on the input grid (argmax, or regions
+    painted in ``regions_class_order``), so it equals that of the written probabilities; a
+    ``postprocessing`` plan (:mod:`fusionseg.engine.postprocess`) then cleans the label map only.
+    """
     from fusionseg.data import load_for_inference
 
+    models = list(model) if isinstance(model, Sequence) else [model]
+    pres = list(pre) if not isinstance(pre, dict) else [pre] * len(models)
+    if len(pres) != len(models):
+        raise ValueError(f"{len(models)} models but {len(pres)} preprocessing dicts")
     output.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for i, (cid, images) in enumerate(cases, 1):
         start = time.perf_counter()
         out_path = output / f"{cid}{_output_ext(images[0])}"
         try:
-            image, meta = load_for_inference(list(images), pre)
-            probs = predict_volume(
-                model,
+            image, meta = load_for_inference(list(images), pres[0])
+            probs = predict_ensemble(
+                models,
+                pres,
                 torch.as_tensor(image),
-                pre,
                 overlap=overlap,
                 sw_batch_size=sw_batch_size,
                 tta=tta,
                 device=device,
                 amp=amp,
             )
-            label_map = probs.argmax(0).to(torch.uint8 if probs.shape[0] < 256 else torch.int16).numpy()
-            _save_atomic(label_map, meta, out_path)
+            binary_as_255 = bool(pres[0].get("binary_as_255", False))
+            _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
             if probabilities:
                 prob_path = output / f"{cid}_probabilities{probability_extension(images[0])}"
                 try:

@@ -1,9 +1,14 @@
 """The training loop: a :class:`Trainer` built from small overridable hooks, and :func:`train`.
 
-One iteration trains on ``config.batch_size`` patches: Dice + cross-entropy (deep-supervision
-weights halving per scale), SGD (Nesterov, poly LR) or AdamW, optional mixed precision
-(:mod:`fusionseg.engine.runtime`), patches from a cached MONAI dataset, sliding-window validation
-Dice every ``val_every`` epochs, atomic ``best.pt`` / ``last.pt``, ``log.csv`` and a learning curve.
+One iteration trains on ``config.batch_size`` patches: the loss of the dataset's labels
+(:func:`~fusionseg.engine.losses.loss_for_labels`: softmax Dice + cross-entropy, sigmoid Dice + BCE
+per region, ignore label left out; deep-supervision weights halving per scale), SGD (Nesterov,
+poly LR) or AdamW, optional mixed precision (:mod:`fusionseg.engine.runtime`), patches from a cached
+MONAI dataset, sliding-window validation Dice (per class / region) every ``val_every`` epochs,
+atomic ``best.pt`` / ``last.pt``, ``log.csv``, a learning curve and TensorBoard scalars.
+
+Validation cases: a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's
+``splits_final.json`` (:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
 
 Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
 augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` is written at epoch boundaries with
@@ -45,10 +50,11 @@ from fusionseg.engine import distributed
 from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from fusionseg.engine.config import TrainConfig
 from fusionseg.engine.infer import round_up
-from fusionseg.engine.losses import DeepSupervisedDiceCE
+from fusionseg.engine.losses import loss_for_labels
 from fusionseg.engine.optim import build_optimizer, poly_lr_lambda
 from fusionseg.engine.runtime import autocast, resolve_amp, seed_everything, set_threads, tune_cpu_allocator
-from fusionseg.engine.validation import validation_dice
+from fusionseg.engine.tensorboard_log import ScalarLog
+from fusionseg.engine.validation import validation_scores
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.files import atomic_write, write_text_atomic
 
@@ -90,7 +96,7 @@ def build_model(config: TrainConfig, pre: dict) -> nn.Module:
 
     kwargs: dict[str, Any] = {
         "in_channels": int(pre["in_channels"]),
-        "out_channels": int(pre["num_classes"]),
+        "out_channels": int(pre.get("out_channels", pre["num_classes"])),  # one per region for region datasets
         "spatial_dims": int(pre["spatial_dims"]),
     }
     if config.deep_supervision is not None:
@@ -133,9 +139,11 @@ class Trainer:
 
     Hooks (override in a subclass): :meth:`split`, :meth:`build_model`, :meth:`build_datasets`,
     :meth:`build_loss`, :meth:`build_optimizer`, :meth:`build_scheduler`, :meth:`train_step`,
-    :meth:`validate`. Attributes set up by :meth:`setup`: ``info`` (distributed), ``device``, ``pre``
-    (preprocessing), ``model`` (bare) and ``net`` (DDP-wrapped), ``loss``, ``optimizer``, ``scheduler``,
-    ``scaler``, ``amp_dtype``, ``state`` (:class:`TrainState`).
+    :meth:`validate`. Attributes set up by :meth:`setup`: ``info`` (distributed), ``device``,
+    ``dataset`` (:class:`~fusionseg.data.DatasetInfo`), ``pre`` (preprocessing), ``layout``
+    (:class:`~fusionseg.data.LabelLayout`), ``model`` (bare) and ``net`` (DDP-wrapped), ``loss``,
+    ``optimizer``, ``scheduler``, ``scaler``, ``amp_dtype``, ``state`` (:class:`TrainState`).
+    :meth:`validate` may fill ``val_per_class`` ({class or region name: Dice}) for the logs.
     """
 
     def __init__(self, config: TrainConfig, log: Callable[..., None] = print) -> None:
@@ -146,6 +154,8 @@ class Trainer:
         self.device = self.info.device
         self._log = log
         self.state = TrainState()
+        self.val_per_class: dict[str, float] = {}
+        self.scalars = ScalarLog(None)
 
     # ------------------------------------------------------------------------------------ logging
 
@@ -157,8 +167,15 @@ class Trainer:
     # -------------------------------------------------------------------------------------- hooks
 
     def split(self, cases: list) -> tuple[list, list]:
-        """Training and validation cases."""
-        return split_cases(cases, self.config.val_fraction, self.config.seed)
+        """Training and validation cases: fold ``config.fold`` of ``splits_final.json``, else a seeded hold-out."""
+        c = self.config
+        if c.fold is None:
+            return split_cases(cases, c.val_fraction, c.seed)
+        from fusionseg.data import get_fold
+
+        train_ids, val_ids = get_fold(self.dataset, c.fold, c.splits, c.num_folds)
+        by_id = {case.case_id: case for case in cases}
+        return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
     def build_model(self, pre: dict) -> nn.Module:
         return build_model(self.config, pre)
@@ -179,12 +196,15 @@ class Trainer:
         )
         val_items = []
         if val_cases:
-            val_ds = CacheDataset([data.case_dict(case) for case in val_cases], data.eval_transforms(self.pre))
+            val_ds = CacheDataset(
+                [data.case_dict(case) for case in val_cases], data.eval_transforms(self.pre), progress=False
+            )
             val_items = list(val_ds)
         return train_ds, val_items
 
     def build_loss(self) -> nn.Module:
-        return DeepSupervisedDiceCE()
+        """The loss of the dataset's labels (:func:`~fusionseg.engine.losses.loss_for_labels`)."""
+        return loss_for_labels(self.layout)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -223,11 +243,14 @@ class Trainer:
         return float(loss.detach())
 
     def validate(self) -> float | None:
-        """Validation Dice of the current weights (None without validation cases)."""
+        """Mean validation Dice of the current weights (None without validation cases); sets ``val_per_class``."""
         if not self.val_items:
             return None
         amp = self.amp_dtype is not None
-        return validation_dice(self.model, self.val_items, self.pre, self.device, self.config.val_overlap, amp)
+        mean, self.val_per_class = validation_scores(
+            self.model, self.val_items, self.pre, self.device, self.config.val_overlap, amp
+        )
+        return mean
 
     # ---------------------------------------------------------------------------------- the run
 
@@ -244,7 +267,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        ds_info = data.scan_dataset(c.data)
+        ds_info = self.dataset = data.scan_dataset(c.data)
         if not ds_info.cases:
             raise InputError(f"{c.data} has no training cases")
         self.pre = data.build_preprocessing(
@@ -252,6 +275,7 @@ class Trainer:
             target_spacing=list(c.target_spacing) if isinstance(c.target_spacing, tuple | list) else c.target_spacing,
             patch_size=list(c.patch_size) if c.patch_size else None,
         )
+        self.layout = data.LabelLayout.from_preprocessing(self.pre)
         self.model = self.build_model(self.pre)
         self._fit_patch_size(int(self.model.size_multiple))
         num_samples = int(self.pre.get("num_samples", 1))
@@ -282,6 +306,8 @@ class Trainer:
             self._restore()
         elif self.info.is_main and self.last_path.exists():
             self.log(f"note: {self.output} already holds a run; it will be overwritten (use --resume to continue it)")
+        if self.info.is_main:
+            self.scalars = ScalarLog(self.output, purge_step=self.state.step if c.resume else None, log=self.log)
 
     def run(self) -> Path:
         """Train; returns the path of ``best.pt`` (the highest validation Dice, else the last epoch)."""
@@ -314,10 +340,14 @@ class Trainer:
                     "train_time_s": self.state.train_time,
                     "best_val_dice": self.state.best,
                     "out_of_time": out_of_time,
+                    "fold": c.fold,
+                    "train_cases": [case.case_id for case in self.train_cases],
+                    "val_cases": [case.case_id for case in self.val_cases],
                 }
                 write_text_atomic(self.output / "train_summary.json", json.dumps(summary, indent=2))
             return self.best_path
         finally:
+            self.scalars.close()
             distributed.cleanup(self.info)
 
     # --------------------------------------------------------------------------------- internals
@@ -376,6 +406,7 @@ class Trainer:
         train_loss = distributed.all_reduce_mean(float(np.mean(losses)) if losses else math.nan, self.info)
         finished = state.epoch >= c.epochs or out_of_time
         val_dice = None
+        self.val_per_class = {}
         if self.info.is_main and (state.epoch % c.val_every == 0 or finished):
             val_dice = self.validate()
         improved = val_dice is not None and val_dice > state.best_metric
@@ -393,6 +424,7 @@ class Trainer:
             }
         )
         if self.info.is_main:
+            self._log_scalars(train_loss, val_dice)
             self.log(
                 f"epoch {state.epoch}/{c.epochs}: loss {train_loss:.4f}"
                 + ("" if val_dice is None else f", val Dice {val_dice:.4f}" + (" (best)" if improved else ""))
@@ -401,6 +433,14 @@ class Trainer:
             self._save(improved or (not self.val_items and finished), finished)
         distributed.barrier(self.info)
         return out_of_time
+
+    def _log_scalars(self, train_loss: float, val_dice: float | None) -> None:
+        """TensorBoard scalars of the epoch just finished, at the global iteration count."""
+        values = {"train/loss": train_loss, "train/lr": self.optimizer.param_groups[0]["lr"]}
+        if val_dice is not None:
+            values["val/dice"] = val_dice
+            values.update({f"val/dice_{name}": v for name, v in self.val_per_class.items()})
+        self.scalars.add(self.state.step, values)
 
     def _checkpoint(self) -> dict:
         return {

@@ -1,7 +1,12 @@
-"""Validation during training: sliding-window Dice of preprocessed cases.
+"""Validation during training: sliding-window Dice of preprocessed cases, per class or region.
+
+Softmax models are scored per foreground class on the argmax; region models (sigmoid) per region
+on probabilities > 0.5 against ``isin(label, region)``. Voxels with the dataset's ignore label are
+left out. A class/region absent from both prediction and label scores 1.
 
 Example:
     >>> scores = case_dice(model, items, pre, torch.device("cpu"))   # one mean foreground Dice per case
+    >>> mean, per_class = validation_scores(model, items, pre, torch.device("cpu"))   # per_class: {name: Dice}
 """
 
 from __future__ import annotations
@@ -12,34 +17,73 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusionseg.data.labels import LabelLayout, labels_to_regions
 from fusionseg.engine.infer import predict_volume
-from fusionseg.engine.metrics import dice_iou
+from fusionseg.engine.metrics import class_dice, dice_iou
 
-__all__ = ["case_dice", "validation_dice"]
+__all__ = ["case_dice", "case_scores", "probability_dice", "score_names", "validation_dice", "validation_scores"]
 
 
 def _plain(x) -> torch.Tensor:
     return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
+def score_names(layout: LabelLayout) -> list[str]:
+    """Names of what validation scores: the foreground classes, or the regions."""
+    if layout.has_regions:
+        return list(layout.output_names)
+    return [layout.names[k] for k in range(1, layout.num_classes)]
+
+
+def probability_dice(probabilities: torch.Tensor, label: torch.Tensor, layout: LabelLayout) -> np.ndarray:
+    """Dice per foreground class / region of probabilities (C, *S) against a label map (*S) → (N,)."""
+    label_np = _plain(label).long().numpy()
+    valid = layout.valid_mask(label_np)
+    if not layout.has_regions:
+        pred = probabilities.argmax(0).numpy()
+        return class_dice(pred, label_np, layout.num_classes, valid)
+    pred = (probabilities > 0.5).numpy()
+    gt = labels_to_regions(label_np, layout.regions).astype(bool)
+    if valid is not None:
+        pred, gt = pred & valid, gt & valid
+    return np.array([dice_iou(p, g)[0] for p, g in zip(pred, gt)])
+
+
 @torch.no_grad()
+def case_scores(
+    model: nn.Module, items: list[dict], pre: dict, device: torch.device, overlap: float = 0.25, amp: bool = False
+) -> list[np.ndarray]:
+    """Dice per foreground class / region (:func:`score_names` order) of each preprocessed {"image", "label"} item."""
+    layout = LabelLayout.from_preprocessing(pre)
+    scores = []
+    for item in items:
+        image, label = _plain(item["image"]), _plain(item["label"])[0].long()
+        probs = predict_volume(model, image, pre, overlap=overlap, device=device, amp=amp)
+        scores.append(probability_dice(probs, label, layout))
+    return scores
+
+
 def case_dice(
     model: nn.Module, items: list[dict], pre: dict, device: torch.device, overlap: float = 0.25, amp: bool = False
 ) -> list[float]:
-    """Mean foreground Dice of each item (sliding window on preprocessed ``{"image", "label"}`` items)."""
-    scores = []
-    num_classes = int(pre["num_classes"])
-    for item in items:
-        image, label = _plain(item["image"]), _plain(item["label"])[0].long()
-        pred = predict_volume(model, image, pre, overlap=overlap, device=device, amp=amp).argmax(0)
-        per_class = [dice_iou((pred == c).numpy(), (label == c).numpy())[0] for c in range(1, num_classes)]
-        scores.append(float(np.mean(per_class)))
-    return scores
+    """Mean foreground Dice (over classes / regions) of each item."""
+    return [float(np.mean(s)) for s in case_scores(model, items, pre, device, overlap, amp)]
+
+
+def validation_scores(
+    model: nn.Module, items: list[dict], pre: dict, device: torch.device, overlap: float = 0.25, amp: bool = False
+) -> tuple[float, dict[str, float]]:
+    """(mean Dice over cases and classes / regions, {class or region name: mean Dice over cases}); NaN without cases."""
+    scores = case_scores(model, items, pre, device, overlap, amp)
+    names = score_names(LabelLayout.from_preprocessing(pre))
+    if not scores:
+        return math.nan, {}
+    per_class = np.mean(np.stack(scores), axis=0)
+    return float(np.mean([np.mean(s) for s in scores])), {n: float(v) for n, v in zip(names, per_class)}
 
 
 def validation_dice(
     model: nn.Module, items: list[dict], pre: dict, device: torch.device, overlap: float = 0.25, amp: bool = False
 ) -> float:
     """Mean foreground Dice over cases and classes (NaN without cases)."""
-    scores = case_dice(model, items, pre, device, overlap, amp)
-    return float(np.mean(scores)) if scores else math.nan
+    return validation_scores(model, items, pre, device, overlap, amp)[0]
