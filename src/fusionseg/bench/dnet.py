@@ -26,7 +26,7 @@ from fusionseg.fusion import DFF
 from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.nets.dnet import DNet, bf16_autocast
 
-__all__ = ["count_macs", "main"]
+__all__ = ["build_parser", "count_macs", "main"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -153,7 +153,8 @@ def _peers(out_channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
     return {"SwinUNETR fs48 (MONAI)": swin, "DynUNet nnU-Net-like (MONAI)": dyn}
 
 
-def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> int:
+def build_parser(prog: str = "fusionseg bench dnet") -> argparse.ArgumentParser:
+    """The options of ``fusionseg bench dnet``."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96], help="cubic input sizes (multiples of 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
@@ -162,6 +163,11 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
     parser.add_argument("--no-train", action="store_true", help="inference only")
     parser.add_argument("--out-channels", type=int, default=16)
     parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores, default) or a number")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.repeats, args.no_peers = args.sizes[:1], 1, True

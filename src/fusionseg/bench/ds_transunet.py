@@ -146,9 +146,9 @@ def table_attention(args: argparse.Namespace) -> str:
     return title + "\n\n" + format_table(header, rows)
 
 
-def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds-transunet") -> int:
+def build_parser(prog: str = "fusionseg bench ds-transunet") -> argparse.ArgumentParser:
+    """The options of ``fusionseg bench ds-transunet``."""
     from fusionseg.cli.options import add_alias
-    from fusionseg.engine.runtime import set_threads
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 64² / 128², small preset only, 1 repeat")
@@ -167,6 +167,13 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds-transune
     add_alias(parser, "--batch", "--batch-size", "batch_size", type=int)
     add_alias(parser, "--big-batch", "--big-batch-size", "big_batch_size", type=int)
     add_alias(parser, "--no-peer", "--no-peers", "no_peers", const=True)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds-transunet") -> int:
+    from fusionseg.engine.runtime import set_threads
+
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     threads, reason = set_threads(args.threads)
     if args.quick:

@@ -30,7 +30,7 @@ from fusionseg.fusion import DFF, TIF
 from fusionseg.fusion.reference import dff_reference, tif_paired_reference, tif_reference
 from fusionseg.layers import to_channels_last
 
-__all__ = ["Case", "cases", "main", "run_case"]
+__all__ = ["Case", "build_parser", "cases", "main", "run_case"]
 
 HEADER = [
     "module",
@@ -230,7 +230,8 @@ def _row(r: dict[str, object]) -> list[object]:
     ]
 
 
-def main(argv: list[str] | None = None, prog: str = "fusionseg bench modules") -> int:
+def build_parser(prog: str = "fusionseg bench modules") -> argparse.ArgumentParser:
+    """The options of ``fusionseg bench modules``."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median; default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs before timing (default 1)")
@@ -238,6 +239,11 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench modules") -
     parser.add_argument("--only", choices=("dff", "tif"), help="benchmark only one module family")
     parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores, default) or a number")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench modules") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1, --warmup >= 0")

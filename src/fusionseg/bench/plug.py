@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from fusionseg.plug.describe import change_text, markdown_table
 
-__all__ = ["PLUG_MODELS", "main", "parameter_table"]
+__all__ = ["PLUG_MODELS", "build_parser", "main", "parameter_table"]
 
 # Registered plug-in models (fusionseg.nets.external), in table order.
 PLUG_MODELS = ("monai_basicunet", "monai_dynunet", "monai_swinunetr", "nnunet_plain", "nnunet_resenc")
@@ -44,9 +44,15 @@ def parameter_table(dims: Sequence[int] = (2, 3), models: Sequence[str] = PLUG_M
     return table
 
 
-def main(argv: list[str] | None = None, prog: str = "fusionseg bench plug") -> int:
+def build_parser(prog: str = "fusionseg bench plug") -> argparse.ArgumentParser:
+    """The options of ``fusionseg bench plug``."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--dims", default="2,3", help="spatial dims to tabulate, e.g. 3 (default 2,3)")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "fusionseg bench plug") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     print(parameter_table(tuple(int(d) for d in args.dims.split(",") if d.strip())))
     return 0

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CASES", "Case", "main", "make_anisotropic_dataset"]
+__all__ = ["CASES", "Case", "build_parser", "main", "make_anisotropic_dataset"]
 
 
 @dataclass(frozen=True)
@@ -259,6 +259,16 @@ def _row(r: dict) -> list:
     ]
 
 
+def build_parser(prog: str = "fusionseg bench train-loop") -> argparse.ArgumentParser:
+    """The options of ``fusionseg bench train-loop``."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="default: all")
+    parser.add_argument("--iterations", type=int, default=6, help="timed iterations per arm and round (default 6)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of alternating arms (default 2)")
+    parser.add_argument("--threads", default="auto", help="CPU threads of every arm: auto (idle cores) or a number")
+    return parser
+
+
 def main(argv: list[str] | None = None, prog: str = "fusionseg bench train-loop") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--worker":
@@ -266,11 +276,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench train-loop"
     from fusionseg.engine.report import format_table
     from fusionseg.engine.runtime import choose_threads
 
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES), help="default: all")
-    parser.add_argument("--iterations", type=int, default=6, help="timed iterations per arm and round (default 6)")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of alternating arms (default 2)")
-    parser.add_argument("--threads", default="auto", help="CPU threads of every arm: auto (idle cores) or a number")
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.iterations < 2 or args.repeats < 1:
         parser.error("--iterations must be ≥ 2 and --repeats ≥ 1")
