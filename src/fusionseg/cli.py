@@ -23,7 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("fusionseg.engine.ablate", "equal-budget comparison of fusion modules"),
     "export": ("fusionseg.engine.export", "export a checkpoint to TorchScript or ONNX"),
     "import-weights": ("fusionseg.engine.checkpoint", "convert an official .pth/.model into a fusionseg checkpoint"),
-    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds_transunet, real_data"),
+    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds_transunet, real_data, nnunet"),
+    "nnunet": ("fusionseg.nnunet.cli", "nnU-Net v2 trainers: install | uninstall | list (docs/nnunet.md)"),
 }
 
 

@@ -278,9 +278,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Convert official D-Net / DS-TransUNet weights (.pth, .model, nnU-Net checkpoints) into a "
-        "fusionseg checkpoint usable by `fusionseg predict` / `export` / `train --init`.",
+        "fusionseg checkpoint usable by `fusionseg predict` / `export` / `train --init`. Without --model, --weights "
+        "is an nnU-Net v2 checkpoint_final.pth: network, plans and preprocessing come from it (docs/nnunet.md).",
     )
-    p.add_argument("--model", required=True, help="registry name, e.g. dnet, dnet_v1, ds_transunet")
+    p.add_argument(
+        "--model", default=None, help="registry name, e.g. dnet, dnet_v1, ds_transunet; omit for nnU-Net v2 checkpoints"
+    )
     p.add_argument("--weights", required=True, type=Path, help="official weights file")
     p.add_argument("--output", required=True, type=Path, help="fusionseg checkpoint to write (.pt)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's default)")
@@ -306,6 +309,10 @@ def main(argv: list[str], prog: str = "fusionseg import-weights") -> int:
     from fusionseg.nets.weights import load_pretrained
 
     args = _parser(prog).parse_args(argv)
+    if args.model is None:  # an nnU-Net v2 checkpoint_final.pth carries network, plans and preprocessing itself
+        from fusionseg.nnunet import import_weights
+
+        return import_weights(args)
     kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
     for key in ("in_channels", "out_channels", "spatial_dims", "deep_supervision"):
         if getattr(args, key) is not None:

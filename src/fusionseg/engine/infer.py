@@ -236,6 +236,13 @@ def predict_files(
     progress: bool = True,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case → (written label files, [(case_id, error message)] of the cases that failed)."""
+    if pre.get("kind") == "nnunet":  # imported from nnU-Net: its own preprocessing, sliding window and export
+        from fusionseg.nnunet.predict import predict_files as predict_nnunet_files
+
+        return predict_nnunet_files(
+            model, pre, cases, output, overlap=overlap, tta=tta, probabilities=probabilities, device=device,
+            progress=progress,
+        )  # fmt: skip
     from fusionseg.data import load_for_inference
 
     output.mkdir(parents=True, exist_ok=True)
