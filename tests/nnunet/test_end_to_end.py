@@ -22,14 +22,14 @@ import pytest
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as docs/nnunet.md says)")
 
-import fusionseg  # noqa: E402
-from fusionseg.cli import main as fusionseg_main  # noqa: E402
-from fusionseg.data import make_phantom_dataset  # noqa: E402
-from fusionseg.nnunet.cli import SHIM_NAME, default_target, install, uninstall  # noqa: E402
+import fusionseg
+from fusionseg.cli import main as fusionseg_main
+from fusionseg.data import make_phantom_dataset
+from fusionseg.nnunet.cli import SHIM_NAME, default_target, install, uninstall
 
 DATASETS = {3: ("901", "Dataset901_Phantom3D"), 2: ("902", "Dataset902_Phantom2D")}
 TINY_MODULE = "nnUNetTrainer_fusionseg_testonly.py"  # sorts after the shim, before nnU-Net's subfolders
-TINY_SOURCE = '''"""Test-only (tests/nnunet/test_end_to_end.py): fusionseg trainers shortened to 1 epoch of 2 iterations."""
+TINY_SOURCE = '''"""Test-only (tests/nnunet/test_end_to_end.py): fusionseg trainers cut to 1 epoch of 2 iterations."""
 from fusionseg.nnunet.trainers import TRAINERS
 
 
