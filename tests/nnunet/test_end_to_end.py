@@ -24,8 +24,8 @@ pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as
 
 import fusionseg
 from fusionseg.cli import main as fusionseg_main
-from fusionseg.data import make_phantom_dataset
 from fusionseg.nnunet.cli import SHIM_NAME, default_target, install, uninstall
+from fusionseg.nnunet.phantoms import make_nnunet_phantoms
 
 DATASETS = {3: ("901", "Dataset901_Phantom3D"), 2: ("902", "Dataset902_Phantom2D")}
 TINY_MODULE = "nnUNetTrainer_fusionseg_testonly.py"  # sorts after the shim, before nnU-Net's subfolders
@@ -55,26 +55,6 @@ TRAINED = {
     "nnUNetTrainerDSTransUNetSmall": (2, "2d", "ds_transunet_small"),
 }
 LABELS = {"background": 0, "class1": 1, "class2": 2}
-
-
-def _write_2d_dataset(root: Path, num_train: int = 5, num_test: int = 1, size=(64, 64)) -> None:
-    """nnU-Net's 2D layout: ``imagesTr/CASE_0000.png`` (grey), ``labelsTr/CASE.png``, ``imagesTs/``, dataset.json."""
-    from PIL import Image
-
-    from fusionseg.data import phantom
-
-    rng = np.random.default_rng(0)
-    for split, count in (("Tr", num_train), ("Ts", num_test)):
-        (root / f"images{split}").mkdir(parents=True)
-        (root / f"labels{split}").mkdir(parents=True)
-        for i in range(count):
-            image, label = phantom(2, size, len(LABELS), rng)
-            case = f"phantom_{i:03d}" if split == "Tr" else f"phantom_test_{i:03d}"
-            grey = np.round(np.clip(image * 200, 0, 255)).astype(np.uint8)
-            Image.fromarray(grey).save(root / f"images{split}" / f"{case}_0000.png")
-            Image.fromarray(label.astype(np.uint8)).save(root / f"labels{split}" / f"{case}.png")
-    meta = {"channel_names": {"0": "grey"}, "labels": LABELS, "numTraining": num_train, "file_ending": ".png"}
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
 
 
 def _command(name: str) -> str:
@@ -139,8 +119,8 @@ def project(tmp_path_factory):
         pytest.skip(f"nnU-Net's trainer folder {target} is read-only")
     had_shim = (target / SHIM_NAME).exists()
     proj = Project(root)
-    make_phantom_dataset(proj.raw(3), spatial_dims=3, num_train=5, num_test=1, size=(32, 32, 32), num_classes=3)
-    _write_2d_dataset(proj.raw(2))
+    make_nnunet_phantoms(proj.raw(3), spatial_dims=3, size=(32, 32, 32))
+    make_nnunet_phantoms(proj.raw(2), spatial_dims=2, size=(64, 64))
     ids = [DATASETS[3][0], DATASETS[2][0]]
     proj.run("nnUNetv2_plan_and_preprocess", "-d", *ids, "-c", "2d", "3d_fullres", "-np", "1", "-npfp", "1")
     install()  # what `fusionseg nnunet install` does

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = ("modules", "dnet", "ds_transunet", "real_data")
+BENCHMARKS = ("modules", "dnet", "ds_transunet", "real_data", "nnunet")
 
 
 def main(argv: list[str], prog: str = "fusionseg bench") -> int:
