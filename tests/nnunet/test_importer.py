@@ -34,11 +34,15 @@ def _nnunet_checkpoint(trainer) -> dict:
     [
         ("nnUNetTrainerDNetSmall", "dnet_small", {"in_channels": 1, "out_channels": 3, "spatial_dims": 3}),
         ("nnUNetTrainerDFF", "nnunet_planned", {"trainer": "nnUNetTrainerDFF", "configuration": "3d_fullres"}),
+        ("nnUNetTrainer", "nnunet_planned", {"trainer": "nnUNetTrainer", "configuration": "3d_fullres"}),
     ],
 )
 def test_imported_network_reproduces_the_trained_one(nnunet_env, dataset_json, plans_factory, tmp_path, name,
                                                       stored_as, kwargs):  # fmt: skip
-    trainer = TRAINERS[name](plans_factory(), "3d_fullres", 0, dataset_json, torch.device("cpu"))
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    cls = TRAINERS.get(name, nnUNetTrainer)  # nnU-Net's default trainer imports the same way
+    trainer = cls(plans_factory(), "3d_fullres", 0, dataset_json, torch.device("cpu"))
     trainer.initialize()
     trainer.set_deep_supervision_enabled(False)
     torch.save(_nnunet_checkpoint(trainer), tmp_path / "checkpoint_final.pth")

@@ -185,6 +185,10 @@ class nnUNetTrainerDFF(FusionsegTrainerBase):
 
     fusion = "dff"
 
+    @classmethod
+    def skip_levels(cls, configuration_manager: ConfigurationManager) -> Sequence[int] | None:
+        return tuple(range(int(configuration_manager.network_arch_init_kwargs["n_stages"]) - 1))
+
 
 class nnUNetTrainerTIF(FusionsegTrainerBase):
     """nnU-Net's planned U-Net with TIF at the deepest skip (global attention: O(voxels²) per skip)."""
