@@ -30,4 +30,10 @@ def nnunet_planned(trainer: str, plans: dict, configuration: str, in_channels: i
         )
     from fusionseg.nnunet.networks import network_from_trainer
 
-    return network_from_trainer(trainer, plans, configuration, in_channels, out_channels)
+    try:
+        return network_from_trainer(trainer, plans, configuration, in_channels, out_channels)
+    except RuntimeError as err:  # nnU-Net: "Could not find requested nnunet trainer ..."
+        raise InputError(
+            f"cannot rebuild the network of nnU-Net trainer {trainer!r} ({str(err).splitlines()[0][:120]}); "
+            "make the trainer visible to nnU-Net (its class in nnunetv2/training/nnUNetTrainer)"
+        ) from None

@@ -26,8 +26,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
 from fusionseg.errors import InputError
+from fusionseg.nets.registry import create_model
 from fusionseg.nets.weights import LoadReport, load_pretrained, read_weights_file
-from fusionseg.nnunet.networks import network_from_trainer
 
 __all__ = ["NNUNET_KEYS", "import_nnunet_checkpoint", "is_nnunet_checkpoint", "nnunet_preprocessing"]
 
@@ -79,13 +79,10 @@ def import_nnunet_checkpoint(
     pre = nnunet_preprocessing(
         init["plans"], configuration, init["dataset_json"], trainer, ckpt.get("inference_allowed_mirroring_axes")
     )
-    try:
-        model = network_from_trainer(trainer, init["plans"], configuration, pre["in_channels"], pre["num_classes"])
-    except RuntimeError as err:  # nnU-Net: "Could not find requested nnunet trainer ..."
-        raise InputError(
-            f"cannot rebuild the network of trainer {trainer!r} ({str(err).splitlines()[0][:160]}); "
-            "make the trainer visible to nnU-Net (nnUNet_extTrainer or `fusionseg nnunet install`)"
-        ) from None
+    model = create_model(
+        "nnunet_planned", trainer=trainer, plans=init["plans"], configuration=configuration,
+        in_channels=pre["in_channels"], out_channels=pre["num_classes"],
+    )  # fmt: skip
     report = load_pretrained(model, ckpt["network_weights"], strict=strict)
     train_args = {"imported_from": str(weights) if not isinstance(weights, Mapping) else "nnU-Net checkpoint"}
     train_args.update(nnunet_trainer=trainer, nnunet_configuration=configuration, nnunet_fold=str(init.get("fold")))
