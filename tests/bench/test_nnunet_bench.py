@@ -10,6 +10,7 @@ from fusionseg.bench import nnunet as bench
 from fusionseg.errors import InputError
 
 
+@pytest.mark.slow  # plans and preprocesses a dataset (~45 s); the trainers themselves are covered by tests/nnunet
 def test_bench_nnunet_prints_epoch_times_against_the_default_trainer(tmp_path, capsys, monkeypatch):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
         monkeypatch.setenv(name, "unset-after-test")  # main() overwrites them; monkeypatch restores them afterwards
