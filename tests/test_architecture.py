@@ -1,7 +1,7 @@
 """The package's layering: no import cycles, and no module importing from a layer above its own.
 
 Layers, bottom to top (docs/architecture.md): version, errors, files, layers → kernels → fusion → plug →
-nets, data → engine → nnunet → cli, bench → the package facade. Every ``import`` counts, also
+nets, data, nnunet → engine → cli, bench → the package facade. Every ``import`` counts, also
 those inside functions (a lazy import still makes the lower layer depend on the upper one).
 """
 
@@ -26,7 +26,7 @@ LAYERS = {
     "fusionseg.nets": 4,
     "fusionseg.data": 4,
     "fusionseg.engine": 5,
-    "fusionseg.nnunet": 6,
+    "fusionseg.nnunet": 4,
     "fusionseg.cli": 7,
     "fusionseg.bench": 7,
     "fusionseg.__main__": 8,

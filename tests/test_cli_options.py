@@ -30,11 +30,22 @@ PARSERS = {
     "bench real-data": "fusionseg.bench.real_data",
     "bench train-loop": "fusionseg.bench.train_loop",
     "bench plug": "fusionseg.bench.plug",
+    "bench nnunet": "fusionseg.bench.nnunet",
+    "nnunet install": "fusionseg.cli.nnunet",
+    "nnunet uninstall": "fusionseg.cli.nnunet",
 }
 
 
-def parser_options(command: str) -> set[str]:
+def _parser(command: str) -> argparse.ArgumentParser:
     parser = importlib.import_module(PARSERS[command]).build_parser(f"fusionseg {command}")
+    if command.startswith("nnunet "):  # a sub-command
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[command.split()[1]]
+    return parser
+
+
+def parser_options(command: str) -> set[str]:
+    parser = _parser(command)
     return {
         option
         for action in parser._actions

@@ -212,7 +212,7 @@ FAST_MODELS = {"unet": {}, "ds_transunet_small": {}}
     "name",
     [
         pytest.param(n, marks=() if n in FAST_MODELS else pytest.mark.slow)
-        for n in sorted(set(list_models()) | {"unet"})
+        for n in sorted(set(list_models()) - {"nnunet_planned"} | {"unet"})  # nnunet_planned: tests/nnunet
     ],
 )
 def test_every_registered_model_trains(name, phantoms2d, phantoms3d, tmp_path):

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "real-data": "real_data",
     "train-loop": "train_loop",
     "plug": "plug",
+    "nnunet": "nnunet",
 }
 
 

@@ -16,9 +16,14 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
     p = argparse.ArgumentParser(
         prog=prog,
         description="Convert official D-Net / DS-TransUNet weights (.pth, .model, nnU-Net checkpoints) into a "
-        "fusionseg checkpoint usable by `fusionseg predict`, `export` and `train --init`.",
+        "fusionseg checkpoint usable by `fusionseg predict`, `export` and `train --init`. Without --model, --weights "
+        "is an nnU-Net v2 checkpoint_final.pth: network, plans and preprocessing come from it (docs/nnunet.md).",
     )
-    p.add_argument("--model", required=True, help="registered model, e.g. dnet, dnet_v1, ds_transunet")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="registered model, e.g. dnet, dnet_v1, ds_transunet; omit for nnU-Net v2 checkpoints",
+    )
     p.add_argument("--weights", required=True, type=Path, help="official weights file")
     p.add_argument("--output", required=True, type=Path, help="fusionseg checkpoint to write (.pt)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's default)")
@@ -46,6 +51,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
     from fusionseg.files import ensure_file
 
     args = build_parser(prog).parse_args(argv)
+    if args.model is None:  # an nnU-Net v2 checkpoint_final.pth carries network, plans and preprocessing itself
+        return _import_nnunet(args)
     kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
     for key in ("in_channels", "out_channels", "spatial_dims", "deep_supervision"):
         if getattr(args, key) is not None:
@@ -64,4 +71,16 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
     model, report = import_weights(args.model, args.weights, args.output, kwargs, preprocessing, strict=args.strict)
     print(report.summary())
     print(f"wrote {args.output} (model {args.model}, {sum(p.numel() for p in model.parameters()):,} parameters)")
+    return 0
+
+
+def _import_nnunet(args: argparse.Namespace) -> int:
+    from fusionseg.nnunet import require_nnunetv2
+
+    require_nnunetv2("import-weights without --model (an nnU-Net v2 checkpoint)")
+    from fusionseg.engine.nnunet_import import import_nnunet_checkpoint
+
+    path, report, model = import_nnunet_checkpoint(args.weights, args.output, strict=args.strict)
+    print(report.summary())
+    print(f"wrote {path} (model {model['name']}, nnU-Net preprocessing): fusionseg predict --checkpoint {path}")
     return 0

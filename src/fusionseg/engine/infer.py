@@ -316,6 +316,15 @@ def predict_files(
     pres = list(pre) if not isinstance(pre, dict) else [pre] * len(models)
     if len(pres) != len(models):
         raise ValueError(f"{len(models)} models but {len(pres)} preprocessing dicts")
+    if pres[0].get("kind") == "nnunet":  # imported from nnU-Net: its own preprocessing, sliding window and export
+        if len(models) > 1:
+            raise InputError("ensembles of nnU-Net checkpoints are nnUNetv2_predict's job (-f 0 1 2 3 4); pass one")
+        from fusionseg.nnunet.predict import predict_files as predict_nnunet_files
+
+        return predict_nnunet_files(
+            models[0], pres[0], cases, output, overlap=overlap, tta=tta, probabilities=probabilities, device=device,
+            progress=progress,
+        )  # fmt: skip
     output.mkdir(parents=True, exist_ok=True)
     written, failed = [], []
     for i, (cid, images) in enumerate(cases, 1):

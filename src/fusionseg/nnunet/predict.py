@@ -1,0 +1,122 @@
+"""``fusionseg predict`` for checkpoints imported from nnU-Net: nnU-Net's own preprocessing, window and export.
+
+For a preprocessing of kind ``"nnunet"`` (:func:`fusionseg.engine.nnunet_import.nnunet_preprocessing`),
+each case goes through the same steps as ``nnUNetv2_predict``: the configuration's preprocessor
+(crop to non-zero, transpose to the plans' axis order, resample to the target spacing, normalise per
+channel), ``nnUNetPredictor``'s Gaussian-weighted sliding window over the plans' patch size (mirroring
+over the trained axes with ``tta``), and resampling / un-cropping / writing in the input's geometry
+with the plans' reader-writer. Cases run one after another in this process (no worker pools).
+
+Example:
+    >>> written, failed = predict_files(model, pre, [("case1", [Path("case1_0000.nii.gz")])], Path("preds"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+from torch import nn
+
+from fusionseg.errors import InputError
+from fusionseg.files import atomic_write
+
+__all__ = ["make_predictor", "predict_files"]
+
+
+def make_predictor(
+    model: nn.Module, pre: dict, *, overlap: float = 0.5, tta: bool = False, device: str | torch.device = "cpu"
+) -> nnUNetPredictor:
+    """An ``nnUNetPredictor`` around ``model`` for the plans in ``pre`` (tile step = 1 − overlap)."""
+    if not 0.0 <= overlap < 1.0:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    device = torch.device(device)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a note about CPU devices
+        predictor = nnUNetPredictor(
+            tile_step_size=1.0 - overlap,
+            use_gaussian=True,
+            use_mirroring=bool(tta),
+            perform_everything_on_device=device.type == "cuda",
+            device=device,
+            verbose=False,
+            verbose_preprocessing=False,
+            allow_tqdm=False,
+        )
+    plans_manager = PlansManager(pre["plans"])
+    predictor.manual_initialization(
+        model.to(device).eval(),
+        plans_manager,
+        plans_manager.get_configuration(pre["configuration"]),
+        [model.state_dict()],
+        pre["dataset_json"],
+        pre["trainer"],
+        tuple(pre["mirror_axes"]) if pre.get("mirror_axes") is not None else None,
+    )
+    return predictor
+
+
+def predict_files(
+    model: nn.Module,
+    pre: dict,
+    cases: list[tuple[str, list[Path]]],
+    output: Path,
+    *,
+    overlap: float = 0.5,
+    tta: bool = False,
+    probabilities: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **_unused,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Predict every case like ``nnUNetv2_predict`` → (written label files, [(case_id, error)] of failed cases).
+
+    ``tta`` is nnU-Net's mirroring over the axes the model was trained with; ``probabilities``
+    also writes ``CASE_probabilities.npz`` (key ``probabilities``, (K, *S) in the input's array
+    order, as nnU-Net's ``--save_probabilities``). ``sw_batch_size`` / ``amp`` do not apply (nnU-Net
+    predicts one window at a time and autocasts on CUDA itself).
+    """
+    predictor = make_predictor(model, pre, overlap=overlap, tta=tta, device=device)
+    plans_manager, cm = predictor.plans_manager, predictor.configuration_manager
+    dataset_json, label_manager = predictor.dataset_json, predictor.label_manager
+    ending = dataset_json["file_ending"]
+    output.mkdir(parents=True, exist_ok=True)
+    written, failed = [], []
+    for i, (cid, images) in enumerate(cases, 1):
+        start = time.perf_counter()
+        out_path = output / f"{cid}{ending}"
+        try:
+            preprocessor = cm.preprocessor_class(verbose=False)
+            data, _, props = preprocessor.run_case([str(p) for p in images], None, plans_manager, cm, dataset_json)
+            logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+            result = convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, plans_manager, cm, label_manager, props, return_probabilities=probabilities
+            )
+            segmentation, probs = result if probabilities else (result, None)
+            with atomic_write(out_path) as tmp:
+                plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), props)
+            if probs is not None:
+                prob_path = output / f"{cid}_probabilities.npz"
+                try:
+                    with atomic_write(prob_path) as tmp, open(tmp, "wb") as f:
+                        np.savez_compressed(f, probabilities=probs)
+                except BaseException:
+                    out_path.unlink(missing_ok=True)  # all files of a case or none
+                    raise
+            written.append(out_path)
+        except (InputError, ValueError, OSError, RuntimeError, MemoryError, AssertionError) as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            failed.append((cid, message))
+            if progress:
+                print(f"[{i}/{len(cases)}] {cid}: FAILED: {message}", file=sys.stderr)
+            continue
+        if progress:
+            print(f"[{i}/{len(cases)}] {cid} → {out_path} ({time.perf_counter() - start:.1f} s)")
+    return written, failed
