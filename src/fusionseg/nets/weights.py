@@ -246,7 +246,7 @@ def _hint(report: LoadReport) -> str:
             k = shapes[0][0][0]
             return (
                 f" — the file's output layers have {k} channels: set out_channels={k} (--out-channels {k}), "
-                "or use strict=False (--non-strict) to keep only the layers that fit"
+                "or use strict=False (--no-strict) to keep only the layers that fit"
             )
         if (
             all(len(a) > 1 and a[0] == b[0] and a[2:] == b[2:] for a, b in shapes)
