@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["FusionSegError", "InputError", "find_input_error"]
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["CASE_ERRORS", "FusionSegError", "InputError", "find_input_error", "for_each_case"]
 
 
 class FusionSegError(Exception):
@@ -23,3 +28,31 @@ def find_input_error(exc: BaseException | None) -> FusionSegError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+# What a bad case raises (unreadable file, wrong shape, out of memory, ...): the case fails, the others go on.
+CASE_ERRORS = (InputError, ValueError, OSError, RuntimeError, MemoryError, AssertionError)
+
+
+def for_each_case(
+    cases: Sequence[tuple[str, list[Path]]],
+    work: Callable[[str, list[Path]], Path],
+    progress: bool = True,
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Run ``work(case_id, files) -> written path`` on every case; a case raising one of :data:`CASE_ERRORS`
+    is recorded with its message's first line and the next case runs → (written paths, [(case_id, message)])."""
+    written, failed = [], []
+    for i, (cid, files) in enumerate(cases, 1):
+        start = time.perf_counter()
+        try:
+            out_path = work(cid, files)
+        except CASE_ERRORS as err:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            failed.append((cid, message))
+            if progress:
+                print(f"[{i}/{len(cases)}] {cid}: FAILED: {message}", file=sys.stderr)
+            continue
+        written.append(out_path)
+        if progress:
+            print(f"[{i}/{len(cases)}] {cid} → {out_path} ({time.perf_counter() - start:.1f} s)")
+    return written, failed

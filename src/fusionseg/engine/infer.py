@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from fusionseg.data.formats import IMAGE_EXTENSIONS, probability_extension
 from fusionseg.data.formats import prediction_extension as _output_ext
 from fusionseg.data.formats import split_extension as _split_ext
 from fusionseg.engine.runtime import amp_dtype, autocast
-from fusionseg.errors import InputError
+from fusionseg.errors import InputError, for_each_case
 from fusionseg.files import atomic_write
 
 __all__ = [
@@ -326,41 +324,32 @@ def predict_files(
             progress=progress,
         )  # fmt: skip
     output.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for i, (cid, images) in enumerate(cases, 1):
-        start = time.perf_counter()
+
+    def predict_case(cid: str, images: list[Path]) -> Path:
         out_path = output / f"{cid}{_output_ext(images[0])}"
-        try:
-            image, meta = load_for_inference(list(images), pres[0])
-            probs = predict_ensemble(
-                models,
-                pres,
-                torch.as_tensor(image),
-                overlap=overlap,
-                sw_batch_size=sw_batch_size,
-                tta=tta,
-                device=device,
-                amp=amp,
-            )
-            binary_as_255 = bool(pres[0].get("binary_as_255", False))
-            _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
-            if probabilities:
-                prob_path = output / f"{cid}_probabilities{probability_extension(images[0])}"
-                try:
-                    _save_probabilities(probs, meta, prob_path)
-                except BaseException:
-                    out_path.unlink(missing_ok=True)  # all files of a case or none
-                    raise
-            written.append(out_path)
-        except (InputError, ValueError, OSError, RuntimeError, MemoryError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            failed.append((cid, message))
-            if progress:
-                print(f"[{i}/{len(cases)}] {cid}: FAILED: {message}", file=sys.stderr)
-            continue
-        if progress:
-            print(f"[{i}/{len(cases)}] {cid} → {out_path} ({time.perf_counter() - start:.1f} s)")
-    return written, failed
+        image, meta = load_for_inference(list(images), pres[0])
+        probs = predict_ensemble(
+            models,
+            pres,
+            torch.as_tensor(image),
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            tta=tta,
+            device=device,
+            amp=amp,
+        )
+        binary_as_255 = bool(pres[0].get("binary_as_255", False))
+        _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
+        if probabilities:
+            prob_path = output / f"{cid}_probabilities{probability_extension(images[0])}"
+            try:
+                _save_probabilities(probs, meta, prob_path)
+            except BaseException:
+                out_path.unlink(missing_ok=True)  # all files of a case or none
+                raise
+        return out_path
+
+    return for_each_case(cases, predict_case, progress)
 
 
 def _save_probabilities(probs: torch.Tensor, meta: dict, out_path: Path) -> Path:

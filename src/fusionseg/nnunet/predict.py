@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from fusionseg.errors import InputError
+from fusionseg.errors import InputError, for_each_case
 from fusionseg.files import atomic_write
 
 __all__ = ["make_predictor", "predict_files"]
@@ -88,35 +86,26 @@ def predict_files(
     dataset_json, label_manager = predictor.dataset_json, predictor.label_manager
     ending = dataset_json["file_ending"]
     output.mkdir(parents=True, exist_ok=True)
-    written, failed = [], []
-    for i, (cid, images) in enumerate(cases, 1):
-        start = time.perf_counter()
+
+    def predict_case(cid: str, images: list[Path]) -> Path:
         out_path = output / f"{cid}{ending}"
-        try:
-            preprocessor = cm.preprocessor_class(verbose=False)
-            data, _, props = preprocessor.run_case([str(p) for p in images], None, plans_manager, cm, dataset_json)
-            logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-            result = convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, plans_manager, cm, label_manager, props, return_probabilities=probabilities
-            )
-            segmentation, probs = result if probabilities else (result, None)
-            with atomic_write(out_path) as tmp:
-                plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), props)
-            if probs is not None:
-                prob_path = output / f"{cid}_probabilities.npz"
-                try:
-                    with atomic_write(prob_path) as tmp, open(tmp, "wb") as f:
-                        np.savez_compressed(f, probabilities=probs)
-                except BaseException:
-                    out_path.unlink(missing_ok=True)  # all files of a case or none
-                    raise
-            written.append(out_path)
-        except (InputError, ValueError, OSError, RuntimeError, MemoryError, AssertionError) as err:
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            failed.append((cid, message))
-            if progress:
-                print(f"[{i}/{len(cases)}] {cid}: FAILED: {message}", file=sys.stderr)
-            continue
-        if progress:
-            print(f"[{i}/{len(cases)}] {cid} → {out_path} ({time.perf_counter() - start:.1f} s)")
-    return written, failed
+        preprocessor = cm.preprocessor_class(verbose=False)
+        data, _, props = preprocessor.run_case([str(p) for p in images], None, plans_manager, cm, dataset_json)
+        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
+        result = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, plans_manager, cm, label_manager, props, return_probabilities=probabilities
+        )
+        segmentation, probs = result if probabilities else (result, None)
+        with atomic_write(out_path) as tmp:
+            plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), props)
+        if probs is not None:
+            prob_path = output / f"{cid}_probabilities.npz"
+            try:
+                with atomic_write(prob_path) as tmp, open(tmp, "wb") as f:
+                    np.savez_compressed(f, probabilities=probs)
+            except BaseException:
+                out_path.unlink(missing_ok=True)  # all files of a case or none
+                raise
+        return out_path
+
+    return for_each_case(cases, predict_case, progress)
