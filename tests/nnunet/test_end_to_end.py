@@ -187,7 +187,9 @@ def test_trainer_runs_in_nnunet_and_fusionseg_predicts_the_same(project, tmp_pat
     p_ours = np.load(fs_out / "phantom_test_000_probabilities.npz")["probabilities"]
     p_theirs = np.load(nn_out / "phantom_test_000.npz")["probabilities"]
     assert p_ours.shape == p_theirs.shape and p_ours.shape[0] == len(LABELS)
-    np.testing.assert_allclose(p_ours, p_theirs, atol=2e-3)  # same logits; nnU-Net accumulates windows in fp16
+    # Same logits, but nnU-Net sums the overlapping windows' logits in fp16 (rounding ≤ 2^-8 per add at
+    # |logit| 8–16, a few adds per voxel); a probability moves by ≤ 1/4 of each logit change → a few 1e-3.
+    np.testing.assert_allclose(p_ours, p_theirs, atol=5e-3)
 
 
 def test_find_best_configuration_ranks_and_ensembles_our_trainers(project):

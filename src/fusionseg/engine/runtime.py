@@ -170,10 +170,10 @@ def choose_threads(spec: str | int | None = "auto") -> tuple[int, str]:
 
     ``auto``: the cores this process may use that are idle now (rounded, at least 1) — on a busy
     machine more threads than idle cores make OpenMP spin and run several times slower. A number:
-    that many. None: PyTorch's own default.
+    that many. None: leave the process's setting (PyTorch's default, or what the caller chose, e.g. the demo).
     """
     if spec is None:
-        return torch.get_num_threads(), "PyTorch's default"
+        return torch.get_num_threads(), "as set for this process"
     if str(spec).lower() == "auto":
         cores = available_cores()
         idle = idle_cores()

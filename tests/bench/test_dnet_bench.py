@@ -1,0 +1,37 @@
+"""``fusionseg bench dnet`` on both kinds of CPU: bf16 rows timed only with native bf16 (no speed assertions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fusionseg.bench import dnet as dnet_bench
+
+ARGS = ["--sizes", "32", "--repeats", "1", "--no-peers", "--no-train", "--out-channels", "2", "--threads", "1"]
+
+
+def _rows(out: str, first_cell: str) -> list[list[str]]:
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("|")]
+    return [r for r in rows if r[0] == first_cell]
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
+    monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    assert dnet_bench.main(ARGS) == 0
+    out = capsys.readouterr().out
+    final_table = out.split("\n\n")[-2]  # the table printed after all sizes, before the agreement table
+    rows = {r[1]: r for r in _rows(final_table, "32³")}
+    fast = "D-Net v2 fast (channels-last)"
+    assert list(rows) == ["D-Net v2 plain (original layout)", fast, "D-Net v2 fast + bf16 autocast"]
+    bf16 = rows["D-Net v2 fast + bf16 autocast"]
+    agreement = _rows(out, "32")[-1]
+    if native_bf16:
+        assert float(bf16[4]) > 0 and bf16[5].endswith("×")
+        assert agreement[2].endswith("%") and float(agreement[2].rstrip("%")) > 90.0
+        assert "not supported on this CPU" not in out
+    else:
+        assert bf16[4] == "not supported on this CPU" and bf16[5] == "–"
+        assert agreement[2] == "not supported on this CPU"
+        assert "bf16 rows: not supported on this CPU" in out
+    assert float(rows[fast][4]) > 0
+    assert float(agreement[1].rstrip("%")) >= 99.9  # the fast fp32 path computes the plain path's labels
