@@ -423,3 +423,17 @@ def test_atomically_written_files_get_normal_permissions(tmp_path):
         assert (save_checkpoint(ck, {"a": 2}).stat().st_mode & 0o777) == 0o600
     finally:
         os.umask(mask)
+
+
+def test_removed_on_error_keeps_a_case_whole(tmp_path):
+    from fusionseg.files import removed_on_error
+
+    label, probs = tmp_path / "case.nii.gz", tmp_path / "case_probabilities.nii.gz"
+    label.write_bytes(b"label")
+    with pytest.raises(OSError, match="disk full"), removed_on_error(label):
+        raise OSError("disk full")  # the probability write fails → the label map goes too
+    assert not label.exists()
+    label.write_bytes(b"label")
+    with removed_on_error(label):
+        probs.write_bytes(b"probs")
+    assert label.read_bytes() == b"label" and probs.read_bytes() == b"probs"

@@ -29,6 +29,7 @@ __all__ = [
     "fsync_dir",
     "publish_mode",
     "remove_stale_temp_files",
+    "removed_on_error",
     "write_text_atomic",
 ]
 
@@ -156,3 +157,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def removed_on_error(*paths: str | os.PathLike) -> Iterator[None]:
+    """Delete ``paths`` if the block raises (all files of one output or none), then re-raise.
+
+    >>> with removed_on_error(label_path):
+    ...     write_probabilities(prob_path)  # a failure here also removes label_path
+    """
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+        raise

@@ -30,7 +30,7 @@ from fusionseg.data.formats import prediction_extension as _output_ext
 from fusionseg.data.formats import split_extension as _split_ext
 from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.errors import InputError, for_each_case
-from fusionseg.files import atomic_write
+from fusionseg.files import atomic_write, removed_on_error
 
 __all__ = [
     "check_same_preprocessing",
@@ -342,11 +342,8 @@ def predict_files(
         _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
         if probabilities:
             prob_path = output / f"{cid}_probabilities{probability_extension(images[0])}"
-            try:
+            with removed_on_error(out_path):
                 _save_probabilities(probs, meta, prob_path)
-            except BaseException:
-                out_path.unlink(missing_ok=True)  # all files of a case or none
-                raise
         return out_path
 
     return for_each_case(cases, predict_case, progress)

@@ -25,7 +25,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from fusionseg.errors import InputError, for_each_case
-from fusionseg.files import atomic_write
+from fusionseg.files import atomic_write, removed_on_error
 
 __all__ = ["make_predictor", "predict_files"]
 
@@ -100,12 +100,8 @@ def predict_files(
             plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), props)
         if probs is not None:
             prob_path = output / f"{cid}_probabilities.npz"
-            try:
-                with atomic_write(prob_path) as tmp, open(tmp, "wb") as f:
-                    np.savez_compressed(f, probabilities=probs)
-            except BaseException:
-                out_path.unlink(missing_ok=True)  # all files of a case or none
-                raise
+            with removed_on_error(out_path), atomic_write(prob_path) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, probabilities=probs)
         return out_path
 
     return for_each_case(cases, predict_case, progress)
