@@ -30,7 +30,9 @@ def test_amp_pays_needs_a_five_percent_gain(fp32_s, amp_s, pays):
     assert precision.amp_pays(fp32_s, amp_s) is pays
 
 
-@pytest.mark.parametrize(("native", "bf16_s", "expected"), [(True, 0.4, torch.bfloat16), (True, 1.5, None), (False, 0.4, None)])
+@pytest.mark.parametrize(
+    ("native", "bf16_s", "expected"), [(True, 0.4, torch.bfloat16), (True, 1.5, None), (False, 0.4, None)]
+)
 def test_choose_amp_times_both_and_caches(native, bf16_s, expected, tmp_path, monkeypatch):
     monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native)
     model = create_model("unet", in_channels=1, out_channels=2, spatial_dims=2, features=[4, 8, 16])

@@ -48,7 +48,8 @@ def amp_pays(fp32_s: float, amp_s: float, margin: float = AMP_MARGIN) -> bool:
 
 
 def precision_cache_path() -> Path:
-    """Where measured choices are kept: ``$FUSIONSEG_PRECISION_CACHE``, else ``$XDG_CACHE_HOME/fusionseg/precision.json``."""
+    """Where measured choices are kept: ``$FUSIONSEG_PRECISION_CACHE``, else
+    ``$XDG_CACHE_HOME/fusionseg/precision.json`` (``~/.cache`` without XDG_CACHE_HOME)."""
     explicit = os.environ.get("FUSIONSEG_PRECISION_CACHE")
     if explicit:
         return Path(explicit).expanduser()
@@ -156,10 +157,10 @@ def choose_amp(
     mode: str = "train",
     *,
     log: Callable[[str], None] = print,
-    cache: Path | None | bool = True,
+    cache: Path | bool | None = True,
     timer: Callable[..., float] | None = None,
 ) -> torch.dtype | None:
-    """The autocast dtype for ``--amp`` (``requested``) on ``device`` for ``model`` at input ``shape``, or None (float32).
+    """The autocast dtype for ``--amp`` (``requested``) on ``device`` for ``model`` at ``shape``, or None (float32).
 
     Args:
         model: the network, already on ``device`` (its ``config`` identifies it in the cache).

@@ -507,8 +507,8 @@ class Trainer:
         )
 
     def _choose_amp(self) -> torch.dtype | None:
-        """``--amp``'s dtype where a timed step shows it pays for this model and patch (:mod:`~fusionseg.engine.precision`);
-        every rank takes the reduced dtype only if all ranks chose it."""
+        """``--amp``'s dtype where a timed step shows it pays for this model and patch
+        (:mod:`~fusionseg.engine.precision`); every rank takes the reduced dtype only if all ranks chose it."""
         c = self.config
         shape = (c.batch_size, int(self.pre["in_channels"]), *self.pre["patch_size"])
         dtype = choose_amp(self.model, shape, self.device, c.amp, "train", log=self.log)
