@@ -17,6 +17,7 @@ def _rows(out: str, first_cell: str) -> list[list[str]]:
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
     monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(dnet_bench, "gemm_gflops", lambda dtype: 100.0)  # an emulated bf16 GEMM takes minutes
     assert dnet_bench.main(ARGS) == 0
     out = capsys.readouterr().out
     final_table = out.split("\n\n")[-2]  # the table printed after all sizes, before the agreement table
@@ -35,3 +36,17 @@ def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
         assert "bf16 rows: not supported on this CPU" in out
     assert float(rows[fast][4]) > 0
     assert float(agreement[1].rstrip("%")) >= 99.9  # the fast fp32 path computes the plain path's labels
+
+
+def test_rows_report_their_share_of_the_gemm_rate(monkeypatch, capsys):
+    """The last two columns: 2·MACs / time / GEMM rate, from figures printed in the same run."""
+    monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(dnet_bench, "gemm_gflops", lambda dtype: 100.0)
+    assert dnet_bench.main(ARGS) == 0
+    out = capsys.readouterr().out
+    assert "fp32 100 GFLOP/s" in out
+    final_table = out.split("\n\n")[-2]
+    plain = _rows(final_table, "32³")[0]
+    gmacs, infer_s = float(plain[3]), float(plain[4])
+    assert plain[10] == f"{2 * gmacs / infer_s / 100.0:.1%}"
+    assert plain[11] == "–"  # --no-train
