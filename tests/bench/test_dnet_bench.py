@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from fusionseg.bench import dnet as dnet_bench
+from fusionseg.engine.runtime import cpu_has_native_bf16
+
+_REAL_NATIVE_BF16 = cpu_has_native_bf16()
 
 ARGS = ["--sizes", "32", "--repeats", "1", "--no-peers", "--no-train", "--out-channels", "2", "--threads", "1"]
 
@@ -18,6 +23,8 @@ def _rows(out: str, first_cell: str) -> list[list[str]]:
 def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
     monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
     monkeypatch.setattr(dnet_bench, "gemm_gflops", lambda dtype: 100.0)  # an emulated bf16 GEMM takes minutes
+    if native_bf16 and not _REAL_NATIVE_BF16:  # emulated bf16 3D convolutions take minutes: compute the row in fp32
+        monkeypatch.setattr(dnet_bench, "bf16_autocast", lambda device, enabled=True: contextlib.nullcontext())
     assert dnet_bench.main(ARGS) == 0
     out = capsys.readouterr().out
     final_table = out.split("\n\n")[-2]  # the table printed after all sizes, before the agreement table
@@ -48,5 +55,5 @@ def test_rows_report_their_share_of_the_gemm_rate(monkeypatch, capsys):
     final_table = out.split("\n\n")[-2]
     plain = _rows(final_table, "32³")[0]
     gmacs, infer_s = float(plain[3]), float(plain[4])
-    assert plain[10] == f"{2 * gmacs / infer_s / 100.0:.1%}"
+    assert float(plain[10].rstrip("%")) == pytest.approx(100 * 2 * gmacs / infer_s / 100.0, rel=0.05)  # rounded cells
     assert plain[11] == "–"  # --no-train
