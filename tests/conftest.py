@@ -16,6 +16,12 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _precision_cache(tmp_path_factory, monkeypatch):
+    """Measured --amp choices go to a per-test file, never to the user's cache."""
+    monkeypatch.setenv("FUSIONSEG_PRECISION_CACHE", str(tmp_path_factory.mktemp("precision") / "precision.json"))
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     """The folder holding ``nuclei2d/`` and ``brain3d/`` shipped in ``fusionseg/resources/data``."""

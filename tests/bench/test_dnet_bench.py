@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from fusionseg.bench import dnet as dnet_bench
+from fusionseg.engine.runtime import cpu_has_native_bf16
+
+_REAL_NATIVE_BF16 = cpu_has_native_bf16()
 
 ARGS = ["--sizes", "32", "--repeats", "1", "--no-peers", "--no-train", "--out-channels", "2", "--threads", "1"]
 
@@ -17,6 +22,9 @@ def _rows(out: str, first_cell: str) -> list[list[str]]:
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
     monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(dnet_bench, "gemm_gflops", lambda dtype: 100.0)  # an emulated bf16 GEMM takes minutes
+    if native_bf16 and not _REAL_NATIVE_BF16:  # emulated bf16 3D convolutions take minutes: compute the row in fp32
+        monkeypatch.setattr(dnet_bench, "bf16_autocast", lambda device, enabled=True: contextlib.nullcontext())
     assert dnet_bench.main(ARGS) == 0
     out = capsys.readouterr().out
     final_table = out.split("\n\n")[-2]  # the table printed after all sizes, before the agreement table
@@ -35,3 +43,17 @@ def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
         assert "bf16 rows: not supported on this CPU" in out
     assert float(rows[fast][4]) > 0
     assert float(agreement[1].rstrip("%")) >= 99.9  # the fast fp32 path computes the plain path's labels
+
+
+def test_rows_report_their_share_of_the_gemm_rate(monkeypatch, capsys):
+    """The last two columns: 2·MACs / time / GEMM rate, from figures printed in the same run."""
+    monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(dnet_bench, "gemm_gflops", lambda dtype: 100.0)
+    assert dnet_bench.main(ARGS) == 0
+    out = capsys.readouterr().out
+    assert "fp32 100 GFLOP/s" in out
+    final_table = out.split("\n\n")[-2]
+    plain = _rows(final_table, "32³")[0]
+    gmacs, infer_s = float(plain[3]), float(plain[4])
+    assert float(plain[10].rstrip("%")) == pytest.approx(100 * 2 * gmacs / infer_s / 100.0, rel=0.05)  # rounded cells
+    assert plain[11] == "–"  # --no-train

@@ -73,7 +73,7 @@ def test_smoke_run_nuclei2d_two_seeds(tmp_path):
     assert math.isclose(float(rows[1]["diff_vs_peer"]), dff - peer, abs_tol=1e-12)
     assert load_checkpoint(tmp_path / "runs" / "nuclei2d" / "basicunet_seed1" / "best.pt")["train_args"]["augment"]
     table = (tmp_path / "real_data.md").read_text()
-    assert "| nuclei2d | basicunet (peer) |" in table and "reference from another machine: BasicUNet 0.927" in table
+    assert "| nuclei2d | basicunet (peer) |" in table and "measured elsewhere: BasicUNet 0.927" in table
     # the controlled comparison: basicunet+dff paired with basicunet, seed by seed
     by = {(r["model"], int(r["seed"])): float(r["dice"]) for r in runs}
     diffs = [by[("basicunet+dff", k)] - by[("basicunet", k)] for k in (0, 1)]

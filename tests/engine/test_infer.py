@@ -203,10 +203,15 @@ def test_predict_rejects_non_checkpoint(tmp_path):
         infer.load_model(path)
 
 
-@pytest.mark.parametrize("native_bf16", [True, False])
-def test_predict_amp_follows_the_cpu_rule(native_bf16, tmp_path, capsys, monkeypatch):
-    """--amp: bf16 where the CPU has native bf16; elsewhere fp32 (same labels as without --amp) and a note."""
+@pytest.mark.parametrize(("native_bf16", "bf16_faster"), [(True, True), (True, False), (False, False)])
+def test_predict_amp_follows_the_cpu_rule(native_bf16, bf16_faster, tmp_path, capsys, monkeypatch):
+    """--amp: bf16 where the CPU has native bf16 and a timed window batch is faster in bf16; elsewhere fp32 (same
+    labels as without --amp) and a note saying why."""
     monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    timings = {None: 2.0, torch.bfloat16: 1.0 if bf16_faster else 2.5}
+    monkeypatch.setattr(
+        "fusionseg.engine.precision.time_step", lambda model, shape, device, dtype, mode: timings[dtype]
+    )
     ckpt = _checkpoint(tmp_path, 2)
     images = tmp_path / "ph2" / "test" / "images"
     args = ["--checkpoint", str(ckpt), "--input", str(images), "--device", "cpu", "--no-progress"]
@@ -218,9 +223,10 @@ def test_predict_amp_follows_the_cpu_rule(native_bf16, tmp_path, capsys, monkeyp
     assert predict_cli.main([*args, "--output", str(tmp_path / "amp"), "--amp"]) == 0
     out = capsys.readouterr().out
     assert ("no native bfloat16" in out) is (not native_bf16)
-    assert set(dtypes) == {torch.bfloat16 if native_bf16 else torch.float32}
+    assert ("float32 kept for infer steps: bfloat16 2.5 s vs float32 2 s" in out) is (native_bf16 and not bf16_faster)
+    assert set(dtypes) == {torch.bfloat16 if bf16_faster else torch.float32}
     assert predict_cli.main([*args, "--output", str(tmp_path / "fp32")]) == 0
-    if not native_bf16:  # the fallback is plain fp32: identical label maps
+    if not bf16_faster:  # the fallback is plain fp32: identical label maps
         a = np.asarray(Image.open(tmp_path / "amp" / "phantom_000.png"))
         b = np.asarray(Image.open(tmp_path / "fp32" / "phantom_000.png"))
         np.testing.assert_array_equal(a, b)

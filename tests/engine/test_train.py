@@ -244,11 +244,18 @@ def test_unet_with_each_fusion(fusion, dims, phantoms2d, phantoms3d, tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["model"]["kwargs"]["fusion"] == fusion
 
 
-@pytest.mark.parametrize("native_bf16", [True, False])
+@pytest.mark.parametrize(("native_bf16", "bf16_faster"), [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("fusion", ["concat", "tif"])
-def test_amp_and_channels_last_on_cpu(fusion, native_bf16, phantoms2d, tmp_path, monkeypatch, capsys):
-    """--amp trains in bf16 where the CPU has native bf16, else in fp32 with a note (both branches, any CPU)."""
+def test_amp_and_channels_last_on_cpu(fusion, native_bf16, bf16_faster, phantoms2d, tmp_path, monkeypatch, capsys):
+    """--amp trains in bf16 where the CPU has native bf16 and a timed step shows bf16 is faster; else in fp32 with
+    a note saying why (every branch, on any CPU: the timings are injected)."""
     monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    timings = {None: 1.0, torch.bfloat16: 0.5 if bf16_faster else 1.2}
+    timed = []
+    monkeypatch.setattr(
+        "fusionseg.engine.precision.time_step",
+        lambda model, shape, device, dtype, mode: timed.append((tuple(shape), mode)) or timings[dtype],
+    )
     dtypes = []
     real_step = Trainer.train_step
 
@@ -265,8 +272,14 @@ def test_amp_and_channels_last_on_cpu(fusion, native_bf16, phantoms2d, tmp_path,
     ckpt = load_checkpoint(tmp_path / "last.pt")
     assert ckpt["train_args"]["amp"] is True and math.isfinite(ckpt["history"][0]["train_loss"])
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
-    assert set(dtypes) == {torch.bfloat16 if native_bf16 else torch.float32}
-    assert ("no native bfloat16" in capsys.readouterr().out) is (not native_bf16)
+    assert set(dtypes) == {torch.bfloat16 if bf16_faster else torch.float32}
+    out = capsys.readouterr().out
+    assert ("no native bfloat16" in out) is (not native_bf16)
+    assert ("--amp: bfloat16 for train steps: 0.5 s vs 1 s in float32" in out) is bf16_faster
+    kept = "--amp: float32 kept for train steps: bfloat16 1.2 s vs float32 1 s"
+    assert (kept in out) is (native_bf16 and not bf16_faster)
+    patch = tuple(load_checkpoint(tmp_path / "last.pt")["preprocessing"]["patch_size"])
+    assert timed == ([((config.batch_size, 1, *patch), "train")] * 2 if native_bf16 else [])
 
 
 def test_patch_size_is_rounded_to_size_multiple(phantoms2d, tmp_path, capsys):

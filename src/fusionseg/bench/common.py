@@ -25,7 +25,7 @@ import torch
 from fusionseg.engine.report import format_table
 from fusionseg.engine.runtime import tune_cpu_allocator
 
-__all__ = ["format_table", "measure", "peak_memory_mb", "time_call"]
+__all__ = ["format_table", "gemm_gflops", "measure", "peak_memory_mb", "time_call"]
 
 WARM_MMAP_THRESHOLD = 32 * 2**20  # glibc's dynamic threshold after warm-up (its maximum on 64-bit)
 
@@ -48,6 +48,15 @@ def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, devic
         _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 3) -> float:
+    """This machine's matrix-multiply rate in ``dtype`` now (GFLOP/s of an n×n @ n×n product, median of ``repeats``):
+    the practical peak that benchmarks report their models' rates against."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(dtype)
+    b = torch.randn(n, n, generator=generator).to(dtype)
+    return 2 * n**3 / time_call(lambda: a @ b, repeats=repeats, warmup=1) / 1e9
 
 
 def _proc_status_mb(key: str) -> float:

@@ -7,12 +7,16 @@ fast channels-last path, and the fast path under bf16 autocast, plus MONAI's Swi
 (forward + backward + SGD step) and peak memory at batch 1, one input channel, cubic sizes.
 Ratios are against the plain D-Net of the same size. Also prints parameter counts and
 convolution MACs (counted with forward hooks) and the argmax voxel agreement of the bf16 and
-fast outputs with the plain fp32 output.
+fast outputs with the plain fp32 output. Beside each row: the share of this machine's matrix-multiply
+rate in the row's precision (an fp32 and, with native bf16, a bf16 GEMM timed in the same run) that the
+model's convolution MACs reach (training counted as 3× the forward MACs: forward, input and weight
+gradients).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from collections.abc import Callable
 
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusionseg.bench.common import format_table, peak_memory_mb, time_call
+from fusionseg.bench.common import format_table, gemm_gflops, peak_memory_mb, time_call
 from fusionseg.engine.runtime import NO_BF16_NOTE, amp_dtype, set_threads
 from fusionseg.fusion import DFF
 from fusionseg.kernels import reference_ops, set_reference_ops
@@ -189,6 +193,13 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
     bf16_native = amp_dtype("cpu", amp=True) == torch.bfloat16
     if not bf16_native:
         print(f"bf16 rows: not supported on this CPU ({NO_BF16_NOTE.split(': ', 1)[1]})")
+    peak = {False: gemm_gflops(torch.float32)}
+    if bf16_native:
+        peak[True] = gemm_gflops(torch.bfloat16)
+    print(
+        "matrix-multiply rate measured now (2048² GEMM): "
+        + ", ".join(f"{'bf16' if k else 'fp32'} {v:.0f} GFLOP/s" for k, v in peak.items())
+    )
     rows, agree_rows = [], []
     for size in args.sizes:
         x = torch.randn(1, 1, size, size, size)
@@ -220,7 +231,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
             model_macs = macs if fast is not None else count_macs(model.eval(), x) / 1e9
             infer = _with_layout(model, fast, False, _infer(model, x, bf16))
             train = None if args.no_train else _with_layout(model, fast, True, _train_step(model, x, target, bf16))
-            runs.append({"name": name, "model": model, "macs": model_macs, "infer": infer, "train": train})
+            runs.append(
+                {"name": name, "model": model, "macs": model_macs, "infer": infer, "train": train, "peak": peak[bf16]}
+            )
         for kind in ("infer", "train"):
             for run in runs:
                 if run[kind] is not None:
@@ -243,13 +256,16 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
                     f"{size}³", run["name"], f"{params / 1e6:.2f} M", f"{run['macs']:.1f}",
                     run["infer_s"], f"{base['infer_s'] / run['infer_s']:.2f}×", run["infer_mb"],
                     run["train_s"], f"{base['train_s'] / run['train_s']:.2f}×", run["train_mb"],
+                    _share(run["macs"], run["infer_s"], run["peak"]),
+                    _share(3 * run["macs"], run["train_s"], run["peak"]),
                 ]
             )  # fmt: skip
             print(format_table(_HEADER, size_rows[-1:]).splitlines()[-1], flush=True)
         if not bf16_native:  # the bf16 row stays in the table, after the fast row, without a timing
             na = "not supported on this CPU"
             size_rows.insert(
-                2, [f"{size}³", "D-Net v2 fast + bf16 autocast", *size_rows[1][2:4], na, "–", "–", na, "–", "–"]
+                2,
+                [f"{size}³", "D-Net v2 fast + bf16 autocast", *size_rows[1][2:4], na, "–", "–", na, "–", "–", "–", "–"],
             )
         rows += size_rows
         del runs
@@ -263,5 +279,12 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
 
 _HEADER = [
     "size", "model", "params", "GMACs", "infer s", "infer speed-up", "infer peak MiB",
-    "train step s", "train speed-up", "train peak MiB",
+    "train step s", "train speed-up", "train peak MiB", "infer % of GEMM rate", "train % of GEMM rate",
 ]  # fmt: skip
+
+
+def _share(gmacs: float, seconds: float, peak_gflops: float) -> str:
+    """Share of the GEMM rate reached by ``gmacs`` multiply-accumulates in ``seconds``."""
+    if math.isnan(seconds) or seconds <= 0:  # not measured
+        return "–"
+    return f"{2 * gmacs / seconds / peak_gflops:.1%}"

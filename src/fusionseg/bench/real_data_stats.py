@@ -23,7 +23,7 @@ from fusionseg.engine.report import format_table
 __all__ = ["PEER", "baseline_of", "format_pairs", "format_tables", "paired_differences", "paired_verdict", "summarise"]
 
 PEER = "basicunet"
-# Results measured on another machine, quoted beside the tables (this benchmark re-measures the peer in the same run).
+# Reference numbers measured outside this benchmark (it re-measures the peer in the same run).
 REFERENCES = {
     "nuclei2d": "BasicUNet 0.927 ± 0.003 in 180 s",
     "brain3d": "BasicUNet 3D 0.828 in 420 s at 2 mm",
@@ -194,7 +194,7 @@ def format_tables(rows: list[dict], budgets: dict[str, float], copy_dice: dict[s
                 )
             )
     notes = [
-        f"- {d}: reference from another machine: {REFERENCES[d]}." for d in dict.fromkeys(r["dataset"] for r in rows)
+        f"- {d}: measured elsewhere: {REFERENCES[d]}." for d in dict.fromkeys(r["dataset"] for r in rows)
     ]
     notes += [
         f"- {d}: the mirrored training label copied onto the test hemisphere (no learning) scores {v:.4f}."

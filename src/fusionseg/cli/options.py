@@ -141,7 +141,7 @@ class _Renamed(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: {option_string} is now {self.new} in {parser.prog}; the old name works in this release only",
+        print(f"note: {option_string} is now {self.new} in {parser.prog}; the old name will be removed",
               file=sys.stderr)  # fmt: skip
         if self.nargs == 0:
             values = self.const

@@ -46,7 +46,8 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
     from fusionseg.engine.infer import find_inputs, load_models, predict_files, resolve_checkpoints
     from fusionseg.engine.postprocess import read_postprocessing
-    from fusionseg.engine.runtime import pick_device, resolve_amp, set_threads
+    from fusionseg.engine.precision import choose_inference_amp
+    from fusionseg.engine.runtime import pick_device, set_threads
 
     args = build_parser(prog).parse_args(argv)
     if not args.checkpoint:
@@ -56,10 +57,10 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
     plan = read_postprocessing(plan_path) if plan_path else None
     threads, reason = set_threads(args.threads)
     device = pick_device(args.device)
-    amp = resolve_amp(device, args.amp) is not None
     if args.progress and device.type == "cpu":
         print(f"CPU threads: {threads} ({reason})")
     models, pres = load_models(checkpoints, device)
+    amp = choose_inference_amp(models[0], pres[0], device, args.amp, args.sw_batch_size)
     if args.progress and len(models) > 1:
         print(f"ensemble of {len(models)} models: {', '.join(map(str, checkpoints))}")
     if args.progress and plan is not None:

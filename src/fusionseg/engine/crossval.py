@@ -59,11 +59,12 @@ def _fold_dir(output: Path, fold: int) -> Path:
 def _predict_validation(best: Path, val_cases: list, folder: Path, config: TrainConfig, log: Callable) -> None:
     """Label maps of the fold's validation cases with its best checkpoint, in each input's geometry."""
     from fusionseg.engine.infer import load_model, predict_files
-    from fusionseg.engine.runtime import pick_device, resolve_amp
+    from fusionseg.engine.precision import choose_inference_amp
+    from fusionseg.engine.runtime import pick_device
 
     device = pick_device(config.device)
-    amp = resolve_amp(device, config.amp) is not None
     model, pre, _ = load_model(best, device)
+    amp = choose_inference_amp(model, pre, device, config.amp, log=log)
     cases = [(case.case_id, list(case.images)) for case in val_cases]
     _, failed = predict_files(model, pre, cases, folder, device=device, amp=amp, progress=False)
     if failed:

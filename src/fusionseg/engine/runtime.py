@@ -6,7 +6,9 @@ these decisions through this module, so one rule holds everywhere:
 - **Mixed precision** (``--amp``): float16 autocast (+ GradScaler in training) on CUDA; bfloat16
   autocast on a CPU only where the CPU has native bf16 (AVX-512 BF16 / AMX on x86, what oneDNN
   reports). Elsewhere bf16 is emulated and runs many times *slower* than float32, so ``--amp``
-  falls back to float32 with a one-line note (:data:`NO_BF16_NOTE`).
+  falls back to float32 with a one-line note (:data:`NO_BF16_NOTE`). Where a reduced dtype is
+  offered, :mod:`fusionseg.engine.precision` times one step of the model in both and keeps the
+  reduced one only when it is faster (``--amp`` is never slower than float32).
 - **Threads** (``--threads``, default ``auto``): the cores this process may use that are idle
   right now, measured from ``/proc/stat`` over a short window (not the 1-minute load average,
   which still counts work that has finished). The choice and its reason are logged.

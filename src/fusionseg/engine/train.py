@@ -52,7 +52,8 @@ from fusionseg.engine.config import TrainConfig
 from fusionseg.engine.infer import round_up
 from fusionseg.engine.losses import loss_for_labels
 from fusionseg.engine.optim import build_optimizer, poly_lr_lambda
-from fusionseg.engine.runtime import autocast, resolve_amp, seed_everything, set_threads, tune_cpu_allocator
+from fusionseg.engine.precision import choose_amp
+from fusionseg.engine.runtime import autocast, seed_everything, set_threads, tune_cpu_allocator
 from fusionseg.engine.tensorboard_log import ScalarLog
 from fusionseg.engine.validation import validation_scores
 from fusionseg.errors import FusionSegError, InputError
@@ -299,7 +300,7 @@ class Trainer:
         self.loss = self.build_loss()
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler()
-        self.amp_dtype = resolve_amp(self.device, c.amp, self.log)
+        self.amp_dtype = self._choose_amp()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.last_path, self.best_path = self.output / "last.pt", self.output / "best.pt"
         if c.resume:
@@ -504,6 +505,16 @@ class Trainer:
             train_time=float(ckpt.get("train_time", 0.0)),
             history=list(ckpt.get("history", [])),
         )
+
+    def _choose_amp(self) -> torch.dtype | None:
+        """``--amp``'s dtype where a timed step shows it pays for this model and patch
+        (:mod:`~fusionseg.engine.precision`); every rank takes the reduced dtype only if all ranks chose it."""
+        c = self.config
+        shape = (c.batch_size, int(self.pre["in_channels"]), *self.pre["patch_size"])
+        dtype = choose_amp(self.model, shape, self.device, c.amp, "train", log=self.log)
+        if self.info.enabled and distributed.all_reduce_mean(float(dtype is not None), self.info) < 1.0:
+            return None
+        return dtype
 
     def _all_agree(self, flag: bool) -> bool:
         """All ranks stop together: any rank out of budget stops everyone."""
