@@ -193,9 +193,7 @@ def format_tables(rows: list[dict], budgets: dict[str, float], copy_dice: dict[s
                     [[r["model"], *[f"{r[c]:.3f}" for c in classes]] for r in ds_rows],
                 )
             )
-    notes = [
-        f"- {d}: measured elsewhere: {REFERENCES[d]}." for d in dict.fromkeys(r["dataset"] for r in rows)
-    ]
+    notes = [f"- {d}: measured elsewhere: {REFERENCES[d]}." for d in dict.fromkeys(r["dataset"] for r in rows)]
     notes += [
         f"- {d}: the mirrored training label copied onto the test hemisphere (no learning) scores {v:.4f}."
         for d, v in (copy_dice or {}).items()
