@@ -1,4 +1,4 @@
-"""Shared test fixtures: seeded RNG, and the real data folder (skipped with a reason when absent)."""
+"""Shared test fixtures: seeded RNG, one thread, phantoms, and the real data shipped with the package."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from fusionseg.resources import real_data_path
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +23,9 @@ def _precision_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    """Path to ``../shared/data``; skips the test when the folder is not there."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (it ships beside the repo, not in it)")
-    return SHARED_DATA
+def real_data_dir() -> Path:
+    """The folder holding ``nuclei2d/`` and ``brain3d/`` shipped in ``fusionseg/resources/data``."""
+    return real_data_path()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ LAYERS = {
     "fusionseg.errors": 0,
     "fusionseg.files": 0,
     "fusionseg.layers": 0,
+    "fusionseg.resources": 0,
     "fusionseg.kernels": 1,
     "fusionseg.fusion": 2,
     "fusionseg.plug": 3,

@@ -1,7 +1,7 @@
-"""Real-data benchmark: dataset building (AAL merge, hemisphere split, nuclei halves), the peer model, a smoke run.
+"""Real-data benchmark: the peer model, model specs, options, statistics, and a smoke run on the shipped data.
 
-The smoke run trains every model for ~1 s on both real datasets with tiny widths; it skips (with a
-reason) when ``../shared/data`` is absent.
+The smoke run trains every model for ~1 s on both real datasets with tiny widths. The dataset builders
+are tested in tests/data/test_real_data.py.
 """
 
 from __future__ import annotations
@@ -14,62 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from fusionseg.bench import real_data
+from fusionseg.bench import real_data, real_data_stats
+from fusionseg.data.real import AAL_GROUPS
 from fusionseg.engine.checkpoint import load_checkpoint
 from fusionseg.errors import InputError
-
-
-def test_aal_groups_cover_every_region_hemisphere_agnostic(shared_data):
-    table = real_data.aal_group_table(shared_data / "brain3d" / "aal_labels.txt")
-    assert sorted(table) == list(range(1, 117))
-    assert sorted(set(table.values())) == list(range(1, len(real_data.AAL_GROUPS) + 1))
-    for left in range(1, 108, 2):  # paired regions: odd = left, even = right → same class
-        assert table[left] == table[left + 1]
-    names = {name: k for k, (name, _) in enumerate(real_data.AAL_GROUPS, 1)}
-    assert table[71] == table[77] == names["deep_grey"]  # Caudate_L, Thalamus_L
-    assert table[29] == table[31] == names["limbic_insula"]  # Insula_L, Cingulum_Ant_L
-    assert table[55] == names["temporal"] and table[109] == table[91] == names["cerebellum"]
-
-
-def test_aal_group_table_rejects_unknown_region(tmp_path):
-    (tmp_path / "labels.txt").write_text("1 Precentral_L 2001\n2 Mystery_Region 9999\n")
-    with pytest.raises(InputError, match="Mystery_Region"):
-        real_data.aal_group_table(tmp_path / "labels.txt")
-
-
-def test_brain3d_split_mirrors_right_hemisphere_onto_left_grid(shared_data, tmp_path):
-    import nibabel as nib
-
-    from fusionseg.data import scan_dataset
-
-    root = real_data.build_brain3d(shared_data / "brain3d", tmp_path / "brain3d")
-    info = scan_dataset(root)
-    assert (info.layout, info.num_classes, len(info.cases), len(info.test_cases)) == ("nnunet", 8, 1, 1)
-    train_img = nib.load(str(info.cases[0].label))
-    test_img = nib.load(str(info.test_cases[0].label))
-    assert train_img.shape == test_img.shape == (79, 192, 158)
-    np.testing.assert_allclose(train_img.affine, test_img.affine)
-    assert train_img.affine[0, 3] == -79  # x = −79 … −1 mm: the left hemisphere, midline slice excluded
-    left, right = np.asarray(train_img.dataobj), np.asarray(test_img.dataobj)
-    assert set(np.unique(left)) == set(np.unique(right)) == set(range(8))
-    # Mirrored hemispheres overlap like an atlas should (copying the train label scores ≈ 0.84 mean Dice).
-    overlap = [2 * np.sum((left == k) & (right == k)) / (np.sum(left == k) + np.sum(right == k)) for k in range(1, 8)]
-    assert 0.75 < np.mean(overlap) < 0.95
-
-
-def test_nuclei2d_halves(shared_data, tmp_path):
-    from PIL import Image
-
-    from fusionseg.data import scan_dataset
-
-    root = real_data.build_nuclei2d(shared_data / "nuclei2d", tmp_path / "nuclei2d")
-    info = scan_dataset(root)
-    assert (info.layout, info.num_classes, len(info.cases), len(info.test_cases)) == ("folders", 2, 1, 1)
-    full = np.asarray(Image.open(shared_data / "nuclei2d" / "image.png"))
-    left = np.asarray(Image.open(info.cases[0].images[0]))
-    right = np.asarray(Image.open(info.test_cases[0].images[0]))
-    np.testing.assert_array_equal(left, full[:, :256])
-    np.testing.assert_array_equal(right, full[:, 256:])
 
 
 def test_peer_follows_model_contract():
@@ -98,8 +46,8 @@ def test_model_specs():
         real_data.parse_model_spec("nope", [8, 16])
 
 
-def _smoke(shared_data, out, dataset: str, seeds: int) -> list[dict]:
-    argv = ["--data-root", str(shared_data), "--output", str(out), "--datasets", dataset, "--seeds", str(seeds)]
+def _smoke(out, dataset: str, seeds: int) -> list[dict]:
+    argv = ["--output", str(out), "--datasets", dataset, "--num-seeds", str(seeds)]
     argv += ["--time-budget", "0.5", "--features", "4,8,8,16,16", "--patch-size", "nuclei2d=64,64"]
     argv += ["brain3d=32,32,32", "--batch-size", "brain3d=1", "--model", "basicunet,basicunet+dff", "--threads", "1"]
     assert real_data.main([*argv, "--overlap", "0"]) == 0
@@ -112,8 +60,8 @@ def _smoke(shared_data, out, dataset: str, seeds: int) -> list[dict]:
     return runs
 
 
-def test_smoke_run_nuclei2d_two_seeds(shared_data, tmp_path):
-    runs = _smoke(shared_data, tmp_path, "nuclei2d", seeds=2)
+def test_smoke_run_nuclei2d_two_seeds(tmp_path):
+    runs = _smoke(tmp_path, "nuclei2d", seeds=2)
     with open(tmp_path / "real_data.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["model"] for r in rows] == ["basicunet", "basicunet+dff"] and all(int(r["seeds"]) == 2 for r in rows)
@@ -132,10 +80,10 @@ def test_smoke_run_nuclei2d_two_seeds(shared_data, tmp_path):
     assert f"| nuclei2d | basicunet+dff | basicunet | {diffs[0]:+.4f} | {diffs[1]:+.4f} |" in table
 
 
-def test_smoke_run_brain3d(shared_data, tmp_path):
-    runs = _smoke(shared_data, tmp_path, "brain3d", seeds=1)
+def test_smoke_run_brain3d(tmp_path):
+    runs = _smoke(tmp_path, "brain3d", seeds=1)
     for r in runs:  # the score is the mean of the 7 merged classes
-        per_class = [float(r[f"dice_{name}"]) for name, _ in real_data.AAL_GROUPS]
+        per_class = [float(r[f"dice_{name}"]) for name, _ in AAL_GROUPS]
         assert math.isclose(float(r["dice"]), np.mean(per_class), rel_tol=1e-9)
     args = load_checkpoint(tmp_path / "runs" / "brain3d" / "basicunet_dff_seed0" / "best.pt")["train_args"]
     assert args["augment"] is False and args["target_spacing"] == [2.0, 2.0, 2.0]  # 3D default: no flips, 2 mm
@@ -149,9 +97,9 @@ def test_bad_arguments_raise_input_error(tmp_path):
     with pytest.raises(InputError, match="--datasets"):
         real_data.main(["--datasets", "mnist", "--output", str(tmp_path)])
     with pytest.raises(SystemExit):  # argparse: "--seeds: expected a positive integer"
-        real_data.main(["--seeds", "0", "--output", str(tmp_path)])
+        real_data.main(["--num-seeds", "0", "--output", str(tmp_path)])
     with pytest.raises(InputError, match="real data folder missing"):
-        real_data.main(["--data-root", str(tmp_path / "nowhere"), "--output", str(tmp_path), "--seeds", "1"])
+        real_data.main(["--data-root", str(tmp_path / "nowhere"), "--output", str(tmp_path), "--num-seeds", "1"])
     with pytest.raises(InputError, match="unknown dataset"):
         real_data.main(["--time-budget", "mnist=3", "--output", str(tmp_path)])
     with pytest.raises(InputError, match="--time-budget brain3d=-1"):
@@ -160,24 +108,28 @@ def test_bad_arguments_raise_input_error(tmp_path):
         real_data.main(["--model", "brain3d=nope", "--output", str(tmp_path)])
 
 
-def test_per_dataset_options_and_old_spellings(capsys):
+def test_per_dataset_options():
     parser = real_data.build_parser("p")
     args = real_data.resolve_options(parser.parse_args(["--time-budget", "60", "brain3d=90", "--model", "unet+dff"]))
     assert args.budget == {"nuclei2d": 60.0, "brain3d": 90.0}
     assert args.models_by_dataset == {"nuclei2d": ["unet+dff"], "brain3d": ["unet+dff"]}
-    assert args.patch == {"nuclei2d": [128, 128], "brain3d": [48, 64, 64]} and args.batch == {
-        "nuclei2d": 4,
-        "brain3d": 2,
-    }
+    assert args.patch == {"nuclei2d": [128, 128], "brain3d": [48, 64, 64]}
+    assert args.batch == {"nuclei2d": 4, "brain3d": 2}
     assert args.augment_by_dataset == {"nuclei2d": True, "brain3d": False}
+    assert (args.num_seeds, args.seed) == (3, 0)
     defaults = real_data.resolve_options(parser.parse_args([]))
     assert defaults.models_by_dataset["nuclei2d"] == ["basicunet", "basicunet+dff", "basicunet+tif", "unet+dff"]
     assert defaults.models_by_dataset["brain3d"] == ["basicunet", "basicunet+dff", "dnet_small"]
-    old = ["--budget2d", "5", "--patch3d", "32,32,32", "--no-augment2d", "--first-seed", "4", "--models", "unet+add"]
-    args = real_data.resolve_options(parser.parse_args(old))
-    assert args.budget["nuclei2d"] == 5.0 and args.patch["brain3d"] == [32, 32, 32] and args.seed == 4
-    assert args.augment_by_dataset["nuclei2d"] is False and args.models_by_dataset["brain3d"] == ["unet+add"]
-    assert "note: --budget2d is now --time-budget nuclei2d=" in capsys.readouterr().err
+    argv = ["--patch-size", "brain3d=32x32x32", "--augment", "nuclei2d=false", "--num-seeds", "2", "--seed", "4"]
+    args = real_data.resolve_options(parser.parse_args(argv))
+    assert args.patch["brain3d"] == [32, 32, 32] and args.augment_by_dataset["nuclei2d"] is False
+    assert (args.num_seeds, args.seed) == (2, 4)
+    with pytest.raises(InputError, match="--augment nuclei2d=maybe: expected true or false"):
+        real_data.resolve_options(parser.parse_args(["--augment", "nuclei2d=maybe"]))
+    with pytest.raises(InputError, match="--batch-size brain3d=0: expected a positive integer"):
+        real_data.resolve_options(parser.parse_args(["--batch-size", "brain3d=0"]))
+    with pytest.raises(SystemExit):  # old spellings are gone
+        parser.parse_args(["--seeds", "2"])
 
 
 def test_paired_differences_and_verdict():
@@ -188,7 +140,7 @@ def test_paired_differences_and_verdict():
     records += [run("basicunet+dff", k, 0.85 + 0.01 * k + 0.001 * (k == 1), 90) for k in range(3)]
     records += [run("basicunet+tif", k, 0.80 + 0.01 * k + 0.004 * (-1) ** k) for k in range(3)]
     records += [run("dnet_small", k, 0.7) for k in range(3)]
-    pairs = {p["with"]: p for p in real_data.paired_differences(records)}
+    pairs = {p["with"]: p for p in real_data_stats.paired_differences(records)}
     assert set(pairs) == {"basicunet+dff", "basicunet+tif"}  # dnet_small has no arm without a module
     dff = pairs["basicunet+dff"]
     assert dff["without"] == "basicunet" and dff["seeds"] == [0, 1, 2]
@@ -198,7 +150,7 @@ def test_paired_differences_and_verdict():
     tif = pairs["basicunet+tif"]
     np.testing.assert_allclose(tif["diffs"], [0.004, -0.004, 0.004], atol=1e-12)
     assert tif["verdict"].startswith("within the seed-to-seed spread")
-    assert real_data.baseline_of("unet+dff", ["unet+concat", "unet+dff"]) == "unet+concat"
-    assert real_data.baseline_of("unet+dff", ["basicunet"]) is None
-    table = real_data.format_pairs(list(pairs.values()))
+    assert real_data_stats.baseline_of("unet+dff", ["unet+concat", "unet+dff"]) == "unet+concat"
+    assert real_data_stats.baseline_of("unet+dff", ["basicunet"]) is None
+    table = real_data_stats.format_pairs(list(pairs.values()))
     assert "| d | basicunet+dff | basicunet | +0.0500 | +0.0510 | +0.0500 | +0.0503 ± 0.0006 |" in table

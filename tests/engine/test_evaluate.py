@@ -165,11 +165,11 @@ def test_evaluate_rejects_unmatched_folders(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_atlas_labels_real_data(shared_data):
+def test_atlas_labels_real_data(real_data_dir):
     """Real AAL atlas crop (many labels, 1 mm): per-label boxes give the brute-force Dice and MONAI's HD95."""
     from monai.metrics import compute_hausdorff_distance
 
-    img = nib.load(str(shared_data / "brain3d" / "aal.nii.gz"))
+    img = nib.load(str(real_data_dir / "brain3d" / "aal.nii.gz"))
     gt = np.asarray(img.dataobj)[60:108, 90:138, 60:108].astype(np.uint8)
     pred = np.roll(gt, 1, axis=0)
     pred[:, :, :3] = 0

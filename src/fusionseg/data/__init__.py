@@ -1,5 +1,6 @@
 """Data layer: dataset discovery, file formats and I/O with geometry, labels (regions, ignore label),
-normalisation, cross-validation splits, MONAI preprocessing, phantoms, input checks.
+normalisation, cross-validation splits, MONAI preprocessing, phantoms, training sets built from the shipped
+real data (``fusionseg.data.real``), input checks.
 
 Example:
     >>> from fusionseg.data import make_phantom_dataset, scan_dataset, build_preprocessing, train_transforms

@@ -521,14 +521,12 @@ class Trainer:
         return distributed.all_reduce_mean(float(flag), self.info) > 0
 
     def _progress_bar(self):
-        if not (self.config.progress and self.info.is_main):
-            return None
-        from tqdm.auto import tqdm
+        """A bar over the epoch's iterations on a terminal only; logs get the one line per epoch."""
+        from fusionseg.engine.progress import progress_bar
 
         c = self.config
-        return tqdm(
-            total=c.iters_per_epoch, desc=f"epoch {self.state.epoch + 1}/{c.epochs}", leave=False, dynamic_ncols=True
-        )
+        enabled = c.progress and self.info.is_main
+        return progress_bar(c.iters_per_epoch, f"epoch {self.state.epoch + 1}/{c.epochs}", enabled=enabled)
 
 
 def _write_csv(history: list[dict], path: Path) -> None:
