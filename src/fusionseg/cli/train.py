@@ -20,8 +20,10 @@ from fusionseg.engine.config import TrainConfig
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
-# Options `fusionseg ablate` sets per run itself (and so does not offer).
-PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init")
+# Options `fusionseg ablate` sets per run itself (and so does not offer); it reads no run-config file either.
+PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init", "config")
+# Options about one invocation, not the run: left out of the run folder's config.yaml.
+INVOCATION_ONLY = ("resume", "stop_after")
 # Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
 FOLD_OPTIONS = ("fold", "folds", "num_folds", "splits")
 
@@ -43,6 +45,11 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         if name not in skip:
             p.add_argument(*args, **kwargs)
 
+    add(
+        "config", "--config", type=Path, default=None,
+        help="run config (YAML or JSON) of option: value; options given here override it. Each run folder gets "
+        "config.yaml: --config RUN/config.yaml repeats the run",
+    )  # fmt: skip
     p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
     p.add_argument("--output", type=Path, default=d["output"], help=f"run folder (default {d['output']})")
     p.add_argument(
@@ -145,8 +152,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
-    args = build_parser(prog).parse_args(argv)
+    from fusionseg.cli.run_config import parse_with_config, resolved_options
+    from fusionseg.engine.config import RUN_CONFIG_FILE, write_run_config
+
+    parser = build_parser(prog)
+    args = parse_with_config(parser, argv)
     config = config_from_args(args)
+    config.check()
+    if os.environ.get("RANK", "0") == "0":
+        write_run_config(config.output / RUN_CONFIG_FILE, resolved_options(parser, args, INVOCATION_ONLY))
     if args.folds is not None:
         from fusionseg.engine.crossval import parse_folds, run_cross_validation
 
