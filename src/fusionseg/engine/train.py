@@ -270,6 +270,8 @@ class Trainer:
         ds_info = self.dataset = data.scan_dataset(c.data)
         if not ds_info.cases:
             raise InputError(f"{c.data} has no training cases")
+        if ds_info.mask_rule and self.info.is_main:
+            self.log(f"masks ({ds_info.layout}): {ds_info.mask_rule}")
         self.pre = data.build_preprocessing(
             ds_info,
             target_spacing=list(c.target_spacing) if isinstance(c.target_spacing, tuple | list) else c.target_spacing,
