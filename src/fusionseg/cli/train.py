@@ -17,11 +17,12 @@ from fusionseg.cli.options import (
     sizes,
 )
 from fusionseg.engine.config import TrainConfig
+from fusionseg.nets.swin_pretrained import parse_pretrained
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
-# Options `fusionseg ablate` sets per run itself (and so does not offer); it reads no run-config file either.
-PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init", "config")
+# Options `fusionseg ablate` does not offer: it sets them per run itself (no run-config file, no pretrained encoders).
+PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init", "config", "pretrained")
 # Options about one invocation, not the run: left out of the run folder's config.yaml.
 INVOCATION_ONLY = ("resume", "stop_after")
 # Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
@@ -134,6 +135,11 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
     add("resume", "--resume", action="store_true", help="continue the run in --output from last.pt")
     add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
+    add(
+        "pretrained", "--pretrained", type=parse_pretrained, default=None, metavar="MAIN[,SECOND]",
+        help="local ImageNet Swin checkpoint(s) (official/timm layout) for DS-TransUNet's encoders: Swin-B, then "
+        "optionally Swin-T for the second branch",
+    )  # fmt: skip
     p.add_argument("--num-workers", type=int, default=d["num_workers"], help="data-loading processes (default 0)")
     p.add_argument(
         "--cache-rate", type=float, default=d["cache_rate"], help="fraction of cases kept in memory (default 1)"

@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
+    pretrained: tuple[Path, ...] | None = None  # local ImageNet Swin checkpoints for the encoders (DS-TransUNet)
     num_workers: int = 0
     cache_rate: float = 1.0
     device: str = "auto"

@@ -284,6 +284,10 @@ class Trainer:
         self.cases_per_batch = -(-c.batch_size // num_samples)
         self.train_cases, self.val_cases = self.split(list(ds_info.cases))
         self.train_ds, self.val_items = self.build_datasets(self.train_cases, self.val_cases)
+        if c.pretrained and not c.resume:
+            from fusionseg.nets.swin_pretrained import load_pretrained_encoders
+
+            self.log(load_pretrained_encoders(self.model, c.pretrained))
         if c.init is not None and not c.resume:
             from fusionseg.nets.weights import load_pretrained
 
