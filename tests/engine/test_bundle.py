@@ -22,7 +22,7 @@ pytest.importorskip("fire", reason="python -m monai.bundle needs fire: pip insta
 
 from fusionseg.cli import main as cli
 from fusionseg.data import make_phantom_dataset, read_header, read_label
-from fusionseg.engine.bundle import check_metadata
+from fusionseg.engine.bundle import check_metadata, export_bundle
 from fusionseg.errors import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -132,6 +132,13 @@ def test_bundle_network_passes_monai_verify_net_in_out(tmp_path, checkpoint_2d):
     bundle = tmp_path / "b"
     assert cli(["export", "--format", "bundle", "--checkpoint", str(checkpoint_2d), "--output", str(bundle)]) == 0
     configs = bundle / "configs"
+    wide = tmp_path / "wide"
+    assert cli(["export", "--format", "bundle", "--checkpoint", str(checkpoint_2d), "--output", str(wide),
+                "--patch-size", "48,40"]) == 0  # fmt: skip
+    assert json.loads((wide / "configs" / "inference.json").read_text())["inferer"]["roi_size"] == [48, 40]
+    assert json.loads((configs / "inference.json").read_text())["inferer"]["roi_size"] == [32, 32]
+    with pytest.raises(InputError, match=r"multiple of 4; got \(30, 30\), nearest valid size \(32, 32\)"):
+        export_bundle(checkpoint_2d, tmp_path / "odd", window=[30, 30])
     verify_net_in_out("network_def", meta_file=str(configs / "metadata.json"),
                       config_file=str(configs / "inference.json"), device="cpu", n=2)  # fmt: skip
     meta = json.loads((configs / "metadata.json").read_text())

@@ -23,7 +23,8 @@ def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--patch-size", type=sizes, action=SizesAction, default=None,
-        help="spatial size of the exported input, e.g. 96,96 (default: the checkpoint's training patch)",
+        help="spatial size of the exported input, e.g. 96,96, or the bundle's sliding window "
+        "(default: the checkpoint's training patch)",
     )  # fmt: skip
     add_alias(p, "--input-size", "--patch-size", "patch_size", type=sizes, nargs="+")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default 1)")
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg export") -> int:
 def _export_bundle(args) -> int:
     from fusionseg.engine.bundle import export_bundle
 
-    result = export_bundle(args.checkpoint, args.output, atol=args.atol)
+    window = list(args.patch_size) if args.patch_size else None
+    result = export_bundle(args.checkpoint, args.output, window=window, atol=args.atol)
     ts = "models/model.ts" if result["torchscript"] else "no models/model.ts (the network does not trace)"
     print(
         f"wrote MONAI bundle {args.output} (window {result['window']}, max |bundle - eager| = "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -347,11 +348,16 @@ def export_bundle(
     checkpoint: str | os.PathLike,
     output: str | os.PathLike,
     *,
+    window: Sequence[int] | None = None,
     overlap: float = 0.5,
     sw_batch_size: int = 4,
     atol: float = 1e-4,
 ) -> dict[str, Any]:
     """Write the MONAI bundle of a fusionseg training checkpoint to folder ``output``.
+
+    ``window``: the sliding window (default: the training patch rounded up to the network's size
+    multiple, the window of ``fusionseg predict``); a size the network cannot take is an InputError
+    naming the nearest valid one.
 
     The folder is written beside ``output`` and renamed into place once complete (an existing
     bundle there is replaced; any other existing folder is refused). The network built from the
@@ -360,7 +366,7 @@ def export_bundle(
     Returns:
         {"path", "window", "torchscript" (bool), "max_abs_diff", "skipped" (why no model.ts, or None)}.
     """
-    from fusionseg.engine.export import ExportMismatchError, export_model
+    from fusionseg.engine.export import ExportMismatchError, example_shape, export_model
     from fusionseg.engine.infer import load_model
     from fusionseg.files import atomic_directory
 
@@ -370,8 +376,9 @@ def export_bundle(
     model, pre, ckpt = load_model(checkpoint)
     if pre.get("kind") == "nnunet":
         raise InputError(f"{checkpoint} was imported from nnU-Net; export its nnU-Net model folder instead")
-    window = _window(model, pre)
-    example = torch.randn(1, int(model.in_channels), *window, generator=torch.Generator().manual_seed(0))
+    shape = example_shape(model, pre, list(window) if window else _window(model, pre))
+    window = list(shape[2:])
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     meta = metadata(ckpt, model, window)
     check_metadata(meta)
     config = inference_config(ckpt, window, overlap=overlap, sw_batch_size=sw_batch_size)
