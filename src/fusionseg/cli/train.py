@@ -51,7 +51,10 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         help="run config (YAML or JSON) of option: value; options given here override it. Each run folder gets "
         "config.yaml: --config RUN/config.yaml repeats the run",
     )  # fmt: skip
-    p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
+    p.add_argument(
+        "--data", required=True, type=Path,
+        help="dataset folder: nnU-Net/MSD layout, images/ + masks/ (Kvasir-SEG), ISIC 2018 or CVC-ClinicDB as unpacked",
+    )  # fmt: skip
     p.add_argument("--output", type=Path, default=d["output"], help=f"run folder (default {d['output']})")
     p.add_argument(
         "--model", default=d["model"], help=f"registered model (default {d['model']}): {', '.join(list_models())}"
