@@ -2,7 +2,8 @@
 
 Every file fusionseg writes (checkpoints, predictions, probabilities, exported models, CSV/JSON
 logs, figures, reports) appears under its final name only when it is complete: it is written to a
-hidden temporary file in the same folder, fsynced, then renamed over the target.
+hidden temporary file in the same folder, fsynced, then renamed over the target. Folders written as
+a whole (MONAI bundles) go the same way through :func:`atomic_directory`.
 
 Example:
     >>> out = ensure_writable_dir("runs/exp1")          # creates it, or InputError naming the fix
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from fusionseg.errors import InputError
 
 __all__ = [
+    "atomic_directory",
     "atomic_write",
     "ensure_file",
     "ensure_writable_dir",
@@ -94,9 +97,7 @@ def publish_mode(path: str | os.PathLike) -> int:
     try:
         return os.stat(path).st_mode & 0o7777
     except OSError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
+        return 0o666 & ~_umask()
 
 
 def remove_stale_temp_files(path: str | os.PathLike) -> None:
@@ -172,3 +173,41 @@ def removed_on_error(*paths: str | os.PathLike) -> Iterator[None]:
         for path in paths:
             Path(path).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    Readers see the old folder or the complete new one, never a half-written one: the new folder
+    is filled under ``.NAME.<pid>.<random>``, an old ``path`` is moved aside, the new one renamed
+    into place, then the old one deleted. On any exception the temporary folder is removed and
+    ``path`` is left as it was.
+
+    >>> with atomic_directory("bundle") as tmp:
+    ...     (tmp / "configs").mkdir()
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    ensure_writable_dir(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=folder))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.old.", dir=folder))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -127,3 +127,24 @@ def test_ds_transunet_uses_its_original_optimizer(nnunet_env, dataset_json, plan
 )
 def test_fit_patch_size(patch, multiple, fitted):
     assert fit_patch_size(patch, multiple) == fitted
+
+
+def test_ds_transunet_trainer_loads_pretrained_encoders_from_the_environment(
+    nnunet_env, dataset_json, plans_factory, monkeypatch, tmp_path
+):
+    from fusionseg.nets import create_model
+    from fusionseg.nets.swin_pretrained import PRETRAINED_ENV
+
+    encoder = create_model("ds_transunet_small", in_channels=1, out_channels=3, spatial_dims=2).encoder
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(v.shape, generator=gen) for k, v in encoder.state_dict().items()
+             if not k.endswith(("relative_position_index", "attn_mask"))}  # fmt: skip
+    torch.save({"model": state}, tmp_path / "swin.pth")
+    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path / "swin.pth"))
+    trainer = _trainer("nnUNetTrainerDSTransUNetSmall", "2d", dataset_json, plans_factory())
+    loaded = trainer.network.encoder.state_dict()
+    for key, value in state.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    monkeypatch.setenv(PRETRAINED_ENV, str(tmp_path / "missing.pth"))
+    with pytest.raises(InputError, match=r"missing\.pth not found"):
+        _trainer("nnUNetTrainerDSTransUNetSmall", "2d", dataset_json, plans_factory())

@@ -1,4 +1,4 @@
-"""``fusionseg export``: a checkpoint to TorchScript or ONNX, verified against eager PyTorch."""
+"""``fusionseg export``: a checkpoint to TorchScript or ONNX (verified against eager PyTorch), or a MONAI bundle."""
 
 from __future__ import annotations
 
@@ -13,13 +13,18 @@ __all__ = ["build_parser", "main"]
 def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
     from fusionseg.engine.export import FORMATS
 
-    p = argparse.ArgumentParser(prog=prog, description="Export a fusionseg checkpoint to TorchScript or ONNX.")
+    p = argparse.ArgumentParser(
+        prog=prog, description="Export a fusionseg checkpoint to TorchScript or ONNX, or as a MONAI bundle."
+    )
     p.add_argument("--checkpoint", required=True, type=Path, help="fusionseg checkpoint (.pt)")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--output", required=True, type=Path, help="file to write (.ts / .pt or .onnx)")
+    p.add_argument("--format", required=True, choices=(*FORMATS, "bundle"))
+    p.add_argument(
+        "--output", required=True, type=Path, help="file to write (.ts / .pt or .onnx), or the bundle's folder"
+    )
     p.add_argument(
         "--patch-size", type=sizes, action=SizesAction, default=None,
-        help="spatial size of the exported input, e.g. 96,96 (default: the checkpoint's training patch)",
+        help="spatial size of the exported input, e.g. 96,96, or the bundle's sliding window "
+        "(default: the checkpoint's training patch)",
     )  # fmt: skip
     add_alias(p, "--input-size", "--patch-size", "patch_size", type=sizes, nargs="+")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default 1)")
@@ -38,6 +43,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg export") -> int:
     from fusionseg.engine.export import example_shape, export_model
 
     args = build_parser(prog).parse_args(argv)
+    if args.format == "bundle":
+        return _export_bundle(args)
     ckpt = load_checkpoint(args.checkpoint)
     model = rebuild_model(ckpt)
     shape = example_shape(model, ckpt.get("preprocessing"), list(args.patch_size) if args.patch_size else None,
@@ -50,4 +57,18 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg export") -> int:
     )  # fmt: skip
     check = f"max |exported - eager| = {result['max_abs_diff']:.2e}" if args.verify else "not verified"
     print(f"wrote {args.output} ({args.format} via {result['exporter']}, input {list(shape)}; {check})")
+    return 0
+
+
+def _export_bundle(args) -> int:
+    from fusionseg.engine.bundle import export_bundle
+
+    window = list(args.patch_size) if args.patch_size else None
+    result = export_bundle(args.checkpoint, args.output, window=window, atol=args.atol)
+    ts = "models/model.ts" if result["torchscript"] else "no models/model.ts (the network does not trace)"
+    print(
+        f"wrote MONAI bundle {args.output} (window {result['window']}, max |bundle - eager| = "
+        f"{result['max_abs_diff']:.2e}; {ts}); run: python -m monai.bundle run --config_file "
+        f"{args.output}/configs/inference.json --bundle_root {args.output} --dataset_dir IMAGES --output_dir OUT"
+    )
     return 0

@@ -17,11 +17,14 @@ from fusionseg.cli.options import (
     sizes,
 )
 from fusionseg.engine.config import TrainConfig
+from fusionseg.nets.swin_pretrained import parse_pretrained
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
-# Options `fusionseg ablate` sets per run itself (and so does not offer).
-PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init")
+# Options `fusionseg ablate` does not offer: it sets them per run itself (no run-config file, no pretrained encoders).
+PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init", "config", "pretrained")
+# Options about one invocation, not the run: left out of the run folder's config.yaml.
+INVOCATION_ONLY = ("resume", "stop_after")
 # Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
 FOLD_OPTIONS = ("fold", "folds", "num_folds", "splits")
 
@@ -43,7 +46,15 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         if name not in skip:
             p.add_argument(*args, **kwargs)
 
-    p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
+    add(
+        "config", "--config", type=Path, default=None,
+        help="run config (YAML or JSON) of option: value; options given here override it. Each run folder gets "
+        "config.yaml: --config RUN/config.yaml repeats the run",
+    )  # fmt: skip
+    p.add_argument(
+        "--data", required=True, type=Path,
+        help="dataset folder: nnU-Net/MSD layout, images/ + masks/ (Kvasir-SEG), ISIC 2018 or CVC-ClinicDB as unpacked",
+    )  # fmt: skip
     p.add_argument("--output", type=Path, default=d["output"], help=f"run folder (default {d['output']})")
     p.add_argument(
         "--model", default=d["model"], help=f"registered model (default {d['model']}): {', '.join(list_models())}"
@@ -127,6 +138,11 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
     add("resume", "--resume", action="store_true", help="continue the run in --output from last.pt")
     add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
+    add(
+        "pretrained", "--pretrained", type=parse_pretrained, default=None, metavar="MAIN[,SECOND]",
+        help="local ImageNet Swin checkpoint(s) (official/timm layout) for DS-TransUNet's encoders: Swin-B, then "
+        "optionally Swin-T for the second branch",
+    )  # fmt: skip
     p.add_argument("--num-workers", type=int, default=d["num_workers"], help="data-loading processes (default 0)")
     p.add_argument(
         "--cache-rate", type=float, default=d["cache_rate"], help="fraction of cases kept in memory (default 1)"
@@ -145,8 +161,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
-    args = build_parser(prog).parse_args(argv)
+    from fusionseg.cli.run_config import parse_with_config, resolved_options
+    from fusionseg.engine.config import RUN_CONFIG_FILE, write_run_config
+
+    parser = build_parser(prog)
+    args = parse_with_config(parser, argv)
     config = config_from_args(args)
+    config.check()
+    if os.environ.get("RANK", "0") == "0":
+        write_run_config(config.output / RUN_CONFIG_FILE, resolved_options(parser, args, INVOCATION_ONLY))
     if args.folds is not None:
         from fusionseg.engine.crossval import parse_folds, run_cross_validation
 

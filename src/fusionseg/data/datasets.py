@@ -17,12 +17,17 @@ Layouts:
     (NIfTI, NRRD/NHDR, MHA/MHD, GIPL, PNG, BMP, TIFF). dataset.json's labels may declare regions
     and an ignore label (see :mod:`fusionseg.data.labels`).
 
-    2D folders::
+    2D folders (:mod:`fusionseg.data.layouts_2d`; Kvasir-SEG unpacks this way)::
 
         root/images/NAME.png|jpg|tif   (grey or RGB)
-        root/masks/NAME.png|tif        (also labels/; NAME, NAME_mask, NAME_label or NAME_segmentation)
+        root/masks/NAME.png|jpg|tif    (also labels/; NAME, NAME_mask, NAME_label or NAME_segmentation)
         root/test/images/, root/test/masks/ (optional)
         root/dataset.json (optional: channel_names and labels)
+
+    ISIC 2018 task 1 (``ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg`` +
+    ``ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png``; test or validation
+    folders as test cases) and CVC-ClinicDB (``Original/`` + ``Ground Truth/``, equal names) are read
+    as they unpack. Binary masks follow :data:`fusionseg.data.io.BINARY_MASK_RULE` (``DatasetInfo.mask_rule``).
 
 Example:
     >>> info = scan_dataset("data/Task02_Heart")
@@ -47,8 +52,9 @@ from fusionseg.data.formats import (
     format_of,
     split_extension,
 )
-from fusionseg.data.io import read_header, read_label
+from fusionseg.data.io import BINARY_MASK_RULE, read_header, read_label
 from fusionseg.data.labels import LabelLayout
+from fusionseg.data.layouts_2d import DOCUMENT_EXTENSIONS, Layout2D, find_layout, held_out_folders, mask_folder
 from fusionseg.errors import InputError
 
 __all__ = ["Case", "DatasetInfo", "infer_modality", "scan_dataset"]
@@ -93,6 +99,7 @@ class DatasetInfo:
     region_names: list[str] | None = None
     regions_class_order: list[int] | None = None
     use_mask_for_norm: bool | None = None
+    mask_rule: str | None = None  # how binary 2D masks were read (stated once in the training log)
 
     @property
     def in_channels(self) -> int:
@@ -120,17 +127,18 @@ def infer_modality(channel_names: list[str]) -> str:
     return "other"
 
 
-def _listdir(folder: Path, allowed: tuple[str, ...], what: str) -> list[Path]:
+def _listdir(folder: Path, allowed: tuple[str, ...], what: str, skip_documents: bool = False) -> list[Path]:
     """Visible files of ``folder`` (sorted); InputError for an unsupported extension.
 
-    Raw data files of detached headers (``.raw``, ``.zraw`` beside ``.mhd``/``.nhdr``) are skipped.
+    Raw data files of detached headers (``.raw``, ``.zraw`` beside ``.mhd``/``.nhdr``) are skipped, and
+    with ``skip_documents`` licence / read-me files (``LICENSE.txt``) too.
     """
     files = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.is_dir():
             continue
         ext = split_extension(path)[1]
-        if ext in DATA_FILE_EXTENSIONS:
+        if ext in DATA_FILE_EXTENSIONS or (skip_documents and ext in DOCUMENT_EXTENSIONS):
             continue
         if ext not in allowed:
             raise InputError(
@@ -325,29 +333,57 @@ def _scan_nnunet(root: Path) -> DatasetInfo:
 # ------------------------------------------------------------------------------------------ folders
 
 
-def _pair_masks(images: list[Path], mask_dir: Path | None, required: bool) -> list[Case]:
-    masks: dict[str, Path] = {}
-    if mask_dir is not None and mask_dir.is_dir():
-        for m in _listdir(mask_dir, EXTENSIONS_2D, f"{mask_dir.name}/"):
-            if not format_of(m).lossless:
-                raise InputError(f"{m}: JPEG masks are lossy and corrupt label values; save masks as PNG or TIFF")
-            masks[split_extension(m)[0]] = m
-    cases, seen = [], set()
+def _pair_masks(
+    images: list[Path], masks: list[Path], mask_dir: Path | None, required: bool, suffix: str = ""
+) -> list[Case]:
+    """Cases of ``images`` with the mask of the same name (``NAME``, ``NAME_mask``, ``NAME_segmentation``, ...).
+
+    With ``required``, images without a mask and masks without an image are one InputError listing them.
+    """
+    by_stem = {split_extension(m)[0]: m for m in masks}
+    cases, seen, used = [], set(), set()
     for image in images:
         stem = split_extension(image)[0]
         if stem in seen:
             raise InputError(f"{image}: two images share the name {stem!r}; rename one of them")
         seen.add(stem)
-        label = next((masks[stem + s] for s in _MASK_SUFFIXES if stem + s in masks), None)
-        if label is None and required:
-            expected = mask_dir / f"{stem}.png" if mask_dir is not None else f"masks/{stem}.png"
-            raise InputError(f"{image}: no mask found (expected {expected}); add the mask or remove the image")
+        label = next((by_stem[stem + s] for s in _MASK_SUFFIXES if stem + s in by_stem), None)
+        if label is not None:
+            used.add(label)
         cases.append(Case(case_id=stem, images=[image], label=label))
+    if required:
+        _check_paired(cases, [m for m in masks if m not in used], mask_dir, suffix)
     return cases
 
 
-def _mask_dir(folder: Path) -> Path | None:
-    return next((folder / n for n in ("masks", "labels") if (folder / n).is_dir()), None)
+def _names(paths: list[Path], limit: int = 5) -> str:
+    shown = ", ".join(p.name for p in paths[:limit])
+    return shown + (f" (+{len(paths) - limit} more)" if len(paths) > limit else "")
+
+
+def _check_paired(cases: list[Case], orphans: list[Path], mask_dir: Path | None, suffix: str) -> None:
+    """One InputError listing the images without a mask and the masks without an image."""
+    lonely = [c.images[0] for c in cases if c.label is None]
+    if not lonely and not orphans:
+        return
+    parts = []
+    if lonely:
+        parts.append(f"{len(lonely)} image(s) without a mask: {_names(lonely)}")
+    if orphans:
+        parts.append(f"{len(orphans)} mask(s) without an image: {_names(orphans)}")
+    first = lonely[0] if lonely else orphans[0]
+    expected = (mask_dir / f"{split_extension(first)[0]}{suffix}.png") if mask_dir is not None else None
+    head = f"{first}: no mask found (expected {expected})" if lonely else f"{first}: no image of this name"
+    raise InputError(
+        f"{head}; unpaired files: {'; '.join(parts)}. Masks pair with images by name (NAME, NAME_mask, "
+        "NAME_segmentation, ...); add or remove the files"
+    )
+
+
+def _masks_in(folder: Path | None, layout: Layout2D) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return _listdir(folder, EXTENSIONS_2D, f"{folder.name}/", layout.skip_documents)
 
 
 def _infer_labels(cases: list[Case]) -> LabelLayout:
@@ -366,27 +402,35 @@ def _infer_labels(cases: list[Case]) -> LabelLayout:
     return LabelLayout(names={k: "background" if k == 0 else f"class{k}" for k in range(top + 1)})
 
 
-def _scan_folders(root: Path) -> DatasetInfo:
+def _scan_folders(root: Path, layout: Layout2D) -> DatasetInfo:
     meta = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
-    images = _listdir(root / "images", EXTENSIONS_2D, "images/")
+    image_dir = root / layout.images
+    images = _listdir(image_dir, EXTENSIONS_2D, f"{layout.images}/", layout.skip_documents)
     if not images:
-        raise InputError(f"{root / 'images'}: folder is empty; put the training images there")
-    mask_dir = _mask_dir(root)
+        raise InputError(f"{image_dir}: folder is empty; put the training images there")
+    mask_dir = mask_folder(root, layout)
     if mask_dir is None:
-        raise InputError(f"{root}: found images/ but no masks/ folder; add masks/ with one mask per image")
-    cases = _pair_masks(images, mask_dir, required=True)
-    test_cases: list[Case] = []
-    if (root / "test" / "images").is_dir():
-        test_cases = _pair_masks(
-            _listdir(root / "test" / "images", EXTENSIONS_2D, "test/images/"), _mask_dir(root / "test"), required=False
+        raise InputError(
+            f"{root}: found {layout.images}/ but no {layout.masks[0]}/ folder; add {layout.masks[0]}/ with one mask "
+            "per image"
         )
+    masks = _masks_in(mask_dir, layout)
+    cases = _pair_masks(images, masks, mask_dir, required=True, suffix=layout.mask_suffix)
+    test_cases: list[Case] = []
+    held_out = held_out_folders(root, layout)
+    if held_out is not None:
+        test_images = _listdir(held_out[0], EXTENSIONS_2D, f"{held_out[0].name}/", layout.skip_documents)
+        test_cases = _pair_masks(test_images, _masks_in(held_out[1], layout), held_out[1], required=False)
     channel_names = _parse_channels(meta, root / "dataset.json")
     if channel_names is None:
         channels = read_header(images[0])["num_channels"]
         channel_names = ["R", "G", "B"] if channels == 3 else ["grey"] * channels
-    layout = _parse_labels(meta, root / "dataset.json") or _infer_labels(cases)
+    labels = _parse_labels(meta, root / "dataset.json")
+    inferred = labels is None
+    labels = labels or _infer_labels(cases)
+    lossy = any(not format_of(m).lossless for m in masks)
     return DatasetInfo(
-        layout="folders",
+        layout=layout.name,
         spatial_dims=2,
         cases=cases,
         test_cases=test_cases,
@@ -396,7 +440,8 @@ def _scan_folders(root: Path) -> DatasetInfo:
         name=str(meta.get("name", root.name)),
         file_ending=split_extension(images[0])[1],
         use_mask_for_norm=_mask_override(meta, root / "dataset.json"),
-        **_label_fields(layout),
+        mask_rule=BINARY_MASK_RULE if lossy or (inferred and labels.num_classes == 2) else None,
+        **_label_fields(labels),
     )
 
 
@@ -407,8 +452,10 @@ def scan_dataset(root: str | Path) -> DatasetInfo:
         raise InputError(f"{root}: dataset folder not found; pass the folder holding imagesTr/ or images/")
     if (root / "imagesTr").is_dir():
         return _scan_nnunet(root)
-    if (root / "images").is_dir():
-        return _scan_folders(root)
+    layout = find_layout(root)
+    if layout is not None:
+        return _scan_folders(root, layout)
     raise InputError(
-        f"{root}: no imagesTr/ (nnU-Net layout) or images/ + masks/ (2D folders) found; see docs/data.md for layouts"
+        f"{root}: no imagesTr/ (nnU-Net layout), images/ + masks/ (2D folders, Kvasir-SEG), ISIC 2018 or "
+        "CVC-ClinicDB folders found; see docs/data.md for layouts"
     )

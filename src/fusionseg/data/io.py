@@ -37,6 +37,8 @@ from fusionseg.data.formats import (
 from fusionseg.errors import InputError
 
 __all__ = [
+    "BINARY_MASK_RULE",
+    "BINARY_THRESHOLD",
     "EXTENSIONS_2D",
     "EXTENSIONS_3D",
     "SUPPORTED_EXTENSIONS",
@@ -86,8 +88,8 @@ def read_image(path: str | Path) -> tuple[np.ndarray, dict]:
 def read_label(path: str | Path) -> tuple[np.ndarray, dict]:
     """Label map → (integer array (*S), meta with ``spacing`` in mm).
 
-    Binary 2D masks stored as 0/255 are mapped to 0/1; float-typed volumes must hold whole numbers.
-    Values 0..255 come back as uint8, others as int64.
+    Binary 2D masks are mapped to 0/1 (:data:`BINARY_MASK_RULE`); float-typed volumes must hold whole
+    numbers. Values 0..255 come back as uint8, others as int64.
     """
     data, meta, fmt = _read(path, label=True)
     if data.shape[0] != 1:
@@ -106,14 +108,28 @@ def read_label(path: str | Path) -> tuple[np.ndarray, dict]:
         data = data.astype(np.uint8)
     elif data.dtype.kind not in "iu":
         raise InputError(f"{path}: label map has unsupported data type {data.dtype}; use an integer type")
-    if fmt.spatial_dims == (2,) and data.size and data.max() == 255:
-        values = np.unique(data)
-        if np.all(np.isin(values, (0, 255))):  # binary mask stored as 0/255
-            data = data == 255
+    if fmt.spatial_dims == (2,) and data.size and (not fmt.lossless or data.max() == 255):
+        data = _binary_2d_mask(data, fmt.lossless)
     small = data.size and data.min() >= 0 and data.max() < 256
     data = data.astype(np.uint8 if small else np.int64)
     meta["num_channels"] = 1
     return data, meta
+
+
+BINARY_THRESHOLD = 128
+BINARY_MASK_RULE = (
+    "2D masks stored as 0/255 are binary: grey value >= 128 is foreground (1), below is background (0); "
+    "JPEG masks and 0/255 masks with up to 1% other values (compression or resizing noise) are thresholded so"
+)
+
+
+def _binary_2d_mask(data: np.ndarray, lossless: bool) -> np.ndarray:
+    """0/1 mask of a binary 2D mask (:data:`BINARY_MASK_RULE`); class-index masks (max < 255) are returned as is."""
+    if lossless:
+        at_ends = np.count_nonzero((data == 0) | (data == 255))
+        if at_ends < 0.99 * data.size:  # class indices (e.g. 0, 1, 2, ... with 255 as a class), not a noisy 0/255
+            return data
+    return data >= BINARY_THRESHOLD
 
 
 def label_dtype(max_value: int) -> type:

@@ -1,12 +1,19 @@
-"""The description of a training run (:class:`TrainConfig`), stored in every checkpoint as ``train_args``.
+"""The description of a training run (:class:`TrainConfig`), stored in every checkpoint as ``train_args``,
+and run-config files (``fusionseg train --config run.yaml``; every run folder gets ``config.yaml``).
 
 Example:
     >>> config = TrainConfig(data=Path("phantoms"), model="unet", fusion="dff", epochs=2, iters_per_epoch=5)
     >>> config.check()          # InputError naming the option for bad values
+    >>> read_run_config("run.yaml")                 # {"iters_per_epoch": 5, ...}: keys with _ in place of -
+    >>> write_run_config("runs/x/config.yaml", {"data": "phantoms", "epochs": 2})
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +21,9 @@ from typing import Any
 from fusionseg.engine.optim import OPTIMIZERS
 from fusionseg.errors import InputError
 
-__all__ = ["TrainConfig", "parse_fold"]
+__all__ = ["RUN_CONFIG_FILE", "TrainConfig", "nearest_key", "parse_fold", "read_run_config", "write_run_config"]
+
+RUN_CONFIG_FILE = "config.yaml"
 
 
 def parse_fold(value: int | str) -> int | str:
@@ -61,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
+    pretrained: tuple[Path, ...] | None = None  # local ImageNet Swin checkpoints for the encoders (DS-TransUNet)
     num_workers: int = 0
     cache_rate: float = 1.0
     device: str = "auto"
@@ -104,3 +114,56 @@ class TrainConfig:
             return v
 
         return {k: conv(v) for k, v in asdict(self).items()}
+
+
+def nearest_key(key: str, valid: Iterable[str]) -> str:
+    """The valid key closest to ``key`` (difflib), for "did you mean" hints."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return close[0] if close else valid[0]
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML (``.yaml``/``.yml``) or JSON run-config file → ``{key with _ for -: value}``.
+
+    Raises :class:`InputError` (one line) for a missing or unparsable file or one that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--config {path} does not exist; pass a YAML or JSON run config (e.g. runs/x/config.yaml)")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
+
+            values = yaml.safe_load(text)
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise InputError(f"--config {path} is not valid {kind}: {' '.join(str(err).split())[:160]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"--config {path} must hold a mapping of option: value, got a {type(values).__name__}")
+    return {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in values.items()}
+
+
+def write_run_config(path: str | os.PathLike, options: dict[str, Any]) -> Path:
+    """Write ``options`` (option name → plain value) to ``path`` as YAML, atomically; keys are written with -."""
+    import yaml
+
+    from fusionseg.files import write_text_atomic
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value
+
+    body = {k.replace("_", "-"): plain(v) for k, v in options.items()}
+    header = "# fusionseg train --config this file repeats the run (command-line options override it)\n"
+    return write_text_atomic(path, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))

@@ -271,6 +271,8 @@ class Trainer:
         ds_info = self.dataset = data.scan_dataset(c.data)
         if not ds_info.cases:
             raise InputError(f"{c.data} has no training cases")
+        if ds_info.mask_rule and self.info.is_main:
+            self.log(f"masks ({ds_info.layout}): {ds_info.mask_rule}")
         self.pre = data.build_preprocessing(
             ds_info,
             target_spacing=list(c.target_spacing) if isinstance(c.target_spacing, tuple | list) else c.target_spacing,
@@ -283,6 +285,10 @@ class Trainer:
         self.cases_per_batch = -(-c.batch_size // num_samples)
         self.train_cases, self.val_cases = self.split(list(ds_info.cases))
         self.train_ds, self.val_items = self.build_datasets(self.train_cases, self.val_cases)
+        if c.pretrained and not c.resume:
+            from fusionseg.nets.swin_pretrained import load_pretrained_encoders
+
+            self.log(load_pretrained_encoders(self.model, c.pretrained))
         if c.init is not None and not c.resume:
             from fusionseg.nets.weights import load_pretrained
 

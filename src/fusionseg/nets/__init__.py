@@ -7,11 +7,12 @@ Every network derives from :class:`SegmentationNet` (``in_channels``, ``out_chan
 
 from fusionseg.nets import dnet, ds_transunet, external, nnunet_planned, unet  # noqa: F401  (registers the models)
 from fusionseg.nets.base import SegmentationNet, check_input_size, crop_to, nearest_valid_size, pad_to_multiple
-from fusionseg.nets.registry import create_model, list_models, register_model
+from fusionseg.nets.registry import create_inference_model, create_model, list_models, register_model
 
 __all__ = [
     "SegmentationNet",
     "check_input_size",
+    "create_inference_model",
     "create_model",
     "crop_to",
     "list_models",

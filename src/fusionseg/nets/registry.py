@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 from torch import nn
 
-__all__ = ["MODEL_ATTRIBUTES", "create_model", "list_models", "register_model"]
+__all__ = ["MODEL_ATTRIBUTES", "create_inference_model", "create_model", "list_models", "register_model"]
 
 MODEL_ATTRIBUTES = ("spatial_dims", "in_channels", "out_channels", "size_multiple")
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -83,4 +83,24 @@ def create_model(name: str, **kwargs) -> nn.Module:
             f"{', '.join(MODEL_ATTRIBUTES)} (derive from fusionseg.nets.base.SegmentationNet or set them)"
         )
     model.config = config
+    return model
+
+
+def _first_output(module: nn.Module, inputs: tuple, output: object) -> object:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def create_inference_model(name: str, **kwargs) -> nn.Module:
+    """:func:`create_model` whose forward returns the full-resolution logits only (B, K, *S).
+
+    Deep-supervision tuples are reduced to their first element by a forward hook, so the
+    ``state_dict`` keys are those of :func:`create_model` (MONAI bundles build their network here).
+
+    Example:
+        >>> net = create_inference_model("dnet_small", in_channels=1, out_channels=2, spatial_dims=2)
+        >>> net(torch.randn(1, 1, 64, 64)).shape   # a tensor, never a tuple
+        torch.Size([1, 2, 64, 64])
+    """
+    model = create_model(name, **kwargs)
+    model.register_forward_hook(_first_output)
     return model

@@ -33,7 +33,18 @@ import torch.nn.functional as F
 from fusionseg.errors import InputError
 from fusionseg.nets.swin import SwinEncoder
 
-__all__ = ["PATCH_EMBED_MODES", "SwinLoadReport", "load_swin_pretrained", "read_swin_state_dict"]
+__all__ = [
+    "PATCH_EMBED_MODES",
+    "PRETRAINED_ENV",
+    "SwinLoadReport",
+    "load_pretrained_encoders",
+    "load_swin_pretrained",
+    "parse_pretrained",
+    "read_swin_state_dict",
+]
+
+# Environment variable the nnU-Net trainers read for --pretrained (nnUNetv2_train has no such option).
+PRETRAINED_ENV = "FUSIONSEG_PRETRAINED"
 
 PATCH_EMBED_MODES = ("resize", "skip")
 _PREFIXES = ("module.", "backbone.")
@@ -221,3 +232,39 @@ def load_swin_pretrained(
         if key in target and not key.endswith("relative_position_index"):
             report.missing[key] = "checkpoint tensor skipped (see above); kept at init"
     return report
+
+
+def parse_pretrained(text: str | Path | list | tuple | None) -> tuple[Path, ...] | None:
+    """``"MAIN[,SECOND]"`` (or a list of paths) → checkpoint paths, one per encoder in order; None when empty."""
+    if text is None:
+        return None
+    parts = [str(p) for p in text] if isinstance(text, list | tuple) else str(text).split(",")
+    paths = tuple(Path(p.strip()) for p in parts if p.strip())
+    return paths or None
+
+
+def load_pretrained_encoders(model: torch.nn.Module, paths: tuple[Path, ...] | list[Path]) -> str:
+    """Load local ImageNet Swin checkpoints into the encoders of ``model`` → one summary line.
+
+    ``paths``: the main encoder's checkpoint, then optionally the second encoder's (DS-TransUNet:
+    Swin-B for ``encoder``, Swin-T for ``encoder2``). Checkpoints load with ``weights_only=True``
+    (pickled code is refused). InputError for a network without a pretrained encoder or a bad file.
+
+    Example:
+        >>> load_pretrained_encoders(model, [Path("swin_base_patch4_window7_224_22k.pth")])
+        'pretrained encoder ← swin_base...pth: 327 matched (2 adapted), 4 missing, 3 skipped'
+    """
+    loader = getattr(model, "load_pretrained_swin", None)
+    name = (getattr(model, "config", None) or {}).get("name", type(model).__name__)
+    if loader is None:
+        raise InputError(
+            f"--pretrained loads ImageNet Swin encoders; {name} has none (use ds_transunet or ds_transunet_small)"
+        )
+    if not 1 <= len(paths) <= 2:
+        raise InputError(f"--pretrained takes MAIN[,SECOND] checkpoint paths, got {len(paths)}")
+    reports = loader(*paths)
+    return "; ".join(
+        f"pretrained {encoder} ← {Path(report.source).name}: {report.num_loaded} matched ({len(report.adapted)} "
+        f"adapted), {len(report.missing)} missing, {len(report.skipped)} skipped"
+        for encoder, report in reports.items()
+    )

@@ -21,7 +21,9 @@ What the trainers adapt:
   nnU-Net's weights 1, ½, ¼, ⅛, 0 normalised; DS-TransUNet: three full-resolution outputs weighted
   0.6, 0.2, 0.2 as in the original). ``decoder.deep_supervision`` switches them (see :mod:`.adapters`);
 - DS-TransUNet uses its original optimiser settings (SGD momentum 0.9, lr 1e-3, weight decay 1e-4)
-  with nnU-Net's poly schedule; nnU-Net's (momentum 0.99, lr 1e-2) is meant for CNNs.
+  with nnU-Net's poly schedule; nnU-Net's (momentum 0.99, lr 1e-2) is meant for CNNs;
+- pretrained encoders: ``FUSIONSEG_PRETRAINED=MAIN[,SECOND]`` (local ImageNet Swin checkpoints, as
+  ``fusionseg train --pretrained``) loads them after the network is built; one log line says what matched.
 
 Example (after ``fusionseg nnunet install``)::
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -42,6 +45,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from fusionseg.errors import InputError
+from fusionseg.nets.swin_pretrained import PRETRAINED_ENV, load_pretrained_encoders, parse_pretrained
 from fusionseg.nnunet.adapters import build_fusionseg_network, deep_supervision_scales
 from fusionseg.nnunet.networks import planned_unet
 
@@ -156,6 +160,19 @@ class FusionsegTrainerBase(nnUNetTrainer):
     def skip_levels(cls, configuration_manager: ConfigurationManager) -> Sequence[int] | None:
         """Skip levels of the planned U-Net that get ``fusion`` (0 = full resolution; None = the plug's default)."""
         return cls.fusion_levels
+
+    def initialize(self) -> None:
+        """nnU-Net's initialize, then the ImageNet Swin encoders of ``$FUSIONSEG_PRETRAINED`` (MAIN[,SECOND]).
+
+        A checkpoint nnU-Net loads afterwards (``--c``, ``--val``) replaces them, as it should.
+        """
+        first = not self.was_initialized
+        super().initialize()
+        paths = parse_pretrained(os.environ.get(PRETRAINED_ENV))
+        if first and paths:
+            network = self.network.module if hasattr(self.network, "module") else self.network
+            network = getattr(network, "_orig_mod", network)  # torch.compile wrapper
+            self.print_to_log_file(load_pretrained_encoders(network, paths))
 
     def _get_deep_supervision_scales(self):
         if self.network_name is None or not self.enable_deep_supervision:

@@ -23,7 +23,8 @@ def _array(img: Any, label: bool) -> np.ndarray:
     """PIL image → (C, H, W); label maps keep palette indices, images drop alpha."""
     mode = img.mode
     if label:
-        data = np.asarray(img)
+        # JPEG masks (Kvasir-SEG): compression noise differs per colour channel; read them as grey.
+        data = np.asarray(img.convert("L") if img.format == "JPEG" and mode != "L" else img)
         if data.ndim == 3:  # RGB(A) mask: fine when it is grey stored as RGB
             rgb = data[..., :3]
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):

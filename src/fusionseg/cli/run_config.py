@@ -1,0 +1,109 @@
+"""``--config FILE``: a command's options from a YAML / JSON file; options on the command line override it.
+
+Keys are option names without ``--`` (``iters-per-epoch`` or ``iters_per_epoch``); on/off switches
+take true/false under their positive name (``augment: false``) or the option as written
+(``no-augment: true``). An unknown key is a one-line error naming the nearest valid key.
+:func:`resolved_options` is what ``config.yaml`` in a run folder holds.
+
+Example:
+    >>> args = parse_with_config(build_parser(), ["--config", "run.yaml", "--epochs", "3"])   # epochs 3 wins
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fusionseg.errors import InputError
+
+__all__ = ["CONFIG_OPTION", "parse_with_config", "resolved_options"]
+
+CONFIG_OPTION = "config"
+_SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Visible options by dest (``iters_per_epoch``) and by spelling (``no_augment``)."""
+    by_key: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS or action.dest in ("help", CONFIG_OPTION):
+            continue
+        by_key.setdefault(action.dest, action)
+        for spelling in action.option_strings:
+            by_key.setdefault(spelling.lstrip("-").replace("-", "_"), action)
+    return by_key
+
+
+def _value(key: str, action: argparse.Action, value: Any, source: str) -> tuple[str, Any]:
+    """(dest, value) of file entry ``key: value`` for ``action``, converted as the command line would."""
+    name = "--" + key.replace("_", "-")
+    if isinstance(action, _SWITCHES):
+        if not isinstance(value, bool) and value is not None:
+            raise InputError(f"{source}: {key.replace('_', '-')} takes true or false, got {value!r}")
+        if key != action.dest and value is not None:  # the option as written: `no-augment: true`
+            return action.dest, action.const if value else action.default
+        return action.dest, value
+    if value is None:
+        return action.dest, None
+    if isinstance(value, dict):
+        text = json.dumps(value)
+    elif isinstance(value, list | tuple):
+        text = ",".join(str(v) for v in value)
+    else:
+        text = str(value)
+    if action.type is None:
+        converted: Any = text
+    else:
+        try:
+            converted = action.type(text)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+            raise InputError(f"{source}: {name} {text!r}: {err}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise InputError(f"{source}: {name} must be one of {', '.join(map(str, action.choices))}, got {converted!r}")
+    return action.dest, converted
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) taken from the file."""
+    from fusionseg.engine.config import nearest_key, read_run_config
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--" + CONFIG_OPTION, type=Path, default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        options = _options(parser)
+        for key, value in read_run_config(known.config).items():
+            action = options.get(key)
+            if action is None:
+                valid = {a.dest for a in options.values()}
+                hint = nearest_key(key, valid).replace("_", "-")
+                raise InputError(
+                    f"--config {known.config}: unknown key {key.replace('_', '-')!r}; did you mean {hint!r}?"
+                )
+            dest, converted = _value(key, action, value, f"--config {known.config}")
+            parser.set_defaults(**{dest: converted})
+            for other in parser._actions:
+                if other.dest == dest:
+                    other.required = False
+    return parser.parse_args(argv)
+
+
+def resolved_options(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, leave_out: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Every visible option's value in ``args`` by dest (``--model-kwargs`` as a mapping), ``leave_out`` aside."""
+    out: dict[str, Any] = {}
+    for action in parser._actions:
+        dest = action.dest
+        if not action.option_strings or action.help == argparse.SUPPRESS or dest in ("help", CONFIG_OPTION):
+            continue
+        if dest in out or dest in leave_out or not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        if dest == "model_kwargs" and isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        out[dest] = value
+    return out

@@ -1,0 +1,165 @@
+"""MONAI bundle export: `python -m monai.bundle run` on an exported bundle writes the labels of `fusionseg predict`.
+
+Tiny phantom runs (1 epoch × 2 iterations) are exported, the bundle runs in a subprocess with the
+model zoo's ``--dataset_dir/--output_dir`` overrides, and its label maps are compared voxel by voxel
+with ``fusionseg predict`` on the same images, with the input's shape and affine kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("ignite", reason="MONAI bundles run with pytorch-ignite: pip install 'fusionseg[bundle]'")
+pytest.importorskip("fire", reason="python -m monai.bundle needs fire: pip install 'fusionseg[bundle]'")
+
+from fusionseg.cli import main as cli
+from fusionseg.data import make_phantom_dataset, read_header, read_label
+from fusionseg.engine.bundle import check_metadata, export_bundle
+from fusionseg.errors import InputError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+TRAIN = ["--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2", "--no-progress", "--seed", "0"]
+# (id, spatial_dims, train options, slow)
+RUNS = [
+    ("unet_dff_2d", 2, ["--model", "unet", "--fusion", "dff", "--model-kwargs", '{"features": [8, 16, 32]}',
+                        "--patch-size", "32,32"], False),
+    ("unet_dff_3d", 3, ["--model", "unet", "--fusion", "dff", "--model-kwargs", '{"features": [4, 8]}',
+                        "--patch-size", "16,16,16", "--target-spacing", "1.5,1.5,1.5"], False),
+    ("dnet_small_2d", 2, ["--model", "dnet_small", "--patch-size", "32,32", "--model-kwargs",
+                          '{"dims": [8, 16, 32, 64, 128], "depths": [1, 1, 1, 1, 1]}'], True),
+    ("basicunet_dff_2d", 2, ["--model", "monai_basicunet", "--fusion", "dff", "--patch-size", "32,32",
+                             "--model-kwargs", '{"features": [4, 4, 8, 8, 16, 4]}'], True),
+    ("basicunet_dff_3d", 3, ["--model", "monai_basicunet", "--fusion", "dff", "--patch-size", "32,32,16",
+                             "--model-kwargs", '{"features": [4, 4, 8, 8, 16, 4]}'], True),
+]  # fmt: skip
+
+
+def _dataset(root: Path, dims: int) -> tuple[Path, Path]:
+    """Phantom dataset and its test images; in 3D one test image gets a flipped (LPS) affine with 1.2 mm voxels."""
+    if dims == 2:
+        data = make_phantom_dataset(root, spatial_dims=2, num_train=4, num_test=2, size=(48, 40), seed=0)
+        return data, data / "test" / "images"
+    data = make_phantom_dataset(root, spatial_dims=3, num_train=4, num_test=2, size=(20, 24, 18), seed=0)
+    test = data / "imagesTs"
+    path = sorted(test.glob("*.nii.gz"))[0]
+    img = nib.load(path)
+    affine = np.diag([-1.2, -1.2, 1.2, 1.0])
+    affine[:3, 3] = [10.0, 12.0, -5.0]
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
+    return data, test
+
+
+def _diversify(checkpoint: Path) -> None:
+    """Add seeded noise to the weights: a 2-iteration run often predicts background only, which agrees trivially."""
+    import torch
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    for key, value in ckpt["state_dict"].items():
+        if value.is_floating_point() and "running_" not in key:
+            value.add_(torch.randn(value.shape, generator=gen) * 0.3)
+    torch.save(ckpt, checkpoint)
+
+
+def _run_bundle(bundle: Path, images: Path, out: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+           "--dataset_dir", str(images), "--output_dir", str(out)]  # fmt: skip
+    return subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _params():
+    for run_id, dims, options, slow in RUNS:
+        yield pytest.param(dims, options, id=run_id, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize(("dims", "options"), list(_params()))
+def test_bundle_run_writes_the_labels_of_predict(tmp_path, dims, options, capsys):
+    data, images = _dataset(tmp_path / "data", dims)
+    assert cli(["train", "--data", str(data), "--output", str(tmp_path / "run"), *options, *TRAIN]) == 0
+    _diversify(tmp_path / "run" / "best.pt")
+    bundle = tmp_path / "bundle"
+    assert cli(["export", "--format", "bundle", "--checkpoint", str(tmp_path / "run" / "best.pt"),
+                "--output", str(bundle)]) == 0  # fmt: skip
+    assert "wrote MONAI bundle" in capsys.readouterr().out
+    for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+        assert (bundle / name).is_file(), name
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    check_metadata(meta)
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1
+    assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["0"] == "background"
+
+    result = _run_bundle(bundle, images, tmp_path / "bundle_out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert cli(["predict", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--input", str(images),
+                "--output", str(tmp_path / "pred"), "--no-progress"]) == 0  # fmt: skip
+    predicted = sorted((tmp_path / "pred").iterdir())
+    assert len(predicted) == 2
+    for ours in predicted:
+        theirs = tmp_path / "bundle_out" / ours.name
+        a, b = read_label(theirs)[0], read_label(ours)[0]
+        assert a.shape == b.shape
+        agreement = float((a == b).mean())
+        assert agreement >= 0.999, f"{ours.name}: bundle and predict agree on {agreement:.4%} of voxels"
+        assert len(np.unique(b)) > 1  # a constant map would agree trivially
+        source = next(p for p in images.iterdir() if p.name.split(".")[0].startswith(ours.name.split(".")[0]))
+        header, want = read_header(theirs), read_header(source)
+        assert tuple(header["spatial_shape"][:dims]) == tuple(want["spatial_shape"][:dims])
+        np.testing.assert_allclose(header["affine"], want["affine"], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_2d(tmp_path_factory) -> Path:
+    """best.pt of a tiny 2D ``unet --fusion dff`` run."""
+    root = tmp_path_factory.mktemp("bundle2d")
+    data, _ = _dataset(root / "data", 2)
+    assert cli(["train", "--data", str(data), "--output", str(root / "run"), *RUNS[0][2], *TRAIN]) == 0
+    return root / "run" / "best.pt"
+
+
+def test_bundle_network_passes_monai_verify_net_in_out(tmp_path, checkpoint_2d):
+    from monai.bundle import verify_net_in_out
+
+    bundle = tmp_path / "b"
+    assert cli(["export", "--format", "bundle", "--checkpoint", str(checkpoint_2d), "--output", str(bundle)]) == 0
+    configs = bundle / "configs"
+    wide = tmp_path / "wide"
+    assert cli(["export", "--format", "bundle", "--checkpoint", str(checkpoint_2d), "--output", str(wide),
+                "--patch-size", "48,40"]) == 0  # fmt: skip
+    assert json.loads((wide / "configs" / "inference.json").read_text())["inferer"]["roi_size"] == [48, 40]
+    assert json.loads((configs / "inference.json").read_text())["inferer"]["roi_size"] == [32, 32]
+    with pytest.raises(InputError, match=r"multiple of 4; got \(30, 30\), nearest valid size \(32, 32\)"):
+        export_bundle(checkpoint_2d, tmp_path / "odd", window=[30, 30])
+    verify_net_in_out("network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.json"), device="cpu", n=2)  # fmt: skip
+    meta = json.loads((configs / "metadata.json").read_text())
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == ["4*n", "4*n"]
+    bad = json.loads(json.dumps(meta))
+    del bad["network_data_format"]["outputs"]["pred"]["channel_def"], bad["version"]
+    with pytest.raises(ValueError, match=r"version, network_data_format.outputs.pred.channel_def"):
+        check_metadata(bad)
+
+
+def test_failed_export_leaves_no_bundle_and_refuses_foreign_folders(tmp_path, monkeypatch, checkpoint_2d):
+    from fusionseg.engine import bundle as bundle_module
+
+    ckpt = checkpoint_2d
+    monkeypatch.setattr(bundle_module, "_check_config_network", lambda *a: 1.0)  # the bundle disagrees with eager
+    with pytest.raises(Exception, match="differs from the checkpoint's by 1"):
+        bundle_module.export_bundle(ckpt, tmp_path / "out" / "b")
+    assert sorted(os.listdir(tmp_path / "out")) == []  # neither the bundle nor a temporary folder
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a MONAI bundle folder"):
+        bundle_module.export_bundle(ckpt, foreign)
+    assert (foreign / "todo.txt").read_text() == "mine"
