@@ -69,7 +69,7 @@ def test_train_predict_evaluate(phantoms, tmp_path):
         "1",
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in pred.iterdir()) == ["phantom_000.png", "phantom_001.png"]
+    assert sorted(p.name for p in pred.iterdir()) == [".fusionseg-outputs", "phantom_000.png", "phantom_001.png"]
 
     proc = fusionseg(
         "evaluate",
