@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -310,10 +311,6 @@ class Noisy(nn.Module):
 
 
 def _steps(model, opt, sched, n):
-    import random
-
-    import numpy as np
-
     for _ in range(n):
         noise = float(np.random.rand()) + random.random()
         x = torch.randn(8, 4) + noise
@@ -333,9 +330,6 @@ def _fresh():
 
 def test_resume_from_checkpoint_continues_bit_identically(tmp_path):
     """The mechanism behind ``--resume``: model + optimizer + scheduler + RNG state in a safe checkpoint."""
-    import random
-
-    import numpy as np
 
     def seed():
         torch.manual_seed(1)
@@ -556,6 +550,42 @@ def test_cross_validation_rerun_continues_with_the_unfinished_fold(phantoms, tmp
     assert load_checkpoint(cv / "fold_1" / "last.pt")["step"] == 2
     assert summary["complete"] and [f["fold"] for f in summary["folds"]] == [0, 1]
     assert all(0.0 <= f["dice"] <= 1.0 and f["num_cases"] == 2 for f in summary["folds"])
+
+
+def test_ablate_rerun_scores_finished_runs_without_training_them_again(phantoms, tmp_path, one_thread):
+    from fusionseg.engine.ablate import run_ablation
+
+    base = _train_config(phantoms, tmp_path, epochs=1000, val_every=1000)
+    first = run_ablation(base, ["concat"], [0], 0.3, tmp_path)
+    last = tmp_path / "runs" / "concat_seed0" / "last.pt"
+    written, steps = last.stat().st_mtime_ns, load_checkpoint(last)["step"]
+    assert run_ablation(base, ["concat"], [0], 0.3, tmp_path) == first  # same scores, from the same weights
+    assert last.stat().st_mtime_ns == written and load_checkpoint(last)["step"] == steps >= 1
+
+
+def test_maybe_fail_kills_at_the_nth_call_of_its_point_only():
+    script = "from fusionseg.faults import maybe_fail as f\nfor i in range(4):\n    f('y'); f('x'); print(i)"
+    run = partial(subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    killed = run(env=_env("x:3"))
+    assert killed.returncode == -signal.SIGKILL and killed.stdout.split() == ["0", "1"]
+    assert run(env=_env("x")).stdout == "" and run(env=_env()).stdout.split() == ["0", "1", "2", "3"]
+
+
+def test_outputs_of_other_settings_never_count_as_done(tmp_path):
+    from fusionseg.files import ResumableOutputs, write_text_atomic
+
+    old = write_text_atomic(tmp_path / "old.png", "written by a run with other settings")
+    os.utime(old, (time.time() - 60, time.time() - 60))  # a minute earlier
+    first = ResumableOutputs(tmp_path, "model A")
+    assert not first.done(old) and not (tmp_path / first.MARKER).exists()  # nothing claimed before a write
+    first.claim()
+    new = write_text_atomic(tmp_path / "new.png", "written by this run")
+    again = ResumableOutputs(tmp_path, "model A")  # the same command, rerun after a kill
+    assert again.done(new) and not again.done(old) and not again.done(new, tmp_path / "missing.npz")
+    other = ResumableOutputs(tmp_path, "model B")
+    assert not other.done(new)
+    other.claim()
+    assert not ResumableOutputs(tmp_path, "model A").done(new)  # B claimed the folder since
 
 
 @pytest.mark.slow
