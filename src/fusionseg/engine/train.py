@@ -11,10 +11,10 @@ Validation cases: a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of
 ``splits_final.json`` (:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
 
 Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
-augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` is written at epoch boundaries with
-the model, optimizer, scheduler, scaler, counters and history. A run killed at any moment and
-continued with ``resume`` ends with exactly the weights of an uninterrupted run with the same
-seed (bit-identical on CPU).
+augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` (then ``best.pt``) is written at epoch
+boundaries with the model, optimizer, scheduler, scaler, counters and history. A run killed at any
+moment and continued with ``resume`` (from ``last.pt``, else ``best.pt``; afresh when there is neither)
+ends with exactly the weights of an uninterrupted run with the same seed (bit-identical on CPU).
 
 Customise a run by overriding hooks (as nnU-Net's trainers do)::
 
@@ -539,7 +539,7 @@ class Trainer:
             history=list(ckpt.get("history", [])),
         )
         best_written = self.best_path.exists() and self.best_path.stat().st_mtime_ns >= path.stat().st_mtime_ns
-        if path == self.last_path and ckpt.get("is_best") and not best_written:
+        if self.info.is_main and path == self.last_path and ckpt.get("is_best") and not best_written:
             save_checkpoint(self.best_path, {k: v for k, v in ckpt.items() if k not in ("finished", "is_best")})
 
     def _all_agree(self, flag: bool) -> bool:
