@@ -40,7 +40,8 @@ def test_quick_demo_runs_the_whole_pipeline(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| class | Dice |" in proc.stdout and "| mean |" in proc.stdout
     assert 0.0 <= _mean_dice(proc.stdout) <= 1.0
-    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["phantom_000.png", "phantom_001.png"]
+    predictions = sorted(p.name for p in (tmp_path / "predictions").iterdir())
+    assert predictions == [".fusionseg-outputs", "phantom_000.png", "phantom_001.png"]
     report = (tmp_path / "report.md").read_text()
     assert "Test Dice" in report and "run/learning_curve.png" in report and "evaluation/overlays/" in report
     for link in re.findall(r"\]\(([^)]+\.png)\)", report):
