@@ -61,7 +61,7 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         # A real probe: os.access is wrong on read-only mounts, ACLs and for root on some filesystems.
-        fd, probe = tempfile.mkstemp(prefix=".fusionseg-write-test-", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=f".fusionseg-write-test.tmp-{os.getpid()}-", dir=path)  # swept if killed
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
