@@ -564,8 +564,15 @@ def test_ablate_rerun_scores_finished_runs_without_training_them_again(phantoms,
 
 
 def test_maybe_fail_kills_at_the_nth_call_of_its_point_only():
-    script = "from fusionseg.faults import maybe_fail as f\nfor i in range(4):\n    f('y'); f('x'); print(i)"
-    run = partial(subprocess.run, [sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    import fusionseg.faults
+
+    script = (  # the module alone (importing the package would load torch): it reads the variable at import
+        "import importlib.util as u, sys\nspec = u.spec_from_file_location('faults', sys.argv[1])\n"
+        "faults = u.module_from_spec(spec)\nspec.loader.exec_module(faults)\n"
+        "for i in range(4):\n    faults.maybe_fail('y'); faults.maybe_fail('x'); print(i)"
+    )
+    cmd = [sys.executable, "-c", script, fusionseg.faults.__file__]
+    run = partial(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
     killed = run(env=_env("x:3"))
     assert killed.returncode == -signal.SIGKILL and killed.stdout.split() == ["0", "1"]
     assert run(env=_env("x")).stdout == "" and run(env=_env()).stdout.split() == ["0", "1", "2", "3"]
