@@ -414,7 +414,7 @@ def reference_run(phantoms, tmp_path_factory) -> Path:
     return out
 
 
-def _assert_same_run(run: Path, reference: Path) -> None:
+def _assert_same_run(run: Path, reference: Path, epochs: int = 2) -> None:
     for name in ("last.pt", "best.pt"):
         got, expected = load_checkpoint(run / name), load_checkpoint(reference / name)
         assert (got["epoch"], got["step"]) == (expected["epoch"], expected["step"]), name
@@ -422,7 +422,7 @@ def _assert_same_run(run: Path, reference: Path) -> None:
         for key, value in expected["state_dict"].items():
             assert torch.equal(got["state_dict"][key], value), f"{name}: {key} differs after resume"
         assert [r["train_loss"] for r in got["history"]] == [r["train_loss"] for r in expected["history"]]
-    assert (run / "log.csv").read_text().count("\n") == 3  # header + 2 epochs, none twice
+    assert (run / "log.csv").read_text().count("\n") == 1 + epochs  # header + one row per epoch, none twice
 
 
 def test_train_killed_around_checkpoint_writes_resumes_to_identical_weights(phantoms, reference_run, tmp_path):
@@ -596,20 +596,22 @@ def test_outputs_of_other_settings_never_count_as_done(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_killed_at_random_instants_resumes_to_identical_weights(phantoms, reference_run, tmp_path):
+def test_train_killed_at_random_instants_resumes_to_identical_weights(phantoms, tmp_path):
     """SIGKILL at seeded random moments (imports, data caching, steps, writes), --resume after each."""
+    longer = ("--epochs", "4", "--iters-per-epoch", "4")  # later options win: a run of several seconds
+    _train(phantoms, tmp_path / "reference", *longer)
     run, rng, kills = tmp_path / "run", random.Random(24), 0
     cmd = [sys.executable, "-m", "fusionseg", "train", "--data", str(phantoms), "--output", str(run), *TRAIN_ARGS]
-    for attempt in range(5):
-        proc = subprocess.Popen(cmd + ["--resume"] * (attempt > 0), env=_env(), stdout=subprocess.DEVNULL)
+    for attempt in range(6):
+        proc = subprocess.Popen([*cmd, *longer, *["--resume"] * (attempt > 0)], env=_env(), stdout=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(1.0, 8.0))
+            proc.wait(timeout=rng.uniform(1.5, 6.5))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             kills += proc.wait() == -signal.SIGKILL
     assert kills >= 2, "the runs finished before they could be killed"
-    _train(phantoms, run, "--resume")
-    _assert_same_run(run, reference_run)
+    _train(phantoms, run, *longer, "--resume")
+    _assert_same_run(run, tmp_path / "reference", epochs=4)
     assert _temporary_files(run) == []
 
 
