@@ -595,6 +595,21 @@ def test_outputs_of_other_settings_never_count_as_done(tmp_path):
     assert not ResumableOutputs(tmp_path, "model A").done(new)  # B claimed the folder since
 
 
+def test_temporary_files_are_never_taken_for_data_or_results(tmp_path):
+    """Leftovers of a killed writer (a torn PNG under a temporary name) in a dataset, inputs and predictions."""
+    from fusionseg.data import make_phantom_dataset, scan_dataset
+    from fusionseg.engine.evaluate import label_files
+    from fusionseg.engine.infer import find_inputs
+
+    data = make_phantom_dataset(tmp_path / "data", spatial_dims=2, num_train=2, num_test=1, size=(32, 32), seed=0)
+    for folder in (data / "images", data / "masks", data / "test" / "images"):
+        (folder / ".phantom_009.png.tmp-4242-x1y2z3ab.png").write_bytes(b"\x89PNG torn")
+        assert is_temporary(next(folder.glob(".*.tmp-*")))
+    assert [c.case_id for c in scan_dataset(data).cases] == ["phantom_000", "phantom_001"]
+    assert [cid for cid, _ in find_inputs(data / "test" / "images")] == ["phantom_000"]
+    assert list(label_files(data / "masks")) == ["phantom_000", "phantom_001"]
+
+
 @pytest.mark.slow
 def test_train_killed_at_random_instants_resumes_to_identical_weights(phantoms, tmp_path):
     """SIGKILL at seeded random moments (imports, data caching, steps, writes), --resume after each."""
