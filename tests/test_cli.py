@@ -69,7 +69,7 @@ def test_train_predict_evaluate(phantoms, tmp_path):
         "1",
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in pred.iterdir()) == ["phantom_000.png", "phantom_001.png"]
+    assert sorted(p.name for p in pred.iterdir()) == [".fusionseg-outputs", "phantom_000.png", "phantom_001.png"]
 
     proc = fusionseg(
         "evaluate",
@@ -219,7 +219,7 @@ def test_train_under_torchrun_two_processes(phantoms, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("best checkpoint") == 1 and "2 processes" in proc.stdout  # only rank 0 talks
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 3
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp-*"))  # no temporary file of fusionseg.files.atomic_write
 
 
 # ------------------------------------------------------------------ nnU-Net dataset layouts, end to end

@@ -1,19 +1,24 @@
 """Fault injection: every failure a user can cause (or a crash can leave) ends in a one-line, actionable
 error and no partial output — torn/empty/garbage checkpoints, pickled code, interrupted writes,
-unwritable folders, wrong channel counts, and SIGKILL during training followed by ``--resume``."""
+unwritable folders, wrong channel counts — and every long command killed with SIGKILL at any point
+(training, cross-validation, predict, export) completes when run again, as an uninterrupted run would."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import random
 import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -23,7 +28,7 @@ from fusionseg.data.validation import check_channels
 from fusionseg.engine import checkpoint as ckpt_mod
 from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 from fusionseg.errors import InputError
-from fusionseg.files import atomic_write, ensure_file, ensure_writable_dir
+from fusionseg.files import atomic_write, ensure_file, ensure_writable_dir, is_temporary
 from fusionseg.nets import registry
 from fusionseg.nets.weights import load_pretrained
 
@@ -306,10 +311,6 @@ class Noisy(nn.Module):
 
 
 def _steps(model, opt, sched, n):
-    import random
-
-    import numpy as np
-
     for _ in range(n):
         noise = float(np.random.rand()) + random.random()
         x = torch.randn(8, 4) + noise
@@ -329,9 +330,6 @@ def _fresh():
 
 def test_resume_from_checkpoint_continues_bit_identically(tmp_path):
     """The mechanism behind ``--resume``: model + optimizer + scheduler + RNG state in a safe checkpoint."""
-    import random
-
-    import numpy as np
 
     def seed():
         torch.manual_seed(1)
@@ -366,50 +364,270 @@ def test_resume_from_checkpoint_continues_bit_identically(tmp_path):
         assert torch.equal(model.state_dict()[key], value), key
 
 
-def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "fusionseg", "train", "--data", str(data), "--output", str(out), "--model", "unet",
-        "--model-kwargs", '{"features": [4, 8]}', "--epochs", "3", "--iters-per-epoch", "3", "--batch-size", "2",
-        "--patch-size", "32,32", "--val-fraction", "0", "--device", "cpu", "--seed", "7", "--lr", "0.01", *extra,
-    ]  # fmt: skip
+# --------------------------------------------------------------------------------------------- killed, then rerun
+# Each long command is killed with SIGKILL at a named point (fusionseg.faults: FUSIONSEG_FAULT="point:N"), as a
+# pre-empted cluster job would be, then run again: it completes, its outputs are complete and valid, no
+# temporary file is left, and a resumed training ends with the weights of an uninterrupted one.
+TRAIN_ARGS = (
+    "--model", "unet", "--model-kwargs", '{"features": [4, 8]}', "--epochs", "2", "--iters-per-epoch", "2",
+    "--batch-size", "2", "--patch-size", "32,32", "--val-fraction", "0.25", "--device", "cpu", "--seed", "7",
+    "--lr", "0.01", "--threads", "1", "--no-progress",
+)  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+def _env(fault: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "FUSIONSEG_FAULT"}
+    env.update(OMP_NUM_THREADS="1", PYTHONHASHSEED="0", PYTHONUNBUFFERED="1")  # unbuffered: a killed run's output
+    return {**env, "FUSIONSEG_FAULT": fault} if fault else env
+
+
+def _cli(*args, fault: str | None = None) -> subprocess.CompletedProcess:
+    """``fusionseg ARGS`` in a subprocess; with ``fault`` it must die by SIGKILL at that point."""
+    cmd = [sys.executable, "-m", "fusionseg", *map(str, args)]
+    proc = subprocess.run(cmd, env=_env(fault), capture_output=True, text=True, timeout=600)
+    expected = -signal.SIGKILL if fault else 0
+    assert proc.returncode == expected, f"{fault}: exit {proc.returncode}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    return proc
+
+
+def _train(data: Path, out: Path, *extra, fault: str | None = None) -> subprocess.CompletedProcess:
+    return _cli("train", "--data", data, "--output", out, *TRAIN_ARGS, *extra, fault=fault)
+
+
+def _temporary_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if is_temporary(p))
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    from fusionseg.data import make_phantom_dataset
+
+    folder = tmp_path_factory.mktemp("faults") / "data"
+    return make_phantom_dataset(folder, spatial_dims=2, num_train=4, num_test=3, size=(32, 32), seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference_run(phantoms, tmp_path_factory) -> Path:
+    """The uninterrupted training every resumed one must reproduce (its best.pt also serves predict and export)."""
+    out = tmp_path_factory.mktemp("faults") / "reference"
+    _train(phantoms, out)
+    return out
+
+
+def _assert_same_run(run: Path, reference: Path, epochs: int = 2) -> None:
+    for name in ("last.pt", "best.pt"):
+        got, expected = load_checkpoint(run / name), load_checkpoint(reference / name)
+        assert (got["epoch"], got["step"]) == (expected["epoch"], expected["step"]), name
+        assert got["state_dict"].keys() == expected["state_dict"].keys()
+        for key, value in expected["state_dict"].items():
+            assert torch.equal(got["state_dict"][key], value), f"{name}: {key} differs after resume"
+        assert [r["train_loss"] for r in got["history"]] == [r["train_loss"] for r in expected["history"]]
+    assert (run / "log.csv").read_text().count("\n") == 1 + epochs  # header + one row per epoch, none twice
+
+
+def test_train_killed_around_checkpoint_writes_resumes_to_identical_weights(phantoms, reference_run, tmp_path):
+    run = tmp_path / "run"
+    proc = _train(phantoms, run, "--resume", fault="checkpoint.write:1")  # last.pt written to its temporary name
+    assert "starting the run afresh" in proc.stdout  # nothing to resume yet
+    assert not (run / "last.pt").exists() and _temporary_files(run)[0].startswith(".last.pt.tmp-")
+    _train(phantoms, run, "--resume", fault="train.checkpoint:1")  # after last.pt, before best.pt
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1 and not (run / "best.pt").exists()
+    assert _temporary_files(run) == []  # the killed writer's file was swept
+    proc = _train(phantoms, run, "--resume", fault="train.step:1")  # mid-epoch 2
+    assert f"resuming from {run / 'last.pt'} at epoch 1 (step 2)" in proc.stdout
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1  # the interrupted best.pt write was completed
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    _train(phantoms, run, "--resume")
+    _assert_same_run(run, reference_run)
+    assert _temporary_files(run) == []
 
 
 @pytest.mark.slow
-def test_sigkill_during_training_then_resume_reaches_identical_weights(tmp_path, tiny_phantom_2d):
-    """``fusionseg train`` killed with SIGKILL after its first checkpoint, then ``--resume``: bit-identical."""
-    pytest.importorskip("fusionseg.engine.train")
-    data = tiny_phantom_2d
-    # Uninterrupted reference run.
-    ref = subprocess.run(_train_cmd(data, tmp_path / "ref"), env=_env(), capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    # Same run, killed with SIGKILL as soon as the first checkpoint exists.
+def test_train_killed_before_its_first_checkpoint_resumes_to_identical_weights(phantoms, reference_run, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(data, run), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
-    killed_at = load_checkpoint(run / "last.pt")  # never torn
-    assert 1 <= killed_at["epoch"] < 3
-    # Restart with --resume: continues from the last checkpoint.
-    res = subprocess.run(
-        _train_cmd(data, run, "--resume"), env=_env(), capture_output=True, text=True, timeout=300
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"resuming from {run / 'last.pt'} at epoch {killed_at['epoch']}" in res.stdout + res.stderr
-    final, expected = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "ref" / "last.pt")
-    assert final["epoch"] == expected["epoch"] == 3 and final["step"] == expected["step"] == 9
-    assert final["state_dict"].keys() == expected["state_dict"].keys()
-    for key, value in expected["state_dict"].items():
-        assert torch.equal(final["state_dict"][key], value), f"{key} differs after resume"  # bit-identical on CPU
-    assert [r["train_loss"] for r in final["history"]] == [r["train_loss"] for r in expected["history"]]
-    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    for fault in ("train.build_model", "train.load_data:1", "train.step:1"):  # model build, data loading, epoch 1
+        _train(phantoms, run, "--resume", fault=fault)
+        assert not list(run.glob("*.pt"))
+    proc = _train(phantoms, run, "--resume", fault="train.load_data:2")  # after epoch 1
+    assert "starting the run afresh" in proc.stdout and load_checkpoint(run / "last.pt")["epoch"] == 1
+    _train(phantoms, run, "--resume")
+    _assert_same_run(run, reference_run)
+
+
+def _train_config(data: Path, output: Path, **kw):
+    from fusionseg.engine.config import TrainConfig
+
+    base = dict(model="unet", model_kwargs={"features": [4, 8]}, epochs=2, iters_per_epoch=2, batch_size=2,
+                patch_size=(32, 32), val_fraction=0.25, device="cpu", seed=7, lr=0.01, progress=False)  # fmt: skip
+    return TrainConfig(data=data, output=output, **{**base, **kw})
+
+
+def test_train_resume_starts_afresh_or_falls_back_to_best_pt(phantoms, tmp_path, one_thread):
+    from fusionseg.engine.train import Trainer, train
+
+    train(_train_config(phantoms, tmp_path / "full"))
+    run, lines = tmp_path / "run", []
+    Trainer(_train_config(phantoms, run, resume=True, stop_after=1), log=lines.append).run()
+    assert sum("starting the run afresh" in line for line in lines) == 1
+    (run / "last.pt").write_bytes(b"PK\x03\x04 torn")  # as a crash of an older, non-atomic writer leaves it
+    lines.clear()
+    Trainer(_train_config(phantoms, run, resume=True), log=lines.append).run()
+    skipped = [line for line in lines if "skipping" in line]
+    assert len(skipped) == 1 and str(run / "last.pt") in skipped[0] and "corrupt or truncated" in skipped[0]
+    assert f"resuming from {run / 'best.pt'} at epoch 1 (step 2)" in lines
+    _assert_same_run(run, tmp_path / "full")
+
+
+def _read_outputs(folder: Path) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    arrays = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".png":
+            arrays[path.name] = np.asarray(Image.open(path))
+        elif path.suffix == ".npz":
+            arrays[path.name] = np.load(path)["probabilities"]
+    return arrays
+
+
+def test_predict_killed_mid_case_reruns_only_what_is_missing(phantoms, reference_run, tmp_path, capsys):
+    args = ["predict", "--checkpoint", str(reference_run / "best.pt"), "--input", str(phantoms / "test" / "images"),
+            "--probabilities", "--threads", "1"]  # fmt: skip
+    out = tmp_path / "out"
+    _cli(*args, "--output", out, fault="predict.probabilities:2")  # case 2: label map written, probabilities not
+    assert sorted(p.name for p in out.glob("phantom_*")) == [
+        "phantom_000.png", "phantom_000_probabilities.npz", "phantom_001.png"
+    ]  # fmt: skip
+    proc = _cli(*args, "--output", out, fault="files.write:2")  # killed inside the write of case 2's probabilities
+    assert "1 of 3 case(s) already written" in proc.stdout and _temporary_files(out)
+    assert cli.main([*args, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 3 case(s) already written" in printed and "wrote 3 prediction(s)" in printed
+    assert cli.main([*args, "--output", str(tmp_path / "reference")]) == 0  # uninterrupted
+    expected, got = _read_outputs(tmp_path / "reference"), _read_outputs(out)
+    assert len(expected) == 6 and got.keys() == expected.keys() and _temporary_files(out) == []
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=name)
+    assert cli.main([*args, "--output", str(out), "--tta"]) == 0  # other options: nothing counts as done
+    assert "already written" not in capsys.readouterr().out
+
+
+def test_export_killed_while_writing_leaves_no_file_and_reruns(reference_run, tmp_path):
+    out = tmp_path / "export" / "model.ts"
+    args = ["export", "--checkpoint", str(reference_run / "best.pt"), "--format", "torchscript", "--output", str(out)]
+    _cli(*args, fault="files.write:1")
+    assert not out.exists() and len(_temporary_files(out.parent)) == 1
+    assert cli.main(args) == 0
+    assert _temporary_files(out.parent) == [] and sorted(p.name for p in out.parent.iterdir()) == ["model.ts"]
+    module = torch.jit.load(str(out))
+    assert module(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_cross_validation_rerun_continues_with_the_unfinished_fold(phantoms, tmp_path, monkeypatch, one_thread):
+    """Killed in fold 1 (an exception stands for the kill: the train test above covers SIGKILL), then resumed."""
+    from fusionseg.engine.crossval import run_cross_validation
+    from fusionseg.engine.train import Trainer
+
+    cv, lines = tmp_path / "cv", []
+    config = _train_config(phantoms, cv, epochs=1, num_folds=2, splits=tmp_path / "splits.json")
+    real_step, calls = Trainer.train_step, []
+
+    def dying_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # fold 0 took 2 steps: the first step of fold 1
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_cross_validation(config, "all", log=lines.append)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    finished = (cv / "fold_0" / "last.pt").stat().st_mtime_ns
+    assert not (cv / "fold_1" / "last.pt").exists()
+    summary = run_cross_validation(replace(config, resume=True), "all", log=lines.append)
+    assert f"resuming from {cv / 'fold_0' / 'last.pt'} at epoch 1 (step 2)" in lines
+    assert (cv / "fold_0" / "last.pt").stat().st_mtime_ns == finished  # not trained again
+    assert load_checkpoint(cv / "fold_1" / "last.pt")["step"] == 2
+    assert summary["complete"] and [f["fold"] for f in summary["folds"]] == [0, 1]
+    assert all(0.0 <= f["dice"] <= 1.0 and f["num_cases"] == 2 for f in summary["folds"])
+
+
+def test_ablate_rerun_scores_finished_runs_without_training_them_again(phantoms, tmp_path, one_thread):
+    from fusionseg.engine.ablate import run_ablation
+
+    base = _train_config(phantoms, tmp_path, epochs=1000, val_every=1000)
+    first = run_ablation(base, ["concat"], [0], 0.3, tmp_path)
+    last = tmp_path / "runs" / "concat_seed0" / "last.pt"
+    written, steps = last.stat().st_mtime_ns, load_checkpoint(last)["step"]
+    assert run_ablation(base, ["concat"], [0], 0.3, tmp_path) == first  # same scores, from the same weights
+    assert last.stat().st_mtime_ns == written and load_checkpoint(last)["step"] == steps >= 1
+
+
+def test_maybe_fail_kills_at_the_nth_call_of_its_point_only():
+    import fusionseg.faults
+
+    script = (  # the module alone (importing the package would load torch): it reads the variable at import
+        "import importlib.util as u, sys\nspec = u.spec_from_file_location('faults', sys.argv[1])\n"
+        "faults = u.module_from_spec(spec)\nspec.loader.exec_module(faults)\n"
+        "for i in range(4):\n    faults.maybe_fail('y'); faults.maybe_fail('x'); print(i)"
+    )
+    cmd = [sys.executable, "-c", script, fusionseg.faults.__file__]
+    run = partial(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    killed = run(env=_env("x:3"))
+    assert killed.returncode == -signal.SIGKILL and killed.stdout.split() == ["0", "1"]
+    assert run(env=_env("x")).stdout == "" and run(env=_env()).stdout.split() == ["0", "1", "2", "3"]
+
+
+def test_outputs_of_other_settings_never_count_as_done(tmp_path):
+    from fusionseg.files import ResumableOutputs, write_text_atomic
+
+    old = write_text_atomic(tmp_path / "old.png", "written by a run with other settings")
+    os.utime(old, (time.time() - 60, time.time() - 60))  # a minute earlier
+    first = ResumableOutputs(tmp_path, "model A")
+    assert not first.done(old) and not (tmp_path / first.MARKER).exists()  # nothing claimed before a write
+    first.claim()
+    new = write_text_atomic(tmp_path / "new.png", "written by this run")
+    again = ResumableOutputs(tmp_path, "model A")  # the same command, rerun after a kill
+    assert again.done(new) and not again.done(old) and not again.done(new, tmp_path / "missing.npz")
+    other = ResumableOutputs(tmp_path, "model B")
+    assert not other.done(new)
+    other.claim()
+    assert not ResumableOutputs(tmp_path, "model A").done(new)  # B claimed the folder since
+
+
+def test_temporary_files_are_never_taken_for_data_or_results(tmp_path):
+    """Leftovers of a killed writer (a torn PNG under a temporary name) in a dataset, inputs and predictions."""
+    from fusionseg.data import make_phantom_dataset, scan_dataset
+    from fusionseg.engine.evaluate import label_files
+    from fusionseg.engine.infer import find_inputs
+
+    data = make_phantom_dataset(tmp_path / "data", spatial_dims=2, num_train=2, num_test=1, size=(32, 32), seed=0)
+    for folder in (data / "images", data / "masks", data / "test" / "images"):
+        (folder / ".phantom_009.png.tmp-4242-x1y2z3ab.png").write_bytes(b"\x89PNG torn")
+        assert is_temporary(next(folder.glob(".*.tmp-*")))
+    assert [c.case_id for c in scan_dataset(data).cases] == ["phantom_000", "phantom_001"]
+    assert [cid for cid, _ in find_inputs(data / "test" / "images")] == ["phantom_000"]
+    assert list(label_files(data / "masks")) == ["phantom_000", "phantom_001"]
+
+
+@pytest.mark.slow
+def test_train_killed_at_random_instants_resumes_to_identical_weights(phantoms, tmp_path):
+    """SIGKILL at seeded random moments (imports, data caching, steps, writes), --resume after each."""
+    longer = ("--epochs", "4", "--iters-per-epoch", "4")  # later options win: a run of several seconds
+    _train(phantoms, tmp_path / "reference", *longer)
+    run, rng, kills = tmp_path / "run", random.Random(24), 0
+    cmd = [sys.executable, "-m", "fusionseg", "train", "--data", str(phantoms), "--output", str(run), *TRAIN_ARGS]
+    for attempt in range(6):
+        proc = subprocess.Popen([*cmd, *longer, *["--resume"] * (attempt > 0)], env=_env(), stdout=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(1.5, 6.5))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            kills += proc.wait() == -signal.SIGKILL
+    assert kills >= 2, "the runs finished before they could be killed"
+    _train(phantoms, run, *longer, "--resume")
+    _assert_same_run(run, tmp_path / "reference", epochs=4)
+    assert _temporary_files(run) == []
 
 
 def test_atomically_written_files_get_normal_permissions(tmp_path):

@@ -38,11 +38,21 @@ def for_each_case(
     cases: Sequence[tuple[str, list[Path]]],
     work: Callable[[str, list[Path]], Path],
     progress: bool = True,
+    done: Callable[[str, list[Path]], Path | None] | None = None,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Run ``work(case_id, files) -> written path`` on every case; a case raising one of :data:`CASE_ERRORS`
-    is recorded with its message's first line and the next case runs → (written paths, [(case_id, message)])."""
+    is recorded with its message's first line and the next case runs → (written paths, [(case_id, message)]).
+
+    ``done(case_id, files)`` → the complete output of a case an earlier, interrupted run already wrote
+    (skipped, counted as written), else None.
+    """
     written, failed = [], []
-    for i, (cid, files) in enumerate(cases, 1):
+    finished = {cid: done(cid, files) for cid, files in cases} if done is not None else {}
+    skipped = [path for path in finished.values() if path is not None]
+    if skipped and progress:
+        print(f"{len(skipped)} of {len(cases)} case(s) already written with the same model and options; skipped")
+    todo = [(cid, files) for cid, files in cases if finished.get(cid) is None]
+    for i, (cid, files) in enumerate(todo, 1):
         start = time.perf_counter()
         try:
             out_path = work(cid, files)
@@ -50,9 +60,9 @@ def for_each_case(
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             failed.append((cid, message))
             if progress:
-                print(f"[{i}/{len(cases)}] {cid}: FAILED: {message}", file=sys.stderr)
+                print(f"[{i}/{len(todo)}] {cid}: FAILED: {message}", file=sys.stderr)
             continue
         written.append(out_path)
         if progress:
-            print(f"[{i}/{len(cases)}] {cid} → {out_path} ({time.perf_counter() - start:.1f} s)")
-    return written, failed
+            print(f"[{i}/{len(todo)}] {cid} → {out_path} ({time.perf_counter() - start:.1f} s)")
+    return skipped + written, failed

@@ -17,19 +17,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from fusionseg.errors import InputError
+from fusionseg.faults import maybe_fail
 
 __all__ = [
+    "ResumableOutputs",
     "atomic_directory",
     "atomic_write",
     "ensure_file",
     "ensure_writable_dir",
     "fsync_dir",
+    "is_temporary",
     "publish_mode",
     "remove_stale_temp_files",
     "removed_on_error",
@@ -60,7 +64,7 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
         # A real probe: os.access is wrong on read-only mounts, ACLs and for root on some filesystems.
-        fd, probe = tempfile.mkstemp(prefix=".fusionseg-write-test-", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=f".fusionseg-write-test.tmp-{os.getpid()}-", dir=path)  # swept if killed
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
@@ -100,19 +104,46 @@ def publish_mode(path: str | os.PathLike) -> int:
         return 0o666 & ~_umask()
 
 
-def remove_stale_temp_files(path: str | os.PathLike) -> None:
-    """Delete ``.NAME.<pid>.*`` leftovers of writers of ``path`` that died (e.g. SIGKILL during a save)."""
-    path = Path(path)
-    for tmp in path.parent.glob(f".{path.name}.*"):
-        pid = tmp.name[len(path.name) + 2 :].split(".")[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
+# Temporary files of atomic_write: ``.NAME.tmp-<pid>-<random><suffix>`` (hidden, so never listed as results).
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[^.]+")
+_swept_folders: set[str] = set()  # folders this process already cleaned
+_own_temp_files: set[str] = set()  # temp files this process is writing right now
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary file of :func:`atomic_write` (``.NAME.tmp-<pid>-<random>...``)."""
+    return bool(_TEMP_NAME.match(Path(path).name))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files in ``folder`` of writers that died (e.g. SIGKILL during a save) → their paths.
+
+    A temp file whose writer process is still alive (another job writing there) is kept.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_NAME.match(entry.name)
+        if match is None or entry.path in _own_temp_files:
             continue
+        pid = int(match["pid"])
         try:
-            os.kill(int(pid), 0)
+            if pid != os.getpid():  # our own pid on a file we are not writing: an earlier process with our pid
+                os.kill(pid, 0)
+                continue  # alive (or alive under another user): not ours to delete
         except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
+            pass
         except OSError:
-            pass  # alive under another user: not ours to delete
+            continue
+        if entry.is_dir(follow_symlinks=False):  # a folder of atomic_directory
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager
@@ -121,25 +152,30 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file is removed and ``path`` is left as it was (absent or
     the old version), so readers never see a half-written file; a crash at any moment leaves the
-    old or the new file. The temporary name ``.NAME.<pid>.<random><suffix>`` keeps the suffix of
-    ``path`` (writers such as nibabel choose the format from it); leftovers of dead writers are
-    removed first. An unwritable folder raises :class:`InputError`.
+    old or the new file. The temporary name ``.NAME.tmp-<pid>-<random><suffix>`` keeps the suffix of
+    ``path`` (writers such as nibabel choose the format from it); leftovers of dead writers in the
+    folder are removed by the first write of a process there. An unwritable folder raises :class:`InputError`.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         ensure_writable_dir(folder)
-    remove_stale_temp_files(path)
+    key = os.path.realpath(folder)
+    if key not in _swept_folders:
+        remove_stale_temp_files(folder)
+        _swept_folders.add(key)
     suffix = "".join(path.suffixes) or ".tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix, dir=folder)
     except OSError:
         ensure_writable_dir(folder)  # raises the InputError that names the reason
         raise
     os.close(fd)
     tmp = Path(tmp)
+    _own_temp_files.add(str(tmp))
     try:
         yield tmp
+        maybe_fail("files.write")  # the temporary file is complete, the target not yet replaced
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, publish_mode(path))
@@ -149,6 +185,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise InputError(f"could not write {path}: {err.strerror}; free space or choose another path") from None
         raise
+    finally:
+        _own_temp_files.discard(str(tmp))
     fsync_dir(path.parent)
 
 
@@ -158,6 +196,41 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_text(text)
     return path
+
+
+class ResumableOutputs:
+    """Which outputs in ``folder`` an earlier, interrupted run with the same ``fingerprint`` completed.
+
+    ``done(*paths)``: every path exists and was written since ``folder`` was claimed for this fingerprint
+    (atomic writes make "exists" mean "complete"). ``claim()``, called before writing an output, records
+    the fingerprint (hidden file ``.fusionseg-outputs``) when it is new, so files of a run with other
+    settings (model, options) are never taken for done.
+
+    >>> outputs = ResumableOutputs("predictions", "sha256 of model and options")
+    >>> outputs.done(Path("predictions/case_1.nii.gz"))   # False unless a run with this fingerprint wrote it
+    >>> outputs.claim()                                      # before writing case_1.nii.gz
+    """
+
+    MARKER = ".fusionseg-outputs"
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: str) -> None:
+        self.marker, self.fingerprint = Path(folder) / self.MARKER, fingerprint
+        try:
+            claimed = self.marker.read_text().strip() == fingerprint
+            self.since = self.marker.stat().st_mtime_ns if claimed else None
+        except OSError:
+            self.since = None
+
+    def done(self, *paths: str | os.PathLike) -> bool:
+        try:
+            return self.since is not None and all(Path(p).stat().st_mtime_ns >= self.since for p in paths)
+        except OSError:
+            return False
+
+    def claim(self) -> None:
+        if self.since is None:
+            write_text_atomic(self.marker, self.fingerprint + "\n")
+            self.since = self.marker.stat().st_mtime_ns
 
 
 @contextlib.contextmanager
@@ -180,9 +253,10 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
 
     Readers see the old folder or the complete new one, never a half-written one: the new folder
-    is filled under ``.NAME.<pid>.<random>``, an old ``path`` is moved aside, the new one renamed
-    into place, then the old one deleted. On any exception the temporary folder is removed and
-    ``path`` is left as it was.
+    is filled under ``.NAME.tmp-<pid>-<random>`` (the temporary name of :func:`atomic_write`, so the
+    folder of a killed writer is swept like its files), an old ``path`` is moved aside, the new one
+    renamed into place, then the old one deleted. On any exception the temporary folder is removed
+    and ``path`` is left as it was.
 
     >>> with atomic_directory("bundle") as tmp:
     ...     (tmp / "configs").mkdir()
@@ -190,13 +264,15 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     ensure_writable_dir(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=folder))
+    remove_stale_temp_files(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=folder))
+    _own_temp_files.add(str(tmp))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.old.", dir=folder))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-old", dir=folder))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
@@ -204,6 +280,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _own_temp_files.discard(str(tmp))
     fsync_dir(folder)
 
 

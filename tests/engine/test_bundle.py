@@ -102,7 +102,7 @@ def test_bundle_run_writes_the_labels_of_predict(tmp_path, dims, options, capsys
     assert result.returncode == 0, result.stderr[-3000:]
     assert cli(["predict", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--input", str(images),
                 "--output", str(tmp_path / "pred"), "--no-progress"]) == 0  # fmt: skip
-    predicted = sorted((tmp_path / "pred").iterdir())
+    predicted = sorted(p for p in (tmp_path / "pred").iterdir() if not p.name.startswith("."))  # not the marker
     assert len(predicted) == 2
     for ours in predicted:
         theirs = tmp_path / "bundle_out" / ours.name

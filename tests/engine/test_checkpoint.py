@@ -162,13 +162,14 @@ def test_save_refuses_objects_that_would_not_load_safely(tmp_path):
 def test_save_removes_temp_files_of_dead_writers_only(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / f".last.pt.{dead_pid}.abc.tmp"
-    mine = tmp_path / f".last.pt.{__import__('os').getpid()}.xyz.tmp"
-    other = tmp_path / ".other.pt.1.abc.tmp"
-    for f in (stale, mine, other):
+    stale = tmp_path / f".last.pt.tmp-{dead_pid}-abc.pt"  # any file of the folder, not only the one written
+    stale_png = tmp_path / f".learning_curve.png.tmp-{dead_pid}-k3j_x9.png"
+    alive = tmp_path / ".other.pt.tmp-1-abc.pt"  # pid 1 is alive
+    user = tmp_path / f".notes.{dead_pid}.txt"  # not a temp file of ours
+    for f in (stale, stale_png, alive, user):
         f.write_bytes(b"partial")
     save_checkpoint(tmp_path / "last.pt", {"a": 1})
-    assert not stale.exists() and mine.exists() and other.exists()
+    assert not stale.exists() and not stale_png.exists() and alive.exists() and user.exists()
 
 
 # --------------------------------------------------------------------------------------------- RNG

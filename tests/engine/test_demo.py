@@ -51,7 +51,10 @@ def test_quick_demo_on_real_nuclei_tiles_logs_one_line_per_epoch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| class | Dice |" in proc.stdout and "| mean |" in proc.stdout and "real nuclei image" in proc.stdout
     assert _mean_dice(proc.stdout) > 0.5  # 6 iterations on real tiles; predicting all background scores 0
-    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [f"tile_r{k}_c{k}.png" for k in range(4)]
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [
+        ".fusionseg-outputs",
+        *(f"tile_r{k}_c{k}.png" for k in range(4)),
+    ]
     report = _check_report(tmp_path)
     assert "4×4 tiles of 128×128" in report and "fusionseg demo --quick --output" in report
     log = proc.stdout + proc.stderr  # progress on (no --no-progress), but not a terminal: no bar redraws
@@ -63,7 +66,11 @@ def test_quick_demo_on_phantoms(tmp_path):
     proc, _ = _demo(tmp_path, "--phantoms", "--quick", "--threads", "1", "--no-progress", timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert 0.0 <= _mean_dice(proc.stdout) <= 1.0 and "synthetic phantoms" in proc.stdout
-    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["phantom_000.png", "phantom_001.png"]
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [
+        ".fusionseg-outputs",
+        "phantom_000.png",
+        "phantom_001.png",
+    ]
     assert "fusionseg demo --phantoms --quick --output" in _check_report(tmp_path)
 
 

@@ -166,7 +166,13 @@ def test_predict_cli_keeps_geometry_and_reports_bad_case(tmp_path):
     assert "broken" in proc.stderr and "1 of 3" in proc.stderr
     assert "Traceback" not in proc.stderr
     names = sorted(os.listdir(out))
-    assert names == ["scan.nrrd", "scan_probabilities.nrrd", "vol.nii.gz", "vol_probabilities.nii.gz"], names
+    assert names == [
+        ".fusionseg-outputs",
+        "scan.nrrd",
+        "scan_probabilities.nrrd",
+        "vol.nii.gz",
+        "vol_probabilities.nii.gz",
+    ]
 
     pred = nib.load(str(out / "vol.nii.gz"))
     assert pred.shape == (18, 14, 11)

@@ -306,7 +306,6 @@ def test_patch_size_is_rounded_to_size_multiple(phantoms2d, tmp_path, capsys):
         ({"epochs": 0}, "--epochs"),
         ({"time_budget": -1.0}, "--time-budget"),
         ({"optimizer": "lbfgs"}, "optimizer"),
-        ({"resume": True}, "does not exist"),
         ({"fold": "first"}, "--fold must be"),
         ({"fold": 7}, "fold 7 does not exist"),
         ({"num_folds": 1}, "--num-folds"),

@@ -136,7 +136,7 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
             help="splits_final.json to read, or to write when absent (default: DATA/splits_final.json)",
         )  # fmt: skip
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
-    add("resume", "--resume", action="store_true", help="continue the run in --output from last.pt")
+    add("resume", "--resume", action="store_true", help="continue the run in --output from its newest checkpoint")
     add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
     add(
         "pretrained", "--pretrained", type=parse_pretrained, default=None, metavar="MAIN[,SECOND]",

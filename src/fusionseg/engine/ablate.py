@@ -10,6 +10,10 @@ else the validation split) with sliding-window Dice. Outputs in ``--output``:
   over seeds, mean paired difference, Wilcoxon signed-rank and paired t-test p-values;
 - ``runs/<fusion>_seed<k>/``: each training run.
 
+Rerun with the same options into the same ``--output`` (e.g. after the job was killed), every run
+continues from its newest checkpoint: finished runs are only scored again, an interrupted one trains
+for the rest of its budget, the others start (delete ``runs/`` to start the study over).
+
 Example:
     $ fusionseg ablate --data phantoms --model unet --fusions concat,add,dff,tif --seeds 3 --budget 60
 """
@@ -144,7 +148,7 @@ def run_ablation(
     for seed in seeds:
         for fusion in fusions:
             run_dir = output / "runs" / f"{fusion}_seed{seed}"
-            config = replace(base, fusion=fusion, seed=seed, time_budget=budget, output=run_dir, resume=False)
+            config = replace(base, fusion=fusion, seed=seed, time_budget=budget, output=run_dir, resume=True)
             print(f"== fusion {fusion}, seed {seed}: training for {budget:g} s → {run_dir}")
             best = train(config)
             model, pre, _ = load_model(best, pick_device(base.device))

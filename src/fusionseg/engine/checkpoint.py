@@ -31,6 +31,7 @@ from torch import nn
 
 from fusionseg.engine.distributed import unwrap_model
 from fusionseg.errors import InputError
+from fusionseg.faults import maybe_fail
 from fusionseg.files import atomic_write
 from fusionseg.nets.weights import LoadReport, one_line, read_weights_file
 
@@ -95,8 +96,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     state = to_plain_data(state)
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        maybe_fail("checkpoint.write")  # written to the temporary name, not yet renamed
     return path
 
 

@@ -10,9 +10,10 @@ cases = the fold's ``val`` list); then each fold's ``best.pt`` predicts its vali
 - ``postprocessing.json``: the largest-component postprocessing chosen on all validation
   predictions (:mod:`fusionseg.engine.postprocess`), applied by ``fusionseg predict --checkpoint OUTPUT``.
 
-Folds already trained are resumed with ``resume`` (a fold without ``last.pt`` starts fresh), so an
-interrupted cross-validation continues where it stopped; folds may also be trained in separate
-invocations (``folds=[0, 1]`` then ``[2, 3, 4]``): the summary covers every fold folder it finds.
+With ``resume`` an interrupted cross-validation continues where it stopped: every fold resumes from its
+newest checkpoint (a finished fold trains no further, a fold without one starts afresh) and validation
+cases already predicted with the same checkpoint are not predicted again. Folds may also be trained in
+separate invocations (``folds=[0, 1]`` then ``[2, 3, 4]``): the summary covers every fold folder it finds.
 
 Example:
     >>> summary = run_cross_validation(TrainConfig(data=Path("Dataset004"), output=Path("runs/cv"), epochs=50))
@@ -103,10 +104,9 @@ def run_cross_validation(
     best = {}
     for i, k in enumerate(chosen, 1):
         fold_dir = _fold_dir(output, k)
-        resume = config.resume and (fold_dir / "last.pt").is_file()
         if is_main:
             log(f"== fold {k} ({i} of {len(chosen)}) → {fold_dir}")
-        best[k] = Path(trainer(replace(config, fold=k, output=fold_dir, resume=resume), log=log).run())
+        best[k] = Path(trainer(replace(config, fold=k, output=fold_dir), log=log).run())
     if not is_main:
         return {}
     # After all training, so that under torchrun the other ranks never wait for rank 0's predictions.

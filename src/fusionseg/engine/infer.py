@@ -19,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +32,8 @@ from fusionseg.data.formats import prediction_extension as _output_ext
 from fusionseg.data.formats import split_extension as _split_ext
 from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.errors import InputError, for_each_case
-from fusionseg.files import atomic_write, removed_on_error
+from fusionseg.faults import maybe_fail
+from fusionseg.files import ResumableOutputs, atomic_write, removed_on_error
 
 __all__ = [
     "check_same_preprocessing",
@@ -319,14 +322,22 @@ def predict_files(
             raise InputError("ensembles of nnU-Net checkpoints are nnUNetv2_predict's job (-f 0 1 2 3 4); pass one")
         from fusionseg.nnunet.predict import predict_files as predict_nnunet_files
 
+        output.mkdir(parents=True, exist_ok=True)
+        resumable = ResumableOutputs(output, _fingerprint(models, pres, {"overlap": overlap, "tta": tta}))
         return predict_nnunet_files(
             models[0], pres[0], cases, output, overlap=overlap, tta=tta, probabilities=probabilities, device=device,
-            progress=progress,
+            progress=progress, resumable=resumable,
         )  # fmt: skip
     output.mkdir(parents=True, exist_ok=True)
+    options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing}
+    resumable = ResumableOutputs(output, _fingerprint(models, pres, options))
+
+    def outputs(cid: str, images: list[Path]) -> list[Path]:
+        label = output / f"{cid}{_output_ext(images[0])}"
+        return [label, output / f"{cid}_probabilities{probability_extension(images[0])}"] if probabilities else [label]
 
     def predict_case(cid: str, images: list[Path]) -> Path:
-        out_path = output / f"{cid}{_output_ext(images[0])}"
+        out_path, *prob_path = outputs(cid, images)
         image, meta = load_for_inference(list(images), pres[0])
         probs = predict_ensemble(
             models,
@@ -339,14 +350,33 @@ def predict_files(
             amp=amp,
         )
         binary_as_255 = bool(pres[0].get("binary_as_255", False))
+        resumable.claim()
         _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
-        if probabilities:
-            prob_path = output / f"{cid}_probabilities{probability_extension(images[0])}"
+        if prob_path:
+            maybe_fail("predict.probabilities")  # between the two files of a case
             with removed_on_error(out_path):
-                _save_probabilities(probs, meta, prob_path)
+                _save_probabilities(probs, meta, prob_path[0])
         return out_path
 
-    return for_each_case(cases, predict_case, progress)
+    def already_done(cid: str, images: list[Path]) -> Path | None:
+        paths = outputs(cid, images)
+        return paths[0] if resumable.done(*paths) else None
+
+    return for_each_case(cases, predict_case, progress, already_done)
+
+
+def _fingerprint(models: Sequence[nn.Module], pres: Sequence[dict], options: dict) -> str:
+    """Hash of the models' configs and weights, their preprocessing and ``options``: what makes a prediction."""
+    digest = hashlib.sha256(
+        json.dumps(
+            [[getattr(m, "config", None) for m in models], list(pres), options], sort_keys=True, default=str
+        ).encode()
+    )
+    for model in models:
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _save_probabilities(probs: torch.Tensor, meta: dict, out_path: Path) -> Path:

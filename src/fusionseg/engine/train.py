@@ -11,10 +11,10 @@ Validation cases: a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of
 ``splits_final.json`` (:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
 
 Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
-augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` is written at epoch boundaries with
-the model, optimizer, scheduler, scaler, counters and history. A run killed at any moment and
-continued with ``resume`` ends with exactly the weights of an uninterrupted run with the same
-seed (bit-identical on CPU).
+augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` (then ``best.pt``) is written at epoch
+boundaries with the model, optimizer, scheduler, scaler, counters and history. A run killed at any
+moment and continued with ``resume`` (from ``last.pt``, else ``best.pt``; afresh when there is neither)
+ends with exactly the weights of an uninterrupted run with the same seed (bit-identical on CPU).
 
 Customise a run by overriding hooks (as nnU-Net's trainers do)::
 
@@ -57,11 +57,15 @@ from fusionseg.engine.runtime import autocast, seed_everything, set_threads, tun
 from fusionseg.engine.tensorboard_log import ScalarLog
 from fusionseg.engine.validation import validation_scores
 from fusionseg.errors import FusionSegError, InputError
+from fusionseg.faults import maybe_fail
 from fusionseg.files import atomic_write, write_text_atomic
 
 __all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "split_cases", "train"]
 
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "train_time_s", "epoch_time_s")
+# Settings a resumed run may change without changing its results.
+_NOT_COMPARED = ("data", "output", "resume", "stop_after", "init", "num_workers", "cache_rate", "device", "threads",
+                 "progress")  # fmt: skip
 
 
 @dataclass
@@ -179,6 +183,7 @@ class Trainer:
         return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
     def build_model(self, pre: dict) -> nn.Module:
+        maybe_fail("train.build_model")
         return build_model(self.config, pre)
 
     def build_datasets(self, train_cases: list, val_cases: list) -> tuple[Any, list[dict]]:
@@ -285,18 +290,8 @@ class Trainer:
         self.cases_per_batch = -(-c.batch_size // num_samples)
         self.train_cases, self.val_cases = self.split(list(ds_info.cases))
         self.train_ds, self.val_items = self.build_datasets(self.train_cases, self.val_cases)
-        if c.pretrained and not c.resume:
-            from fusionseg.nets.swin_pretrained import load_pretrained_encoders
-
-            self.log(load_pretrained_encoders(self.model, c.pretrained))
-        if c.init is not None and not c.resume:
-            from fusionseg.nets.weights import load_pretrained
-
-            report = load_pretrained(self.model, c.init, strict=False)
-            self.log(
-                f"initialised {len(report.loaded)} tensors from {c.init}"
-                + ("" if report.ok else f"; {report.problems()}")
-            )
+        if not c.resume:
+            self._load_init()
         self.model = self.model.to(self.device)
         if c.channels_last:
             from fusionseg.layers import channels_last_format
@@ -328,7 +323,7 @@ class Trainer:
                 f"{c.epochs} epochs × {c.iters_per_epoch} iterations, device {self.device}"
                 + (f", {self.info.world_size} processes" if self.info.enabled else "")
             )
-            epochs_this_run, out_of_time = 0, False
+            epochs_this_run, out_of_time = 0, c.time_budget is not None and self.state.train_time >= c.time_budget
             while self.state.epoch < c.epochs and not out_of_time:
                 out_of_time = self._run_epoch()
                 epochs_this_run += 1
@@ -372,6 +367,7 @@ class Trainer:
         from monai.data import DataLoader
 
         c, info = self.config, self.info
+        maybe_fail("train.load_data")
         epoch_seed = _epoch_seed(c.seed, epoch, info.rank)
         seed_everything(epoch_seed)
         order = torch.Generator().manual_seed(_epoch_seed(c.seed, epoch, 0))
@@ -396,6 +392,7 @@ class Trainer:
         tick = time.perf_counter()
         for batch in loader:
             loss = self.train_step(batch)
+            maybe_fail("train.step")
             losses.append(loss)
             state.step += 1
             now = time.perf_counter()
@@ -467,20 +464,60 @@ class Trainer:
         }
 
     def _save(self, as_best: bool, finished: bool) -> None:
+        """``last.pt``, then ``best.pt`` (when ``as_best``), ``log.csv`` and the learning curve.
+
+        ``last.pt`` comes first so that a resume always finds the newest state; it records ``is_best``,
+        so a kill before ``best.pt`` is written is repaired by :meth:`_restore`.
+        """
         ckpt = self._checkpoint()
+        save_checkpoint(self.last_path, {**ckpt, "finished": finished, "is_best": as_best})
+        maybe_fail("train.checkpoint")
         if as_best:
             save_checkpoint(self.best_path, ckpt)
-        save_checkpoint(self.last_path, {**ckpt, "finished": finished})
         _write_csv(self.state.history, self.output / "log.csv")
         from fusionseg.engine.report import plot_learning_curve
 
         plot_learning_curve(self.state.history, self.output / "learning_curve.png")
 
+    def _load_init(self) -> None:
+        """Initial weights for a run that starts afresh: pretrained encoders (``config.pretrained``), then
+        ``config.init`` (where names and shapes fit)."""
+        if self.config.pretrained:
+            from fusionseg.nets.swin_pretrained import load_pretrained_encoders
+
+            self.log(load_pretrained_encoders(self.model, self.config.pretrained))
+        if self.config.init is None:
+            return
+        from fusionseg.nets.weights import load_pretrained
+
+        report = load_pretrained(self.model, self.config.init, strict=False)
+        self.log(
+            f"initialised {len(report.loaded)} tensors from {self.config.init}"
+            + ("" if report.ok else f"; {report.problems()}")
+        )
+
+    def _newest_checkpoint(self) -> tuple[dict | None, Path | None]:
+        """The first readable of ``last.pt``, ``best.pt`` → (checkpoint, path); (None, None) when none is.
+
+        An unreadable file (torn by a crash of an older writer, emptied by a full disk) is reported in one line.
+        """
+        for path in (self.last_path, self.best_path):
+            if not path.exists():
+                continue
+            try:
+                return load_checkpoint(path), path
+            except InputError as err:
+                self.log(f"warning: --resume: skipping {path}: {err}")
+        return None, None
+
     def _restore(self) -> None:
-        c, path = self.config, self.last_path
-        if not path.exists():
-            raise InputError(f"--resume: {path} does not exist; train without --resume first")
-        ckpt = load_checkpoint(path)
+        """Continue from the newest readable checkpoint of the run folder; without one, start afresh (one note)."""
+        c = self.config
+        ckpt, path = self._newest_checkpoint()
+        if ckpt is None:
+            self.log(f"note: no readable last.pt or best.pt in {self.output} to resume from; starting the run afresh")
+            self._load_init()
+            return
         saved_model = ckpt.get("model", {})
         if (
             saved_model.get("name") != self.model.config["name"]
@@ -490,12 +527,10 @@ class Trainer:
                 f"--resume: {path} holds model {saved_model}, not {self.model.config}; "
                 "use the same --model/--fusion options"
             )
-        saved = ckpt.get("train_args", {})
-        for key in ("epochs", "iters_per_epoch", "batch_size", "seed", "optimizer"):
-            if key in saved and saved[key] != getattr(c, key):
-                self.log(
-                    f"warning: resuming with {key}={getattr(c, key)}, but the run used {saved[key]}; results differ"
-                )
+        saved, current = ckpt.get("train_args", {}), c.plain()
+        for key in sorted(set(saved) & set(current) - set(_NOT_COMPARED)):
+            if saved[key] != current[key]:
+                self.log(f"warning: resuming with {key}={current[key]}, but the run used {saved[key]}; results differ")
         self.model.load_state_dict(ckpt["state_dict"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -511,6 +546,9 @@ class Trainer:
             train_time=float(ckpt.get("train_time", 0.0)),
             history=list(ckpt.get("history", [])),
         )
+        best_written = self.best_path.exists() and self.best_path.stat().st_mtime_ns >= path.stat().st_mtime_ns
+        if self.info.is_main and path == self.last_path and ckpt.get("is_best") and not best_written:
+            save_checkpoint(self.best_path, {k: v for k, v in ckpt.items() if k not in ("finished", "is_best")})
 
     def _choose_amp(self) -> torch.dtype | None:
         """``--amp``'s dtype where a timed step shows it pays for this model and patch

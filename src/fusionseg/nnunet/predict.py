@@ -25,7 +25,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from fusionseg.errors import InputError, for_each_case
-from fusionseg.files import atomic_write, removed_on_error
+from fusionseg.files import ResumableOutputs, atomic_write, removed_on_error
 
 __all__ = ["make_predictor", "predict_files"]
 
@@ -72,6 +72,7 @@ def predict_files(
     probabilities: bool = False,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    resumable: ResumableOutputs | None = None,
     **_unused,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case like ``nnUNetv2_predict`` → (written label files, [(case_id, error)] of failed cases).
@@ -79,7 +80,8 @@ def predict_files(
     ``tta`` is nnU-Net's mirroring over the axes the model was trained with; ``probabilities``
     also writes ``CASE_probabilities.npz`` (key ``probabilities``, (K, *S) in the input's array
     order, as nnU-Net's ``--save_probabilities``). ``sw_batch_size`` / ``amp`` do not apply (nnU-Net
-    predicts one window at a time and autocasts on CUDA itself).
+    predicts one window at a time and autocasts on CUDA itself). Cases whose files an interrupted run with
+    the same model and options wrote (``resumable``) are skipped.
     """
     predictor = make_predictor(model, pre, overlap=overlap, tta=tta, device=device)
     plans_manager, cm = predictor.plans_manager, predictor.configuration_manager
@@ -96,6 +98,8 @@ def predict_files(
             logits, plans_manager, cm, label_manager, props, return_probabilities=probabilities
         )
         segmentation, probs = result if probabilities else (result, None)
+        if resumable is not None:
+            resumable.claim()
         with atomic_write(out_path) as tmp:
             plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), props)
         if probs is not None:
@@ -104,4 +108,8 @@ def predict_files(
                 np.savez_compressed(f, probabilities=probs)
         return out_path
 
-    return for_each_case(cases, predict_case, progress)
+    def already_done(cid: str, images: list[Path]) -> Path | None:
+        paths = [output / f"{cid}{ending}"] + ([output / f"{cid}_probabilities.npz"] if probabilities else [])
+        return paths[0] if resumable is not None and resumable.done(*paths) else None
+
+    return for_each_case(cases, predict_case, progress, already_done)
