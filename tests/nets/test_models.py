@@ -69,7 +69,7 @@ MODEL_TABLE: dict[str, ModelCase] = {
         TINY_DS_TRANSUNET, {2: (64, 128), 3: (64, 64, 64)}, 2, bad_kwargs=DS_TRANSUNET_BAD, slow_dims=(3,)
     ),
     "ds_transunet_small": ModelCase(TINY_DS_TRANSUNET, {2: (64, 64), 3: (64, 64, 64)}, 2, bad_kwargs=DS_TRANSUNET_BAD),
-    # MONAI / nnU-Net networks with a pluggable skip fusion (fusionseg.nets.external, fusionseg.plug).
+    # MONAI / nnU-Net networks with a pluggable skip fusion (nets.external, nnunet.models, plug).
     "monai_basicunet": ModelCase(
         {"features": (4, 4, 8, 8, 16, 4), "fusion": "dff"},
         {2: (32, 48), 3: (16, 16, 32)},

@@ -1,6 +1,6 @@
-"""Registered plug-in models (``fusionseg.nets.external``): contract attributes, config rebuild, deep supervision,
-errors, the missing-package message, ``fusionseg train --model monai_basicunet --fusion dff`` end to end, and the
-real-data benchmark's model specs."""
+"""Registered plug-in models (``fusionseg.nets.external``, ``fusionseg.nnunet.models``): contract attributes,
+config rebuild, deep supervision, errors, the missing-package message, ``fusionseg train --model monai_basicunet
+--fusion dff`` end to end, and the real-data benchmark's model specs."""
 
 from __future__ import annotations
 

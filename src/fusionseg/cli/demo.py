@@ -11,7 +11,9 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser(prog: str = "fusionseg demo") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Train, predict and evaluate on synthetic phantoms.")
+    p = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False, description="Train, predict and evaluate on synthetic phantoms."
+    )
     p.add_argument("--output", type=Path, default=Path("fusionseg_demo"), help="folder (default ./fusionseg_demo)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run of the same pipeline (seconds)")
     p.add_argument("--fusion", default="dff", help="fusion of the U-Net skips (default dff)")

@@ -1,9 +1,9 @@
 """Options shared by the ``fusionseg`` commands: one concept, one name, one syntax everywhere.
 
 Every command builds its parser from these helpers, so ``--threads``, ``--device``, ``--amp``,
-``--no-progress``, ``--checkpoint``, ``--patch-size``, ``--time-budget``, ``--seed``/``--seeds`` mean
-the same thing in every command that has them (the table is in docs/cli.md). Old spellings are
-accepted as hidden aliases for one release and print a one-line note.
+``--no-progress``, ``--checkpoint``, ``--patch-size``, ``--time-budget``, ``--seed`` (a value) /
+``--num-seeds`` (a count) mean the same thing in every command that has them (the table is in
+docs/cli.md). Options have no hidden old spellings (and commands no abbreviations).
 
 Example:
     >>> p = argparse.ArgumentParser()
