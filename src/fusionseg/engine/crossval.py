@@ -1,4 +1,4 @@
-"""Cross-validation: one training run per fold of nnU-Net's ``splits_final.json`` (``fusionseg train --cross-validate``).
+"""Cross-validation: one training run per fold of nnU-Net's ``splits_final.json`` (``train --cross-validate``).
 
 For every fold k the :class:`~fusionseg.engine.train.Trainer` trains ``OUTPUT/fold_k`` (validation
 cases = the fold's ``val`` list); then each fold's ``best.pt`` predicts its validation cases into
