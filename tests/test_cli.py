@@ -176,7 +176,7 @@ def test_ablate_help_shows_its_own_defaults(capsys):
         ["ablate", "--data", ".", "--time-budget", "1", "--fusion", "concat,dff"],
         ["ablate", "--data", ".", "--time-budget", "1", "--seeds", "2"],
         ["train", "--data", ".", "--folds", "all"],
-        ["export", "--checkpoint", "a.pt", "--output", "a.onnx", "--input-size", "32,32"],
+        ["export", "--checkpoint", "a.pt", "--format", "onnx", "--output", "a.onnx", "--input-size", "32,32"],
         ["import-weights", "--model", "dnet", "--weights", "w.pt", "--output", "o.pt", "--non-strict"],
     ],
 )
