@@ -164,7 +164,8 @@ def test_blocks_and_networks_import_without_monai(module):
 
     code = (
         "import sys, importlib; importlib.import_module(sys.argv[1]); "
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('monai', 'dynamic_network_architectures', 'nnunetv2')]; "
+        "bad = [m for m, mod in sys.modules.items() "
+        "if mod is not None and m.split('.')[0] in ('monai', 'dynamic_network_architectures', 'nnunetv2')]; "
         "assert not bad, bad"
     )
     proc = subprocess.run([sys.executable, "-c", code, module], capture_output=True, text=True, timeout=120)
