@@ -71,24 +71,24 @@ def floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def positive_int(text: str) -> int:
+def _positive(text: str, number: type, what: str) -> int | float:
     try:
-        value = int(text)
+        value = number(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
     return value
+
+
+def positive_int(text: str) -> int:
+    """``"3"`` → 3; argparse error for anything but an integer ≥ 1."""
+    return _positive(text, int, "integer")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    """``"0.5"`` → 0.5; argparse error for anything but a number > 0."""
+    return _positive(text, float, "number")
 
 
 def boolean(text: str) -> bool:

@@ -21,7 +21,7 @@ from torch import nn
 
 from fusionseg.kernels.attention import explicit_attention, scaled_dot_product_attention
 from fusionseg.kernels.switch import reference_ops_default
-from fusionseg.layers import check_spatial_dims
+from fusionseg.layers import check_spatial_dims, positive_int
 
 __all__ = [
     "TIF",
@@ -197,8 +197,7 @@ class TIF(nn.Module):
             depth=depth,
         )
         for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TIF {name} must be a positive int, got {value!r}")
+            positive_int(f"TIF {name}", value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"TIF dropout must be in [0, 1), got {dropout}")
         self.dim_s, self.dim_l = dim_s, dim_l

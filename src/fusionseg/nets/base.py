@@ -6,8 +6,8 @@ it), takes (B, in_channels, *S) and returns logits (B, out_channels, *S) — or,
 a tuple of logits, full resolution first. ``model.config = {"name", "kwargs"}`` is recorded by the
 registry. Inputs are checked with :func:`check_input_size`; the nearest valid size is
 :func:`nearest_valid_size` (:func:`nearest_multiple` per side). The two size-rounding rules
-(:func:`nearest_multiple`, :func:`round_up_to_multiple`) and the integer argument checks
-(:func:`positive_int`, :func:`int_list`) live here, once.
+(:func:`nearest_multiple`, :func:`round_up_to_multiple`) live here, once; the integer argument checks
+are :func:`fusionseg.layers.positive_int` and :func:`fusionseg.layers.int_list`.
 
 Example:
     >>> nearest_valid_size((33, 80, 20), 32)
@@ -26,17 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionseg.errors import InputError
-from fusionseg.layers import check_spatial_dims
+from fusionseg.layers import check_spatial_dims, positive_int
 
 __all__ = [
     "SegmentationNet",
     "check_input_size",
     "crop_to",
-    "int_list",
     "nearest_multiple",
     "nearest_valid_size",
     "pad_to_multiple",
-    "positive_int",
     "round_up_to_multiple",
 ]
 
@@ -55,25 +53,6 @@ def round_up_to_multiple(value: int, multiple: int) -> int:
 def nearest_valid_size(sizes: Sequence[int], multiple: int) -> tuple[int, ...]:
     """Each size rounded to its :func:`nearest_multiple` of ``multiple``."""
     return tuple(nearest_multiple(s, multiple) for s in sizes)
-
-
-def positive_int(name: str, value: object) -> int:
-    """``value`` if it is an int ≥ 1 (not a bool); ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def int_list(name: str, values: int | Sequence[int], length: int | None = None, minimum: int = 1) -> list[int]:
-    """``values`` (one int or a sequence) as a list of ints ≥ ``minimum``, ``length`` of them when given;
-    ValueError naming ``name`` otherwise."""
-    values = [values] if isinstance(values, int) else list(values)
-    if (length is not None and len(values) != length) or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values
-    ):
-        size = f"{length} " if length is not None else ""
-        raise ValueError(f"{name} must be {size}integers ≥ {minimum}, got {values!r}")
-    return values
 
 
 def check_input_size(x: torch.Tensor, in_channels: int, spatial_dims: int, multiple: int, name: str) -> None:

@@ -30,8 +30,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from fusionseg.layers import check_spatial_dims
-from fusionseg.nets.base import check_input_size, int_list, positive_int
+from fusionseg.layers import check_spatial_dims, int_list, positive_int
+from fusionseg.nets.base import check_input_size
 from fusionseg.nets.registry import register_model
 
 __all__ = ["check_io", "monai_basicunet", "monai_dynunet", "monai_swinunetr", "with_fusion_and_contract"]

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from fusionseg.errors import InputError
-from fusionseg.nets.base import int_list
+from fusionseg.layers import int_list
 from fusionseg.nets.external import check_io, with_fusion_and_contract
 from fusionseg.nets.registry import register_model
 from fusionseg.nnunet.requirements import require_nnunetv2
