@@ -145,7 +145,7 @@ def test_predict_cli_keeps_geometry_and_reports_bad_case(tmp_path):
             "-m",
             "fusionseg",
             "predict",
-            "--model",
+            "--checkpoint",
             str(ckpt),
             "--input",
             str(inputs),
