@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     assert out.shape == x.shape and diff < 1e-5
 
     # TIF(dim_s, dim_l) on 2D tensors, fused form: e' + r' (equal widths and grids, as in the plug-and-play code).
-    block = TIF(dim, dim, spatial_dims=2)
+    block = TIF(dim, dim)  # the seed call: dimensionality from the input
     e, r = torch.randn(1, dim, 2 * size, 2 * size), torch.randn(1, dim, 2 * size, 2 * size)
     with torch.no_grad():
         out = block(e, r)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # DS-TransUNet's paired form: r has 3/4 of e's width (96 vs 128 at stage 1) and half its resolution.
     dim_s, dim_l = (6, 8) if args.small else (96, 128)
-    block = TIF(dim_s, dim_l, spatial_dims=2)
+    block = TIF(dim_s, dim_l)
     e, r = torch.randn(1, dim_l, 2 * size, 2 * size), torch.randn(1, dim_s, size, size)
     with torch.no_grad():
         e_out, r_out = block.forward_paired(e, r)

@@ -1,7 +1,6 @@
 """docs/cli.md is true: its table of options × commands equals what every command's parser accepts.
 
-Hidden aliases (old spellings kept for one release) are not listed; they are checked to print a note
-in tests/test_cli.py.
+Options have no hidden old spellings (tests/test_cli.py checks that renamed ones are gone).
 """
 
 from __future__ import annotations

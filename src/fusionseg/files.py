@@ -10,17 +10,19 @@ Example:
     >>> with atomic_write(out / "pred.nii.gz") as tmp:   # tmp is renamed to pred.nii.gz on success only
     ...     save_something(tmp)
     >>> write_text_atomic(out / "summary.json", "{}")
+    >>> write_csv_atomic(out / "metrics.csv", [{"case": "a", "dice": 0.9}], ["case", "dice"])
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from fusionseg.errors import InputError
@@ -37,6 +39,7 @@ __all__ = [
     "publish_mode",
     "remove_stale_temp_files",
     "removed_on_error",
+    "write_csv_atomic",
     "write_text_atomic",
 ]
 
@@ -231,6 +234,23 @@ class ResumableOutputs:
         if self.since is None:
             write_text_atomic(self.marker, self.fingerprint + "\n")
             self.since = self.marker.stat().st_mtime_ns
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str]) -> Path:
+    """Write ``rows`` (dicts) as a CSV file with columns ``fieldnames`` through :func:`atomic_write` → ``path``.
+
+    A missing key or None is an empty cell; keys not in ``fieldnames`` are left out.
+
+    Example:
+        >>> write_csv_atomic("log.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": None}], ["epoch", "loss"])
+    """
+    path = Path(path)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in fieldnames})
+    return path
 
 
 @contextlib.contextmanager

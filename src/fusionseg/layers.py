@@ -1,6 +1,7 @@
 """Dimension-generic building blocks shared by every module and network.
 
-Everything here is pure PyTorch and picks its 2D or 3D variant from ``spatial_dims``.
+Everything here is pure PyTorch and picks its 2D or 3D variant from ``spatial_dims``; the argument
+checks every module shares (:func:`check_spatial_dims`, :func:`positive_int`, :func:`int_list`) live here too.
 
 Example:
     >>> conv = conv_type(3)(8, 16, kernel_size=3, padding=1)
@@ -10,6 +11,8 @@ Example:
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +26,10 @@ __all__ = [
     "check_spatial_dims",
     "conv_transpose_type",
     "conv_type",
+    "int_list",
     "is_channels_last",
     "max_pool_type",
+    "positive_int",
     "spatial_mean",
     "to_channels_last",
 ]
@@ -33,6 +38,25 @@ _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int ≥ 1 (not a bool); ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def int_list(name: str, values: int | Sequence[int], length: int | None = None, minimum: int = 1) -> list[int]:
+    """``values`` (one int or a sequence) as a list of ints ≥ ``minimum``, ``length`` of them when given;
+    ValueError naming ``name`` otherwise."""
+    values = [values] if isinstance(values, int) else list(values)
+    if (length is not None and len(values) != length) or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values
+    ):
+        size = f"{length} " if length is not None else ""
+        raise ValueError(f"{name} must be {size}integers ≥ {minimum}, got {values!r}")
+    return values
 
 
 def check_spatial_dims(spatial_dims: int, allowed: tuple[int, ...] = (2, 3)) -> int:

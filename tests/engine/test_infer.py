@@ -19,7 +19,7 @@ from fusionseg.cli import predict as predict_cli
 from fusionseg.data import build_preprocessing, make_phantom_dataset, scan_dataset
 from fusionseg.engine import infer
 from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
-from fusionseg.engine.infer import find_inputs, predict_volume, round_up, window_size
+from fusionseg.engine.infer import find_inputs, predict_volume, window_size
 from fusionseg.errors import InputError
 from fusionseg.nets.registry import create_model
 
@@ -47,8 +47,7 @@ class Pointwise(nn.Module):
         return (y, y[..., ::2, ::2]) if self.deep_supervision else y
 
 
-def test_round_up_and_window_size():
-    assert [round_up(v, 16) for v in (1, 16, 17, 95)] == [16, 16, 32, 96]
+def test_window_size():
     assert window_size((50, 37), None, 8) == (56, 40)
     assert window_size((200, 200), (96, 90), 32) == (96, 96)
     with pytest.raises(InputError, match="patch size"):
@@ -146,7 +145,7 @@ def test_predict_cli_keeps_geometry_and_reports_bad_case(tmp_path):
             "-m",
             "fusionseg",
             "predict",
-            "--model",
+            "--checkpoint",
             str(ckpt),
             "--input",
             str(inputs),

@@ -349,10 +349,12 @@ def test_parser_builds_config():
 def test_parser_fold_options():
     config = config_from_args(build_parser().parse_args(["--data", "d", "--fold", "all", "--num-folds", "3"]))
     assert config.fold == "all" and config.num_folds == 3 and config.splits is None
-    args = build_parser().parse_args(["--data", "d", "--folds", "0,2", "--splits", "s.json"])
-    assert args.folds == "0,2" and config_from_args(args).splits == Path("s.json")
+    args = build_parser().parse_args(["--data", "d", "--cross-validate", "0,2", "--splits", "s.json"])
+    assert args.cross_validate == "0,2" and config_from_args(args).splits == Path("s.json")
+    assert build_parser().parse_args(["--data", "d", "--cross-validate"]).cross_validate == "all"
+    assert build_parser().parse_args(["--data", "d"]).cross_validate is None
     with pytest.raises(SystemExit):  # one fold or a cross-validation, not both
-        build_parser().parse_args(["--data", "d", "--fold", "0", "--folds", "all"])
+        build_parser().parse_args(["--data", "d", "--fold", "0", "--cross-validate"])
 
 
 def test_split_follows_the_folds_of_splits_final_json(phantoms2d, tmp_path):

@@ -79,3 +79,19 @@ def test_unknown_and_duplicate_names(monkeypatch):
     register_fusion("mine", lambda dim, spatial_dims=3: AddFusion(dim, spatial_dims))
     assert "mine" in list_fusions()
     assert isinstance(create_fusion("Mine", 4, 2), AddFusion)
+
+
+def test_default_levels_come_from_the_fusion_class(monkeypatch):
+    assert registry_module.default_fusion_levels("tif", [2, 0, 1]) == (2,)  # TIF.default_skip_levels = "deepest"
+    assert registry_module.default_fusion_levels("DFF", [2, 0, 1]) == (0, 1, 2)
+    monkeypatch.setattr(registry_module, "_FUSIONS", dict(registry_module._FUSIONS))
+
+    class Costly(AddFusion):
+        default_skip_levels = "deepest"
+
+    register_fusion("costly", Costly)
+    register_fusion("plain", lambda dim, spatial_dims=3: AddFusion(dim, spatial_dims))
+    assert registry_module.default_fusion_levels("costly", range(4)) == (3,)
+    assert registry_module.default_fusion_levels("plain", range(4)) == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="unknown fusion"):
+        registry_module.default_fusion_levels("nope", [0])

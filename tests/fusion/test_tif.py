@@ -145,7 +145,7 @@ def test_parameter_count_from_the_layer_list():
     for dim_s, dim_l in [(96, 128), (192, 256), (64, 64)]:
         assert sum(p.numel() for p in TIF(dim_s, dim_l).parameters()) == tif_count(dim_s, dim_l)
     assert "transformer_l.layers.0.0.fn.to_out.0.weight" not in TIF(64, 64).state_dict()  # identity out-proj
-    assert TIF(8, 8).spatial_dims == 3  # the library-wide default
+    assert TIF(8, 8).spatial_dims is None  # no convolutions: 2D or 3D from the input, as the seed's TIF(dim_s, dim_l)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -180,6 +180,8 @@ def test_bad_constructor_arguments(kwargs, match):
         (2, (1, 8, 8, 8), (1, 8, 4, 4)),  # e has dim_s channels instead of dim_l
         (2, (2, 16, 8, 8), (1, 8, 4, 4)),  # batch mismatch
         (3, (1, 16, 8, 8), (1, 8, 4, 4)),  # 2D tensors into a 3D module
+        (None, (1, 16, 8), (1, 8, 4)),  # 1D tensors
+        (None, (1, 16, 8, 8), (1, 8, 4, 4, 4)),  # e 2D, r 3D
     ],
 )
 def test_bad_inputs_name_both_shapes(spatial_dims, e_shape, r_shape):

@@ -11,6 +11,7 @@ from torch import nn
 
 from fusionseg.errors import InputError
 from fusionseg.nets import SegmentationNet, check_input_size, create_model, nearest_valid_size, registry
+from fusionseg.nets.base import nearest_multiple, round_up_to_multiple
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,21 @@ from fusionseg.nets import SegmentationNet, check_input_size, create_model, near
 )
 def test_nearest_valid_size(sizes, multiple, nearest):
     assert nearest_valid_size(sizes, multiple) == nearest
+
+
+@pytest.mark.parametrize(
+    ("values", "multiple", "nearest", "up"),
+    [
+        ([80, 192, 160], 32, [96, 192, 160], [96, 192, 160]),  # an nnU-Net patch fitted for D-Net
+        ([16, 47, 48], 32, [32, 32, 64], [32, 64, 64]),
+        ([100, 70], 64, [128, 64], [128, 128]),
+        ([1, 16, 17, 95], 16, [16, 16, 16, 96], [16, 16, 32, 96]),
+        ([5, 7], 1, [5, 7], [5, 7]),
+    ],
+)
+def test_the_two_rounding_rules(values, multiple, nearest, up):
+    assert [nearest_multiple(v, multiple) for v in values] == nearest
+    assert [round_up_to_multiple(v, multiple) for v in values] == up
 
 
 def test_check_input_size_messages():

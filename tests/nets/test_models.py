@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from extras import NEEDS_DNA, require
 from fusionseg.errors import InputError
 from fusionseg.kernels import reference_ops
 from fusionseg.nets import create_model, list_models, nearest_valid_size
@@ -39,6 +40,7 @@ class ModelCase:
     checks_input: bool = True  # raises InputError on bad input shapes
     bad_kwargs: tuple[dict, ...] = BAD_IO
     register: Callable[[], None] | None = None  # for models registered outside fusionseg.nets
+    needs: tuple[str, str] | None = None  # (module, skip reason naming the optional extra) when one is needed
     slow_dims: tuple[int, ...] = ()  # spatial_dims whose cases are marked slow
 
 
@@ -69,7 +71,7 @@ MODEL_TABLE: dict[str, ModelCase] = {
         TINY_DS_TRANSUNET, {2: (64, 128), 3: (64, 64, 64)}, 2, bad_kwargs=DS_TRANSUNET_BAD, slow_dims=(3,)
     ),
     "ds_transunet_small": ModelCase(TINY_DS_TRANSUNET, {2: (64, 64), 3: (64, 64, 64)}, 2, bad_kwargs=DS_TRANSUNET_BAD),
-    # MONAI / nnU-Net networks with a pluggable skip fusion (fusionseg.nets.external, fusionseg.plug).
+    # MONAI / nnU-Net networks with a pluggable skip fusion (nets.external, nnunet.models, plug).
     "monai_basicunet": ModelCase(
         {"features": (4, 4, 8, 8, 16, 4), "fusion": "dff"},
         {2: (32, 48), 3: (16, 16, 32)},
@@ -92,11 +94,13 @@ MODEL_TABLE: dict[str, ModelCase] = {
         {"features": (4, 8, 16), "fusion": "dff"},
         {2: (16, 24), 3: (8, 8, 12)},
         bad_kwargs=(*BAD_IO, {"fusion": "sum"}),
+        needs=("dynamic_network_architectures", NEEDS_DNA),
     ),
     "nnunet_resenc": ModelCase(
         {"features": (4, 8, 16), "n_blocks_per_stage": (1, 1, 1), "fusion": "dff"},
         {2: (16, 24), 3: (8, 8, 12)},
         bad_kwargs=(*BAD_IO, {"fusion": "sum"}),
+        needs=("dynamic_network_architectures", NEEDS_DNA),
     ),
 }
 
@@ -126,6 +130,8 @@ def _case(name: str) -> ModelCase:
         if case.register is None:
             pytest.fail(f"MODEL_TABLE lists {name!r}, which is not registered; remove the entry or add a register hook")
         case.register()
+    if case.needs is not None:
+        require(*case.needs)
     return case
 
 

@@ -24,7 +24,7 @@ pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as
 
 import fusionseg
 from fusionseg.cli import main as fusionseg_main
-from fusionseg.cli.nnunet import SHIM_NAME, default_target, install, uninstall
+from fusionseg.nnunet.install import SHIM_NAME, default_target, install, uninstall
 from fusionseg.nnunet.phantoms import make_nnunet_phantoms
 
 DATASETS = {3: ("901", "Dataset901_Phantom3D"), 2: ("902", "Dataset902_Phantom2D")}

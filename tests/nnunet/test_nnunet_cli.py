@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as docs/nnunet.md says)")
 
 from fusionseg.cli import main as fusionseg_main
-from fusionseg.cli.nnunet import SHIM_NAME, default_target, install, uninstall
 from fusionseg.errors import InputError
+from fusionseg.nnunet.install import SHIM_NAME, default_target, install, uninstall
 from fusionseg.nnunet.trainers import TRAINERS
 
 

@@ -13,7 +13,7 @@ from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import Dow
 
 from fusionseg.errors import InputError
 from fusionseg.fusion import DFF, TIF
-from fusionseg.nnunet.trainers import TRAINERS, fit_patch_size
+from fusionseg.nnunet.trainers import TRAINERS
 
 # trainer, configuration, expected patch, number of outputs with deep supervision, DS loss weights
 CASES = [
@@ -113,20 +113,6 @@ def test_ds_transunet_uses_its_original_optimizer(nnunet_env, dataset_json, plan
     trainer = _trainer("nnUNetTrainerDSTransUNetSmall", "2d", dataset_json, plans_factory())
     group = trainer.optimizer.param_groups[0]
     assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (1e-3, 0.9, 1e-4, False)
-
-
-@pytest.mark.parametrize(
-    ("patch", "multiple", "fitted"),
-    [
-        ([80, 192, 160], 32, [96, 192, 160]),
-        ([16, 47, 48], 32, [32, 32, 64]),
-        ([512, 448], 64, [512, 448]),
-        ([100, 70], 64, [128, 64]),
-        ([5, 7], 1, [5, 7]),
-    ],
-)
-def test_fit_patch_size(patch, multiple, fitted):
-    assert fit_patch_size(patch, multiple) == fitted
 
 
 def test_ds_transunet_trainer_loads_pretrained_encoders_from_the_environment(

@@ -11,11 +11,17 @@ import pytest
 import torch
 from torch import nn
 
+from extras import NEEDS_DNA, require
 from fusionseg.fusion import DFF, TIF
 from fusionseg.plug import describe_plug, plug_fusion
 
 monai_nets = pytest.importorskip("monai.networks.nets")
-dna_unet = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+
+
+def _dna_unet():
+    """dynamic-network-architectures' ``unet`` module; the test skips (naming the extra) without it."""
+    return require("dynamic_network_architectures.architectures.unet", NEEDS_DNA)
+
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,14 +52,14 @@ def swinunetr(d):  # batch norm: the 32-voxel inputs leave one voxel at the bott
 
 
 def plain(d, **kw):
-    return dna_unet.PlainConvUNet(
+    return _dna_unet().PlainConvUNet(
         1, 4, [4, 8, 8, 16], _conv(d), 3, [1, 2, 2, 2], 1, 2, 1, True, _inorm(d), {"affine": True},
         nonlin=nn.LeakyReLU, **kw,
     )  # fmt: skip
 
 
 def resenc(d, **kw):
-    return dna_unet.ResidualEncoderUNet(
+    return _dna_unet().ResidualEncoderUNet(
         1, 4, [4, 8, 8, 16], _conv(d), 3, [1, 2, 2, 2], [1, 1, 1, 1], 2, 1, True, _inorm(d), {"affine": True},
         nonlin=nn.LeakyReLU, **kw,
     )  # fmt: skip
@@ -176,11 +182,11 @@ def test_levels_choose_the_fused_blocks():
     assert [type(getattr(net, f"upcat_{k}")).__name__ for k in (1, 2, 3, 4)] == ["FusedUpCat", "UpCat"] * 2
     assert [c.name for c in net.fusion_plug.changes] == ["upcat_1", "upcat_3"]
     assert net.upcat_1.fusion.dim == 8 and net.upcat_3.fusion.dim == 16
-    dec = plug_fusion(plain(3), "tif").decoder  # TIF: deepest skip only = decoder stage 0
-    assert list(dec.fusion) == ["0"] and dec.fusion["0"].dim_l == 8
     dyn = plug_fusion(dynunet(2), "dff", levels=[2])
     assert type(dyn.upsamples[0]).__name__ == "FusedUnetUpBlock" and type(dyn.upsamples[2]).__name__ == "UnetUpBlock"
     assert dyn.skip_layers.next_layer.next_layer.upsample is dyn.upsamples[0]  # DynUNet's shared references
+    dec = plug_fusion(plain(3), "tif").decoder  # TIF: deepest skip only = decoder stage 0
+    assert list(dec.fusion) == ["0"] and dec.fusion["0"].dim_l == 8
 
 
 MISMATCHED = (8, 16, 32, 64, 64, 8)  # BasicUNet widths whose top and deepest skips differ from the upsampled widths
@@ -248,7 +254,10 @@ def test_clear_errors():
         plug_fusion(monai_nets.BasicUNet(spatial_dims=1, features=(4, 4, 8, 8, 16, 4)), "dff")
     with pytest.raises(ValueError, match="was not plugged"):
         describe_plug(basicunet(2))
-    res = dna_unet.ResidualUNet(1, 3, [4, 8, 8], nn.Conv2d, 3, [1, 2, 2], 1, 2, 1, True, nn.InstanceNorm2d)
+
+
+def test_unsupported_nnunet_network_is_named():
+    res = _dna_unet().ResidualUNet(1, 3, [4, 8, 8], nn.Conv2d, 3, [1, 2, 2], 1, 2, 1, True, nn.InstanceNorm2d)
     with pytest.raises(ValueError, match="does not support ResidualUNet"):
         plug_fusion(res, "dff")
 
@@ -259,6 +268,9 @@ def test_clear_errors():
 def test_deep_supervision_outputs_are_kept():
     dyn = plug_fusion(dynunet(3, deep_supervision=True, deep_supr_num=2), "dff").train()
     assert dyn(torch.randn(2, 1, 16, 16, 16)).shape == (2, 3, 2, 16, 16, 16)  # MONAI's stacked heads
+
+
+def test_nnunet_deep_supervision_outputs_are_kept():
     net = plug_fusion(plain(2, deep_supervision=True), "dff", levels=[0, 2])
     outs = net(torch.randn(2, 1, 16, 16))
     assert [tuple(o.shape[2:]) for o in outs] == [(16, 16), (8, 8), (4, 4)]

@@ -1,6 +1,6 @@
-"""Registered plug-in models (``fusionseg.nets.external``): contract attributes, config rebuild, deep supervision,
-errors, the missing-package message, ``fusionseg train --model monai_basicunet --fusion dff`` end to end, and the
-real-data benchmark's model specs."""
+"""Registered plug-in models (``fusionseg.nets.external``, ``fusionseg.nnunet.models``): contract attributes,
+config rebuild, deep supervision, errors, the missing-package message, ``fusionseg train --model monai_basicunet
+--fusion dff`` end to end, and the real-data benchmark's model specs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from extras import NEEDS_DNA, require
 from fusionseg.errors import InputError
 from fusionseg.nets.registry import create_model, list_models
 
@@ -29,7 +30,7 @@ TINY = {
 
 def _needs_dna(name: str):
     if name.startswith("nnunet_"):
-        pytest.importorskip("dynamic_network_architectures")
+        require("dynamic_network_architectures", NEEDS_DNA)
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -68,7 +69,10 @@ def test_deep_supervision_returns_a_tuple_full_resolution_first():
     outs = dyn.train()(torch.randn(2, 1, 16, 16))
     assert isinstance(outs, tuple) and [o.shape for o in outs] == [torch.Size([2, 2, 16, 16])] * 3
     assert dyn.eval()(torch.randn(1, 1, 16, 16)).shape == (1, 2, 16, 16)
-    pytest.importorskip("dynamic_network_architectures")
+
+
+def test_nnunet_deep_supervision_is_on_by_default():
+    require("dynamic_network_architectures", NEEDS_DNA)
     net = create_model("nnunet_plain", spatial_dims=2, fusion="dff", features=[4, 8, 8, 16])  # default: on
     assert [tuple(o.shape[2:]) for o in net(torch.randn(2, 1, 16, 16))] == [(16, 16), (8, 8), (4, 4)]
 
@@ -105,7 +109,8 @@ def test_nnunet_models_without_the_package_say_how_to_install(monkeypatch):
 
 def test_importing_the_registry_imports_neither_monai_nor_nnunet():
     code = (
-        "import sys, fusionseg.nets; print([m for m in ('monai', 'dynamic_network_architectures') if m in sys.modules])"
+        "import sys, fusionseg.nets; "
+        "print([m for m in ('monai', 'dynamic_network_architectures') if sys.modules.get(m) is not None])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

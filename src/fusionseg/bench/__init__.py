@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# command name → module (names use hyphens like the commands; the underscore spellings still work)
+# command name → module (names use hyphens like the commands)
 BENCHMARKS = {
     "modules": "modules",
     "dnet": "dnet",
@@ -21,7 +21,7 @@ BENCHMARKS = {
 
 
 def main(argv: list[str], prog: str = "fusionseg bench") -> int:
-    name = argv[0].replace("_", "-") if argv else None
+    name = argv[0] if argv else None
     if name in BENCHMARKS:  # everything after the name (``--help`` too) goes to the benchmark
         module = importlib.import_module(f"fusionseg.bench.{BENCHMARKS[name]}")
         return int(module.main(argv[1:], f"{prog} {name}") or 0)

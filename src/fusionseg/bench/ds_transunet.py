@@ -1,18 +1,18 @@
 """DS-TransUNet benchmark: forward / training-step time and peak memory, baselines in the same run.
 
-Attention table (``--big-batch``×3×``--big-size``², fp32; runs first, its steps take minutes): the
+Attention table (``--big-batch-size``×3×``--big-size``², fp32; runs first, its steps take minutes): the
 official preset's training step with this project's attention (``scaled_dot_product_attention``
 in the Swin windows and the TIF global attention) against the original's plain formulation
 (explicit q·kᵀ → softmax → ·v matrices, same weights, ``reference_ops``), plus activation checkpointing. Ratios are
 against the explicit row.
 
-Model table (``--batch``×3×``--size``²): the official preset, the small preset and MONAI's 2D
+Model table (``--batch-size``×3×``--size``²): the official preset, the small preset and MONAI's 2D
 SwinUNETR (feature_size 48) as a peer — forward (eval, no grad) and one training step
 (forward + 0.6/0.2/0.2 BCE loss + backward + SGD step).
 
 Usage:
-    fusionseg bench ds_transunet                 # full run (the 512² attention table needs ~12 GB RAM)
-    fusionseg bench ds_transunet --quick         # smoke run: small sizes, small preset only
+    fusionseg bench ds-transunet                 # full run (the 512² attention table needs ~12 GB RAM)
+    fusionseg bench ds-transunet --quick         # smoke run: small sizes, small preset only
 """
 
 from __future__ import annotations
@@ -148,8 +148,6 @@ def table_attention(args: argparse.Namespace) -> str:
 
 def build_parser(prog: str = "fusionseg bench ds-transunet") -> argparse.ArgumentParser:
     """The options of ``fusionseg bench ds-transunet``."""
-    from fusionseg.cli.options import add_alias
-
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 64² / 128², small preset only, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row of the model table (median)")
@@ -164,9 +162,6 @@ def build_parser(prog: str = "fusionseg bench ds-transunet") -> argparse.Argumen
     parser.add_argument("--skip-attention", action="store_true", help="only the model table")
     parser.add_argument("--no-peers", action="store_true", help="leave out MONAI SwinUNETR")
     parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores, default) or a number")
-    add_alias(parser, "--batch", "--batch-size", "batch_size", type=int)
-    add_alias(parser, "--big-batch", "--big-batch-size", "big_batch_size", type=int)
-    add_alias(parser, "--no-peer", "--no-peers", "no_peers", const=True)
     return parser
 
 

@@ -1,8 +1,9 @@
 """Parameters of the registered plug-in networks: ``fusionseg bench plug [--dims 2,3]``.
 
-For each MONAI / nnU-Net network registered in :mod:`fusionseg.nets.external` (default configuration,
-in 1, out 2): parameters with its own concatenation skips and with add / DFF at every skip / TIF at
-the deepest skip (docs/plug.md explains what changes).
+For each MONAI / nnU-Net network registered in :mod:`fusionseg.nets.external` and :mod:`fusionseg.nnunet.models`
+(default configuration, in 1, out 2): parameters with its own concatenation skips and with every other
+registered fusion at its default skips (add / DFF at every skip, TIF at the deepest; docs/plug.md explains
+what changes).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from fusionseg.plug.describe import change_text, markdown_table
 
 __all__ = ["PLUG_MODELS", "build_parser", "main", "parameter_table"]
 
-# Registered plug-in models (fusionseg.nets.external), in table order.
+# Registered plug-in models (fusionseg.nets.external, fusionseg.nnunet.models), in table order.
 PLUG_MODELS = ("monai_basicunet", "monai_dynunet", "monai_swinunetr", "nnunet_plain", "nnunet_resenc")
 
 
 def parameter_table(dims: Sequence[int] = (2, 3), models: Sequence[str] = PLUG_MODELS) -> str:
     """Markdown table: parameters of each registered plug-in model (default configuration, in 1, out 2)
-    with its own concatenation and with add / DFF (every skip) / TIF (deepest skip)."""
+    with its own concatenation and with every other registered fusion at its default skips."""
+    from fusionseg.fusion import default_fusion_levels, list_fusions
     from fusionseg.nets.registry import create_model
 
-    fusions = ("concat", "add", "dff", "tif")
+    fusions = ("concat", *(f for f in list_fusions() if f != "concat"))
     rows, missing = [], []
     for name in models:
         for d in dims:
@@ -37,7 +39,9 @@ def parameter_table(dims: Sequence[int] = (2, 3), models: Sequence[str] = PLUG_M
                 counts[fusion], skips = net.fusion_plug.params_after, net.fusion_plug.num_sites
             base = counts["concat"]
             rows.append([name, f"{d}D", f"{base:,}", *(change_text(base, counts[f]) for f in fusions[1:]), skips])
-    columns = ["model", "dims", "original (concat)", "+ add", "+ dff", "+ tif (deepest skip)", "skips"]
+    deepest_only = [f for f in fusions[1:] if len(default_fusion_levels(f, (0, 1))) == 1]
+    added = [f"+ {f}" + (" (deepest skip)" if f in deepest_only else "") for f in fusions[1:]]
+    columns = ["model", "dims", "original (concat)", *added, "skips"]
     table = markdown_table(columns, rows)
     if missing:
         table += f"\n(not built, dynamic-network-architectures missing: {', '.join(dict.fromkeys(missing))})"

@@ -14,6 +14,7 @@ __all__ = ["build_parser", "main"]
 def build_parser(prog: str = "fusionseg demo") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
+        allow_abbrev=False,
         description="Train, predict and evaluate on the real nuclei image shipped with fusionseg "
         "(12 training tiles, 4 test tiles), or on synthetic phantoms.",
     )

@@ -22,7 +22,9 @@ def _tolerance(text: str) -> float:
 
 def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=prog, description="Dice / IoU / HD95 / mean surface distance / normalised surface Dice per case and class."
+        prog=prog,
+        allow_abbrev=False,
+        description="Dice / IoU / HD95 / mean surface distance / normalised surface Dice per case and class.",
     )
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
     p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps (same file names)")

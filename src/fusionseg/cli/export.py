@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusionseg.cli.options import SizesAction, add_alias, positive_int, sizes
+from fusionseg.cli.options import SizesAction, positive_int, sizes
 
 __all__ = ["build_parser", "main"]
 
@@ -14,7 +14,9 @@ def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
     from fusionseg.engine.export import FORMATS
 
     p = argparse.ArgumentParser(
-        prog=prog, description="Export a fusionseg checkpoint to TorchScript or ONNX, or as a MONAI bundle."
+        prog=prog,
+        allow_abbrev=False,
+        description="Export a fusionseg checkpoint to TorchScript or ONNX, or as a MONAI bundle.",
     )
     p.add_argument("--checkpoint", required=True, type=Path, help="fusionseg checkpoint (.pt)")
     p.add_argument("--format", required=True, choices=(*FORMATS, "bundle"))
@@ -26,7 +28,6 @@ def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
         help="spatial size of the exported input, e.g. 96,96, or the bundle's sliding window "
         "(default: the checkpoint's training patch)",
     )  # fmt: skip
-    add_alias(p, "--input-size", "--patch-size", "patch_size", type=sizes, nargs="+")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example input (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: symbolic batch dimension")
     p.add_argument("--onnx-exporter", choices=("auto", "dynamo", "legacy"), default="auto")

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fusionseg.cli.options import SizesAction, add_alias, parse_json_object, sizes
+from fusionseg.cli.options import SizesAction, parse_json_object, sizes
 from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
@@ -15,6 +15,7 @@ __all__ = ["build_parser", "main"]
 def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
+        allow_abbrev=False,
         description="Convert official D-Net / DS-TransUNet weights (.pth, .model, nnU-Net checkpoints) into a "
         "fusionseg checkpoint usable by `fusionseg predict`, `export` and `train --init`. Without --model, --weights "
         "is an nnU-Net v2 checkpoint_final.pth: network, plans and preprocessing come from it (docs/nnunet.md).",
@@ -36,13 +37,11 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
     pre = p.add_mutually_exclusive_group()
     pre.add_argument("--preprocessing", type=Path, default=None, help="JSON file with the preprocessing to embed")
     pre.add_argument("--data", type=Path, default=None, help="dataset folder: embed its preprocessing (for predict)")
-    add_alias(pre, "--dataset", "--data", "data", type=Path)
     p.add_argument("--patch-size", type=sizes, action=SizesAction, default=None, help="with --data: the patch size")
     p.add_argument(
         "--strict", action=argparse.BooleanOptionalAction, default=True,
         help="every tensor must match by name and shape (default); --no-strict loads what fits and reports the rest",
     )  # fmt: skip
-    add_alias(p, "--non-strict", "--no-strict", "strict", const=False)
     return p
 
 
@@ -78,7 +77,7 @@ def _import_nnunet(args: argparse.Namespace) -> int:
     from fusionseg.nnunet import require_nnunetv2
 
     require_nnunetv2("import-weights without --model (an nnU-Net v2 checkpoint)")
-    from fusionseg.engine.nnunet_import import import_nnunet_checkpoint
+    from fusionseg.nnunet.importer import import_nnunet_checkpoint
 
     path, report, model = import_nnunet_checkpoint(args.weights, args.output, strict=args.strict)
     print(report.summary())

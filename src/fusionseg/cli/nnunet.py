@@ -1,10 +1,6 @@
 """``fusionseg nnunet install | uninstall | list``: make fusionseg's trainers visible to nnU-Net v2's commands.
 
-nnU-Net finds a trainer by class name among the modules of ``nnunetv2/training/nnUNetTrainer``
-(and, since 2.8, of the folders listed in ``nnUNet_extTrainer``). ``install`` writes one small
-module there, ``nnUNetTrainer_fusionseg.py``, that re-exports :mod:`fusionseg.nnunet.trainers`;
-``uninstall`` removes it. With ``--target DIR`` the module goes to DIR instead (e.g. when
-site-packages is read-only), to be named in ``nnUNet_extTrainer``.
+Parsing only; the work is :mod:`fusionseg.nnunet.install` (docs/nnunet.md).
 
 Example::
 
@@ -16,90 +12,16 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 from pathlib import Path
 
-from fusionseg.errors import InputError
-from fusionseg.files import atomic_write
-from fusionseg.nnunet import require_nnunetv2
+from fusionseg.nnunet.install import SHIM_NAME, install, trainer_listing, uninstall
 
-__all__ = ["SHIM_NAME", "default_target", "install", "main", "uninstall"]
-
-SHIM_NAME = "nnUNetTrainer_fusionseg.py"  # sorts after nnUNetTrainer.py: nnU-Net's own lookups never import it
-_MARKER = "# fusionseg nnU-Net trainer shim"
-_SHIM = f'''{_MARKER} — written by `fusionseg nnunet install`, removed by `fusionseg nnunet uninstall`.
-"""Makes fusionseg's nnU-Net trainers (nnUNetTrainerDNet, nnUNetTrainerDFF, ...) visible to nnUNetv2_* commands."""
-
-try:
-    from fusionseg.nnunet.trainers import *  # noqa: F403
-except ImportError as err:  # fusionseg (or a dependency) was removed: keep nnU-Net itself working
-    import warnings
-
-    warnings.warn(f"fusionseg nnU-Net trainers unavailable ({{err}}); delete {{__file__}} if fusionseg is gone")
-'''
-
-
-def default_target() -> Path:
-    """nnU-Net's own trainer folder ``.../nnunetv2/training/nnUNetTrainer`` (found without importing nnunetv2)."""
-    require_nnunetv2("fusionseg nnunet")
-    spec = importlib.util.find_spec("nnunetv2")
-    return Path(next(iter(spec.submodule_search_locations))) / "training" / "nnUNetTrainer"
-
-
-def _target(folder: Path | None) -> Path:
-    target = Path(folder).expanduser() if folder is not None else default_target()
-    if not target.is_dir():
-        raise InputError(f"{target} is not a folder; create it first or pass another --target")
-    return target
-
-
-def install(folder: Path | None = None) -> Path:
-    """Write the shim module into ``folder`` (default: nnU-Net's trainer folder) → its path."""
-    path = _target(folder) / SHIM_NAME
-    if not os.access(path.parent, os.W_OK):
-        raise InputError(
-            f"cannot write to {path.parent}; use `fusionseg nnunet install --target DIR` and "
-            "`export nnUNet_extTrainer=DIR` instead"
-        )
-    with atomic_write(path) as tmp:
-        tmp.write_text(_SHIM)
-    return path
-
-
-def uninstall(folder: Path | None = None) -> Path | None:
-    """Remove the shim module from ``folder`` (default: nnU-Net's trainer folder) → its path, or None if absent."""
-    path = _target(folder) / SHIM_NAME
-    if not path.exists():
-        return None
-    if not path.read_text(errors="replace").startswith(_MARKER):
-        raise InputError(f"{path} was not written by fusionseg; remove it yourself if you mean to")
-    path.unlink()
-    for cached in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"):
-        cached.unlink(missing_ok=True)
-    return path
-
-
-def _installed_in() -> list[Path]:
-    extra = os.environ.get("nnUNet_extTrainer", "")  # noqa: SIM112 (nnU-Net's name)
-    folders = [default_target()] + [Path(p) for p in extra.split(os.pathsep) if p]
-    return [f / SHIM_NAME for f in folders if (f / SHIM_NAME).is_file()]
-
-
-def _list() -> None:
-    from fusionseg.nnunet.trainers import TRAINERS
-
-    width = max(map(len, TRAINERS))
-    for name, cls in TRAINERS.items():
-        print(f"{name:<{width}}  {(cls.__doc__ or '').strip().splitlines()[0]}")
-    found = _installed_in()
-    where = ", ".join(map(str, found)) if found else "not installed (run `fusionseg nnunet install`)"
-    print(f"\nvisible to nnU-Net: {where}")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser(prog: str = "fusionseg nnunet") -> argparse.ArgumentParser:
     """``install`` / ``uninstall`` (each with ``--target``) and ``list``."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, allow_abbrev=False, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     for action, text in (
         ("install", "write nnUNetTrainer_fusionseg.py into nnU-Net's trainer folder (or --target)"),
@@ -123,5 +45,5 @@ def main(argv: list[str], prog: str = "fusionseg nnunet") -> int:
         path = uninstall(args.target)
         print(f"removed {path}" if path else f"nothing to remove: no {SHIM_NAME} there")
     else:
-        _list()
+        print(trainer_listing())
     return 0

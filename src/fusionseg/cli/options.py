@@ -1,9 +1,9 @@
 """Options shared by the ``fusionseg`` commands: one concept, one name, one syntax everywhere.
 
 Every command builds its parser from these helpers, so ``--threads``, ``--device``, ``--amp``,
-``--no-progress``, ``--checkpoint``, ``--patch-size``, ``--time-budget``, ``--seed``/``--seeds`` mean
-the same thing in every command that has them (the table is in docs/cli.md). Old spellings are
-accepted as hidden aliases for one release and print a one-line note.
+``--no-progress``, ``--checkpoint``, ``--patch-size``, ``--time-budget``, ``--seed`` (a value) /
+``--num-seeds`` (a count) mean the same thing in every command that has them (the table is in
+docs/cli.md). Options have no hidden old spellings (and commands no abbreviations).
 
 Example:
     >>> p = argparse.ArgumentParser()
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from fusionseg.errors import InputError
 
 __all__ = [
     "SizesAction",
-    "add_alias",
     "add_runtime_options",
     "boolean",
     "floats",
@@ -71,24 +69,24 @@ def floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def positive_int(text: str) -> int:
+def _positive(text: str, number: type, what: str) -> int | float:
     try:
-        value = int(text)
+        value = number(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
     return value
+
+
+def positive_int(text: str) -> int:
+    """``"3"`` → 3; argparse error for anything but an integer ≥ 1."""
+    return _positive(text, int, "integer")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    """``"0.5"`` → 0.5; argparse error for anything but a number > 0."""
+    return _positive(text, float, "number")
 
 
 def boolean(text: str) -> bool:
@@ -131,27 +129,3 @@ def add_runtime_options(
         )
     if progress:
         parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
-
-
-class _Renamed(argparse.Action):
-    """A hidden old spelling: stores like the new option (``const`` for flags) and notes the rename."""
-
-    def __init__(self, option_strings, dest, new: str = "", **kwargs):
-        self.new = new
-        super().__init__(option_strings, dest, **kwargs)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"note: {option_string} is now {self.new} in {parser.prog}; the old name will be removed",
-              file=sys.stderr)  # fmt: skip
-        if self.nargs == 0:
-            values = self.const
-        elif isinstance(values, list) and values and isinstance(values[0], tuple):
-            values = tuple(v for t in values for v in t)  # sizes given as separate words
-        setattr(namespace, self.dest, values)
-
-
-def add_alias(parser: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs) -> None:
-    """Accept ``old`` as a hidden alias of ``new``; ``kwargs``: ``nargs``/``type``, or ``const`` for a flag."""
-    if "const" in kwargs:
-        kwargs["nargs"] = 0
-    parser.add_argument(old, dest=dest, action=_Renamed, new=new, help=argparse.SUPPRESS, **kwargs)

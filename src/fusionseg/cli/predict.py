@@ -6,20 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from fusionseg.cli.options import add_alias, add_runtime_options, positive_int
+from fusionseg.cli.options import add_runtime_options, positive_int
 from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Sliding-window prediction with fusionseg checkpoints.")
+    p = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False, description="Sliding-window prediction with fusionseg checkpoints."
+    )
     p.add_argument(
         "--checkpoint", type=Path, nargs="+", metavar="CKPT",
         help="checkpoint(s) written by `fusionseg train` (best.pt) or import-weights; several, or a "
         "cross-validation run folder (its fold_*/best.pt), are ensembled by averaging their probabilities",
     )  # fmt: skip
-    add_alias(p, "--model", "--checkpoint", "checkpoint", type=Path, nargs="+")
     p.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
     p.add_argument("--output", required=True, type=Path, help="folder for the label maps")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
@@ -32,7 +33,7 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
     post = p.add_mutually_exclusive_group()
     post.add_argument(
         "--postprocess", type=Path, default=None, metavar="JSON",
-        help="apply this postprocessing.json (largest connected components, chosen by `train --folds`); "
+        help="apply this postprocessing.json (largest connected components, chosen by `train --cross-validate`); "
         "default: the one of a cross-validation run folder given as --checkpoint",
     )  # fmt: skip
     post.add_argument(

@@ -26,7 +26,7 @@ PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init", "config", "p
 # Options about one invocation, not the run: left out of the run folder's config.yaml.
 INVOCATION_ONLY = ("resume", "stop_after")
 # Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
-FOLD_OPTIONS = ("fold", "folds", "num_folds", "splits")
+FOLD_OPTIONS = ("fold", "cross_validate", "num_folds", "splits")
 
 
 def _spacing(text: str) -> tuple[float, ...] | str:
@@ -35,12 +35,15 @@ def _spacing(text: str) -> tuple[float, ...] | str:
 
 def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **defaults) -> argparse.ArgumentParser:
     """Options of ``fusionseg train``; ``skip`` leaves options out, ``defaults`` overrides defaults (shown in help)."""
+    from fusionseg.fusion import list_fusions
     from fusionseg.nets.registry import list_models
 
     d = {f.name: f.default for f in fields(TrainConfig) if f.name != "model_kwargs"}
     d["output"] = Path("runs/fusionseg")
     d.update(defaults)
-    p = argparse.ArgumentParser(prog=prog, description="Train a segmentation model on a dataset folder.")
+    p = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False, description="Train a segmentation model on a dataset folder."
+    )
 
     def add(name: str, *args, **kwargs) -> None:
         if name not in skip:
@@ -63,7 +66,7 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         "fusion",
         "--fusion",
         default=None,
-        help="skip fusion (concat | add | dff | tif) of the models that take one: unet, monai_*, nnunet_*",
+        help=f"skip fusion ({' | '.join(list_fusions())}) of the models that take one: unet, monai_*, nnunet_*",
     )
     p.add_argument(
         "--model-kwargs", default="{}", help="extra model arguments as JSON, e.g. '{\"features\": [16, 32, 64]}'"
@@ -122,9 +125,12 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
             "or all (train and validate on every case)",
         )
         folds.add_argument(
-            "--folds",
+            "--cross-validate",
+            nargs="?",
+            const="all",
             default=None,
-            help="cross-validation: train the folds 'all' (or e.g. 0,1,2) into OUTPUT/fold_N, then write "
+            metavar="FOLDS",
+            help="cross-validation: train every fold (or FOLDS, e.g. 0,1,2) into OUTPUT/fold_N, then write "
             "crossval_summary.json (Dice mean ± std over folds) and postprocessing.json",
         )
         p.add_argument(
@@ -170,10 +176,10 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
     config.check()
     if os.environ.get("RANK", "0") == "0":
         write_run_config(config.output / RUN_CONFIG_FILE, resolved_options(parser, args, INVOCATION_ONLY))
-    if args.folds is not None:
+    if args.cross_validate is not None:
         from fusionseg.engine.crossval import parse_folds, run_cross_validation
 
-        summary = run_cross_validation(config, parse_folds(args.folds))
+        summary = run_cross_validation(config, parse_folds(args.cross_validate))
         if summary:
             print(f"wrote {config.output / 'crossval_summary.json'} and {config.output / 'postprocessing.json'}")
         return 0

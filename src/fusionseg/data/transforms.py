@@ -77,6 +77,7 @@ __all__ = [
     "case_dict",
     "eval_transforms",
     "load_for_inference",
+    "plain_tensor",
     "save_prediction",
     "save_probabilities",
     "train_transforms",
@@ -329,6 +330,11 @@ class NormalizeChannelsd(MapTransform):
         return d
 
 
+def plain_tensor(x) -> torch.Tensor:
+    """``x`` (a MONAI ``MetaTensor``, a tensor or an array) as a plain ``torch.Tensor``, metadata dropped, no copy."""
+    return torch.as_tensor(x).as_subclass(torch.Tensor)
+
+
 class ToPlainTensord(MapTransform):
     """Drop MONAI metadata: ``image`` → contiguous float32 tensor, ``label`` → ``label_dtype`` tensor.
 
@@ -342,9 +348,9 @@ class ToPlainTensord(MapTransform):
     def __call__(self, data: dict) -> dict:
         d = dict(data)
         if "image" in d:
-            d["image"] = torch.as_tensor(d["image"]).as_subclass(torch.Tensor).float().contiguous()
+            d["image"] = plain_tensor(d["image"]).float().contiguous()
         if "label" in d:
-            label = torch.as_tensor(d["label"]).as_subclass(torch.Tensor)
+            label = plain_tensor(d["label"])
             if not self.label_dtype.is_floating_point and label.is_floating_point():
                 label = label.round()
             d["label"] = label.to(self.label_dtype).contiguous()

@@ -15,12 +15,11 @@ continues from its newest checkpoint: finished runs are only scored again, an in
 for the rest of its budget, the others start (delete ``runs/`` to start the study over).
 
 Example:
-    $ fusionseg ablate --data phantoms --model unet --fusions concat,add,dff,tif --seeds 3 --budget 60
+    $ fusionseg ablate --data phantoms --model unet --fusions concat,add,dff,tif --num-seeds 3 --time-budget 60
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import replace
@@ -29,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from fusionseg.errors import InputError
-from fusionseg.files import atomic_write
+from fusionseg.files import write_csv_atomic, write_text_atomic
 
-__all__ = ["compare_paired", "format_ablation_table", "run_ablation", "summarise_ablation", "write_csv"]
+__all__ = ["compare_paired", "format_ablation_table", "run_ablation", "summarise_ablation", "write_ablation"]
 
 
 def compare_paired(values: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
@@ -173,9 +172,11 @@ def run_ablation(
     return summarise_ablation(records, runs, reference), records, reference
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts (same keys) as a CSV file (atomic write)."""
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+def write_ablation(output: Path, rows: list[dict], records: list[dict], report: str) -> list[Path]:
+    """``ablation.csv`` (rows per fusion), ``ablation_cases.csv`` (per-case records) and ``ablation.md``
+    (``report``) in ``output``, each written atomically → their paths."""
+    return [
+        write_csv_atomic(output / "ablation.csv", rows, list(rows[0])),
+        write_csv_atomic(output / "ablation_cases.csv", records, list(records[0])),
+        write_text_atomic(output / "ablation.md", report),
+    ]

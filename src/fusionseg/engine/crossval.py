@@ -1,4 +1,4 @@
-"""Cross-validation: one training run per fold of nnU-Net's ``splits_final.json`` (``fusionseg train --folds``).
+"""Cross-validation: one training run per fold of nnU-Net's ``splits_final.json`` (``train --cross-validate``).
 
 For every fold k the :class:`~fusionseg.engine.train.Trainer` trains ``OUTPUT/fold_k`` (validation
 cases = the fold's ``val`` list); then each fold's ``best.pt`` predicts its validation cases into
@@ -48,7 +48,7 @@ def parse_folds(text: str | Sequence[int]) -> list[int] | str:
             return "all"
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if not parts or not all(p.isdigit() for p in parts):
-            raise InputError(f"--folds must be 'all' or fold numbers like 0,1,2, got {text!r}")
+            raise InputError(f"--cross-validate must be 'all' or fold numbers like 0,1,2, got {text!r}")
         return sorted({int(p) for p in parts})
     return sorted({int(k) for k in text})
 
@@ -99,7 +99,7 @@ def run_cross_validation(
     chosen = list(range(len(splits))) if folds == "all" else parse_folds(folds)
     bad = [k for k in chosen if not 0 <= k < len(splits)]
     if bad:
-        raise InputError(f"--folds: fold(s) {bad} do not exist; the splits have folds 0..{len(splits) - 1}")
+        raise InputError(f"--cross-validate: fold(s) {bad} do not exist; the splits have folds 0..{len(splits) - 1}")
     is_main = os.environ.get("RANK", "0") == "0"
     best = {}
     for i, k in enumerate(chosen, 1):
@@ -141,7 +141,9 @@ def summarise_cross_validation(output: Path, info, splits: list[dict], log: Call
         all_pairs += pairs
         all_rows += rows
     if not folds:
-        raise InputError(f"{output} holds no fold_*/{VALIDATION_FOLDER}/ predictions; train with --folds first")
+        raise InputError(
+            f"{output} holds no fold_*/{VALIDATION_FOLDER}/ predictions; train with --cross-validate first"
+        )
     dice = np.array([f["dice"] for f in folds], dtype=float)
     per_class: dict[str, list[float]] = {}
     for r in all_rows:

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ from fusionseg.data.formats import strip_extension as _case_id
 from fusionseg.data.labels import LabelLayout
 from fusionseg.engine.metrics import DEFAULT_NSD_TOLERANCE, METRICS, case_metrics, summarise
 from fusionseg.errors import InputError
-from fusionseg.files import atomic_write, write_text_atomic
+from fusionseg.files import write_csv_atomic, write_text_atomic
 
 __all__ = [
     "case_mean_dice",
@@ -233,12 +232,8 @@ def case_mean_dice(rows: list[dict]) -> dict[str, float]:
 
 def write_metrics_csv(rows: list[dict], path: Path) -> Path:
     """One row per (case, class) with every metric (atomic write)."""
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["case", "label", *METRICS])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return path
+    formatted = ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    return write_csv_atomic(path, formatted, ["case", "label", *METRICS])
 
 
 def json_safe(obj):

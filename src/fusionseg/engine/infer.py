@@ -30,10 +30,12 @@ from torch import nn
 from fusionseg.data.formats import IMAGE_EXTENSIONS, probability_extension
 from fusionseg.data.formats import prediction_extension as _output_ext
 from fusionseg.data.formats import split_extension as _split_ext
+from fusionseg.engine.predictors import predictor_for
 from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.errors import InputError, for_each_case
 from fusionseg.faults import maybe_fail
 from fusionseg.files import ResumableOutputs, atomic_write, removed_on_error
+from fusionseg.nets.base import round_up_to_multiple
 
 __all__ = [
     "check_same_preprocessing",
@@ -44,7 +46,6 @@ __all__ = [
     "predict_files",
     "predict_volume",
     "resolve_checkpoints",
-    "round_up",
     "window_size",
 ]
 
@@ -52,17 +53,12 @@ __all__ = [
 TRAINING_ONLY_KEYS = ("patch_size", "num_samples")
 
 
-def round_up(value: int, multiple: int) -> int:
-    """Smallest multiple of ``multiple`` that is ≥ value."""
-    return -(-int(value) // multiple) * multiple
-
-
 def window_size(spatial_shape: Sequence[int], patch_size: Sequence[int] | None, size_multiple: int) -> tuple[int, ...]:
     """Sliding-window size: the training patch (or the whole image when none) rounded up to ``size_multiple``."""
     base = patch_size if patch_size else spatial_shape
     if len(base) != len(spatial_shape):
         raise InputError(f"patch size {tuple(base)} does not match a {len(spatial_shape)}-D image")
-    return tuple(round_up(s, size_multiple) for s in base)
+    return tuple(round_up_to_multiple(s, size_multiple) for s in base)
 
 
 def _flips(spatial_dims: int) -> list[tuple[int, ...]]:
@@ -317,16 +313,14 @@ def predict_files(
     pres = list(pre) if not isinstance(pre, dict) else [pre] * len(models)
     if len(pres) != len(models):
         raise ValueError(f"{len(models)} models but {len(pres)} preprocessing dicts")
-    if pres[0].get("kind") == "nnunet":  # imported from nnU-Net: its own preprocessing, sliding window and export
-        if len(models) > 1:
-            raise InputError("ensembles of nnU-Net checkpoints are nnUNetv2_predict's job (-f 0 1 2 3 4); pass one")
-        from fusionseg.nnunet.predict import predict_files as predict_nnunet_files
-
+    foreign = predictor_for(pres[0].get("kind"))
+    if foreign is not None:  # e.g. imported from nnU-Net: its own preprocessing, sliding window and export
         output.mkdir(parents=True, exist_ok=True)
         resumable = ResumableOutputs(output, _fingerprint(models, pres, {"overlap": overlap, "tta": tta}))
-        return predict_nnunet_files(
-            models[0], pres[0], cases, output, overlap=overlap, tta=tta, probabilities=probabilities, device=device,
-            progress=progress, resumable=resumable,
+        return foreign(
+            models, pres, cases, output, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+            probabilities=probabilities, postprocessing=postprocessing, device=device, amp=amp, progress=progress,
+            resumable=resumable,
         )  # fmt: skip
     output.mkdir(parents=True, exist_ok=True)
     options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing}

@@ -201,6 +201,6 @@ def read_postprocessing(path: str | Path) -> dict:
     ):
         raise InputError(
             f'--postprocess: {path} lacks "keep_largest_component": [{{"name", "values": [labels]}}, ...]; '
-            "use the postprocessing.json written by `fusionseg train --folds`"
+            "use the postprocessing.json written by `fusionseg train --cross-validate`"
         )
     return plan

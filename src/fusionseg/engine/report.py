@@ -95,21 +95,15 @@ def plot_learning_curve(history: Sequence[dict], path: Path) -> Path:
         plt.close(fig)
 
 
-def read_array(path: Path) -> np.ndarray:
-    """Voxel array of an image/label file exactly as stored (no reorientation): NIfTI, NRRD, PNG/TIFF."""
-    name = Path(path).name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
+def read_array(path: Path, label: bool = False) -> np.ndarray:
+    """Voxel array of an image or label file, read through the format registry (:mod:`fusionseg.data.formats`):
+    a label map (*S) with ``label``, else an image (*S), or (*S, C) when it has several channels (e.g. RGB)."""
+    from fusionseg.data.io import read_image, read_label
 
-        return np.asanyarray(nib.load(str(path)).dataobj)
-    if name.endswith((".nrrd", ".nhdr")):
-        import nrrd
-
-        return nrrd.read(str(path))[0]
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.asarray(img)
+    if label:
+        return read_label(path)[0]
+    image = read_image(path)[0]
+    return image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
 
 
 def representative_slice(label: np.ndarray, axis: int = -1) -> int:
@@ -186,7 +180,7 @@ def best_and_worst_overlays(
     chosen += [("best", s, cid) for s, cid in reversed(ranked[-k:]) if cid not in {c for _, _, c in chosen}]
     paths = []
     for tag, score, cid in chosen:
-        gt, pred = read_array(gts[cid]), read_array(preds[cid])
+        gt, pred = read_array(gts[cid], label=True), read_array(preds[cid], label=True)
         image = read_array(image_files[cid]) if cid in image_files else None
         if image is not None and image.shape[: gt.ndim] != gt.shape:
             image = None

@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -46,10 +45,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusionseg.data.transforms import plain_tensor
 from fusionseg.engine import distributed
 from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from fusionseg.engine.config import TrainConfig
-from fusionseg.engine.infer import round_up
 from fusionseg.engine.losses import loss_for_labels
 from fusionseg.engine.optim import build_optimizer, poly_lr_lambda
 from fusionseg.engine.precision import choose_amp
@@ -58,7 +57,8 @@ from fusionseg.engine.tensorboard_log import ScalarLog
 from fusionseg.engine.validation import validation_scores
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.faults import maybe_fail
-from fusionseg.files import atomic_write, write_text_atomic
+from fusionseg.files import write_csv_atomic, write_text_atomic
+from fusionseg.nets.base import round_up_to_multiple
 
 __all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "split_cases", "train"]
 
@@ -133,10 +133,6 @@ def _epoch_indices(num_items: int, count: int, generator: torch.Generator) -> li
         chunks.append(torch.randperm(num_items, generator=generator))
         total += num_items
     return torch.cat(chunks)[:count].tolist()
-
-
-def _plain(x) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
 class Trainer:
@@ -226,8 +222,8 @@ class Trainer:
     def train_step(self, batch: dict) -> float:
         """One optimisation step on a batch of patches → its loss."""
         c = self.config
-        image = _plain(batch["image"]).to(self.device, non_blocking=True).float()[: c.batch_size]
-        label = _plain(batch["label"]).to(self.device, non_blocking=True)[: c.batch_size]
+        image = plain_tensor(batch["image"]).to(self.device, non_blocking=True).float()[: c.batch_size]
+        label = plain_tensor(batch["label"]).to(self.device, non_blocking=True)[: c.batch_size]
         if c.channels_last:
             from fusionseg.layers import to_channels_last
 
@@ -358,7 +354,7 @@ class Trainer:
         patch = self.pre.get("patch_size")
         if not patch:
             raise InputError("the preprocessing has no patch size; pass --patch-size (e.g. 96,96 or 64,64,64)")
-        fitted = [round_up(int(p), multiple) for p in patch]
+        fitted = [round_up_to_multiple(int(p), multiple) for p in patch]
         if fitted != list(patch):
             self.log(f"patch size {tuple(patch)} rounded up to {tuple(fitted)} (multiples of size_multiple={multiple})")
         self.pre["patch_size"] = fitted
@@ -575,11 +571,7 @@ class Trainer:
 
 def _write_csv(history: list[dict], path: Path) -> None:
     """Rewrite the CSV log from the history (a resumed run's log has no duplicated epochs)."""
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in CSV_FIELDS})
+    write_csv_atomic(path, history, CSV_FIELDS)
 
 
 def train(config: TrainConfig) -> Path:

@@ -18,14 +18,11 @@ import torch
 from torch import nn
 
 from fusionseg.data.labels import LabelLayout, labels_to_regions
+from fusionseg.data.transforms import plain_tensor
 from fusionseg.engine.infer import predict_volume
 from fusionseg.engine.metrics import class_dice, dice_iou
 
 __all__ = ["case_dice", "case_scores", "probability_dice", "score_names", "validation_dice", "validation_scores"]
-
-
-def _plain(x) -> torch.Tensor:
-    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
 
 
 def score_names(layout: LabelLayout) -> list[str]:
@@ -37,7 +34,7 @@ def score_names(layout: LabelLayout) -> list[str]:
 
 def probability_dice(probabilities: torch.Tensor, label: torch.Tensor, layout: LabelLayout) -> np.ndarray:
     """Dice per foreground class / region of probabilities (C, *S) against a label map (*S) → (N,)."""
-    label_np = _plain(label).long().numpy()
+    label_np = plain_tensor(label).long().numpy()
     valid = layout.valid_mask(label_np)
     if not layout.has_regions:
         pred = probabilities.argmax(0).numpy()
@@ -57,7 +54,7 @@ def case_scores(
     layout = LabelLayout.from_preprocessing(pre)
     scores = []
     for item in items:
-        image, label = _plain(item["image"]), _plain(item["label"])[0].long()
+        image, label = plain_tensor(item["image"]), plain_tensor(item["label"])[0].long()
         probs = predict_volume(model, image, pre, overlap=overlap, device=device, amp=amp)
         scores.append(probability_dice(probs, label, layout))
     return scores

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fusionseg.kernels.dff import dff
-from fusionseg.layers import check_spatial_dims, conv_type
+from fusionseg.layers import check_spatial_dims, conv_type, positive_int
 
 __all__ = ["DFF", "check_same_shape"]
 
@@ -59,9 +59,7 @@ class DFF(nn.Module):
 
     def __init__(self, dim: int, spatial_dims: int = 3) -> None:
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"DFF dim must be a positive int (channels of x and skip), got {dim!r}")
-        self.dim = dim
+        self.dim = positive_int("DFF dim", dim)  # channels of x and skip
         self.spatial_dims = check_spatial_dims(spatial_dims)
         conv = conv_type(spatial_dims)
         self.conv_atten = nn.Sequential(conv(2 * dim, 2 * dim, kernel_size=1, bias=False), nn.Sigmoid())

@@ -11,35 +11,38 @@ import torch
 from torch import nn
 
 from fusionseg.fusion.dff import check_same_shape
-from fusionseg.layers import check_spatial_dims, conv_type
+from fusionseg.layers import check_spatial_dims, conv_type, positive_int
 
 __all__ = ["AddFusion", "ConcatFusion"]
 
 
-class ConcatFusion(nn.Module):
+class _SkipFusion(nn.Module):
+    """Shared constructor and input check: ``dim`` channels in x, skip and the output; 2D or 3D."""
+
+    def __init__(self, dim: int, spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.dim = positive_int(f"{type(self).__name__} dim", dim)
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+
+    def check(self, x: torch.Tensor, skip: torch.Tensor) -> None:
+        check_same_shape(type(self).__name__, x, skip, self.dim, self.spatial_dims)
+
+
+class ConcatFusion(_SkipFusion):
     """``Conv1x1(concat([x, skip]))``: 2·dim → dim channels, with bias (2·dim² + dim parameters)."""
 
     def __init__(self, dim: int, spatial_dims: int = 3) -> None:
-        super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"ConcatFusion dim must be a positive int, got {dim!r}")
-        self.dim, self.spatial_dims = dim, check_spatial_dims(spatial_dims)
+        super().__init__(dim, spatial_dims)
         self.proj = conv_type(spatial_dims)(2 * dim, dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        check_same_shape("ConcatFusion", x, skip, self.dim, self.spatial_dims)
+        self.check(x, skip)
         return self.proj(torch.cat([x, skip], 1))
 
 
-class AddFusion(nn.Module):
+class AddFusion(_SkipFusion):
     """``x + skip`` (no parameters)."""
 
-    def __init__(self, dim: int, spatial_dims: int = 3) -> None:
-        super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"AddFusion dim must be a positive int, got {dim!r}")
-        self.dim, self.spatial_dims = dim, check_spatial_dims(spatial_dims)
-
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        check_same_shape("AddFusion", x, skip, self.dim, self.spatial_dims)
+        self.check(x, skip)
         return x + skip

@@ -21,7 +21,7 @@ from torch import nn
 
 from fusionseg.kernels.attention import explicit_attention, scaled_dot_product_attention
 from fusionseg.kernels.switch import reference_ops_default
-from fusionseg.layers import check_spatial_dims
+from fusionseg.layers import check_spatial_dims, positive_int
 
 __all__ = [
     "TIF",
@@ -147,27 +147,34 @@ class TIF(nn.Module):
       every e size is an integer multiple of the r size (e.g. ×2, as in DS-TransUNet) this is
       a broadcast add over the repeated cells, with no upsampled copy.
 
-    Outputs are channels-last tensors (views of the token sequences). 2D and 3D.
+    Outputs are channels-last tensors (views of the token sequences). 2D and 3D: TIF has no
+    convolutions, so it takes its dimensionality from its inputs (the seed's ``TIF(dim_s, dim_l)`` call).
+
+    Networks fuse TIF at their deepest skip only unless told otherwise (:attr:`default_skip_levels`).
 
     Args:
         dim_s: channels of the coarse branch ``r``.
         dim_l: channels of the fine branch ``e``.
-        spatial_dims: 3 (default) or 2.
+        spatial_dims: None (default: 2D or 3D, from the inputs), or 2 / 3 to accept only that.
         heads_s, dim_head_s, mlp_s: transformer of the r branch (official 3, 32, 128).
         heads_l, dim_head_l, mlp_l: transformer of the e branch (official 1, 64, 256).
         depth: transformer layers per branch (official 1).
         dropout: attention/FFN dropout (official 0).
 
     Example:
-        >>> TIF(64, 64, spatial_dims=2)(torch.randn(2, 64, 8, 8), torch.randn(2, 64, 8, 8)).shape
+        >>> TIF(64, 64)(torch.randn(2, 64, 8, 8), torch.randn(2, 64, 8, 8)).shape
         torch.Size([2, 64, 8, 8])
     """
+
+    #: Skip levels a network fuses when none are given (``fusion.registry.default_fusion_levels``): global
+    #: attention is O(N²) in the voxels of a skip, so only the deepest skip (the fewest voxels) by default.
+    default_skip_levels = "deepest"
 
     def __init__(
         self,
         dim_s: int,
         dim_l: int,
-        spatial_dims: int = 3,
+        spatial_dims: int | None = None,
         heads_s: int = 3,
         dim_head_s: int = 32,
         mlp_s: int = 128,
@@ -190,12 +197,11 @@ class TIF(nn.Module):
             depth=depth,
         )
         for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TIF {name} must be a positive int, got {value!r}")
+            positive_int(f"TIF {name}", value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"TIF dropout must be in [0, 1), got {dropout}")
         self.dim_s, self.dim_l = dim_s, dim_l
-        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.spatial_dims = None if spatial_dims is None else check_spatial_dims(spatial_dims)
         self.transformer_s = Transformer(dim_s, depth, heads_s, dim_head_s, mlp_s, dropout)
         self.transformer_l = Transformer(dim_l, depth, heads_l, dim_head_l, mlp_l, dropout)
         self.norm_s = nn.LayerNorm(dim_s)
@@ -203,13 +209,17 @@ class TIF(nn.Module):
         self.linear_s = nn.Linear(dim_s, dim_l)
         self.linear_l = nn.Linear(dim_l, dim_s)
 
+    @classmethod
+    def for_skip(cls, dim: int, spatial_dims: int | None = None, **kwargs) -> TIF:
+        """A TIF fusing an upsampled tensor and a skip of the same width ``dim`` (the registry's ``"tif"``)."""
+        return cls(dim, dim, spatial_dims=spatial_dims, **kwargs)
+
     def _check(self, e: torch.Tensor, r: torch.Tensor) -> None:
-        ndim = self.spatial_dims + 2
-        if e.ndim != ndim or r.ndim != ndim or e.shape[1] != self.dim_l or r.shape[1] != self.dim_s:
+        ndims = (4, 5) if self.spatial_dims is None else (self.spatial_dims + 2,)
+        if e.ndim not in ndims or r.ndim != e.ndim or e.shape[1] != self.dim_l or r.shape[1] != self.dim_s:
             raise ValueError(
-                f"TIF(dim_s={self.dim_s}, dim_l={self.dim_l}, spatial_dims={self.spatial_dims}) expects "
-                f"e (B, {self.dim_l}, *S_e) and r (B, {self.dim_s}, *S_r) with {ndim} dims; "
-                f"got e {tuple(e.shape)} and r {tuple(r.shape)}"
+                f"TIF({self.extra_repr()}) expects e (B, {self.dim_l}, *S_e) and r (B, {self.dim_s}, *S_r), "
+                f"both with {' or '.join(map(str, ndims))} dims; got e {tuple(e.shape)} and r {tuple(r.shape)}"
             )
         if e.shape[0] != r.shape[0]:
             raise ValueError(

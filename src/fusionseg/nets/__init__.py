@@ -5,7 +5,7 @@ Every network derives from :class:`SegmentationNet` (``in_channels``, ``out_chan
 ``spatial_dims`` defaults to 3 everywhere except DS-TransUNet (2D, as in its paper).
 """
 
-from fusionseg.nets import dnet, ds_transunet, external, nnunet_planned, unet  # noqa: F401  (registers the models)
+from fusionseg.nets import dnet, ds_transunet, external, unet  # noqa: F401  (registers the models)
 from fusionseg.nets.base import SegmentationNet, check_input_size, crop_to, nearest_valid_size, pad_to_multiple
 from fusionseg.nets.registry import create_inference_model, create_model, list_models, register_model
 

@@ -5,7 +5,9 @@ A registered network (``create_model(name, **kwargs)``) has the attributes ``spa
 it), takes (B, in_channels, *S) and returns logits (B, out_channels, *S) — or, with deep supervision,
 a tuple of logits, full resolution first. ``model.config = {"name", "kwargs"}`` is recorded by the
 registry. Inputs are checked with :func:`check_input_size`; the nearest valid size is
-:func:`nearest_valid_size` (round half up to a multiple, at least the multiple).
+:func:`nearest_valid_size` (:func:`nearest_multiple` per side). The two size-rounding rules
+(:func:`nearest_multiple`, :func:`round_up_to_multiple`) live here, once; the integer argument checks
+are :func:`fusionseg.layers.positive_int` and :func:`fusionseg.layers.int_list`.
 
 Example:
     >>> nearest_valid_size((33, 80, 20), 32)
@@ -24,15 +26,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionseg.errors import InputError
-from fusionseg.layers import check_spatial_dims
+from fusionseg.layers import check_spatial_dims, positive_int
 
-__all__ = ["SegmentationNet", "check_input_size", "crop_to", "nearest_valid_size", "pad_to_multiple"]
+__all__ = [
+    "SegmentationNet",
+    "check_input_size",
+    "crop_to",
+    "nearest_multiple",
+    "nearest_valid_size",
+    "pad_to_multiple",
+    "round_up_to_multiple",
+]
+
+
+def nearest_multiple(value: int, multiple: int) -> int:
+    """The multiple of ``multiple`` nearest to ``value`` (halves round up), at least ``multiple``: 33, 32 → 32."""
+    m = int(multiple)
+    return max(m, (2 * int(value) + m) // (2 * m) * m)
+
+
+def round_up_to_multiple(value: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is ≥ ``value``: 33, 32 → 64."""
+    return -(-int(value) // int(multiple)) * int(multiple)
 
 
 def nearest_valid_size(sizes: Sequence[int], multiple: int) -> tuple[int, ...]:
-    """Each size rounded to the nearest multiple of ``multiple`` (halves round up), at least ``multiple``."""
-    m = int(multiple)
-    return tuple(max(m, (2 * int(s) + m) // (2 * m) * m) for s in sizes)
+    """Each size rounded to its :func:`nearest_multiple` of ``multiple``."""
+    return tuple(nearest_multiple(s, multiple) for s in sizes)
 
 
 def check_input_size(x: torch.Tensor, in_channels: int, spatial_dims: int, multiple: int, name: str) -> None:
@@ -76,12 +96,6 @@ def crop_to(y: torch.Tensor, crop_info: dict) -> torch.Tensor:
     return y[(..., *(slice(0, s) for s in spatial))]
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
 class SegmentationNet(nn.Module):
     """Base class of the networks: owns ``in_channels``, ``out_channels``, ``spatial_dims``, ``size_multiple``
     and the input check.
@@ -99,10 +113,10 @@ class SegmentationNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, size_multiple: int = 1) -> None:
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.out_channels = _positive_int("out_channels", out_channels)
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
         self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.size_multiple = _positive_int("size_multiple", size_multiple)
+        self.size_multiple = positive_int("size_multiple", size_multiple)
 
     def check_input(self, x: torch.Tensor) -> None:
         """:class:`~fusionseg.errors.InputError` naming the fix unless ``x`` fits (see :func:`check_input_size`)."""

@@ -1,6 +1,6 @@
-"""Registered MONAI and nnU-Net networks with a pluggable skip fusion (``fusionseg.plug.plug_fusion``).
+"""Registered MONAI networks with a pluggable skip fusion (``fusionseg.plug.plug_fusion``).
 
-``create_model(name, fusion="dff", ...)`` builds the network with MONAI / nnU-Net defaults, then replaces its
+``create_model(name, fusion="dff", ...)`` builds the network with MONAI defaults, then replaces its
 decoder skip concatenations by the fusion (``"concat"`` = the network unchanged):
 
 | name | network | defaults |
@@ -8,13 +8,11 @@ decoder skip concatenations by the fusion (``"concat"`` = the network unchanged)
 | ``monai_basicunet`` | MONAI ``BasicUNet`` | features 16, 32, 64, 128, 256, 16 |
 | ``monai_dynunet`` | MONAI ``DynUNet`` (nnU-Net-like) | filters 32…320, kernel 3, strides 1, 2, 2, … |
 | ``monai_swinunetr`` | MONAI ``SwinUNETR`` | feature_size 24, depths 2, 2, 2, 2, heads 3, 6, 12, 24 |
-| ``nnunet_plain`` | nnU-Net ``PlainConvUNet`` | features 32…320, 2 convs per stage, deep supervision |
-| ``nnunet_resenc`` | nnU-Net ``ResidualEncoderUNet`` | features 32…320, 1, 3, 4, 6, 6 blocks, deep supervision |
 
-The nnU-Net networks need ``dynamic-network-architectures`` (not a dependency: its metadata pulls timm,
-which it does not need for these networks): ``pip install --no-deps dynamic-network-architectures==0.4.4``.
-Every factory gives the network the model contract (``spatial_dims``, ``in_channels``, ``out_channels``,
-``size_multiple``, ``check_input`` run before every forward); the registry records ``config``.
+The nnU-Net networks ``nnunet_plain`` and ``nnunet_resenc`` are registered by :mod:`fusionseg.nnunet.models`
+with the same :func:`with_fusion_and_contract`. Every factory gives the network the model contract
+(``spatial_dims``, ``in_channels``, ``out_channels``, ``size_multiple``, ``check_input`` run before every
+forward); the registry records ``config``.
 
 Example:
     >>> net = create_model("monai_basicunet", in_channels=1, out_channels=3, spatial_dims=2, fusion="dff")
@@ -32,29 +30,17 @@ from functools import partial
 import torch
 from torch import nn
 
-from fusionseg.errors import InputError
-from fusionseg.layers import check_spatial_dims
+from fusionseg.layers import check_spatial_dims, int_list, positive_int
 from fusionseg.nets.base import check_input_size
 from fusionseg.nets.registry import register_model
 
-__all__ = ["monai_basicunet", "monai_dynunet", "monai_swinunetr", "nnunet_plain", "nnunet_resenc"]
-
-_DNA_INSTALL = "pip install --no-deps dynamic-network-architectures==0.4.4"
+__all__ = ["check_io", "monai_basicunet", "monai_dynunet", "monai_swinunetr", "with_fusion_and_contract"]
 
 
-def _ints(name: str, values, length: int | None = None, minimum: int = 1) -> list[int]:
-    values = [values] if isinstance(values, int) else list(values)
-    if (length is not None and len(values) != length) or any(
-        isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values
-    ):
-        size = f"{length} " if length is not None else ""
-        raise ValueError(f"{name} must be {size}integers ≥ {minimum}, got {values!r}")
-    return values
-
-
-def _check_io(in_channels: int, out_channels: int, spatial_dims: int) -> None:
-    _ints("in_channels", in_channels, 1)
-    _ints("out_channels", out_channels, 1)
+def check_io(in_channels: int, out_channels: int, spatial_dims: int) -> None:
+    """ValueError naming the fix unless the channels are positive ints and ``spatial_dims`` is 2 or 3."""
+    positive_int("in_channels", in_channels)
+    positive_int("out_channels", out_channels)
     check_spatial_dims(spatial_dims)
 
 
@@ -72,7 +58,9 @@ def _list_to_tuple(module: nn.Module, args: tuple, output):
     return tuple(output) if isinstance(output, list) else output
 
 
-def _finish(model: nn.Module, name: str, kwargs: dict, size_multiple: int, fusion: str, fusion_levels) -> nn.Module:
+def with_fusion_and_contract(
+    model: nn.Module, name: str, kwargs: dict, size_multiple: int, fusion: str, fusion_levels
+) -> nn.Module:
     """Plug the fusion, then give the network the model contract of :class:`~fusionseg.nets.base.SegmentationNet`.
 
     ``spatial_dims``, ``in_channels``, ``out_channels``, ``size_multiple`` and ``check_input`` (run before every
@@ -117,16 +105,18 @@ def monai_basicunet(
     """
     from monai.networks.nets import BasicUNet
 
-    _check_io(in_channels, out_channels, spatial_dims)
+    check_io(in_channels, out_channels, spatial_dims)
     _no_deep_supervision("monai_basicunet", deep_supervision)
     if isinstance(features, int) or len(list(features)) != 6:
         raise ValueError(
             f"BasicUNet needs 6 features (5 levels + the last decoder), e.g. 16,32,64,128,256,16; got {features}"
         )
-    features = _ints("features", features, 6)
+    features = int_list("features", features, 6)
     model = BasicUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, features=features)
     kwargs = dict(in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, features=features)
-    return _finish(model, "monai_basicunet", {**kwargs, "deep_supervision": False}, 16, fusion, fusion_levels)
+    return with_fusion_and_contract(
+        model, "monai_basicunet", {**kwargs, "deep_supervision": False}, 16, fusion, fusion_levels
+    )
 
 
 def _stacked_to_tuple(module: nn.Module, args, output):
@@ -156,15 +146,15 @@ def monai_dynunet(
     """
     from monai.networks.nets import DynUNet
 
-    _check_io(in_channels, out_channels, spatial_dims)
-    filters = _ints("filters", filters)
+    check_io(in_channels, out_channels, spatial_dims)
+    filters = int_list("filters", filters)
     if len(filters) < 3:
         raise ValueError(f"DynUNet needs ≥ 3 filters (levels), e.g. 32,64,128,256,320; got {filters}")
     levels = len(filters)
     heads = levels - 2 if deep_supr_num is None else deep_supr_num
     if deep_supervision and not 1 <= heads <= levels - 2:
         raise ValueError(f"deep_supr_num must be in 1..{levels - 2} for {levels} filters, got {deep_supr_num}")
-    kernel_size = _ints("kernel_size", kernel_size, 1)[0]
+    kernel_size = int_list("kernel_size", kernel_size, 1)[0]
     strides = [1] + [2] * (levels - 1)
     model = DynUNet(
         spatial_dims, in_channels, out_channels, [kernel_size] * levels, strides, strides[1:], filters=filters,
@@ -177,7 +167,7 @@ def monai_dynunet(
         kernel_size=kernel_size, res_block=bool(res_block), deep_supervision=bool(deep_supervision),
         deep_supr_num=heads,
     )  # fmt: skip
-    return _finish(model, "monai_dynunet", kwargs, 2 ** (levels - 1), fusion, fusion_levels)
+    return with_fusion_and_contract(model, "monai_dynunet", kwargs, 2 ** (levels - 1), fusion, fusion_levels)
 
 
 @register_model("monai_swinunetr")
@@ -197,13 +187,13 @@ def monai_swinunetr(
     """MONAI ``SwinUNETR`` (v1, patch 2, merging downsampling); 5 skips, spatial sizes multiples of 32."""
     from monai.networks.nets import SwinUNETR
 
-    _check_io(in_channels, out_channels, spatial_dims)
+    check_io(in_channels, out_channels, spatial_dims)
     _no_deep_supervision("monai_swinunetr", deep_supervision)
-    feature_size = _ints("feature_size", feature_size, 1, minimum=12)[0]
+    feature_size = int_list("feature_size", feature_size, 1, minimum=12)[0]
     if feature_size % 12:
         raise ValueError(f"feature_size must be a multiple of 12 (SwinUNETR), got {feature_size}")
-    depths, num_heads = _ints("depths", depths, 4), _ints("num_heads", num_heads, 4)
-    window_size = _ints("window_size", window_size, 1)[0]
+    depths, num_heads = int_list("depths", depths, 4), int_list("num_heads", num_heads, 4)
+    window_size = int_list("window_size", window_size, 1)[0]
     if norm not in ("instance", "batch"):
         raise ValueError(f'norm must be "instance" or "batch", got {norm!r}')
     model = SwinUNETR(
@@ -214,96 +204,4 @@ def monai_swinunetr(
         in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, feature_size=feature_size,
         depths=depths, num_heads=num_heads, window_size=window_size, norm=norm, deep_supervision=False,
     )  # fmt: skip
-    return _finish(model, "monai_swinunetr", kwargs, 32, fusion, fusion_levels)
-
-
-def _nnunet_ops(spatial_dims: int) -> dict:
-    """nnU-Net's defaults: conv with bias, InstanceNorm (affine, eps 1e-5), LeakyReLU(0.01), no dropout."""
-    return {
-        "conv_op": nn.Conv2d if spatial_dims == 2 else nn.Conv3d,
-        "conv_bias": True,
-        "norm_op": nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d,
-        "norm_op_kwargs": {"eps": 1e-5, "affine": True},
-        "nonlin": nn.LeakyReLU,
-        "nonlin_kwargs": {"inplace": True},
-    }
-
-
-def _dna_unet(name: str):
-    try:
-        from dynamic_network_architectures.architectures import unet
-    except ImportError:
-        raise InputError(f"{name} needs dynamic-network-architectures (not installed): {_DNA_INSTALL}") from None
-    return unet
-
-
-def _nnunet(
-    name, cls_name, in_channels, out_channels, spatial_dims, features, kernel_size, blocks, decoder_convs,
-    deep_supervision, fusion, fusion_levels,
-) -> nn.Module:  # fmt: skip
-    unet = _dna_unet(name)
-    _check_io(in_channels, out_channels, spatial_dims)
-    features = _ints("features", features)
-    if len(features) < 2:
-        raise ValueError(f"{name} needs ≥ 2 features (stages), e.g. 32,64,128,256,320; got {features}")
-    stages = len(features)
-    block_arg = "n_conv_per_stage" if cls_name == "PlainConvUNet" else "n_blocks_per_stage"
-    if blocks is None:  # nnU-Net ResEnc presets: 1, 3, 4, 6, 6, 6, ... blocks
-        blocks = ([1, 3, 4] + [6] * stages)[:stages]
-    blocks = _ints(block_arg, [blocks] * stages if isinstance(blocks, int) else blocks, stages)
-    decoder_convs = _ints("n_conv_per_stage_decoder", decoder_convs, 1)[0]
-    kernel_size = _ints("kernel_size", kernel_size, 1)[0]
-    model = getattr(unet, cls_name)(
-        in_channels, stages, features, kernel_sizes=kernel_size, strides=[1] + [2] * (stages - 1),
-        num_classes=out_channels, n_conv_per_stage_decoder=decoder_convs, deep_supervision=bool(deep_supervision),
-        **{block_arg: blocks},
-        **_nnunet_ops(spatial_dims),
-    )  # fmt: skip
-    model.apply(model.initialize)  # as nnU-Net does after building the network
-    kwargs = dict(
-        in_channels=in_channels, out_channels=out_channels, spatial_dims=spatial_dims, features=features,
-        kernel_size=kernel_size, n_conv_per_stage_decoder=decoder_convs, deep_supervision=bool(deep_supervision),
-    )  # fmt: skip
-    kwargs[block_arg] = blocks
-    return _finish(model, name, kwargs, 2 ** (stages - 1), fusion, fusion_levels)
-
-
-@register_model("nnunet_plain")
-def nnunet_plain(
-    in_channels: int = 1,
-    out_channels: int = 2,
-    spatial_dims: int = 3,
-    features: Sequence[int] = (32, 64, 128, 256, 320),
-    kernel_size: int = 3,
-    n_conv_per_stage: int | Sequence[int] = 2,
-    n_conv_per_stage_decoder: int = 2,
-    deep_supervision: bool = True,
-    fusion: str = "concat",
-    fusion_levels: Sequence[int] | None = None,
-) -> nn.Module:
-    """nnU-Net ``PlainConvUNet`` (dynamic-network-architectures), one stage per feature, strides 1 then 2s."""
-    return _nnunet(
-        "nnunet_plain", "PlainConvUNet", in_channels, out_channels, spatial_dims, features, kernel_size,
-        n_conv_per_stage, n_conv_per_stage_decoder, deep_supervision, fusion, fusion_levels,
-    )  # fmt: skip
-
-
-@register_model("nnunet_resenc")
-def nnunet_resenc(
-    in_channels: int = 1,
-    out_channels: int = 2,
-    spatial_dims: int = 3,
-    features: Sequence[int] = (32, 64, 128, 256, 320),
-    kernel_size: int = 3,
-    n_blocks_per_stage: int | Sequence[int] | None = None,
-    n_conv_per_stage_decoder: int = 1,
-    deep_supervision: bool = True,
-    fusion: str = "concat",
-    fusion_levels: Sequence[int] | None = None,
-) -> nn.Module:
-    """nnU-Net ``ResidualEncoderUNet`` (ResEnc, dynamic-network-architectures); ``n_blocks_per_stage`` per stage
-    (default nnU-Net's ResEnc 1, 3, 4, 6, 6, …)."""
-    return _nnunet(
-        "nnunet_resenc", "ResidualEncoderUNet", in_channels, out_channels, spatial_dims, features, kernel_size,
-        n_blocks_per_stage, n_conv_per_stage_decoder, deep_supervision, fusion, fusion_levels,
-    )  # fmt: skip
+    return with_fusion_and_contract(model, "monai_swinunetr", kwargs, 32, fusion, fusion_levels)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fusionseg.fusion import create_fusion, list_fusions
+from fusionseg.fusion import create_fusion, default_fusion_levels, list_fusions
 from fusionseg.layers import batch_norm_type, conv_transpose_type, conv_type
 from fusionseg.nets.base import SegmentationNet
 from fusionseg.nets.registry import register_model
@@ -114,8 +114,8 @@ class FusionUNet(SegmentationNet):
         if norm not in ("instance", "batch"):
             raise ValueError(f'norm must be "instance" or "batch", got {norm!r}')
         num_skips = len(features) - 1
-        if fusion_levels is None:  # TIF's global attention is O(N²) in the voxels: deepest skip only
-            levels = (num_skips - 1,) if fusion == "tif" else tuple(range(num_skips))
+        if fusion_levels is None:  # the fusion's own default (TIF: the deepest skip only)
+            levels = default_fusion_levels(fusion, range(num_skips))
         else:
             levels = tuple(sorted(set(fusion_levels)))
             if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_skips for i in levels):

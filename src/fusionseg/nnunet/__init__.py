@@ -1,27 +1,51 @@
-"""nnU-Net v2 integration: trainers for fusionseg's networks, import of their checkpoints, nnU-Net-exact predict.
+"""nnU-Net v2 integration, in one package: its networks, plug adapter, trainers, checkpoint import, prediction.
 
-Needs nnunetv2 (installed as ``docs/nnunet.md`` says); importing :mod:`fusionseg` never does.
-This package itself imports without it; its modules :mod:`.trainers`, :mod:`.networks` and
-:mod:`.predict` need it.
+Importing this package is cheap and needs neither nnunetv2 nor dynamic-network-architectures; it
+registers the nnU-Net parts with fusionseg's registries (the package facade :mod:`fusionseg` imports it,
+so they are there wherever fusionseg is used):
+
+- :mod:`.models` — ``nnunet_plain``, ``nnunet_resenc`` and ``nnunet_planned`` in the model registry;
+- :mod:`.plug_adapter` — ``plug_fusion`` for nnU-Net's ``PlainConvUNet`` / ``ResidualEncoderUNet``;
+- :mod:`.predict` — ``fusionseg predict`` for checkpoints whose preprocessing is of kind ``"nnunet"``.
+
+Its other modules need nnunetv2 (installed as ``docs/nnunet.md`` says):
 
 - :mod:`.trainers` — ``nnUNetTrainerDNet``, ``nnUNetTrainerDNetSmall``, ``nnUNetTrainerDFF``,
   ``nnUNetTrainerTIF``, ``nnUNetTrainerDSTransUNet``, ``nnUNetTrainerDSTransUNetSmall``;
 - :mod:`.adapters` — nnU-Net's ``decoder.deep_supervision`` switch for D-Net and DS-TransUNet;
-- :mod:`.predict` — ``fusionseg predict`` for an imported ``checkpoint_final.pth`` (import:
-  :mod:`fusionseg.engine.nnunet_import`);
-- ``fusionseg nnunet install | uninstall | list`` (:mod:`fusionseg.cli.nnunet`) makes the trainers visible to nnU-Net.
+- :mod:`.importer` — ``fusionseg import-weights`` for an nnU-Net ``checkpoint_final.pth``;
+- :mod:`.install` — ``fusionseg nnunet install | uninstall | list`` (makes the trainers visible to nnU-Net).
+
+Example:
+    >>> import fusionseg
+    >>> "nnunet_plain" in fusionseg.list_models()
+    True
 """
 
 from __future__ import annotations
 
-import importlib.util
+from pathlib import Path
 
+from fusionseg.engine.predictors import register_predictor
 from fusionseg.errors import InputError
+from fusionseg.nnunet import models  # noqa: F401  (registers the nnU-Net models)
+from fusionseg.nnunet.requirements import require_nnunetv2
+from fusionseg.plug.core import register_adapter
 
 __all__ = ["require_nnunetv2"]
 
+for _name in ("PlainConvUNet", "ResidualEncoderUNet"):
+    register_adapter(f"dynamic_network_architectures.architectures.unet.{_name}", "fusionseg.nnunet.plug_adapter")
 
-def require_nnunetv2(what: str) -> None:
-    """Raise :class:`InputError` saying ``what`` needs nnunetv2 when it is not installed."""
-    if importlib.util.find_spec("nnunetv2") is None:
-        raise InputError(f"{what} needs nnunetv2; install it without touching torch as docs/nnunet.md says")
+
+def _predict_imported(nets: list, pres: list[dict], cases: list, output: Path, **options):
+    """``predict_files`` for checkpoints imported from nnU-Net (one model; see :mod:`.predict`)."""
+    if len(nets) > 1:
+        raise InputError("ensembles of nnU-Net checkpoints are nnUNetv2_predict's job (-f 0 1 2 3 4); pass one")
+    require_nnunetv2("predicting with an imported nnU-Net checkpoint")
+    from fusionseg.nnunet.predict import predict_files
+
+    return predict_files(nets[0], pres[0], cases, output, **options)
+
+
+register_predictor("nnunet", _predict_imported)

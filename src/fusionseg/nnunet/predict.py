@@ -1,6 +1,6 @@
 """``fusionseg predict`` for checkpoints imported from nnU-Net: nnU-Net's own preprocessing, window and export.
 
-For a preprocessing of kind ``"nnunet"`` (:func:`fusionseg.engine.nnunet_import.nnunet_preprocessing`),
+For a preprocessing of kind ``"nnunet"`` (:func:`fusionseg.nnunet.importer.nnunet_preprocessing`),
 each case goes through the same steps as ``nnUNetv2_predict``: the configuration's preprocessor
 (crop to non-zero, transpose to the plans' axis order, resample to the target spacing, normalise per
 channel), ``nnUNetPredictor``'s Gaussian-weighted sliding window over the plans' patch size (mirroring

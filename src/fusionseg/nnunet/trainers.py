@@ -45,6 +45,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from fusionseg.errors import InputError
+from fusionseg.nets.base import nearest_valid_size
 from fusionseg.nets.swin_pretrained import PRETRAINED_ENV, load_pretrained_encoders, parse_pretrained
 from fusionseg.nnunet.adapters import build_fusionseg_network, deep_supervision_scales
 from fusionseg.nnunet.networks import planned_unet
@@ -53,7 +54,6 @@ __all__ = [
     "TRAINERS",
     "FusionsegTrainerBase",
     "find_trainer",
-    "fit_patch_size",
     "network_from_trainer",
     "nnUNetTrainerDFF",
     "nnUNetTrainerDNet",
@@ -67,22 +67,12 @@ __all__ = [
 _CUDA = torch.device("cuda")  # nnU-Net's default device
 
 
-def fit_patch_size(patch_size: Sequence[int], multiple: int) -> list[int]:
-    """Each side rounded to the nearest multiple of ``multiple`` (halves up), at least ``multiple``.
-
-    Example:
-        >>> fit_patch_size([80, 192, 160], 32)
-        [96, 192, 160]
-    """
-    return [max(multiple, int(int(s) / multiple + 0.5) * multiple) for s in patch_size]
-
-
 def _plans_with_patch_multiple(plans: dict, configuration: str, multiple: int) -> tuple[dict, list, list]:
     """A copy of ``plans`` whose ``configuration`` has a patch size fitted to ``multiple`` → (plans, old, new)."""
     plans = copy.deepcopy(plans)
     extra = {k: plans.pop(k) for k in ("continue_training",) if k in plans}  # run_training's flag, not plans
     old = [int(s) for s in PlansManager(plans).get_configuration(configuration).patch_size]
-    new = fit_patch_size(old, multiple)
+    new = list(nearest_valid_size(old, multiple))  # e.g. [80, 192, 160], 32 → [96, 192, 160]
     plans["configurations"][configuration]["patch_size"] = new  # overrides an inherited value too
     plans.update(extra)
     return plans, old, new

@@ -1,8 +1,9 @@
 """``plug_fusion``: replace the skip concatenations of an existing U-Net-like network by a fusion module.
 
 A *site* is one decoder step ``block(cat(upsampled, skip))``. A small adapter per network family
-(:mod:`fusionseg.plug.monai_nets`, :mod:`fusionseg.plug.nnunet_nets`; imported only for a matching
-network) lists the sites; everything else is generic and done here, in place:
+(:mod:`fusionseg.plug.monai_nets`; :mod:`fusionseg.nnunet.plug_adapter`, registered by
+:mod:`fusionseg.nnunet` with :func:`register_adapter`; imported only for a matching network) lists the
+sites; everything else is generic and done here, in place:
 
 1. widths: when the upsampled tensor is narrower or wider than the skip, the upsampling layer's last
    convolution is rebuilt to emit the skip's width (as D-Net's decoder does: it upsamples straight to
@@ -33,17 +34,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fusionseg.fusion import create_fusion, list_fusions
+from fusionseg.fusion import create_fusion, default_fusion_levels, list_fusions
 
-__all__ = ["SUPPORTED", "PlugRecord", "Site", "SiteChange", "count_parameters", "plug_fusion", "replace_module"]
+__all__ = [
+    "SUPPORTED",
+    "PlugRecord",
+    "Site",
+    "SiteChange",
+    "count_parameters",
+    "plug_fusion",
+    "register_adapter",
+    "replace_module",
+]
 
 # Supported classes (``module.qualname`` as found in the network's MRO) → adapter module (imported on demand).
 _ADAPTERS = {
     "monai.networks.nets.basic_unet.BasicUNet": "fusionseg.plug.monai_nets",
     "monai.networks.nets.dynunet.DynUNet": "fusionseg.plug.monai_nets",
     "monai.networks.nets.swin_unetr.SwinUNETR": "fusionseg.plug.monai_nets",
-    "dynamic_network_architectures.architectures.unet.PlainConvUNet": "fusionseg.plug.nnunet_nets",
-    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet": "fusionseg.plug.nnunet_nets",
 }
 SUPPORTED = (
     "MONAI BasicUNet, DynUNet, SwinUNETR; dynamic-network-architectures (nnU-Net) PlainConvUNet, ResidualEncoderUNet"
@@ -143,6 +151,14 @@ def _channels_last(ndim: int) -> torch.memory_format:
     return torch.channels_last if ndim == 4 else torch.channels_last_3d
 
 
+def register_adapter(class_path: str, adapter_module: str) -> None:
+    """Plug networks of class ``class_path`` (``module.qualname``, subclasses too) with the adapter module
+    ``adapter_module`` (imported on first use; it defines ``find_sites(model)`` and ``init_function(model)``)."""
+    if _ADAPTERS.get(class_path, adapter_module) != adapter_module:
+        raise ValueError(f"{class_path} already has the plug adapter {_ADAPTERS[class_path]}")
+    _ADAPTERS[class_path] = adapter_module
+
+
 def _find_adapter(model: nn.Module):
     for cls in type(model).__mro__:
         path = _ADAPTERS.get(f"{cls.__module__}.{cls.__qualname__}")
@@ -152,8 +168,8 @@ def _find_adapter(model: nn.Module):
 
 
 def _select_levels(fusion: str, levels: Sequence[int] | None, available: list[int], network: str) -> tuple[int, ...]:
-    if levels is None:  # TIF's global attention is O(N²) in the voxels of a skip: deepest skip only
-        return (max(available),) if fusion == "tif" else tuple(sorted(available))
+    if levels is None:  # the fusion's own default (TIF: the deepest skip only)
+        return default_fusion_levels(fusion, available)
     if isinstance(levels, int | str | bytes) or not isinstance(levels, Sequence | set | frozenset):
         raise ValueError(f"levels must be a list of skip levels (0 = full resolution), e.g. [0, 1]; got {levels!r}")
     chosen = tuple(sorted(set(levels)))

@@ -76,8 +76,7 @@ def read_header(path: Path) -> dict:
 
 
 def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
-    data, meta = _read(path, label, header_only=False)
-    return data, meta
+    return _read(path, label, header_only=False)
 
 
 def write(array: np.ndarray, meta: dict, path: Path, channels: bool = False) -> None:
