@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -48,7 +47,7 @@ from fusionseg.bench.real_data_stats import PEER, format_pairs, format_tables, p
 from fusionseg.cli.options import add_runtime_options, boolean, positive_float, positive_int, sizes
 from fusionseg.data.real import build_brain3d, build_nuclei2d
 from fusionseg.errors import InputError
-from fusionseg.files import atomic_write, write_text_atomic
+from fusionseg.files import write_csv_atomic, write_text_atomic
 from fusionseg.nets.registry import list_models
 from fusionseg.resources import REAL_DATASETS, real_data_path
 
@@ -248,11 +247,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     """``rows`` (dicts) as CSV, columns in first-seen order, written atomically."""
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv_atomic(path, rows, list(dict.fromkeys(k for r in rows for k in r)))
 
 
 def per_dataset(entries: Sequence[str] | None, option: str, default: dict[str, str]) -> dict[str, str]:
