@@ -16,6 +16,12 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Preprocessed data of every test go to a temporary cache root, never to ~/.cache."""
+    monkeypatch.setenv("FUSIONSEG_CACHE", str(tmp_path_factory.getbasetemp() / "fusionseg-cache"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """Path to ``../shared/data``; skips the test when the folder is not there."""

@@ -19,6 +19,7 @@ LAYERS = {
     "fusionseg.version": 0,
     "fusionseg.errors": 0,
     "fusionseg.files": 0,
+    "fusionseg.faults": 0,
     "fusionseg.layers": 0,
     "fusionseg.kernels": 1,
     "fusionseg.fusion": 2,

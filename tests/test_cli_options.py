@@ -18,6 +18,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 # command → module with build_parser(prog)
 PARSERS = {
     "train": "fusionseg.cli.train",
+    "plan": "fusionseg.cli.plan",
+    "preprocess": "fusionseg.cli.preprocess",
     "predict": "fusionseg.cli.predict",
     "evaluate": "fusionseg.cli.evaluate",
     "demo": "fusionseg.cli.demo",

@@ -18,6 +18,8 @@ from fusionseg.version import __version__
 # command -> (module with main(argv, prog), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fusionseg.cli.demo", "train, predict and evaluate on built-in synthetic phantoms"),
+    "plan": ("fusionseg.cli.plan", "plan a dataset: target spacing, patch, normalisation (plans.json)"),
+    "preprocess": ("fusionseg.cli.preprocess", "preprocess a dataset once to the cache (resumable)"),
     "train": ("fusionseg.cli.train", "train a model on a dataset folder"),
     "predict": ("fusionseg.cli.predict", "sliding-window prediction with a checkpoint"),
     "evaluate": ("fusionseg.cli.evaluate", "Dice / IoU / HD95 / surface distance of predictions"),

@@ -7,15 +7,8 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from fusionseg.cli.options import (
-    SizesAction,
-    add_runtime_options,
-    floats,
-    parse_json_object,
-    positive_float,
-    positive_int,
-    sizes,
-)
+from fusionseg.cli.options import add_runtime_options, parse_json_object, positive_float, positive_int
+from fusionseg.cli.plan import add_plan_options
 from fusionseg.engine.config import TrainConfig
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -24,10 +17,6 @@ __all__ = ["build_parser", "config_from_args", "main"]
 PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init")
 # Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
 FOLD_OPTIONS = ("fold", "folds", "num_folds", "splits")
-
-
-def _spacing(text: str) -> tuple[float, ...] | str:
-    return "median" if str(text).lower() == "median" else floats(text)
 
 
 def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **defaults) -> argparse.ArgumentParser:
@@ -72,12 +61,7 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         default=d["batch_size"],
         help=f"patches per iteration (default {d['batch_size']})",
     )
-    p.add_argument(
-        "--patch-size", type=sizes, action=SizesAction, default=None, help="training patch, e.g. 96,96 or 64,64,64"
-    )
-    p.add_argument(
-        "--target-spacing", type=_spacing, default=None, help="resample to this spacing in mm (e.g. 1,1,3) or median"
-    )
+    add_plan_options(p)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d["optimizer"], help="sgd (poly, nnU-Net) or adamw")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-2 sgd, 1e-3 adamw)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 3e-5 sgd, 1e-2 adamw")
@@ -127,9 +111,14 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
     add("resume", "--resume", action="store_true", help="continue the run in --output from last.pt")
     add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
-    p.add_argument("--num-workers", type=int, default=d["num_workers"], help="data-loading processes (default 0)")
     p.add_argument(
-        "--cache-rate", type=float, default=d["cache_rate"], help="fraction of cases kept in memory (default 1)"
+        "--num-workers", type=int, default=d["num_workers"], help="data-loading and preprocessing processes (default 0)"
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache root for preprocessed data (default $FUSIONSEG_CACHE or ~/.cache/fusionseg/preprocessed)",
     )
     add_runtime_options(p)
     p.set_defaults(**{k: v for k, v in defaults.items() if k in ("progress",)})

@@ -68,9 +68,11 @@ __all__ = [
     "NormalizeChannelsd",
     "RandFlipAxesd",
     "ToPlainTensord",
+    "augmentation",
     "build_preprocessing",
     "case_dict",
     "eval_transforms",
+    "geometry_pipeline",
     "load_for_inference",
     "save_prediction",
     "save_probabilities",
@@ -257,6 +259,18 @@ def _augment_steps(pre: dict) -> list:
         RandGaussianNoised(keys="image", prob=0.15, std=0.1),
     ]
     return steps
+
+
+def geometry_pipeline(pre: dict, with_label: bool = True) -> Compose:
+    """Load + check + reorient + resample (no normalisation): ``{"image": MetaTensor (C, *S), "label": (1, *S)}``."""
+    keys = ("image", "label") if with_label else ("image",)
+    return _Pipeline([LoadCased(pre), *_geometry_steps(pre, keys)])
+
+
+def augmentation(pre: dict) -> Compose:
+    """The random augmentation of training patches ``{"image": (C, *P), "label": (1, *P) float32}`` → plain
+    tensors (label int64), run without MONAI metadata."""
+    return _WithoutMetadata([*_augment_steps(pre), ToPlainTensord()])
 
 
 def train_transforms(pre: dict, augment: bool = True) -> Compose:
