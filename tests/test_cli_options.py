@@ -33,6 +33,7 @@ PARSERS = {
     "bench train-loop": "fusionseg.bench.train_loop",
     "bench plug": "fusionseg.bench.plug",
     "bench nnunet": "fusionseg.bench.nnunet",
+    "bench scale": "fusionseg.bench.scale",
     "nnunet install": "fusionseg.cli.nnunet",
     "nnunet uninstall": "fusionseg.cli.nnunet",
 }
