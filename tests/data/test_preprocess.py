@@ -62,7 +62,9 @@ def test_cached_case_matches_the_whole_image_pipeline(dataset, tmp_path):
     np.testing.assert_array_equal(case["label"], reference["label"][0].numpy())
     for value, coords in case["locations"].items():
         assert len(coords) > 0 and (case["label"][tuple(coords.T)] == value).all()
-    item = CachedCases(report.folder, [info.cases[0].case_id])[0]
+    cases = CachedCases(report.folder, [c.case_id for c in info.cases])
+    assert isinstance(cases[:2], CachedCases) and cases[:2].case_ids == cases.case_ids[:2]  # lazy subsets
+    item = cases[0]
     assert item["label"].shape == (1, 24, 20, 16) and item["label"].dtype.is_floating_point is False
 
 

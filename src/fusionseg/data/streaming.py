@@ -105,7 +105,7 @@ class CachedCases(Sequence):
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+            return CachedCases(self.folder, self.case_ids[index])
         case = load_case(self.folder, self.case_ids[index], mmap=False)
         item = {"case_id": self.case_ids[index], "image": torch.from_numpy(case["image"])}
         if case["label"] is not None:

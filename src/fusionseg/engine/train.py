@@ -8,8 +8,10 @@ the preprocessed cache (:mod:`fusionseg.data.streaming`; the plan is saved as ``
 sliding-window validation Dice (per class / region) every ``val_every`` epochs,
 atomic ``best.pt`` / ``last.pt``, ``log.csv``, a learning curve and TensorBoard scalars.
 
-Validation cases: a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's
-``splits_final.json`` (:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
+Validation: at most ``VAL_CASES_PER_EPOCH`` cases (the first of the validation list, read one at a
+time from the cache) after each epoch, every validation case after the last one. Validation cases:
+a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's ``splits_final.json``
+(:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
 
 Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
 augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` is written at epoch boundaries with
@@ -61,6 +63,7 @@ from fusionseg.files import atomic_write, write_text_atomic
 
 __all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "split_cases", "train"]
 
+VAL_CASES_PER_EPOCH = 8  # validation cases scored after each epoch but the last (which scores every one)
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "train_time_s", "epoch_time_s")
 
 
@@ -243,8 +246,11 @@ class Trainer:
         if not self.val_items:
             return None
         amp = self.amp_dtype is not None
+        items = self.val_items
+        if self.state.epoch < self.config.epochs and len(items) > VAL_CASES_PER_EPOCH:
+            items = items[:VAL_CASES_PER_EPOCH]  # the same cases every epoch; all of them at the end
         mean, self.val_per_class = validation_scores(
-            self.model, self.val_items, self.pre, self.device, self.config.val_overlap, amp
+            self.model, items, self.pre, self.device, self.config.val_overlap, amp
         )
         return mean
 
