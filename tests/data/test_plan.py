@@ -4,6 +4,7 @@ memory budget, overrides, the plans.json round trip and its hash."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -122,3 +123,21 @@ def test_plan_round_trip_table_and_hash(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match="rerun `fusionseg plan`"):
         load_plan(tmp_path / "bad.json")
+
+
+def test_second_plan_of_unchanged_data_reads_no_voxels(tmp_path, monkeypatch):
+    import fusionseg.data.plan as plan_module
+
+    root = _ct_dataset(tmp_path / "ds", ANISOTROPIC)  # CT statistics and cropped shapes both need voxels
+    info = scan_dataset(root)
+    first = plan_dataset(info, cache=tmp_path / "cache")
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("read voxels")
+
+    monkeypatch.setattr(plan_module, "load_checked", no_reads)
+    assert plan_dataset(info, cache=tmp_path / "cache") == first
+    path = info.cases[0].images[0]
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="read voxels"):  # a changed file: measured again
+        plan_dataset(info, cache=tmp_path / "cache")

@@ -55,7 +55,7 @@ def _plan(args: argparse.Namespace):
     from fusionseg.data.plan import plan_dataset
 
     info = scan_dataset(args.data)
-    plan = plan_dataset(info, args.target_spacing, args.patch_size, args.batch_size)
+    plan = plan_dataset(info, args.target_spacing, args.patch_size, args.batch_size, cache=args.cache)
     return info, plan
 
 

@@ -27,9 +27,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +51,12 @@ from fusionseg.files import write_text_atomic
 
 __all__ = [
     "ANISOTROPY_THRESHOLD",
+    "CACHE_ENV",
     "PLAN_FILE",
     "build_preprocessing",
+    "default_cache_root",
     "format_plan",
+    "input_signature",
     "load_plan",
     "nnunet_target_spacing",
     "plan_dataset",
@@ -60,6 +65,7 @@ __all__ = [
 ]
 
 PLAN_FILE = "plans.json"
+CACHE_ENV = "FUSIONSEG_CACHE"
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ANISO_THRESHOLD
 _PATCH_CAP = {2: 256, 3: 128}
 _VOXELS_PER_GIB = {2: 2**21, 3: 2**19}  # training voxels (patch × batch) per GiB: 128³ × 2 ↔ 8 GiB, as nnU-Net
@@ -70,6 +76,39 @@ _DATA_KEYS = ("version", "spatial_dims", "in_channels", "channel_normalisation",
 
 
 # ------------------------------------------------------------------------------------ fingerprint
+
+
+def default_cache_root() -> Path:
+    """``$FUSIONSEG_CACHE``, else ``$XDG_CACHE_HOME/fusionseg/preprocessed`` (``~/.cache/...``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fusionseg" / "preprocessed"
+
+
+def input_signature(case: Case) -> list[list]:
+    """``[path, size, mtime_ns]`` of each file of ``case`` (a changed file changes it)."""
+    files = [*case.images, *([case.label] if case.label is not None else [])]
+    out = []
+    for path in files:
+        st = Path(path).stat()
+        out.append([str(path), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _remembered(what: str, key: object, compute: Callable[[], object], cache: Path | None) -> object:
+    """``compute()``, stored in ``<cache root>/fingerprints/`` under a hash of ``key`` and the training
+    files' signatures, so a second plan of unchanged data reads no voxels."""
+    digest = hashlib.sha256(json.dumps([what, key], sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = (cache or default_cache_root()) / "fingerprints" / f"{what}-{digest}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    text = json.dumps(compute())
+    with contextlib.suppress(OSError, InputError):  # an unwritable cache only costs the next plan a re-read
+        write_text_atomic(path, text)
+    return json.loads(text)
 
 
 def _ras_order(meta: dict) -> np.ndarray | None:
@@ -223,6 +262,7 @@ def plan_dataset(
     max_stat_cases: int = 16,
     memory_gb: float | None = None,
     seed: int = 0,
+    cache: str | Path | None = None,
 ) -> dict:
     """Fingerprint ``info`` and plan its preprocessing → a JSON-able dict (see :func:`build_preprocessing`).
 
@@ -236,6 +276,8 @@ def plan_dataset(
         size_multiple: the default patch is a multiple of this (the model's ``size_multiple``).
         max_stat_cases: cases read for the CT statistics and nnU-Net's non-zero-mask rule.
         memory_gb: budget for ``batch_size`` training patches (default 8 GiB).
+        cache: cache root (default :func:`default_cache_root`); the statistics that need voxels are
+            remembered there, keyed by the training files' size and mtime.
 
     Returns ``{"dataset", "num_cases", "fingerprint": {"median_shape", "median_spacing",
     "spacing_range"}, "target_spacing" (None: keep), "patch_size", "batch_size", "memory_gb",
@@ -250,6 +292,7 @@ def plan_dataset(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     memory_gb = float(memory_gb or _DEFAULT_MEMORY_GB)
+    cache = Path(cache).expanduser() if cache else None
     if not info.cases:
         raise InputError(f"{info.root}: the dataset has no training cases")
     dims = info.spatial_dims
@@ -294,7 +337,9 @@ def plan_dataset(
         try:
             spacing = nnunet_target_spacing(spacings_arr)
         except LookupError:
-            spacing = nnunet_target_spacing(spacings_arr, _crop_shapes(info, pre))
+            shapes_key = [input_signature(c) for c in info.cases]
+            crop = _remembered("crop-shapes", shapes_key, lambda: _crop_shapes(info, pre).tolist(), cache)
+            spacing = nnunet_target_spacing(spacings_arr, np.asarray(crop))
     else:
         spacing = _as_sizes(target_spacing, dims, "target_spacing", float)
     pre["target_spacing"] = spacing
@@ -307,9 +352,16 @@ def plan_dataset(
     need_sizes = "zscore" in schemes and not info.use_mask_for_norm
     sizes: list[float] = []
     if ct_channels or need_sizes:
-        stats, sizes = _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed)
+        key = [[input_signature(c) for c in info.cases], ct_channels, need_sizes, max_stat_cases, seed,
+               pre["ignore_label"], pre["num_classes"]]  # fmt: skip
+        stats, sizes = _remembered(
+            "statistics",
+            key,
+            lambda: _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed),
+            cache,
+        )
         for c, spec in stats.items():
-            pre["channel_normalisation"][c] = spec
+            pre["channel_normalisation"][int(c)] = spec
         if sizes:
             pre["median_relative_size_after_cropping"] = float(np.median(sizes))
     use_mask = use_mask_for_norm(sizes, info.use_mask_for_norm)

@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import zlib
@@ -43,7 +42,7 @@ import numpy as np
 
 from fusionseg.data.datasets import Case, DatasetInfo
 from fusionseg.data.normalization import nonzero_box
-from fusionseg.data.plan import PLAN_FILE, save_plan
+from fusionseg.data.plan import CACHE_ENV, PLAN_FILE, default_cache_root, input_signature, save_plan
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.files import atomic_write, ensure_writable_dir, write_text_atomic
@@ -59,16 +58,7 @@ __all__ = [
     "preprocess_dataset",
 ]
 
-CACHE_ENV = "FUSIONSEG_CACHE"
 MAX_LOCATIONS = 10_000  # sampled foreground voxels kept per label value and case
-
-
-def default_cache_root() -> Path:
-    """``$FUSIONSEG_CACHE``, else ``$XDG_CACHE_HOME/fusionseg/preprocessed`` (``~/.cache/...``)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "fusionseg" / "preprocessed"
 
 
 def cache_folder(plan: dict, cache: str | Path | None = None) -> Path:
@@ -77,20 +67,11 @@ def cache_folder(plan: dict, cache: str | Path | None = None) -> Path:
     return root / f"{plan['dataset'] or 'dataset'}-{plan['hash']}"
 
 
-def _inputs(case: Case) -> list[list]:
-    files = [*case.images, *([case.label] if case.label is not None else [])]
-    out = []
-    for path in files:
-        st = Path(path).stat()
-        out.append([str(path), st.st_size, st.st_mtime_ns])
-    return out
-
-
 def _is_done(folder: Path, case: Case, plan_hash: str) -> bool:
     marker = folder / f"{case.case_id}.json"
     try:
         props = json.loads(marker.read_text())
-        return props.get("plan_hash") == plan_hash and props.get("inputs") == _inputs(case)
+        return props.get("plan_hash") == plan_hash and props.get("inputs") == input_signature(case)
     except (OSError, ValueError):
         return False
 
@@ -140,7 +121,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def _write_case(folder: Path, case: Case, pre: dict, plan_hash: str) -> dict:
     """Preprocess ``case`` and write its files (``.json`` last) → its properties."""
-    inputs = _inputs(case)
+    inputs = input_signature(case)
     image, label, props = preprocess_case(case, pre)
     paths = [folder / f"{case.case_id}{suffix}" for suffix in ("_image.npy", "_label.npy", "_fg.npz", ".json")]
     paths[3].unlink(missing_ok=True)  # not complete from here on

@@ -279,6 +279,7 @@ class Trainer:
             target_spacing=list(c.target_spacing) if isinstance(c.target_spacing, tuple | list) else c.target_spacing,
             patch_size=list(c.patch_size) if c.patch_size else None,
             batch_size=c.batch_size,
+            cache=c.cache,
         )
         self.pre = self.plan["preprocessing"]
         self.layout = data.LabelLayout.from_preprocessing(self.pre)
