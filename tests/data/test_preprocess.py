@@ -167,3 +167,12 @@ def test_patches_oversample_the_foreground(tmp_path, dataset):
     big.set_random_state(0)
     patch = big({"case_id": info.cases[0].case_id})
     assert patch["image"].shape == (1, 32, 32, 32) and patch["label"].shape == (1, 32, 32, 32)
+
+
+def test_worker_processes_write_the_same_cases(dataset, tmp_path):
+    info, plan = dataset
+    pooled = preprocess_dataset(info, plan, tmp_path / "pooled", workers=2, progress=False, log=lambda line: None)
+    single = _run(info, plan, tmp_path / "single")
+    assert sorted(pooled.done) == sorted(single.done) and len(pooled.done) == 4
+    for name, array in _arrays(single.folder).items():
+        np.testing.assert_array_equal(_arrays(pooled.folder)[name], array)

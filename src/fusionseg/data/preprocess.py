@@ -166,6 +166,13 @@ def _run_one(case: Case, pre: dict, folder: Path, plan_hash: str) -> tuple[str, 
         return case.case_id, str(user)
 
 
+def _one_thread() -> None:
+    """Worker processes share the cores: one torch thread each."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @dataclass
 class PreprocessReport:
     """What :func:`preprocess_dataset` did: the folder, and which cases were done now, before, or failed."""
@@ -230,11 +237,14 @@ def preprocess_dataset(
             log(f"preprocess: {n}/{len(todo_cases)} {case_id} ({time.perf_counter() - start:.1f} s)")
 
     try:
-        if workers > 1:
+        if workers > 1 and len(todo_cases) > 1:
             import multiprocessing
 
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(todo_cases)), mp_context=context) as pool:
+            # fork (as torch's DataLoader on Linux): workers start at once instead of re-importing torch + MONAI
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            workers = min(workers, len(todo_cases))
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
                 jobs = [pool.submit(_run_one, case, pre, folder, plan_hash) for case in todo_cases]
                 for job in as_completed(jobs):
                     finished(*job.result())
