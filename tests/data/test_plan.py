@@ -141,3 +141,12 @@ def test_second_plan_of_unchanged_data_reads_no_voxels(tmp_path, monkeypatch):
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     with pytest.raises(AssertionError, match="read voxels"):  # a changed file: measured again
         plan_dataset(info, cache=tmp_path / "cache")
+
+
+def test_statistics_read_by_worker_processes_are_the_same(tmp_path):
+    root = _ct_dataset(tmp_path / "ds", ISOTROPIC)
+    info = scan_dataset(root)
+    single = plan_dataset(info, cache=tmp_path / "a")
+    pooled = plan_dataset(info, cache=tmp_path / "b", workers=2)
+    assert pooled["preprocessing"]["channel_normalisation"] == single["preprocessing"]["channel_normalisation"]
+    assert single["preprocessing"]["channel_normalisation"][0]["scheme"] == "ct"

@@ -55,7 +55,8 @@ def _plan(args: argparse.Namespace):
     from fusionseg.data.plan import plan_dataset
 
     info = scan_dataset(args.data)
-    plan = plan_dataset(info, args.target_spacing, args.patch_size, args.batch_size, cache=args.cache)
+    workers = getattr(args, "workers", 0)
+    plan = plan_dataset(info, args.target_spacing, args.patch_size, args.batch_size, cache=args.cache, workers=workers)
     return info, plan
 
 
@@ -81,7 +82,7 @@ def preprocess_main(argv: list[str] | None = None, prog: str = "fusionseg prepro
         from fusionseg.errors import InputError
 
         raise InputError(f"--workers must be ≥ 0, got {args.workers}")
-    info, plan = _plan(args)
+    info, plan = _plan(args)  # the voxel statistics are read by the workers too
     print(format_plan(plan))
     report = preprocess_dataset(info, plan, args.cache, args.workers, args.progress)
     return 1 if report.failed else 0

@@ -171,34 +171,53 @@ def _stat_cases(cases: list[Case], max_cases: int, rng: np.random.Generator) -> 
     return [cases[i] for i in sorted(rng.choice(len(cases), max_cases, replace=False))]
 
 
-def _dataset_statistics(
-    info: DatasetInfo, pre: dict, ct_channels: list[int], need_crop_sizes: bool, max_cases: int, seed: int
-) -> tuple[dict[int, dict], list[float]]:
-    """One pass over up to ``max_cases`` training cases: foreground intensity statistics per CT channel
-    (foreground = label > 0, ignore label excluded) and each case's relative size after cropping to
-    the non-zero box (for nnU-Net's mask rule)."""
+def _case_statistics(
+    case: Case, pre: dict, ct_channels: list[int], need_crop_size: bool, seed: int
+) -> tuple[list[np.ndarray], float | None]:
+    """One case: up to 20,000 foreground intensities per CT channel (label > 0, ignore label excluded)
+    and its relative size after cropping to the non-zero box."""
     rng = np.random.default_rng(seed)
-    samples: dict[int, list[np.ndarray]] = {c: [] for c in ct_channels}
-    sizes: list[float] = []
+    image, _, label, _ = load_checked(case.images, case.label, pre)
+    size = relative_size_after_cropping(image) if need_crop_size else None
     ignore = pre.get("ignore_label")
-    for case in _stat_cases(info.cases, max_cases, rng):
-        image, _, label, _ = load_checked(case.images, case.label, pre)
-        if need_crop_sizes:
-            sizes.append(relative_size_after_cropping(image))
-        if not ct_channels:
-            continue
-        mask = np.ones(image.shape[1:], dtype=bool)
-        if label is not None:
-            foreground = (label > 0) & (label != ignore) if ignore is not None else label > 0
-            mask = foreground if foreground.any() else mask
-        for c in ct_channels:
-            values = image[c][mask]
-            if values.size > 20000:
-                values = rng.choice(values, 20000, replace=False)
-            samples[c].append(values)
-    stats = {}
+    mask = np.ones(image.shape[1:], dtype=bool)
+    if label is not None and ct_channels:
+        foreground = (label > 0) & (label != ignore) if ignore is not None else label > 0
+        mask = foreground if foreground.any() else mask
+    samples = []
     for c in ct_channels:
-        values = np.concatenate(samples[c]).astype(np.float64)
+        values = image[c][mask]
+        if values.size > 20000:
+            values = rng.choice(values, 20000, replace=False)
+        samples.append(values)
+    return samples, size
+
+
+def _dataset_statistics(
+    info: DatasetInfo,
+    pre: dict,
+    ct_channels: list[int],
+    need_crop_sizes: bool,
+    max_cases: int,
+    seed: int,
+    workers: int = 0,
+) -> tuple[dict[int, dict], list[float]]:
+    """Up to ``max_cases`` training cases (in ``workers`` processes when > 1): foreground intensity
+    statistics per CT channel and each case's relative size after cropping (for nnU-Net's mask rule)."""
+    rng = np.random.default_rng(seed)
+    cases = _stat_cases(info.cases, max_cases, rng)
+    jobs = [(case, pre, ct_channels, need_crop_sizes, seed + i) for i, case in enumerate(cases)]
+    if workers > 1 and len(cases) > 1:
+        from fusionseg.data.workers import process_pool
+
+        with process_pool(min(workers, len(cases))) as pool:
+            results = list(pool.map(_case_statistics, *zip(*jobs)))
+    else:
+        results = [_case_statistics(*job) for job in jobs]
+    sizes = [size for _, size in results if size is not None]
+    stats = {}
+    for k, c in enumerate(ct_channels):
+        values = np.concatenate([samples[k] for samples, _ in results]).astype(np.float64)
         lower, upper = np.percentile(values, CT_PERCENTILES)
         stats[c] = {
             "scheme": "ct",
@@ -263,6 +282,7 @@ def plan_dataset(
     memory_gb: float | None = None,
     seed: int = 0,
     cache: str | Path | None = None,
+    workers: int = 0,
 ) -> dict:
     """Fingerprint ``info`` and plan its preprocessing → a JSON-able dict (see :func:`build_preprocessing`).
 
@@ -278,6 +298,7 @@ def plan_dataset(
         memory_gb: budget for ``batch_size`` training patches (default 8 GiB).
         cache: cache root (default :func:`default_cache_root`); the statistics that need voxels are
             remembered there, keyed by the training files' size and mtime.
+        workers: processes that read those cases (0 or 1: this one).
 
     Returns ``{"dataset", "num_cases", "fingerprint": {"median_shape", "median_spacing",
     "spacing_range"}, "target_spacing" (None: keep), "patch_size", "batch_size", "memory_gb",
@@ -357,7 +378,7 @@ def plan_dataset(
         stats, sizes = _remembered(
             "statistics",
             key,
-            lambda: _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed),
+            lambda: _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed, workers),
             cache,
         )
         for c, spec in stats.items():

@@ -34,7 +34,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ import numpy as np
 from fusionseg.data.datasets import Case, DatasetInfo
 from fusionseg.data.normalization import nonzero_box
 from fusionseg.data.plan import CACHE_ENV, PLAN_FILE, default_cache_root, input_signature, save_plan
+from fusionseg.data.workers import process_pool
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.files import atomic_write, ensure_writable_dir, write_text_atomic
@@ -166,13 +167,6 @@ def _run_one(case: Case, pre: dict, folder: Path, plan_hash: str) -> tuple[str, 
         return case.case_id, str(user)
 
 
-def _one_thread() -> None:
-    """Worker processes share the cores: one torch thread each."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
 @dataclass
 class PreprocessReport:
     """What :func:`preprocess_dataset` did: the folder, and which cases were done now, before, or failed."""
@@ -238,13 +232,7 @@ def preprocess_dataset(
 
     try:
         if workers > 1 and len(todo_cases) > 1:
-            import multiprocessing
-
-            # fork (as torch's DataLoader on Linux): workers start at once instead of re-importing torch + MONAI
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            workers = min(workers, len(todo_cases))
-            with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+            with process_pool(min(workers, len(todo_cases))) as pool:
                 jobs = [pool.submit(_run_one, case, pre, folder, plan_hash) for case in todo_cases]
                 for job in as_completed(jobs):
                     finished(*job.result())

@@ -280,6 +280,7 @@ class Trainer:
             patch_size=list(c.patch_size) if c.patch_size else None,
             batch_size=c.batch_size,
             cache=c.cache,
+            workers=c.num_workers,
         )
         self.pre = self.plan["preprocessing"]
         self.layout = data.LabelLayout.from_preprocessing(self.pre)
