@@ -346,6 +346,8 @@ def plan_dataset(
         "target_spacing": None,
         "patch_size": None,
         "num_samples": num_samples,
+        # patch centres: each label value (background included) equally likely, as MONAI's RandCropByLabelClassesd
+        "foreground_fraction": round(1 - 1 / layout.num_classes, 6),
         "median_shape": [float(s) for s in median_shape],
         "median_spacing": [float(s) for s in median_spacing],
         "binary_as_255": dims == 2 and layout.num_classes == 2 and not layout.has_regions,

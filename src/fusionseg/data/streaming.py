@@ -2,9 +2,11 @@
 
 :class:`RandPatchd` maps ``{"case_id": str}`` to ``num_samples`` patch dicts ``{"image": (C, *P)
 float32, "label": (1, *P) float32, "case_id"}`` cut from the case's memory-mapped ``.npy`` files:
-with probability 1/3 (nnU-Net's foreground oversampling) centred on a sampled voxel of a random
-foreground label value, else anywhere; zero-padded where the case is smaller than the patch. Only
-the patch is read from disk, so memory does not depend on the number or size of the cases.
+with probability ``foreground_fraction`` centred on a sampled voxel of a random foreground label
+value, else anywhere (:func:`patch_dataset` takes ``pre["foreground_fraction"]``: 1 − 1/classes,
+each label value equally likely as with MONAI's ``RandCropByLabelClassesd``; nnU-Net uses 1/3);
+zero-padded where the case is smaller than the patch. Only the patch is read from disk, so memory
+does not depend on the number or size of the cases.
 :func:`patch_dataset` adds the augmentation of :mod:`fusionseg.data.transforms`; a MONAI
 ``DataLoader`` seeds it per worker. :class:`CachedCases` reads whole cases one at a time (validation).
 
@@ -88,7 +90,8 @@ def patch_dataset(folder: str | Path, case_ids: Sequence[str], pre: dict, augmen
 
     from fusionseg.data.transforms import ToPlainTensord, augmentation
 
-    cut = RandPatchd(folder, pre["patch_size"], int(pre.get("num_samples", 1)))
+    fraction = float(pre.get("foreground_fraction", FOREGROUND_FRACTION))
+    cut = RandPatchd(folder, pre["patch_size"], int(pre.get("num_samples", 1)), fraction)
     steps = [cut, augmentation(pre) if augment else ToPlainTensord()]
     return Dataset([{"case_id": c} for c in case_ids], transform=Compose(steps))
 
