@@ -22,6 +22,12 @@ def _precision_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FUSIONSEG_PRECISION_CACHE", str(tmp_path_factory.mktemp("precision") / "precision.json"))
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Preprocessed data of every test go to a temporary cache root, never to ~/.cache."""
+    monkeypatch.setenv("FUSIONSEG_CACHE", str(tmp_path_factory.getbasetemp() / "fusionseg-cache"))
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     """The folder holding ``nuclei2d/`` and ``brain3d/`` shipped in ``fusionseg/resources/data``."""

@@ -17,6 +17,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 # command → module with build_parser(prog)
 PARSERS = {
     "train": "fusionseg.cli.train",
+    "plan": "fusionseg.cli.plan",
+    "preprocess": "fusionseg.cli.preprocess",
     "predict": "fusionseg.cli.predict",
     "evaluate": "fusionseg.cli.evaluate",
     "demo": "fusionseg.cli.demo",
@@ -30,6 +32,7 @@ PARSERS = {
     "bench train-loop": "fusionseg.bench.train_loop",
     "bench plug": "fusionseg.bench.plug",
     "bench nnunet": "fusionseg.bench.nnunet",
+    "bench scale": "fusionseg.bench.scale",
     "nnunet install": "fusionseg.cli.nnunet",
     "nnunet uninstall": "fusionseg.cli.nnunet",
 }

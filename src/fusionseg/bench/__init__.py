@@ -17,6 +17,7 @@ BENCHMARKS = {
     "train-loop": "train_loop",
     "plug": "plug",
     "nnunet": "nnunet",
+    "scale": "scale",
 }
 
 

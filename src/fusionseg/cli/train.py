@@ -7,15 +7,8 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from fusionseg.cli.options import (
-    SizesAction,
-    add_runtime_options,
-    floats,
-    parse_json_object,
-    positive_float,
-    positive_int,
-    sizes,
-)
+from fusionseg.cli.options import add_runtime_options, parse_json_object, positive_float, positive_int
+from fusionseg.cli.plan import add_plan_options
 from fusionseg.engine.config import TrainConfig
 from fusionseg.nets.swin_pretrained import parse_pretrained
 
@@ -27,10 +20,6 @@ PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init", "config", "p
 INVOCATION_ONLY = ("resume", "stop_after")
 # Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
 FOLD_OPTIONS = ("fold", "cross_validate", "num_folds", "splits")
-
-
-def _spacing(text: str) -> tuple[float, ...] | str:
-    return "median" if str(text).lower() == "median" else floats(text)
 
 
 def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **defaults) -> argparse.ArgumentParser:
@@ -86,12 +75,7 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         default=d["batch_size"],
         help=f"patches per iteration (default {d['batch_size']})",
     )
-    p.add_argument(
-        "--patch-size", type=sizes, action=SizesAction, default=None, help="training patch, e.g. 96,96 or 64,64,64"
-    )
-    p.add_argument(
-        "--target-spacing", type=_spacing, default=None, help="resample to this spacing in mm (e.g. 1,1,3) or median"
-    )
+    add_plan_options(p)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=d["optimizer"], help="sgd (poly, nnU-Net) or adamw")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-2 sgd, 1e-3 adamw)")
     p.add_argument("--weight-decay", type=float, default=None, help="default 3e-5 sgd, 1e-2 adamw")
@@ -149,9 +133,14 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         help="local ImageNet Swin checkpoint(s) (official/timm layout) for DS-TransUNet's encoders: Swin-B, then "
         "optionally Swin-T for the second branch",
     )  # fmt: skip
-    p.add_argument("--num-workers", type=int, default=d["num_workers"], help="data-loading processes (default 0)")
     p.add_argument(
-        "--cache-rate", type=float, default=d["cache_rate"], help="fraction of cases kept in memory (default 1)"
+        "--num-workers", type=int, default=d["num_workers"], help="data-loading and preprocessing processes (default 0)"
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="cache root for preprocessed data (default $FUSIONSEG_CACHE or ~/.cache/fusionseg/preprocessed)",
     )
     add_runtime_options(p)
     p.set_defaults(**{k: v for k, v in defaults.items() if k in ("progress",)})

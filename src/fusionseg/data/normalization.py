@@ -39,6 +39,7 @@ __all__ = [
     "CT_PERCENTILES",
     "MASK_SIZE_THRESHOLD",
     "SCHEMES",
+    "nonzero_box",
     "nonzero_mask",
     "normalise",
     "relative_size_after_cropping",
@@ -70,14 +71,20 @@ def nonzero_mask(image: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def relative_size_after_cropping(image: np.ndarray) -> float:
-    """Voxels of the bounding box of the non-zero region / all voxels (1.0 for an all-zero image)."""
+def nonzero_box(image: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of the voxels non-zero in any channel of a (C, *S) image (the whole image if all zero)."""
     mask = np.any(np.asarray(image) != 0, axis=0)
     if not mask.any():
-        return 1.0
+        return tuple(slice(0, n) for n in mask.shape)
     extent = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != d))) for d in range(mask.ndim)]
-    box = np.prod([e[-1] - e[0] + 1 for e in extent], dtype=np.float64)
-    return float(box / mask.size)
+    return tuple(slice(int(e[0]), int(e[-1]) + 1) for e in extent)
+
+
+def relative_size_after_cropping(image: np.ndarray) -> float:
+    """Voxels of the bounding box of the non-zero region / all voxels (1.0 for an all-zero image)."""
+    box = nonzero_box(image)
+    size = np.prod(np.asarray(image).shape[1:], dtype=np.float64)
+    return float(np.prod([b.stop - b.start for b in box], dtype=np.float64) / size)
 
 
 def use_mask_for_norm(relative_sizes: Sequence[float], forced: bool | None = None) -> bool:

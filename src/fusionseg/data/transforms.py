@@ -55,16 +55,11 @@ from monai.transforms import (
     SpatialResample,
 )
 
-from fusionseg.data.datasets import Case, DatasetInfo
-from fusionseg.data.io import read_header, write_label, write_probabilities
+from fusionseg.data.datasets import Case
+from fusionseg.data.io import write_label, write_probabilities
 from fusionseg.data.labels import regions_to_labels
-from fusionseg.data.normalization import (
-    CT_PERCENTILES,
-    normalise,
-    relative_size_after_cropping,
-    scheme_for_channel,
-    use_mask_for_norm,
-)
+from fusionseg.data.normalization import normalise
+from fusionseg.data.plan import build_preprocessing
 from fusionseg.data.validation import find_input_error, load_checked
 from fusionseg.errors import InputError
 
@@ -73,9 +68,11 @@ __all__ = [
     "NormalizeChannelsd",
     "RandFlipAxesd",
     "ToPlainTensord",
+    "augmentation",
     "build_preprocessing",
     "case_dict",
     "eval_transforms",
+    "geometry_pipeline",
     "load_for_inference",
     "plain_tensor",
     "save_prediction",
@@ -83,7 +80,6 @@ __all__ = [
     "train_transforms",
 ]
 
-_PATCH_CAP = {2: 256, 3: 128}
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 _INDICES = "_class_indices"
 
@@ -94,188 +90,6 @@ def case_dict(case: Case) -> dict:
     if case.label is not None:
         d["label"] = str(case.label)
     return d
-
-
-# ------------------------------------------------------------------------------------ preprocessing
-
-
-def _ras_shape_spacing(meta: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Spatial shape and spacing after reorientation to RAS (3D) — what the patch size refers to."""
-    shape = np.asarray(meta["spatial_shape"], dtype=np.float64)
-    spacing = np.asarray(meta["spacing"], dtype=np.float64)
-    if len(shape) != 3:
-        return shape, spacing
-    from nibabel.orientations import io_orientation
-
-    order = io_orientation(np.asarray(meta["affine"]))[:, 0].astype(int)  # input axis i → output axis order[i]
-    out_shape, out_spacing = np.empty(3), np.empty(3)
-    out_shape[order], out_spacing[order] = shape, spacing
-    return out_shape, out_spacing
-
-
-def _as_sizes(value: Sequence[float] | float | None, n: int, name: str, kind: type) -> list | None:
-    if value is None:
-        return None
-    values = [value] * n if isinstance(value, (int, float)) else list(value)
-    if len(values) != n or any(not isinstance(v, (int, float)) or v <= 0 for v in values):
-        raise InputError(f"{name} must be {n} positive numbers (one per spatial axis), got {value!r}")
-    if kind is int and any(float(v) != int(v) for v in values):
-        raise InputError(f"{name} must be whole numbers, got {value!r}")
-    return [kind(v) for v in values]
-
-
-def _default_patch(shape: np.ndarray, spatial_dims: int, size_multiple: int) -> list[int]:
-    cap = _PATCH_CAP[spatial_dims]
-    return [max(size_multiple, int(min(s, cap)) // size_multiple * size_multiple) for s in shape]
-
-
-def _stat_cases(info: DatasetInfo, max_cases: int, rng: np.random.Generator) -> list[Case]:
-    if len(info.cases) <= max_cases:
-        return list(info.cases)
-    return [info.cases[i] for i in sorted(rng.choice(len(info.cases), max_cases, replace=False))]
-
-
-def _dataset_statistics(
-    info: DatasetInfo, pre: dict, ct_channels: list[int], need_crop_sizes: bool, max_cases: int, seed: int
-) -> tuple[dict[int, dict], list[float]]:
-    """One pass over up to ``max_cases`` training cases: foreground intensity statistics per CT channel
-    (foreground = label > 0, ignore label excluded) and each case's relative size after cropping to
-    the non-zero box (for nnU-Net's mask rule)."""
-    rng = np.random.default_rng(seed)
-    samples: dict[int, list[np.ndarray]] = {c: [] for c in ct_channels}
-    sizes: list[float] = []
-    ignore = pre.get("ignore_label")
-    for case in _stat_cases(info, max_cases, rng):
-        image, _, label, _ = load_checked(case.images, case.label, pre)
-        if need_crop_sizes:
-            sizes.append(relative_size_after_cropping(image))
-        if not ct_channels:
-            continue
-        mask = np.ones(image.shape[1:], dtype=bool)
-        if label is not None:
-            foreground = (label > 0) & (label != ignore) if ignore is not None else label > 0
-            mask = foreground if foreground.any() else mask
-        for c in ct_channels:
-            values = image[c][mask]
-            if values.size > 20000:
-                values = rng.choice(values, 20000, replace=False)
-            samples[c].append(values)
-    stats = {}
-    for c in ct_channels:
-        values = np.concatenate(samples[c]).astype(np.float64)
-        lower, upper = np.percentile(values, CT_PERCENTILES)
-        stats[c] = {
-            "scheme": "ct",
-            "clip": [float(lower), float(upper)],
-            "mean": float(values.mean()),
-            "std": float(max(values.std(), 1e-8)),
-        }
-    return stats, sizes
-
-
-def build_preprocessing(
-    info: DatasetInfo,
-    target_spacing: Sequence[float] | float | str | None = None,
-    patch_size: Sequence[int] | int | None = None,
-    *,
-    num_samples: int | None = None,
-    size_multiple: int = 32,
-    max_stat_cases: int = 16,
-    seed: int = 0,
-) -> dict:
-    """Plain-data preprocessing description for ``info`` (JSON-able; goes into checkpoints).
-
-    Args:
-        info: from :func:`scan_dataset`.
-        target_spacing: resample to this voxel size (mm, RAS order in 3D), ``"median"`` for the
-            training median, or None to keep each image's own grid.
-        patch_size: training patch; default: the median (resampled) image shape capped at 256
-            (2D) / 128 (3D) per axis, rounded down to a multiple of ``size_multiple``.
-        num_samples: patches drawn per case and pass (default 1: every patch of a batch from its own case).
-        size_multiple: the default patch is a multiple of this (the model's ``size_multiple``).
-        max_stat_cases: training cases read for the CT intensity statistics and nnU-Net's
-            non-zero-mask rule (a seeded sample when there are more).
-
-    Keys:
-
-    - geometry: ``spatial_dims``, ``orientation`` ("RAS" in 3D), ``target_spacing`` (list, or None),
-      ``patch_size``, ``num_samples``, ``median_shape``, ``median_spacing``;
-    - input: ``in_channels``, ``channel_names``, ``modality``, ``layout``;
-    - labels (:meth:`LabelLayout.to_preprocessing`): ``labels`` (``{"0": "background", ...}``, string
-      keys, ignore excluded), ``num_classes``, ``out_channels`` (network outputs: regions or classes),
-      ``activation`` ("softmax" | "sigmoid"), ``regions`` (lists of label values, or None),
-      ``region_names``, ``regions_class_order``, ``ignore_label`` (int or None);
-    - normalisation: ``channel_normalisation`` (one dict per channel: ``{"scheme": "ct", "clip",
-      "mean", "std"}``, ``{"scheme": "zscore", "use_mask": bool}``, ``{"scheme": "noNorm"}``,
-      ``{"scheme": "rescale_to_0_1"}``, ``{"scheme": "rgb_to_0_1"}``), ``normalisation`` (summary:
-      "ct" if any channel is CT, else the first channel's scheme), ``use_mask_for_norm``,
-      ``median_relative_size_after_cropping`` (None when not measured);
-    - ``binary_as_255``, ``version``.
-    """
-    if num_samples is None:
-        num_samples = 1
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise InputError(f"num_samples must be a positive int, got {num_samples!r}")
-    if not isinstance(size_multiple, int) or size_multiple < 1:
-        raise InputError(f"size_multiple must be a positive int, got {size_multiple!r}")
-    if not info.cases:
-        raise InputError(f"{info.root}: the dataset has no training cases")
-    dims = info.spatial_dims
-    headers = [read_header(c.images[0]) for c in info.cases]
-    shapes, spacings = zip(*(_ras_shape_spacing(h) for h in headers))
-    if any(len(s) != dims for s in shapes):
-        bad = next(h for h, s in zip(headers, shapes) if len(s) != dims)
-        raise InputError(
-            f"{bad['path']}: {len(bad['spatial_shape'])}D image in a {dims}D dataset; remove or convert it"
-        )
-    median_shape = np.median(np.stack(shapes), axis=0)
-    median_spacing = np.median(np.stack(spacings), axis=0)
-    if isinstance(target_spacing, str):
-        if target_spacing != "median":
-            raise InputError(f'target_spacing must be numbers, "median" or None, got {target_spacing!r}')
-        spacing = [float(s) for s in median_spacing]
-    else:
-        spacing = _as_sizes(target_spacing, dims, "target_spacing", float)
-    resampled_shape = median_shape * median_spacing / np.asarray(spacing) if spacing else median_shape
-    patch = _as_sizes(patch_size, dims, "patch_size", int) or _default_patch(resampled_shape, dims, size_multiple)
-    schemes = [scheme_for_channel(n) for n in info.channel_names]
-    modality = "2d" if dims == 2 else info.modality
-    layout = info.label_layout
-    pre = {
-        "version": 2,
-        "layout": info.layout,
-        "spatial_dims": dims,
-        "in_channels": info.in_channels,
-        **layout.to_preprocessing(),
-        "channel_names": list(info.channel_names),
-        "modality": modality,
-        "normalisation": "ct" if "ct" in schemes else schemes[0],
-        "channel_normalisation": [{"scheme": s} for s in schemes],
-        "use_mask_for_norm": False,
-        "median_relative_size_after_cropping": None,
-        "orientation": "RAS" if dims == 3 else None,
-        "target_spacing": spacing,
-        "patch_size": patch,
-        "num_samples": num_samples,
-        "median_shape": [float(s) for s in median_shape],
-        "median_spacing": [float(s) for s in median_spacing],
-        "binary_as_255": dims == 2 and layout.num_classes == 2 and not layout.has_regions,
-    }
-    ct_channels = [c for c, s in enumerate(schemes) if s == "ct"]
-    need_sizes = "zscore" in schemes and not info.use_mask_for_norm
-    sizes: list[float] = []
-    if ct_channels or need_sizes:
-        stats, sizes = _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed)
-        for c, spec in stats.items():
-            pre["channel_normalisation"][c] = spec
-        if sizes:
-            pre["median_relative_size_after_cropping"] = float(np.median(sizes))
-    use_mask = use_mask_for_norm(sizes, info.use_mask_for_norm)
-    pre["use_mask_for_norm"] = use_mask
-    for spec in pre["channel_normalisation"]:
-        if spec["scheme"] == "zscore":
-            spec["use_mask"] = use_mask
-    return pre
 
 
 # ------------------------------------------------------------------------------------------ transforms
@@ -451,6 +265,18 @@ def _augment_steps(pre: dict) -> list:
         RandGaussianNoised(keys="image", prob=0.15, std=0.1),
     ]
     return steps
+
+
+def geometry_pipeline(pre: dict, with_label: bool = True) -> Compose:
+    """Load + check + reorient + resample (no normalisation): ``{"image": MetaTensor (C, *S), "label": (1, *S)}``."""
+    keys = ("image", "label") if with_label else ("image",)
+    return _Pipeline([LoadCased(pre), *_geometry_steps(pre, keys)])
+
+
+def augmentation(pre: dict) -> Compose:
+    """The random augmentation of training patches ``{"image": (C, *P), "label": (1, *P) float32}`` → plain
+    tensors (label int64), run without MONAI metadata."""
+    return _WithoutMetadata([*_augment_steps(pre), ToPlainTensord()])
 
 
 def train_transforms(pre: dict, augment: bool = True) -> Compose:

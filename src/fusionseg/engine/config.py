@@ -52,7 +52,7 @@ class TrainConfig:
     stop_after: int | None = None  # epochs to run in this invocation, then exit (continue with resume)
     batch_size: int = 2
     patch_size: tuple[int, ...] | None = None
-    target_spacing: tuple[float, ...] | str | None = None  # mm per axis, "median", or None (keep)
+    target_spacing: tuple[float, ...] | str | None = None  # mm per axis, "median", "keep", or None (the plan's)
     optimizer: str = "sgd"
     lr: float | None = None  # default 1e-2 (sgd) / 1e-3 (adamw)
     weight_decay: float | None = None  # default 3e-5 (sgd) / 1e-2 (adamw)
@@ -72,7 +72,7 @@ class TrainConfig:
     init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
     pretrained: tuple[Path, ...] | None = None  # local ImageNet Swin checkpoints for the encoders (DS-TransUNet)
     num_workers: int = 0
-    cache_rate: float = 1.0
+    cache: Path | None = None  # root of the preprocessed-data cache (None: $FUSIONSEG_CACHE or ~/.cache/...)
     device: str = "auto"
     threads: str | int | None = None  # CPU intra-op threads: None = leave as is, "auto" = idle usable cores, a count
     progress: bool = True

@@ -3,12 +3,15 @@
 One iteration trains on ``config.batch_size`` patches: the loss of the dataset's labels
 (:func:`~fusionseg.engine.losses.loss_for_labels`: softmax Dice + cross-entropy, sigmoid Dice + BCE
 per region, ignore label left out; deep-supervision weights halving per scale), SGD (Nesterov,
-poly LR) or AdamW, optional mixed precision (:mod:`fusionseg.engine.runtime`), patches from a cached
-MONAI dataset, sliding-window validation Dice (per class / region) every ``val_every`` epochs,
+poly LR) or AdamW, optional mixed precision (:mod:`fusionseg.engine.runtime`), patches streamed from
+the preprocessed cache (:mod:`fusionseg.data.streaming`; the plan is saved as ``plans.json``),
+sliding-window validation Dice (per class / region) every ``val_every`` epochs,
 atomic ``best.pt`` / ``last.pt``, ``log.csv``, a learning curve and TensorBoard scalars.
 
-Validation cases: a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's
-``splits_final.json`` (:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
+Validation: at most ``VAL_CASES_PER_EPOCH`` cases (the first of the validation list, read one at a
+time from the cache) after each epoch, every validation case after the last one. Validation cases:
+a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's ``splits_final.json``
+(:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
 
 Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
 augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` (then ``best.pt``) is written at epoch
@@ -62,6 +65,7 @@ from fusionseg.nets.base import round_up_to_multiple
 
 __all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "split_cases", "train"]
 
+VAL_CASES_PER_EPOCH = 8  # validation cases scored after each epoch but the last (which scores every one)
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "train_time_s", "epoch_time_s")
 # Settings a resumed run may change without changing its results.
 _NOT_COMPARED = ("data", "output", "resume", "stop_after", "init", "num_workers", "cache_rate", "device", "threads",
@@ -182,27 +186,22 @@ class Trainer:
         maybe_fail("train.build_model")
         return build_model(self.config, pre)
 
-    def build_datasets(self, train_cases: list, val_cases: list) -> tuple[Any, list[dict]]:
-        """(cached training dataset yielding patch dicts, preprocessed validation items)."""
-        from monai.data import CacheDataset
+    def build_datasets(self, train_cases: list, val_cases: list) -> tuple[Any, Any]:
+        """(training dataset of patch dicts streamed from the preprocessed cache, validation cases read on access).
 
-        from fusionseg import data
+        The main process preprocesses what the cache lacks (others wait); see :mod:`fusionseg.data.preprocess`.
+        """
+        from fusionseg.data.preprocess import cache_folder, preprocess_dataset
+        from fusionseg.data.streaming import CachedCases, patch_dataset
 
         c = self.config
-        train_ds = CacheDataset(
-            [data.case_dict(case) for case in train_cases],
-            data.train_transforms(self.pre, augment=c.augment),
-            cache_rate=c.cache_rate,
-            num_workers=0,
-            progress=False,
-        )
-        val_items = []
-        if val_cases:
-            val_ds = CacheDataset(
-                [data.case_dict(case) for case in val_cases], data.eval_transforms(self.pre), progress=False
-            )
-            val_items = list(val_ds)
-        return train_ds, val_items
+        if self.info.is_main:
+            report = preprocess_dataset(self.dataset, self.plan, c.cache, c.num_workers, c.progress, self.log)
+            report.check_complete([case.case_id for case in train_cases + val_cases])
+        distributed.barrier(self.info)
+        folder = cache_folder(self.plan, c.cache)
+        train_ds = patch_dataset(folder, [case.case_id for case in train_cases], self.pre, augment=c.augment)
+        return train_ds, CachedCases(folder, [case.case_id for case in val_cases])
 
     def build_loss(self) -> nn.Module:
         """The loss of the dataset's labels (:func:`~fusionseg.engine.losses.loss_for_labels`)."""
@@ -249,8 +248,11 @@ class Trainer:
         if not self.val_items:
             return None
         amp = self.amp_dtype is not None
+        items = self.val_items
+        if self.state.epoch < self.config.epochs and len(items) > VAL_CASES_PER_EPOCH:
+            items = items[:VAL_CASES_PER_EPOCH]  # the same cases every epoch; all of them at the end
         mean, self.val_per_class = validation_scores(
-            self.model, self.val_items, self.pre, self.device, self.config.val_overlap, amp
+            self.model, items, self.pre, self.device, self.config.val_overlap, amp
         )
         return mean
 
@@ -274,14 +276,23 @@ class Trainer:
             raise InputError(f"{c.data} has no training cases")
         if ds_info.mask_rule and self.info.is_main:
             self.log(f"masks ({ds_info.layout}): {ds_info.mask_rule}")
-        self.pre = data.build_preprocessing(
+        from fusionseg.data.plan import PLAN_FILE, plan_dataset, save_plan
+
+        self.plan = plan_dataset(
             ds_info,
             target_spacing=list(c.target_spacing) if isinstance(c.target_spacing, tuple | list) else c.target_spacing,
             patch_size=list(c.patch_size) if c.patch_size else None,
+            batch_size=c.batch_size,
+            cache=c.cache,
+            workers=c.num_workers,
         )
+        self.pre = self.plan["preprocessing"]
         self.layout = data.LabelLayout.from_preprocessing(self.pre)
         self.model = self.build_model(self.pre)
         self._fit_patch_size(int(self.model.size_multiple))
+        self.plan["patch_size"] = self.pre["patch_size"]
+        if self.info.is_main:
+            save_plan(self.plan, self.output / PLAN_FILE)
         num_samples = int(self.pre.get("num_samples", 1))
         self.cases_per_batch = -(-c.batch_size // num_samples)
         self.train_cases, self.val_cases = self.split(list(ds_info.cases))
