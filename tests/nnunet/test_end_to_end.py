@@ -151,7 +151,12 @@ def _assert_same_geometry(pred: tuple, source: tuple) -> None:
         np.testing.assert_allclose(pred[1], source[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("trainer", list(TRAINED))
+# The default suite runs the D-Net and DFF trainers end to end (each network family and nnU-Net's planned
+# U-Net); TIF and DS-TransUNet take the same path and run with -m slow (their trainers have unit tests).
+_HEAVY = {"nnUNetTrainerTIF", "nnUNetTrainerDSTransUNetSmall"}
+
+
+@pytest.mark.parametrize("trainer", [pytest.param(t, marks=pytest.mark.slow) if t in _HEAVY else t for t in TRAINED])
 def test_trainer_runs_in_nnunet_and_fusionseg_predicts_the_same(project, tmp_path, trainer):
     dims, configuration, stored_as = TRAINED[trainer]
     checkpoint = project.train(trainer)

@@ -62,17 +62,8 @@ METADATA_REQUIRED = {
         "is_patch_data",
         "channel_def",
     ),
-    "output": (
-        "type",
-        "format",
-        "num_channels",
-        "spatial_shape",
-        "dtype",
-        "value_range",
-        "is_patch_data",
-        "channel_def",
-    ),
 }
+METADATA_REQUIRED["output"] = tuple(k for k in METADATA_REQUIRED["input"] if k != "modality")
 
 
 def _window(model: torch.nn.Module, pre: dict) -> list[int]:
