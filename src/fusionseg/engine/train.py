@@ -68,7 +68,7 @@ __all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "split_cases", 
 VAL_CASES_PER_EPOCH = 8  # validation cases scored after each epoch but the last (which scores every one)
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "train_time_s", "epoch_time_s")
 # Settings a resumed run may change without changing its results.
-_NOT_COMPARED = ("data", "output", "resume", "stop_after", "init", "num_workers", "cache_rate", "device", "threads",
+_NOT_COMPARED = ("data", "output", "resume", "stop_after", "init", "num_workers", "cache", "device", "threads",
                  "progress")  # fmt: skip
 
 
