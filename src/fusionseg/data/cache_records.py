@@ -92,6 +92,8 @@ def check_case_files(folder: Path, case_id: str, props: dict, deep: bool = False
                 return f"{path.name} changed after it was written (CRC-32 differs)"
             if "shape" in record and _npy_header(path) != (tuple(record["shape"]), record["dtype"]):
                 return f"{path.name} does not hold the {record['dtype']} array of shape {record['shape']} written"
+        except FileNotFoundError:
+            return f"{path.name} is missing"
         except (OSError, ValueError, KeyError, TypeError) as err:
             return f"{path.name} cannot be checked ({err.strerror if isinstance(err, OSError) else err})"
     return None
