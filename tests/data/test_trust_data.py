@@ -282,3 +282,23 @@ def test_a_fold_without_cases_is_refused(tmp_path, empty):
         get_fold(info, 0)
     with pytest.raises(InputError, match="no training cases to cut patches from"):
         patch_dataset(tmp_path, [], {"patch_size": [8, 8]})
+
+
+def test_tampered_remembered_statistics_are_measured_again(tmp_path):
+    import hashlib
+
+    from dataset_builders import nnunet_dataset
+
+    rng = np.random.default_rng(0)
+    images = {f"c{i}": [rng.normal(40, 20, (12, 10, 8)).astype(np.float32)] for i in range(2)}
+    labels = {f"c{i}": (rng.random((12, 10, 8)) > 0.7).astype(np.uint8) for i in range(2)}
+    root = nnunet_dataset(tmp_path / "ct", images, labels, ".nii.gz",
+                          channel_names={"0": "CT"}, labels={"background": 0, "organ": 1})  # fmt: skip
+    info = scan_dataset(root)
+    first = plan_dataset(info, size_multiple=4, cache=tmp_path / "cache")
+    (stored,) = (tmp_path / "cache" / "fingerprints").glob("statistics-*.json")
+    bad = [{"0": {"scheme": "ct", "clip": "abc", "mean": 0, "std": 1}}, []]
+    checksum = hashlib.sha256(json.dumps(bad, sort_keys=True).encode()).hexdigest()
+    for text in ("{", "[" * 50_000, json.dumps({"value": bad, "sha256": checksum}), json.dumps({"value": 1})):
+        stored.write_text(text)
+        assert plan_dataset(info, size_multiple=4, cache=tmp_path / "cache") == first

@@ -98,19 +98,48 @@ def training_case_keys(info: DatasetInfo) -> dict[str, str]:
         raise InputError(f"{err.filename}: cannot read ({err.strerror}); restore the file or scan again") from None
 
 
-def _remembered(what: str, key: object, compute: Callable[[], object], cache: Path | None) -> object:
+def _remembered(
+    what: str, key: object, compute: Callable[[], object], cache: Path | None, valid: Callable[[object], bool]
+) -> object:
     """``compute()``, stored in ``<cache root>/fingerprints/`` under a hash of ``key`` (which includes the
-    training cases' content keys), so a second plan of unchanged data reads no voxels."""
+    training cases' content keys), so a second plan of unchanged data reads no voxels. A stored value
+    whose checksum or shape (``valid``) is wrong is computed again."""
     digest = hashlib.sha256(json.dumps([what, key], sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = (cache or default_cache_root()) / "fingerprints" / f"{what}-{digest}.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored["sha256"] == _checksum(stored["value"]) and valid(stored["value"]):
+            return stored["value"]
+    except (OSError, ValueError, RecursionError, TypeError, KeyError):
         pass
-    text = json.dumps(compute())
+    value = json.loads(json.dumps(compute()))
     with contextlib.suppress(OSError, InputError):  # an unwritable cache only costs the next plan a re-read
-        write_text_atomic(path, text)
-    return json.loads(text)
+        write_text_atomic(path, json.dumps({"value": value, "sha256": _checksum(value)}))
+    return value
+
+
+def _checksum(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _numbers(values: object, length: int | None = None) -> bool:
+    return (
+        isinstance(values, list)
+        and (length is None or len(values) == length)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+    )
+
+
+def _valid_statistics(value: object, ct_channels: list[int]) -> bool:
+    """``[{channel: {"scheme": "ct", "clip": [lo, hi], "mean", "std"}}, [relative sizes]]``."""
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], dict) and _numbers(value[1])):
+        return False
+    stats = value[0]
+    return sorted(stats) == sorted(str(c) for c in ct_channels) and all(
+        isinstance(s, dict) and s.get("scheme") == "ct" and _numbers(s.get("clip"), 2)
+        and _numbers([s.get("mean"), s.get("std")]) and s["std"] > 0
+        for s in stats.values()
+    )  # fmt: skip
 
 
 def _ras_order(meta: dict) -> np.ndarray | None:
@@ -365,7 +394,13 @@ def plan_dataset(
         try:
             spacing = nnunet_target_spacing(spacings_arr)
         except LookupError:
-            crop = _remembered("crop-shapes", content, lambda: _crop_shapes(info, pre).tolist(), cache)
+            crop = _remembered(
+                "crop-shapes",
+                content,
+                lambda: _crop_shapes(info, pre).tolist(),
+                cache,
+                lambda v: isinstance(v, list) and len(v) == len(info.cases) and all(_numbers(s, dims) for s in v),
+            )
             spacing = nnunet_target_spacing(spacings_arr, np.asarray(crop))
     else:
         spacing = _as_sizes(target_spacing, dims, "target_spacing", float)
@@ -386,6 +421,7 @@ def plan_dataset(
             key,
             lambda: _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed, workers),
             cache,
+            lambda v: _valid_statistics(v, ct_channels),
         )
         for c, spec in stats.items():
             pre["channel_normalisation"][int(c)] = spec
