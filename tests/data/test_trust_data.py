@@ -1,4 +1,4 @@
-"""Data identified by content, nothing written outside the cache, one line for every broken input (issue 27):
+"""Data identified by content, nothing written outside the cache, one line for every broken input:
 cache keys and slugs, integrity of cached cases, the preprocess lock, JPEG class-index masks, JSON limits,
 empty folds."""
 

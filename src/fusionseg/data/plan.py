@@ -531,6 +531,7 @@ def format_plan(plan: dict) -> str:
         ("batch size", f"{plan['batch_size']} (memory budget {plan['memory_gb']:g} GiB)"),
         ("normalisation", norm + (" (inside the non-zero mask)" if pre["use_mask_for_norm"] else "")),
         ("plan hash", plan["hash"]),
+        ("data key", plan.get("data_key") or "—"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
