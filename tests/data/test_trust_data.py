@@ -302,3 +302,16 @@ def test_tampered_remembered_statistics_are_measured_again(tmp_path):
     for text in ("{", "[" * 50_000, json.dumps({"value": bad, "sha256": checksum}), json.dumps({"value": 1})):
         stored.write_text(text)
         assert plan_dataset(info, size_multiple=4, cache=tmp_path / "cache") == first
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"channel_names": {}}', '"channel_names" must name at least one channel'),
+        ('{"labels": {"background": 0, "a": ' + "9" * 5000 + "}}", "dataset.json: cannot parse"),
+    ],
+)
+def test_malformed_dataset_json_fields_are_one_line(tmp_path, capsys, text, match):
+    root = _folders_2d(tmp_path / "data", 0)
+    (root / "dataset.json").write_text(text)
+    _one_line_error(capsys, ["plan", "--data", str(root), "--cache", str(tmp_path / "c")], match)

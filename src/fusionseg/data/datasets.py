@@ -160,6 +160,8 @@ def _parse_channels(meta: dict, path: Path) -> list[str] | None:
     raw = meta.get("channel_names", meta.get("modality"))
     if raw is None:
         return None
+    if not raw or not isinstance(raw, (list, dict)):
+        raise InputError(f'{path}: "channel_names" must name at least one channel, e.g. {{"0": "CT"}}')
     if isinstance(raw, list):
         return [str(n) for n in raw]
     if not isinstance(raw, dict) or not all(str(k).isdigit() for k in raw):

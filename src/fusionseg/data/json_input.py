@@ -38,7 +38,7 @@ def read_json_file(path: str | Path, fix: str, max_bytes: int = MAX_JSON_BYTES) 
         raise InputError(f"{path}: not UTF-8 text (byte 0x{bad:02x} at offset {err.start}); save it as UTF-8") from None
     try:
         return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: cannot parse ({' '.join(str(err).split())}); {fix}") from None
+    except ValueError as err:  # syntax, or a number too long to convert
+        raise InputError(f"{path}: cannot parse ({' '.join(str(err).split())[:200]}); {fix}") from None
     except RecursionError:
         raise InputError(f"{path}: nested too deeply to read; {fix}") from None
