@@ -139,6 +139,8 @@ def test_second_plan_of_unchanged_data_reads_no_voxels(tmp_path, monkeypatch):
     assert plan_dataset(info, cache=tmp_path / "cache") == first
     path = info.cases[0].images[0]
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert plan_dataset(info, cache=tmp_path / "cache") == first  # touched, same content: nothing to measure
+    path.write_bytes(path.read_bytes() + b"\0")  # other content
     with pytest.raises(AssertionError, match="read voxels"):  # a changed file: measured again
         plan_dataset(info, cache=tmp_path / "cache")
 

@@ -44,10 +44,25 @@ def test_second_run_does_nothing_and_a_changed_case_is_redone(dataset, tmp_path)
     second = _run(info, plan, tmp_path / "cache", lines)
     assert not second.done and len(second.reused) == 4 and "nothing to do" in lines[-1]
     label = info.cases[2].label
-    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))  # "edited"
-    third = _run(info, plan, tmp_path / "cache")
-    assert third.done == [info.cases[2].case_id] and len(third.reused) == 3
+    os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))  # touched, same content
+    assert _run(info, plan, tmp_path / "cache").reused == second.reused
+    with pytest.raises(InputError, match="changed since the dataset was planned"):
+        _edit_label(label)
+        _run(info, plan, tmp_path / "cache")
+    edited = plan_dataset(info, size_multiple=8)  # new content → new folder; the unchanged cases are linked
+    third = _run(info, edited, tmp_path / "cache")
+    assert third.done == [info.cases[2].case_id] and len(third.reused) == 3 and third.folder != first.folder
     assert (first.folder / "plans.json").exists() and first.folder == cache_folder(plan, tmp_path / "cache")
+    assert os.path.samefile(first.folder / "phantom_000_image.npy", third.folder / "phantom_000_image.npy")
+
+
+def _edit_label(path):
+    import nibabel as nib
+
+    img = nib.load(path)
+    data = np.asarray(img.dataobj).copy()
+    data[0, 0, 0] = 1 - data[0, 0, 0]
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), path)
 
 
 def test_cached_case_matches_the_whole_image_pipeline(dataset, tmp_path):
@@ -105,12 +120,21 @@ def test_sigkill_mid_case_then_rerun_completes_with_nothing_corrupt(dataset, tmp
     assert _arrays(report.folder).keys() == _arrays(clean.folder).keys()
     for name, array in _arrays(clean.folder).items():
         np.testing.assert_array_equal(_arrays(report.folder)[name], array)
-    assert not list(folder.glob(".*"))  # no temporary files left
+    assert [p.name for p in folder.glob(".*")] == [".fusionseg-lock"]  # no temporary files left
 
 
-def test_failing_case_is_one_line_and_skipped(dataset, tmp_path):
+def test_failing_case_is_one_line_and_skipped(dataset, tmp_path, monkeypatch):
+    import fusionseg.data.preprocess as preprocess
+
     info, plan = dataset
-    info.cases[1].images[0].write_bytes(b"not a nifti")
+    real = preprocess.preprocess_case
+
+    def unreadable(case, pre):  # planning read the voxels; preprocessing finds them unreadable
+        if case.case_id == "phantom_001":
+            raise InputError(f"{case.images[0]}: cannot read the file; it is corrupt or truncated, re-export it")
+        return real(case, pre)
+
+    monkeypatch.setattr(preprocess, "preprocess_case", unreadable)
     lines: list[str] = []
     report = _run(info, plan, tmp_path / "cache", lines)
     assert list(report.failed) == [info.cases[1].case_id] and len(report.done) == 3
@@ -136,6 +160,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_half_written_case(dataset, tmp
     folder = cache_folder(plan, tmp_path / "cache")
     assert sorted(p.name for p in folder.glob("phantom_001*")) == []
     assert sorted(p.name for p in folder.iterdir()) == [
+        ".fusionseg-lock",
         "phantom_000.json", "phantom_000_fg.npz", "phantom_000_image.npy", "phantom_000_label.npy", "plans.json"
     ]  # fmt: skip
 

@@ -55,6 +55,8 @@ def _plan(args: argparse.Namespace):
     from fusionseg.data.plan import plan_dataset
 
     info = scan_dataset(args.data)
+    if info.mask_rule:
+        print(f"note: masks ({info.layout}): {info.mask_rule}")
     workers = getattr(args, "workers", 0)
     plan = plan_dataset(info, args.target_spacing, args.patch_size, args.batch_size, cache=args.cache, workers=workers)
     return info, plan

@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,8 @@ from fusionseg.data.formats import (
     format_of,
     split_extension,
 )
-from fusionseg.data.io import BINARY_MASK_RULE, read_header, read_label
+from fusionseg.data.io import BINARY_MASK_RULE, LOSSY_CLASS_RULE, read_header, read_label
+from fusionseg.data.json_input import read_json_file
 from fusionseg.data.labels import LabelLayout
 from fusionseg.data.layouts_2d import DOCUMENT_EXTENSIONS, Layout2D, find_layout, held_out_folders, mask_folder
 from fusionseg.errors import InputError
@@ -150,10 +150,7 @@ def _listdir(folder: Path, allowed: tuple[str, ...], what: str, skip_documents: 
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot parse ({' '.join(str(exc).split())}); fix the JSON syntax") from exc
+    data = read_json_file(path, "fix the JSON syntax")
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object with channel_names and labels")
     return data
@@ -163,6 +160,8 @@ def _parse_channels(meta: dict, path: Path) -> list[str] | None:
     raw = meta.get("channel_names", meta.get("modality"))
     if raw is None:
         return None
+    if not raw or not isinstance(raw, (list, dict)):
+        raise InputError(f'{path}: "channel_names" must name at least one channel, e.g. {{"0": "CT"}}')
     if isinstance(raw, list):
         return [str(n) for n in raw]
     if not isinstance(raw, dict) or not all(str(k).isdigit() for k in raw):
@@ -323,7 +322,7 @@ def _scan_nnunet(root: Path) -> DatasetInfo:
         channel_names=channel_names,
         modality=infer_modality(channel_names) if spatial_dims == 3 else "2d",
         root=root,
-        name=str(meta.get("name", root.name)),
+        name=str(meta.get("name", root.resolve().name)),
         file_ending=file_ending,
         use_mask_for_norm=_mask_override(meta, json_path),
         **_label_fields(layout),
@@ -402,6 +401,13 @@ def _infer_labels(cases: list[Case]) -> LabelLayout:
     return LabelLayout(names={k: "background" if k == 0 else f"class{k}" for k in range(top + 1)})
 
 
+def _mask_rule(lossy: bool, inferred: bool, labels: LabelLayout) -> str | None:
+    """How the masks are read, stated once in the training log (None: as stored)."""
+    if lossy and labels.num_classes > 2:
+        return LOSSY_CLASS_RULE
+    return BINARY_MASK_RULE if lossy or (inferred and labels.num_classes == 2) else None
+
+
 def _scan_folders(root: Path, layout: Layout2D) -> DatasetInfo:
     meta = _read_json(root / "dataset.json") if (root / "dataset.json").is_file() else {}
     image_dir = root / layout.images
@@ -437,10 +443,10 @@ def _scan_folders(root: Path, layout: Layout2D) -> DatasetInfo:
         channel_names=channel_names,
         modality="2d",
         root=root,
-        name=str(meta.get("name", root.name)),
+        name=str(meta.get("name", root.resolve().name)),
         file_ending=split_extension(images[0])[1],
         use_mask_for_norm=_mask_override(meta, root / "dataset.json"),
-        mask_rule=BINARY_MASK_RULE if lossy or (inferred and labels.num_classes == 2) else None,
+        mask_rule=_mask_rule(lossy, inferred, labels),
         **_label_fields(labels),
     )
 

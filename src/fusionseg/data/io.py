@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ __all__ = [
     "BINARY_THRESHOLD",
     "EXTENSIONS_2D",
     "EXTENSIONS_3D",
+    "LOSSY_CLASS_RULE",
     "SUPPORTED_EXTENSIONS",
     "file_format",
     "label_dtype",
@@ -97,11 +99,16 @@ def _c_order(data: np.ndarray) -> np.ndarray:
     return torch.from_numpy(data).contiguous().numpy()
 
 
-def read_label(path: str | Path) -> tuple[np.ndarray, dict]:
+def read_label(
+    path: str | Path, classes: Sequence[int] | None = None, ignore_label: int | None = None
+) -> tuple[np.ndarray, dict]:
     """Label map → (integer array (*S), meta with ``spacing`` in mm).
 
-    Binary 2D masks are mapped to 0/1 (:data:`BINARY_MASK_RULE`); float-typed volumes must hold whole
-    numbers. Values 0..255 come back as uint8, others as int64.
+    Binary 2D masks are mapped to 0/1 (:data:`BINARY_MASK_RULE`); lossy (JPEG) masks of a dataset
+    declaring more than two ``classes`` (label values, background included) are read as class
+    indices instead (:data:`LOSSY_CLASS_RULE`). A mask that reads as all background although its
+    file holds other values is an InputError. Float-typed volumes must hold whole numbers. Values
+    0..255 come back as uint8, others as int64.
     """
     data, meta, fmt = _read(path, label=True)
     if data.shape[0] != 1:
@@ -120,8 +127,18 @@ def read_label(path: str | Path) -> tuple[np.ndarray, dict]:
         data = data.astype(np.uint8)
     elif data.dtype.kind not in "iu":
         raise InputError(f"{path}: label map has unsupported data type {data.dtype}; use an integer type")
-    if fmt.spatial_dims == (2,) and data.size and (not fmt.lossless or data.max() == 255):
-        data = _binary_2d_mask(data, fmt.lossless)
+    if fmt.spatial_dims == (2,) and data.size:
+        raw_max = int(data.max())
+        if not fmt.lossless and classes is not None and len(classes) > 2:
+            data = _nearest_class(data, [*classes, *([ignore_label] if ignore_label is not None else [])], path)
+        elif not fmt.lossless or data.max() == 255:
+            data = _binary_2d_mask(data, fmt.lossless)
+        if raw_max > 0 and not data.any():
+            raise InputError(
+                f"{path}: the mask holds values up to {raw_max} but reads as all background (binary masks: "
+                f'foreground >= {BINARY_THRESHOLD}); for class indices declare the classes in dataset.json "labels" '
+                "and save the masks as PNG"
+            )
     small = data.size and data.min() >= 0 and data.max() < 256
     data = data.astype(np.uint8 if small else np.int64)
     meta["num_channels"] = 1
@@ -133,6 +150,29 @@ BINARY_MASK_RULE = (
     "2D masks stored as 0/255 are binary: grey value >= 128 is foreground (1), below is background (0); "
     "JPEG masks and 0/255 masks with up to 1% other values (compression or resizing noise) are thresholded so"
 )
+
+
+LOSSY_CLASS_RULE = (
+    "JPEG masks of a dataset declaring more than two classes are read as class indices: each pixel takes the "
+    "nearest declared label value (JPEG may move pixels at class borders; save masks as PNG for exact labels)"
+)
+_LOSSY_TOLERANCE = 16  # grey levels a JPEG may move a class index
+
+
+def _nearest_class(data: np.ndarray, classes: Sequence[int], path: str | Path) -> np.ndarray:
+    """Each value of a lossy mask → the nearest of ``classes``; InputError when values lie far from all of them."""
+    candidates = np.unique(np.asarray(classes, dtype=np.int64))
+    values = np.asarray(data, dtype=np.int64)
+    index = np.clip(np.searchsorted(candidates, values), 1, max(len(candidates) - 1, 1))
+    lower, upper = candidates[index - 1], candidates[np.minimum(index, len(candidates) - 1)]
+    nearest = np.where(np.abs(values - lower) <= np.abs(upper - values), lower, upper)
+    far = int(np.abs(values - nearest).max()) if values.size else 0
+    if far > _LOSSY_TOLERANCE:
+        raise InputError(
+            f"{path}: JPEG mask values up to {int(values.max())} are not near the declared label values "
+            f"{candidates.tolist()[:8]} (a mask scaled for viewing?); store class indices 0..K-1 as PNG"
+        )
+    return nearest
 
 
 def _binary_2d_mask(data: np.ndarray, lossless: bool) -> np.ndarray:

@@ -16,7 +16,8 @@ non-zero box. From the fingerprint it decides, as nnU-Net v2's ``ExperimentPlann
 
 The plan's ``preprocessing`` entry is the plain-data ``pre`` dict stored in checkpoints and read by
 train, predict, evaluate and cross-validation (:func:`build_preprocessing` returns it alone).
-``plan_hash(pre)`` names the preprocessed data it implies (the cache folder).
+``plan_hash(pre)`` names the preprocessing it implies; ``plan["data_key"]`` identifies the training
+cases by content (:mod:`fusionseg.data.identity`); together they name the cache folder.
 
 Example:
     >>> plan = plan_dataset(scan_dataset("Dataset002_Heart"))
@@ -37,7 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from fusionseg.data.datasets import Case, DatasetInfo
+from fusionseg.data.identity import case_key, data_key
 from fusionseg.data.io import read_header
+from fusionseg.data.json_input import read_json_file
 from fusionseg.data.normalization import (
     CT_PERCENTILES,
     nonzero_box,
@@ -56,12 +59,12 @@ __all__ = [
     "build_preprocessing",
     "default_cache_root",
     "format_plan",
-    "input_signature",
     "load_plan",
     "nnunet_target_spacing",
     "plan_dataset",
     "plan_hash",
     "save_plan",
+    "training_case_keys",
 ]
 
 PLAN_FILE = "plans.json"
@@ -86,29 +89,57 @@ def default_cache_root() -> Path:
     return base / "fusionseg" / "preprocessed"
 
 
-def input_signature(case: Case) -> list[list]:
-    """``[path, size, mtime_ns]`` of each file of ``case`` (a changed file changes it)."""
-    files = [*case.images, *([case.label] if case.label is not None else [])]
-    out = []
-    for path in files:
-        st = Path(path).stat()
-        out.append([str(path), st.st_size, st.st_mtime_ns])
-    return out
+def training_case_keys(info: DatasetInfo) -> dict[str, str]:
+    """``{case id: content key}`` of the training cases (:func:`fusionseg.data.identity.case_key`);
+    InputError naming a file that vanished."""
+    try:
+        return {case.case_id: case_key(case, info.root) for case in info.cases}
+    except OSError as err:
+        raise InputError(f"{err.filename}: cannot read ({err.strerror}); restore the file or scan again") from None
 
 
-def _remembered(what: str, key: object, compute: Callable[[], object], cache: Path | None) -> object:
-    """``compute()``, stored in ``<cache root>/fingerprints/`` under a hash of ``key`` and the training
-    files' signatures, so a second plan of unchanged data reads no voxels."""
+def _remembered(
+    what: str, key: object, compute: Callable[[], object], cache: Path | None, valid: Callable[[object], bool]
+) -> object:
+    """``compute()``, stored in ``<cache root>/fingerprints/`` under a hash of ``key`` (which includes the
+    training cases' content keys), so a second plan of unchanged data reads no voxels. A stored value
+    whose checksum or shape (``valid``) is wrong is computed again."""
     digest = hashlib.sha256(json.dumps([what, key], sort_keys=True, default=str).encode()).hexdigest()[:20]
     path = (cache or default_cache_root()) / "fingerprints" / f"{what}-{digest}.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if stored["sha256"] == _checksum(stored["value"]) and valid(stored["value"]):
+            return stored["value"]
+    except (OSError, ValueError, RecursionError, TypeError, KeyError):
         pass
-    text = json.dumps(compute())
+    value = json.loads(json.dumps(compute()))
     with contextlib.suppress(OSError, InputError):  # an unwritable cache only costs the next plan a re-read
-        write_text_atomic(path, text)
-    return json.loads(text)
+        write_text_atomic(path, json.dumps({"value": value, "sha256": _checksum(value)}))
+    return value
+
+
+def _checksum(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _numbers(values: object, length: int | None = None) -> bool:
+    return (
+        isinstance(values, list)
+        and (length is None or len(values) == length)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+    )
+
+
+def _valid_statistics(value: object, ct_channels: list[int]) -> bool:
+    """``[{channel: {"scheme": "ct", "clip": [lo, hi], "mean", "std"}}, [relative sizes]]``."""
+    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], dict) and _numbers(value[1])):
+        return False
+    stats = value[0]
+    return sorted(stats) == sorted(str(c) for c in ct_channels) and all(
+        isinstance(s, dict) and s.get("scheme") == "ct" and _numbers(s.get("clip"), 2)
+        and _numbers([s.get("mean"), s.get("std")]) and s["std"] > 0
+        for s in stats.values()
+    )  # fmt: skip
 
 
 def _ras_order(meta: dict) -> np.ndarray | None:
@@ -297,12 +328,13 @@ def plan_dataset(
         max_stat_cases: cases read for the CT statistics and nnU-Net's non-zero-mask rule.
         memory_gb: budget for ``batch_size`` training patches (default 8 GiB).
         cache: cache root (default :func:`default_cache_root`); the statistics that need voxels are
-            remembered there, keyed by the training files' size and mtime.
+            remembered there, keyed by the training cases' content keys.
         workers: processes that read those cases (0 or 1: this one).
 
     Returns ``{"dataset", "num_cases", "fingerprint": {"median_shape", "median_spacing",
     "spacing_range"}, "target_spacing" (None: keep), "patch_size", "batch_size", "memory_gb",
-    "preprocessing": pre, "hash"}``.
+    "preprocessing": pre, "hash", "data_key"}`` (``hash``: the preprocessing; ``data_key``: the
+    training cases' content, :mod:`fusionseg.data.identity`).
     """
     if num_samples is None:
         num_samples = 1
@@ -325,6 +357,8 @@ def plan_dataset(
             f"{bad['path']}: {len(bad['spatial_shape'])}D image in a {dims}D dataset; remove or convert it"
         )
     shapes_arr, spacings_arr = np.stack(shapes), np.stack(spacings)
+    case_keys = training_case_keys(info)
+    content = sorted(case_keys.items())
     median_shape = np.median(shapes_arr, axis=0)
     median_spacing = np.median(spacings_arr, axis=0)
     schemes = [scheme_for_channel(n) for n in info.channel_names]
@@ -360,8 +394,13 @@ def plan_dataset(
         try:
             spacing = nnunet_target_spacing(spacings_arr)
         except LookupError:
-            shapes_key = [input_signature(c) for c in info.cases]
-            crop = _remembered("crop-shapes", shapes_key, lambda: _crop_shapes(info, pre).tolist(), cache)
+            crop = _remembered(
+                "crop-shapes",
+                content,
+                lambda: _crop_shapes(info, pre).tolist(),
+                cache,
+                lambda v: isinstance(v, list) and len(v) == len(info.cases) and all(_numbers(s, dims) for s in v),
+            )
             spacing = nnunet_target_spacing(spacings_arr, np.asarray(crop))
     else:
         spacing = _as_sizes(target_spacing, dims, "target_spacing", float)
@@ -375,13 +414,14 @@ def plan_dataset(
     need_sizes = "zscore" in schemes and not info.use_mask_for_norm
     sizes: list[float] = []
     if ct_channels or need_sizes:
-        key = [[input_signature(c) for c in info.cases], ct_channels, need_sizes, max_stat_cases, seed,
+        key = [content, ct_channels, need_sizes, max_stat_cases, seed,
                pre["ignore_label"], pre["num_classes"]]  # fmt: skip
         stats, sizes = _remembered(
             "statistics",
             key,
             lambda: _dataset_statistics(info, pre, ct_channels, need_sizes, max_stat_cases, seed, workers),
             cache,
+            lambda v: _valid_statistics(v, ct_channels),
         )
         for c, spec in stats.items():
             pre["channel_normalisation"][int(c)] = spec
@@ -407,6 +447,7 @@ def plan_dataset(
         "memory_gb": memory_gb,
         "preprocessing": pre,
         "hash": plan_hash(pre),
+        "data_key": data_key(case_keys),
     }
 
 
@@ -463,11 +504,7 @@ def save_plan(plan: dict, path: str | Path) -> Path:
 
 def load_plan(path: str | Path) -> dict:
     """Read a plan written by :func:`save_plan` (InputError naming the file if it is not one)."""
-    path = Path(path)
-    try:
-        plan = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable plan ({err}); rerun `fusionseg plan`") from None
+    plan = read_json_file(path, "rerun `fusionseg plan`")
     if not isinstance(plan, dict) or "preprocessing" not in plan:
         raise InputError(f"{path}: not a fusionseg plan (no 'preprocessing'); rerun `fusionseg plan`")
     return plan
@@ -494,6 +531,7 @@ def format_plan(plan: dict) -> str:
         ("batch size", f"{plan['batch_size']} (memory budget {plan['memory_gb']:g} GiB)"),
         ("normalisation", norm + (" (inside the non-zero mask)" if pre["use_mask_for_norm"] else "")),
         ("plan hash", plan["hash"]),
+        ("data key", plan.get("data_key") or "—"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

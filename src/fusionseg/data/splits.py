@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionseg.data.datasets import DatasetInfo
+from fusionseg.data.json_input import read_json_file
 from fusionseg.errors import InputError
 from fusionseg.files import atomic_write
 
@@ -73,10 +74,7 @@ def make_splits(case_ids: Sequence[str], num_folds: int = 5, seed: int = NNUNET_
 def read_splits(path: str | Path, case_ids: Sequence[str] | None = None) -> list[dict[str, list[str]]]:
     """Read and check a ``splits_final.json``; with ``case_ids``, every listed id must be one of them."""
     path = Path(path)
-    try:
-        splits = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the splits ({' '.join(str(exc).split())}); fix or delete it") from exc
+    splits = read_json_file(path, "fix or delete it to make new folds")
     shape_ok = (
         isinstance(splits, list)
         and splits
@@ -145,7 +143,8 @@ def get_fold(
 ) -> tuple[list[str], list[str]]:
     """``(train case ids, validation case ids)`` of ``fold`` (0-based, or ``"all"``: every case in both).
 
-    Folds come from :func:`load_or_create_splits`; a fold number the splits do not have → InputError.
+    Folds come from :func:`load_or_create_splits`; a fold number the splits do not have, or a fold with
+    no training or no validation cases → InputError.
     """
     ids = [c.case_id for c in info.cases]
     if isinstance(fold, str) and fold.strip().lower() == "all":
@@ -161,4 +160,11 @@ def get_fold(
             f"fold {fold} does not exist: {where} has {len(splits)} folds; use 0..{len(splits) - 1} or 'all'"
         )
     chosen = splits[int(fold)]
+    for key, what in (("train", "training"), ("val", "validation")):
+        if not chosen[key]:
+            where = _splits_path(info, path)
+            raise InputError(
+                f'fold {fold} of {where} has no {what} cases; list case ids under "{key}" or delete the file '
+                "to make new folds"
+            )
     return list(chosen["train"]), list(chosen["val"])

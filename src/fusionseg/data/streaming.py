@@ -26,6 +26,7 @@ import torch
 from monai.transforms import Compose, MapTransform, Randomizable
 
 from fusionseg.data.preprocess import load_case
+from fusionseg.errors import InputError
 
 __all__ = ["FOREGROUND_FRACTION", "CachedCases", "RandPatchd", "cut_patch", "patch_dataset"]
 
@@ -90,6 +91,8 @@ def patch_dataset(folder: str | Path, case_ids: Sequence[str], pre: dict, augmen
 
     from fusionseg.data.transforms import ToPlainTensord, augmentation
 
+    if not case_ids:
+        raise InputError("no training cases to cut patches from; check the fold (splits_final.json) or the dataset")
     fraction = float(pre.get("foreground_fraction", FOREGROUND_FRACTION))
     cut = RandPatchd(folder, pre["patch_size"], int(pre.get("num_samples", 1)), fraction)
     steps = [cut, augmentation(pre) if augment else ToPlainTensord()]

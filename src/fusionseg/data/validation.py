@@ -127,12 +127,18 @@ def load_checked(
     )
     if label is None:
         return image, image_meta, None, None
-    label_array, label_meta = read_label(label)
+    label_array, label_meta = read_label(label, _declared_values(pre), pre.get("ignore_label"))
     check_geometry(metas[0], label_meta)
     if label_array.ndim != spatial_dims and spatial_dims == 2 and label_array.ndim == 3:
         label_array = label_array[..., 0]
     check_label_values(label_array, int(pre["num_classes"]), label, pre.get("ignore_label"))
     return image, image_meta, label_array, label_meta
+
+
+def _declared_values(pre: dict) -> list[int]:
+    """The label values ``pre`` declares (background included, ignore label excluded)."""
+    labels = pre.get("labels") or {}
+    return sorted(int(k) for k in labels) if labels else list(range(int(pre["num_classes"])))
 
 
 def validate_case(case, pre: dict) -> None:
