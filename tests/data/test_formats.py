@@ -82,8 +82,9 @@ def test_extension_table(name, stem, ext, prediction, probabilities):
 
 
 def test_unknown_extension_is_one_line_error():
-    with pytest.raises(InputError, match=r"scan\.dcm: unsupported file extension '\.dcm'; use one of .*\.mha") as err:
-        format_of("scan.dcm")
+    with pytest.raises(InputError, match=r"scan\.v16: unsupported file extension '\.v16'; use one of .*\.mha") as err:
+        format_of("scan.v16")
+    assert "or a folder of DICOM slices" in str(err.value)
     assert "\n" not in str(err.value)
 
 
