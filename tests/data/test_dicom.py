@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+
 from dicom_series import brain_crop, write_series
 from extras import NEEDS_HIGHDICOM, has
-
 from fusionseg.data import dicom_series, format_of, read_dicom_seg, read_image, scan_dataset, write_label
 from fusionseg.engine.infer import find_inputs
 from fusionseg.errors import InputError

@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
 from dicom_series import brain_crop, write_series
 from extras import NEEDS_HIGHDICOM, has
-
 from fusionseg.cli import main as cli
 from fusionseg.data import read_dicom_seg, read_label
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 UID = "1.2.826.0.1.3680043.9.7.4"
 TRAIN = ["--model", "unet", "--model-kwargs", '{"features": [4, 8]}', "--patch-size", "16,16,8", "--epochs", "1",
-         "--iters-per-epoch", "2", "--batch-size", "2", "--no-progress", "--seed", "0", "--val-fraction", "0"]  # fmt: skip
+         "--iters-per-epoch", "2", "--batch-size", "2", "--no-progress", "--seed", "0",
+         "--val-fraction", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
