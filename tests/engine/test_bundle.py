@@ -1,6 +1,8 @@
-"""MONAI bundle export: `python -m monai.bundle run` on an exported bundle writes the labels of `fusionseg predict`.
+"""MONAI bundle export: `python -m monai.bundle run` on an exported bundle writes the labels of `fusionseg predict`
+without fusionseg.
 
-Tiny phantom runs (1 epoch × 2 iterations) are exported, the bundle runs in a subprocess with the
+Tiny phantom runs (1 epoch × 2 iterations) are exported, the bundle runs in a subprocess where
+``import fusionseg`` fails (a meta-path finder refuses it; ``src`` is not on the path), with the
 model zoo's ``--dataset_dir/--output_dir`` overrides, and its label maps are compared voxel by voxel
 with ``fusionseg predict`` on the same images, with the input's shape and affine kept.
 """
@@ -19,6 +21,8 @@ import pytest
 
 pytest.importorskip("ignite", reason="MONAI bundles run with pytorch-ignite: pip install 'fusionseg[bundle]'")
 pytest.importorskip("fire", reason="python -m monai.bundle needs fire: pip install 'fusionseg[bundle]'")
+import re
+from importlib.metadata import version
 
 from fusionseg.cli import main as cli
 from fusionseg.data import make_phantom_dataset, read_header, read_label
@@ -26,7 +30,17 @@ from fusionseg.engine.bundle import check_metadata, export_bundle
 from fusionseg.errors import InputError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# `python -m monai.bundle ARGS` in an interpreter where `import fusionseg` raises ImportError.
+WITHOUT_FUSIONSEG = """
+import importlib.abc, runpy, sys
+class NoFusionseg(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "fusionseg":
+            raise ImportError(f"{name} is blocked: the bundle must run without fusionseg")
+sys.meta_path.insert(0, NoFusionseg())
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
 TRAIN = ["--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2", "--no-progress", "--seed", "0"]
 # (id, spatial_dims, train options, slow)
 RUNS = [
@@ -44,7 +58,7 @@ RUNS = [
 
 
 def _dataset(root: Path, dims: int) -> tuple[Path, Path]:
-    """Phantom dataset and its test images; in 3D one test image gets a flipped (LPS) affine with 1.2 mm voxels."""
+    """Phantom dataset and its test images; in 3D one test image gets an oblique, flipped affine with 1.2 mm voxels."""
     if dims == 2:
         data = make_phantom_dataset(root, spatial_dims=2, num_train=4, num_test=2, size=(48, 40), seed=0)
         return data, data / "test" / "images"
@@ -52,7 +66,9 @@ def _dataset(root: Path, dims: int) -> tuple[Path, Path]:
     test = data / "imagesTs"
     path = sorted(test.glob("*.nii.gz"))[0]
     img = nib.load(path)
-    affine = np.diag([-1.2, -1.2, 1.2, 1.0])
+    c, s = np.cos(0.3), np.sin(0.3)  # oblique: rotated 0.3 rad about z
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([-1.2, -1.2, 1.2])
     affine[:3, 3] = [10.0, 12.0, -5.0]
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
     return data, test
@@ -70,11 +86,30 @@ def _diversify(checkpoint: Path) -> None:
     torch.save(ckpt, checkpoint)
 
 
+def _without_fusionseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # not the worktree's src either
+    cmd = [sys.executable, "-c", WITHOUT_FUSIONSEG, *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def _run_bundle(bundle: Path, images: Path, out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-           "--dataset_dir", str(images), "--output_dir", str(out)]  # fmt: skip
-    return subprocess.run(cmd, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    return _without_fusionseg("monai.bundle", "run", "--config_file", "configs/inference.json",
+                              "--dataset_dir", str(images), "--output_dir", str(out), cwd=bundle)  # fmt: skip
+
+
+def test_the_bundle_subprocess_cannot_import_fusionseg(tmp_path):
+    (tmp_path / "probe.py").write_text("import fusionseg\n")
+    result = _without_fusionseg("probe", cwd=tmp_path)
+    assert result.returncode != 0 and "fusionseg is blocked" in result.stderr
+
+
+def _install_line_matches_this_environment(readme: str) -> None:
+    """The README's `pip install NAME==VER ...` names exactly the versions installed here (the test's environment)."""
+    line = next(l for l in readme.splitlines() if l.startswith("pip install "))
+    pins = dict(p.split("==") for p in line.split()[2:])
+    assert {"torch", "monai", "fire", "pytorch-ignite"} <= set(pins) and "fusionseg" not in line
+    for name, pinned in pins.items():
+        assert re.sub(r"\+.*", "", version(name)) == pinned, name
 
 
 def _params():
@@ -91,10 +126,14 @@ def test_bundle_run_writes_the_labels_of_predict(tmp_path, dims, options, capsys
     assert cli(["export", "--format", "bundle", "--checkpoint", str(tmp_path / "run" / "best.pt"),
                 "--output", str(bundle)]) == 0  # fmt: skip
     assert "wrote MONAI bundle" in capsys.readouterr().out
-    for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+    for name in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "docs/README.md",
+                 "scripts/__init__.py", "scripts/bundle_components.py"):  # fmt: skip
         assert (bundle / name).is_file(), name
+    assert "fusionseg" not in (bundle / "configs" / "inference.json").read_text()
+    _install_line_matches_this_environment((bundle / "docs" / "README.md").read_text())
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     check_metadata(meta)
+    assert {"fire", "pytorch-ignite"} <= set(meta["required_packages_version"])
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"]["0"] == "background"
 
@@ -139,10 +178,10 @@ def test_bundle_network_passes_monai_verify_net_in_out(tmp_path, checkpoint_2d):
     assert json.loads((configs / "inference.json").read_text())["inferer"]["roi_size"] == [32, 32]
     with pytest.raises(InputError, match=r"multiple of 4; got \(30, 30\), nearest valid size \(32, 32\)"):
         export_bundle(checkpoint_2d, tmp_path / "odd", window=[30, 30])
-    verify_net_in_out("network_def", meta_file=str(configs / "metadata.json"),
-                      config_file=str(configs / "inference.json"), device="cpu", n=2)  # fmt: skip
+    verify_net_in_out("network_def", meta_file=str(configs / "metadata.json"), device="cpu", n=2,
+                      config_file=str(configs / "inference.json"), bundle_root=str(bundle))  # fmt: skip
     meta = json.loads((configs / "metadata.json").read_text())
-    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == ["4*n", "4*n"]
+    assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]  # the traced window
     bad = json.loads(json.dumps(meta))
     del bad["network_data_format"]["outputs"]["pred"]["channel_def"], bad["version"]
     with pytest.raises(ValueError, match=r"version, network_data_format.outputs.pred.channel_def"):
@@ -153,7 +192,7 @@ def test_failed_export_leaves_no_bundle_and_refuses_foreign_folders(tmp_path, mo
     from fusionseg.engine import bundle as bundle_module
 
     ckpt = checkpoint_2d
-    monkeypatch.setattr(bundle_module, "_check_config_network", lambda *a: 1.0)  # the bundle disagrees with eager
+    monkeypatch.setattr(bundle_module, "_check_bundle_network", lambda *a: 1.0)  # the bundle disagrees with eager
     with pytest.raises(Exception, match="differs from the checkpoint's by 1"):
         bundle_module.export_bundle(ckpt, tmp_path / "out" / "b")
     assert sorted(os.listdir(tmp_path / "out")) == []  # neither the bundle nor a temporary folder
