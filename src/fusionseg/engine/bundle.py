@@ -410,7 +410,8 @@ def export_bundle(
     written ``inference.json`` is checked against the checkpoint's model.
 
     Returns:
-        {"path", "window", "max_abs_diff", "install"}.
+        {"path", "window", "max_abs_diff", "install", "batch" (windows per pass: ``sw_batch_size``, or 1
+        where the trace holds for its own batch size only)}.
     """
     from fusionseg.engine.export import ExportMismatchError, example_shape, export_model
     from fusionseg.engine.infer import load_model
@@ -425,31 +426,40 @@ def export_bundle(
     model = model.eval()
     shape = example_shape(model, pre, list(window) if window else _window(model, pre), batch=sw_batch_size)
     window = list(shape[2:])
-    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     meta = metadata(ckpt, model, window)
     check_metadata(meta)
-    config = inference_config(ckpt, window, overlap=overlap, sw_batch_size=sw_batch_size)
     with atomic_directory(output) as tmp:
         for sub in ("configs", "models", "docs", "scripts"):
             (tmp / sub).mkdir()
         (tmp / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "configs" / "inference.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "configs" / "logging.conf").write_text(_LOGGING_CONF)
         (tmp / "scripts" / "__init__.py").write_text('"""Bundle code MONAI lacks (see bundle_components)."""\n')
         (tmp / "scripts" / "bundle_components.py").write_text(Path(bundle_components.__file__).read_text())
-        try:
-            export_model(model, example, "torchscript", tmp / "models" / "model.ts", atol=atol,
-                         metadata={"model": ckpt["model"], "input_shape": list(example.shape)})  # fmt: skip
-        except ExportMismatchError as err:
-            raise InputError(
-                f"{ckpt['model']['name']} does not trace to TorchScript, which the bundle needs ({err}); "
-                "export --format onnx instead"
-            ) from None
-        diff = _check_bundle_network(tmp, model, example)
-        if not diff <= atol:
-            raise ExportMismatchError(f"the bundle's network differs from the checkpoint's by {diff:.3g} > {atol:g}")
+        errors, traced = [], False
+        for batch in dict.fromkeys((int(sw_batch_size), 1)):  # a trace tied to its batch size: one window per pass
+            example = torch.randn((batch, *shape[1:]), generator=torch.Generator().manual_seed(0))
+            config = inference_config(ckpt, window, overlap=overlap, sw_batch_size=batch)
+            (tmp / "configs" / "inference.json").write_text(json.dumps(config, indent=2) + "\n")
+            try:
+                export_model(model, example, "torchscript", tmp / "models" / "model.ts", atol=atol,
+                             metadata={"model": ckpt["model"], "input_shape": list(example.shape)})  # fmt: skip
+                traced = True
+                diff = _check_bundle_network(tmp, model, example)
+            except (ExportMismatchError, RuntimeError) as err:
+                errors.append(f"batch {batch}: {' '.join(str(err).split())[:300]}")
+                continue
+            if diff <= atol:
+                break
+            errors.append(f"batch {batch}: the bundle's network differs from the checkpoint's by {diff:.3g} > {atol:g}")
+        else:
+            if not traced:
+                raise InputError(
+                    f"{ckpt['model']['name']} does not trace to TorchScript, which the bundle needs "
+                    f"({' | '.join(errors)}); export --format onnx instead"
+                )
+            raise ExportMismatchError(" | ".join(errors))
         (tmp / "docs" / "README.md").write_text(_readme(ckpt, model, window))
-    return {"path": output, "window": window, "max_abs_diff": diff, "install": install_line(pre)}
+    return {"path": output, "window": window, "max_abs_diff": diff, "install": install_line(pre), "batch": batch}
 
 
 def _is_bundle(folder: Path) -> bool:
