@@ -86,3 +86,18 @@ def test_predict_writes_a_dicom_seg_that_reads_back_to_the_labels(trained, tmp_p
     capsys.readouterr()
     assert _predict(checkpoint, nifti, tmp_path / "bad", "--output-format", "dicom-seg") == 2
     assert "brain.nii.gz: --output-format dicom-seg needs DICOM series" in capsys.readouterr().err
+
+
+def test_a_bad_series_is_one_line_and_the_others_are_predicted(trained, tmp_path, capsys):
+    checkpoint, series, _ = trained
+    shutil.copytree(series / "brain", tmp_path / "in" / "good")
+    write_series(brain_crop(), tmp_path / "in" / "ragged", UID + ".2", rows=20)  # slices of two sizes
+    capsys.readouterr()
+    assert _predict(checkpoint, tmp_path / "in", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 case(s) failed" in err
+    assert [line.strip() for line in err.splitlines() if "ragged" in line] == [
+        f"ragged: {tmp_path / 'in' / 'ragged'}: mixed DICOM series: slice IM0001.dcm differs in size or orientation "
+        "from IM0000.dcm; split the series into folders of like slices"
+    ]
+    assert (tmp_path / "out" / "good.nii.gz").is_file()

@@ -72,7 +72,7 @@ def write(array: np.ndarray, meta: dict, path: Path, channels: bool = False) -> 
     hd = highdicom_module()
     import pydicom
 
-    sources = [pydicom.dcmread(name) for name in meta["header"]["files"]]
+    sources = [pydicom.dcmread(name, stop_before_pixels=True) for name in meta["header"]["files"]]  # headers suffice
     frames = np.ascontiguousarray(np.transpose(np.asarray(array)))  # (Z, Y, X): one frame per source slice
     max_label = max(int(frames.max()) if frames.size else 0, int(meta.get("num_classes") or 1) - 1, 1)
     try:
