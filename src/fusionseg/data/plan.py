@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionseg.data.backends.dicom_io import is_series_path
 from fusionseg.data.datasets import Case, DatasetInfo
 from fusionseg.data.io import read_header
 from fusionseg.data.normalization import (
@@ -87,12 +88,20 @@ def default_cache_root() -> Path:
 
 
 def input_signature(case: Case) -> list[list]:
-    """``[path, size, mtime_ns]`` of each file of ``case`` (a changed file changes it)."""
+    """``[path, size, mtime_ns]`` of each file of ``case`` (a changed file changes it).
+
+    A DICOM series (a folder, or ``FOLDER/SERIES_UID``) counts the files of its folder: total size, newest time.
+    """
     files = [*case.images, *([case.label] if case.label is not None else [])]
     out = []
     for path in files:
-        st = Path(path).stat()
-        out.append([str(path), st.st_size, st.st_mtime_ns])
+        path = Path(path)
+        if not is_series_path(path):
+            st = path.stat()
+            out.append([str(path), st.st_size, st.st_mtime_ns])
+            continue
+        stats = [f.stat() for f in (path if path.is_dir() else path.parent).iterdir() if f.is_file()]
+        out.append([str(path), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)])
     return out
 
 
