@@ -230,3 +230,17 @@ def test_bundle_normalisation_equals_fusionseg_normalisation():
     rgb = torch.randint(0, 256, (3, 8, 8), generator=gen).float()
     torch.testing.assert_close(NormalizeChannelsd("image", [{"scheme": "rgb_to_0_1"}] * 3)({"image": rgb})["image"],
                                normalise(rgb, [{"scheme": "rgb_to_0_1"}] * 3))  # fmt: skip
+
+
+def test_bundle_region_painting_equals_fusionseg():
+    import torch
+
+    from fusionseg.data.labels import regions_to_labels
+    from fusionseg.engine.bundle_components import RegionsToLabelsd
+
+    probs = torch.rand((3, 9, 7, 5), generator=torch.Generator().manual_seed(0))
+    got = RegionsToLabelsd("pred", [1, 2, 3])({"pred": probs})["pred"]
+    assert got.shape == (1, 9, 7, 5) and set(got.unique().tolist()) == {0, 1, 2, 3}
+    assert torch.equal(got[0].to(torch.uint8), regions_to_labels(probs, [1, 2, 3]))
+    with pytest.raises(ValueError, match="regions_class_order must list"):
+        RegionsToLabelsd("pred", [])
