@@ -155,6 +155,10 @@ def test_bundle_run_writes_the_labels_of_predict(tmp_path, dims, options, capsys
         header, want = read_header(theirs), read_header(source)
         assert tuple(header["spatial_shape"][:dims]) == tuple(want["spatial_shape"][:dims])
         np.testing.assert_allclose(header["affine"], want["affine"], atol=1e-4)
+        if dims == 2:  # the same stored values (binary masks as 0/255), not only the same labels
+            from PIL import Image
+
+            assert np.array_equal(np.asarray(Image.open(theirs)), np.asarray(Image.open(ours)))
 
 
 @pytest.fixture(scope="module")
