@@ -216,3 +216,18 @@ def test_corrupt_mha_is_one_line_error(tmp_path):
     with pytest.raises(InputError, match=r"bad\.mha: cannot read the file .*corrupt") as err:
         read_image(tmp_path / "bad.mha")
     assert "\n" not in str(err.value)
+
+
+def test_output_format_overrides_the_prediction_extension(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    assert prediction_extension(series) == ".nii.gz"  # a DICOM series: NIfTI by default
+    assert prediction_extension(series, "dicom-seg") == ".dcm"
+    assert prediction_extension("scan.mha", "nifti") == ".nii.gz"
+    assert prediction_extension("scan.mha") == ".mha"
+    with pytest.raises(InputError, match=r"scan\.mha: --output-format dicom-seg needs DICOM series"):
+        prediction_extension("scan.mha", "dicom-seg")
+    with pytest.raises(InputError, match=r"cell\.png: --output-format nifti holds 3D images"):
+        prediction_extension("cell.png", "nifti")
+    assert format_of(tmp_path / "1.2.840.99") is format_of(series)  # FOLDER/SERIES_UID
+    assert split_extension(tmp_path / "1.2.840.99") == ("1.2.840.99", "")
