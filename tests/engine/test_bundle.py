@@ -50,6 +50,8 @@ RUNS = [
                         "--patch-size", "16,16,16", "--target-spacing", "1.5,1.5,1.5"], False),
     ("dnet_small_2d", 2, ["--model", "dnet_small", "--patch-size", "32,32", "--model-kwargs",
                           '{"dims": [8, 16, 32, 64, 128], "depths": [1, 1, 1, 1, 1]}'], True),
+    ("dnet_small_3d", 3, ["--model", "dnet_small", "--patch-size", "32,32,32", "--target-spacing", "1.5,1.5,1.5",
+                          "--model-kwargs", '{"dims": [8, 16, 32, 64, 128], "depths": [1, 1, 1, 1, 1]}'], True),
     ("basicunet_dff_2d", 2, ["--model", "monai_basicunet", "--fusion", "dff", "--patch-size", "32,32",
                              "--model-kwargs", '{"features": [4, 4, 8, 8, 16, 4]}'], True),
     ("basicunet_dff_3d", 3, ["--model", "monai_basicunet", "--fusion", "dff", "--patch-size", "32,32,16",
