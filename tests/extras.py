@@ -10,6 +10,7 @@ NEEDS_DNA = (
     "needs dynamic-network-architectures (nnU-Net's networks, from the nnunet extra: "
     "pip install --no-deps -r requirements/nnunet-nodeps.txt, docs/nnunet.md)"
 )
+NEEDS_HIGHDICOM = 'needs highdicom (DICOM SEG output, the dicom extra: pip install "fusionseg[dicom]")'
 NEEDS_NNUNET = "needs nnunetv2 (the nnunet extra: install it as docs/nnunet.md says)"
 
 

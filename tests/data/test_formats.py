@@ -82,8 +82,9 @@ def test_extension_table(name, stem, ext, prediction, probabilities):
 
 
 def test_unknown_extension_is_one_line_error():
-    with pytest.raises(InputError, match=r"scan\.dcm: unsupported file extension '\.dcm'; use one of .*\.mha") as err:
-        format_of("scan.dcm")
+    with pytest.raises(InputError, match=r"scan\.v16: unsupported file extension '\.v16'; use one of .*\.mha") as err:
+        format_of("scan.v16")
+    assert "or a folder of DICOM slices" in str(err.value)
     assert "\n" not in str(err.value)
 
 
@@ -215,3 +216,18 @@ def test_corrupt_mha_is_one_line_error(tmp_path):
     with pytest.raises(InputError, match=r"bad\.mha: cannot read the file .*corrupt") as err:
         read_image(tmp_path / "bad.mha")
     assert "\n" not in str(err.value)
+
+
+def test_output_format_overrides_the_prediction_extension(tmp_path):
+    series = tmp_path / "series"
+    series.mkdir()
+    assert prediction_extension(series) == ".nii.gz"  # a DICOM series: NIfTI by default
+    assert prediction_extension(series, "dicom-seg") == ".dcm"
+    assert prediction_extension("scan.mha", "nifti") == ".nii.gz"
+    assert prediction_extension("scan.mha") == ".mha"
+    with pytest.raises(InputError, match=r"scan\.mha: --output-format dicom-seg needs DICOM series"):
+        prediction_extension("scan.mha", "dicom-seg")
+    with pytest.raises(InputError, match=r"cell\.png: --output-format nifti holds 3D images"):
+        prediction_extension("cell.png", "nifti")
+    assert format_of(tmp_path / "1.2.840.99") is format_of(series)  # FOLDER/SERIES_UID
+    assert split_extension(tmp_path / "1.2.840.99") == ("1.2.840.99", "")

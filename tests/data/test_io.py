@@ -110,8 +110,11 @@ def test_bad_files(tmp_path):
     (tmp_path / "bad.nrrd").write_bytes(b"NRRD0004\ntype: nonsense\n\n")
     with pytest.raises(InputError, match=r"bad\.nrrd: cannot read"):
         read_image(tmp_path / "bad.nrrd")
-    with pytest.raises(InputError, match=r"scan\.dcm: unsupported file extension '\.dcm'"):
+    (tmp_path / "scan.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    with pytest.raises(InputError, match=r"scan\.dcm: a single DICOM file; pass the folder of its series"):
         read_image(tmp_path / "scan.dcm")
+    with pytest.raises(InputError, match=r"scan\.v16: unsupported file extension '\.v16'"):
+        read_image(tmp_path / "scan.v16")
     with pytest.raises(InputError, match="file not found"):
         read_image(tmp_path / "missing.nii.gz")
 

@@ -66,10 +66,10 @@ def _export_bundle(args) -> int:
 
     window = list(args.patch_size) if args.patch_size else None
     result = export_bundle(args.checkpoint, args.output, window=window, atol=args.atol)
-    ts = "models/model.ts" if result["torchscript"] else "no models/model.ts (the network does not trace)"
     print(
-        f"wrote MONAI bundle {args.output} (window {result['window']}, max |bundle - eager| = "
-        f"{result['max_abs_diff']:.2e}; {ts}); run: python -m monai.bundle run --config_file "
-        f"{args.output}/configs/inference.json --bundle_root {args.output} --dataset_dir IMAGES --output_dir OUT"
+        f"wrote MONAI bundle {args.output} (window {result['window']}, TorchScript models/model.ts, max |bundle - "
+        f"eager| = {result['max_abs_diff']:.2e}); it needs no fusionseg: {result['install']}; run: python -m "
+        f"monai.bundle run --config_file {args.output}/configs/inference.json --bundle_root {args.output} "
+        "--dataset_dir IMAGES --output_dir OUT"
     )
     return 0

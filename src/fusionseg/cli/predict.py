@@ -21,7 +21,15 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
         help="checkpoint(s) written by `fusionseg train` (best.pt) or import-weights; several, or a "
         "cross-validation run folder (its fold_*/best.pt), are ensembled by averaging their probabilities",
     )  # fmt: skip
-    p.add_argument("--input", required=True, type=Path, help="an image file or a folder of images")
+    p.add_argument(
+        "--input", required=True, type=Path,
+        help="an image file, a folder of images, or a DICOM series (a folder of slices; a folder of such folders)",
+    )  # fmt: skip
+    p.add_argument(
+        "--output-format", choices=("auto", "nifti", "dicom-seg"), default="auto",
+        help="label maps as the input's own format (auto; DICOM series: NIfTI), NIfTI, or one DICOM "
+        'Segmentation per DICOM series that references it (dicom-seg; pip install "fusionseg[dicom]")',
+    )  # fmt: skip
     p.add_argument("--output", required=True, type=Path, help="folder for the label maps")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--sw-batch-size", type=positive_int, default=4, help="windows per forward pass (default 4)")
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
         kept = ", ".join(e.get("name", str(e["values"])) for e in plan["keep_largest_component"]) or "nothing"
         print(f"postprocessing from {plan_path}: keep the largest component of {kept}")
     cases = find_inputs(args.input, int(pres[0].get("in_channels", 1)))
+    _check_output_format(args.output_format, cases, plan)
     written, failed = predict_files(
         models,
         pres,
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
         device=device,
         amp=amp,
         progress=args.progress,
+        output_format=args.output_format,
     )
     print(f"wrote {len(written)} prediction(s) to {args.output}")
     if failed:
@@ -89,3 +99,17 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
             print(f"  {cid}: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_output_format(output_format: str, cases: list, plan: dict | None) -> None:
+    """One InputError line before any prediction when a case cannot be written as ``output_format``."""
+    from fusionseg.data.formats import prediction_extension
+
+    for _, images in cases:
+        prediction_extension(images[0], output_format)
+    if output_format == "dicom-seg":
+        from fusionseg.data.backends.dicom_seg import highdicom_module
+
+        highdicom_module()
+        if plan is not None:
+            raise InputError("--output-format dicom-seg writes no postprocessed maps yet; add --no-postprocess")

@@ -9,6 +9,8 @@ Example:
     >>> batch = train_transforms(pre)(case_dict(info.cases[0]))   # list of num_samples patch dicts
 """
 
+from fusionseg.data.backends.dicom_io import series_paths as dicom_series
+from fusionseg.data.backends.dicom_seg import read_seg as read_dicom_seg
 from fusionseg.data.datasets import Case, DatasetInfo, infer_modality, scan_dataset
 from fusionseg.data.formats import FORMATS, FileFormat, format_of, prediction_extension, probability_extension
 from fusionseg.data.io import read_header, read_image, read_label, write_label, write_probabilities
@@ -35,6 +37,7 @@ __all__ = [
     "LabelLayout",
     "build_preprocessing",
     "case_dict",
+    "dicom_series",
     "eval_transforms",
     "find_input_error",
     "format_of",
@@ -50,6 +53,7 @@ __all__ = [
     "plain_tensor",
     "prediction_extension",
     "probability_extension",
+    "read_dicom_seg",
     "read_header",
     "read_image",
     "read_label",

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionseg.data.backends.dicom_io import series_paths as dicom_series
 from fusionseg.data.formats import (
     DATA_FILE_EXTENSIONS,
     EXTENSIONS_2D,
@@ -128,14 +129,17 @@ def infer_modality(channel_names: list[str]) -> str:
 
 
 def _listdir(folder: Path, allowed: tuple[str, ...], what: str, skip_documents: bool = False) -> list[Path]:
-    """Visible files of ``folder`` (sorted); InputError for an unsupported extension.
+    """Visible files and DICOM series of ``folder`` (sorted); InputError for an unsupported extension.
 
     Raw data files of detached headers (``.raw``, ``.zraw`` beside ``.mhd``/``.nhdr``) are skipped, and
     with ``skip_documents`` licence / read-me files (``LICENSE.txt``) too.
     """
     files = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():  # a DICOM series (a folder of slices) is an image; other folders are skipped
+            files += dicom_series(path)
             continue
         ext = split_extension(path)[1]
         if ext in DATA_FILE_EXTENSIONS or (skip_documents and ext in DOCUMENT_EXTENSIONS):
@@ -255,7 +259,7 @@ def _attach_labels(cases: list[Case], folder: Path, ext: str, required: bool) ->
 
 
 def _file_ending(meta: dict, files: list[Path], json_path: Path) -> str:
-    exts = {split_extension(f)[1] for f in files}
+    exts = {split_extension(f)[1] for f in files if not format_of(f).folder} or {".nii.gz"}  # DICOM: NIfTI labels
     file_ending = str(meta.get("file_ending", "")).strip().lower() or sorted(exts)[0]
     if not file_ending.startswith("."):
         file_ending = "." + file_ending
@@ -270,7 +274,7 @@ def _file_ending(meta: dict, files: list[Path], json_path: Path) -> str:
             f"use one of {', '.join(LABEL_EXTENSIONS)}"
         )
     for f in files:
-        if split_extension(f)[1] != file_ending:
+        if split_extension(f)[1] != file_ending and not format_of(f).folder:
             raise InputError(
                 f"{f}: extension differs from the dataset's file_ending {file_ending!r}; convert it or fix dataset.json"
             )

@@ -16,11 +16,15 @@ bmp        .bmp                    2      RGB      .png         .npz
 tiff       .tif .tiff              2      RGB      same         .npz
 jpeg       .jpg .jpeg (images)     2      RGB      .png         .npz
 npz        .npz (probabilities)    2/3    yes      —            .npz
+dicom      a folder of slices      3      no       .nii.gz      .nii.gz
+dicom-seg  .dcm (SEG, written)     3      no       —            —
 ========== ======================= ====== ======== ============ =============
 
 Detached-header inputs (``.nhdr``, ``.mhd``) are written as their single-file twin so a file can be
 renamed into place atomically; JPEG is lossy and BMP holds 8 bits, so their label maps are PNG.
-GIPL keeps spacing and origin but no direction.
+GIPL keeps spacing and origin but no direction. A DICOM series is a folder (or ``FOLDER/SERIES_UID``
+for one of several series in a folder, see :mod:`~fusionseg.data.backends.dicom_io`); its label
+maps are NIfTI, or DICOM SEG (``.dcm``, highdicom) with ``predict --output-format dicom-seg``.
 
 Example:
     >>> format_of("scan_0000.mhd").name, prediction_extension("scan_0000.mhd")
@@ -38,16 +42,18 @@ from typing import Any
 
 import numpy as np
 
-from fusionseg.data.backends import itk_io, nifti_io, npz_io, nrrd_io, pillow_io
+from fusionseg.data.backends import dicom_io, dicom_seg, itk_io, nifti_io, npz_io, nrrd_io, pillow_io
 from fusionseg.errors import InputError
 
 __all__ = [
     "DATA_FILE_EXTENSIONS",
+    "DICOM",
     "EXTENSIONS_2D",
     "EXTENSIONS_3D",
     "FORMATS",
     "IMAGE_EXTENSIONS",
     "LABEL_EXTENSIONS",
+    "OUTPUT_FORMATS",
     "FileFormat",
     "format_of",
     "prediction_extension",
@@ -81,6 +87,7 @@ class FileFormat:
     probability_extension: str | None = None
     lossless: bool = True
     dataset: bool = True  # usable for dataset images and labels (npz holds probabilities only)
+    folder: bool = False  # a folder (DICOM series), not a file
 
     @property
     def holds_labels(self) -> bool:
@@ -91,7 +98,7 @@ class FileFormat:
 def _fmt(name: str, extensions: tuple[str, ...], dims: tuple[int, ...], backend: Any, **options: Any) -> FileFormat:
     """A registry entry whose reader, header reader and writer come from ``backend`` (a module)."""
     multichannel = options.pop("multichannel", True)
-    writer = options.pop("writer", backend.write)
+    writer = options.pop("writer") if "writer" in options else backend.write
     return FileFormat(name, extensions, dims, multichannel, backend.read, backend.read_header, writer, **options)
 
 
@@ -114,7 +121,19 @@ FORMATS: tuple[FileFormat, ...] = (
         probability_extension=".npz",
     ),
     _fmt("npz", (".npz",), (2, 3), npz_io, probability_extension=".npz", dataset=False),
+    _fmt(  # images only: found as folders, never by extension; label maps go to NIfTI or DICOM SEG
+        "dicom",
+        (),
+        (3,),
+        dicom_io,
+        writer=None,
+        prediction_extension=".nii.gz",
+        probability_extension=".nii.gz",
+        folder=True,
+    ),
+    _fmt("dicom-seg", (".dcm",), (3,), dicom_seg, multichannel=False, dataset=False),
 )
+DICOM = FORMATS[-2]
 
 # Raw data files that sit next to detached headers (.mhd, .nhdr): skipped when folders are listed.
 DATA_FILE_EXTENSIONS = (".raw", ".zraw", ".raw.gz")
@@ -132,6 +151,8 @@ EXTENSIONS_3D = tuple(ext for fmt in FORMATS if fmt.dataset and 3 in fmt.spatial
 def split_extension(path: str | Path) -> tuple[str, str]:
     """``"a/case_0000.nii.gz"`` → ``("case_0000", ".nii.gz")``; the extension is lower-case."""
     name = Path(path).name
+    if dicom_io.SERIES_UID.match(name):  # FOLDER/SERIES_UID: one of several DICOM series
+        return name, ""
     lower = name.lower()
     for ext in _KNOWN:
         if lower.endswith(ext) and len(name) > len(ext):
@@ -146,21 +167,37 @@ def strip_extension(path: str | Path) -> str:
 
 
 def format_of(path: str | Path) -> FileFormat:
-    """The :class:`FileFormat` of ``path`` from its extension; InputError for unsupported ones."""
+    """The :class:`FileFormat` of ``path`` from its extension (a folder: a DICOM series); InputError for others."""
+    if dicom_io.is_series_path(path):
+        return DICOM
     ext = split_extension(path)[1]
     fmt = _BY_EXTENSION.get(ext)
     if fmt is None:
         raise InputError(
             f"{path}: unsupported file extension {ext or '(none)'!r}; use one of {', '.join(IMAGE_EXTENSIONS)} "
-            "(convert other formats, e.g. DICOM, to NIfTI)"
+            "or a folder of DICOM slices"
         )
     return fmt
 
 
-def prediction_extension(image_path: str | Path) -> str:
-    """Extension of the label map predicted for ``image_path`` (its own format where that is lossless)."""
+# ``predict --output-format``: "auto" is the input's own format where it holds labels (DICOM series: NIfTI).
+OUTPUT_FORMATS = {"auto": None, "nifti": ".nii.gz", "dicom-seg": ".dcm"}
+
+
+def prediction_extension(image_path: str | Path, output_format: str = "auto") -> str:
+    """Extension of the label map predicted for ``image_path`` (its own format where that is lossless).
+
+    ``output_format`` ``"nifti"`` or ``"dicom-seg"`` (see :data:`OUTPUT_FORMATS`) overrides it; an
+    input that cannot be written that way is an InputError.
+    """
     fmt = format_of(image_path)
-    return fmt.prediction_extension or split_extension(image_path)[1]
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    if output_format == "dicom-seg" and fmt.name != "dicom":
+        raise InputError(f"{image_path}: --output-format dicom-seg needs DICOM series (folders of slices) as input")
+    if output_format == "nifti" and 3 not in fmt.spatial_dims:
+        raise InputError(f"{image_path}: --output-format nifti holds 3D images; use auto for {fmt.name} images")
+    return OUTPUT_FORMATS[output_format] or fmt.prediction_extension or split_extension(image_path)[1]
 
 
 def probability_extension(image_path: str | Path) -> str:

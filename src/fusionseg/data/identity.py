@@ -75,7 +75,19 @@ def _header_summary(path: Path) -> list:
 _ENTRIES: dict[tuple, list] = {}  # (path, inode, size, mtime, ctime, kind) → identity of the file's content
 
 
+def _series_entry(path: Path, root: Path | None) -> list:
+    """A DICOM series (a folder, or ``FOLDER/SERIES_UID``): name, size and mtime of every file of its folder."""
+    folder = path if path.is_dir() else path.parent
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
+    listing = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:32]
+    return [_relative_name(path, root), "series", listing]
+
+
 def _file_entry(path: Path, root: Path | None, kind: str) -> list:
+    from fusionseg.data.backends.dicom_io import is_series_path
+
+    if is_series_path(path):
+        return _series_entry(path, root)
     st = os.stat(path)
     memo = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, kind)
     if memo not in _ENTRIES:

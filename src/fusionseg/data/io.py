@@ -65,7 +65,8 @@ def file_format(path: str | Path) -> str:
 def _read(path: str | Path, label: bool) -> tuple[np.ndarray, dict, FileFormat]:
     path = Path(path)
     fmt = format_of(path)
-    check_file(path)
+    if not fmt.folder:
+        check_file(path)
     data, meta = fmt.reader(path, label)
     meta["format"] = fmt.name
     return data, meta, fmt
@@ -75,7 +76,8 @@ def read_header(path: str | Path) -> dict:
     """Geometry (``meta`` without the voxel data) of an image file; reads only what it must."""
     path = Path(path)
     fmt = format_of(path)
-    check_file(path)
+    if not fmt.folder:
+        check_file(path)
     meta = fmt.header_reader(path)
     meta["format"] = fmt.name
     return meta

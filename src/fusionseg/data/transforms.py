@@ -344,10 +344,18 @@ def load_for_inference(images: Sequence[str | Path] | str | Path, pre: dict) -> 
         "processed_shape": tuple(image.shape[1:]),
         "original_affine": np.asarray(reader_meta["affine"], dtype=np.float64),
         "original_shape": tuple(reader_meta["spatial_shape"][:dims]),
-        "reference": reader_meta,
+        "reference": {**reader_meta, "num_classes": int(pre["num_classes"]), "class_names": _class_names(pre)},
         "paths": [str(p) for p in images],
     }
     return image.as_subclass(torch.Tensor).float().contiguous(), meta
+
+
+def _class_names(pre: dict) -> dict[str, str]:
+    """``{"1": "tumour", ...}``: class (or region) names for writers that store them (DICOM SEG)."""
+    if pre.get("regions"):
+        order = pre.get("regions_class_order") or range(1, len(pre["regions"]) + 1)
+        return {str(v): str(n) for v, n in zip(order, pre.get("region_names") or [])}
+    return {str(k): str(v) for k, v in (pre.get("labels") or {}).items()}
 
 
 def _to_input_grid(pred: torch.Tensor, meta: dict, mode: str) -> torch.Tensor:

@@ -235,18 +235,25 @@ def find_inputs(source: Path, in_channels: int = 1) -> list[tuple[str, list[Path
 
     With ``in_channels > 1``, nnU-Net style names ``CASE_0000.nii.gz, CASE_0001.nii.gz, ...`` are grouped
     into one case; otherwise each file is a case (e.g. an RGB PNG carries its channels itself).
+    DICOM series count as files: ``source`` may be a series folder, and a folder's sub-folders holding
+    series are cases (named by the sub-folder, or by the series UID where it holds several).
     """
+    from fusionseg.data import dicom_series
+
     source = Path(source)
+    own_series = dicom_series(source) if source.is_dir() else []
     if source.is_file():
         files = [source]
+    elif own_series:
+        files = own_series
     elif source.is_dir():
-        files = sorted(
-            p
-            for p in source.iterdir()
-            if p.is_file() and not p.name.startswith(".") and _split_ext(p)[1] in IMAGE_EXTENSIONS
-        )
+        visible = sorted(p for p in source.iterdir() if not p.name.startswith("."))
+        files = [p for p in visible if p.is_file() and _split_ext(p)[1] in IMAGE_EXTENSIONS]
+        files += [s for p in visible if p.is_dir() for s in dicom_series(p)]
         if not files:
-            raise InputError(f"{source} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise InputError(
+                f"{source} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) and no folders of DICOM slices"
+            )
     else:
         raise InputError(f"input {source} does not exist; pass an image file or a folder of images")
     if in_channels == 1:
@@ -299,13 +306,16 @@ def predict_files(
     device: str | torch.device = "cpu",
     amp: bool = False,
     progress: bool = True,
+    output_format: str = "auto",
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case → (written label files, [(case_id, error message)] of the cases that failed).
 
     ``model``/``pre``: one model and its preprocessing, or lists of them (an ensemble: probabilities are
-    averaged). The label map is computed from the probabilities on the input grid (argmax, or regions
-    painted in ``regions_class_order``), so it equals that of the written probabilities; a
-    ``postprocessing`` plan (:mod:`fusionseg.engine.postprocess`) then cleans the label map only.
+    averaged). ``output_format``: ``"auto"`` (the input's format), ``"nifti"`` or ``"dicom-seg"`` (DICOM
+    series inputs; ``data.formats.OUTPUT_FORMATS``). The label map is computed from the probabilities on
+    the input grid (argmax, or regions painted in ``regions_class_order``), so it equals that of the
+    written probabilities; a ``postprocessing`` plan (:mod:`fusionseg.engine.postprocess`) then cleans the
+    label map only.
     """
     from fusionseg.data import load_for_inference
 
@@ -323,11 +333,11 @@ def predict_files(
             resumable=resumable,
         )  # fmt: skip
     output.mkdir(parents=True, exist_ok=True)
-    options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing}
+    options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing, "format": output_format}
     resumable = ResumableOutputs(output, _fingerprint(models, pres, options))
 
     def outputs(cid: str, images: list[Path]) -> list[Path]:
-        label = output / f"{cid}{_output_ext(images[0])}"
+        label = output / f"{cid}{_output_ext(images[0], output_format)}"
         return [label, output / f"{cid}_probabilities{probability_extension(images[0])}"] if probabilities else [label]
 
     def predict_case(cid: str, images: list[Path]) -> Path:

@@ -16,16 +16,15 @@ import numpy as np
 from fusionseg.data.backends.common import corrupt, meta_dict
 from fusionseg.errors import InputError
 
-__all__ = ["read", "read_header", "write"]
+__all__ = ["itk_affine", "read", "read_header", "sitk_module", "write"]
 
 
-def _sitk() -> Any:
+def sitk_module(what: str = "reading/writing .mha/.mhd/.gipl") -> Any:
+    """SimpleITK, or an InputError naming the install command."""
     try:
         import SimpleITK
     except ImportError as exc:
-        raise InputError(
-            "reading/writing .mha/.mhd/.gipl needs SimpleITK; install it with `pip install SimpleITK`"
-        ) from exc
+        raise InputError(f"{what} needs SimpleITK; install it with `pip install SimpleITK`") from exc
     return SimpleITK
 
 
@@ -33,7 +32,8 @@ def _flips(n: int) -> np.ndarray:
     return np.array([-1.0, -1.0, 1.0]) if n == 3 else np.ones(n)
 
 
-def _affine(spacing: tuple, origin: tuple, direction: tuple) -> np.ndarray:
+def itk_affine(spacing: tuple, origin: tuple, direction: tuple) -> np.ndarray:
+    """RAS+ affine (3D; 2D keeps ITK's frame) of ITK's LPS spacing, origin and direction."""
     n = len(spacing)
     flips = _flips(n)[:, None]
     affine = np.eye(n + 1)
@@ -58,11 +58,11 @@ def _meta_from(path: Path, size: tuple, spacing: tuple, origin: tuple, direction
     header = _header(spacing, origin, direction)
     if dims == 4:  # a 4D scalar image: the 4th axis holds channels (as in NIfTI)
         sub = np.asarray(direction, dtype=np.float64).reshape(4, 4)[:3, :3].ravel()
-        affine = _affine(tuple(spacing[:3]), tuple(origin[:3]), tuple(sub))
+        affine = itk_affine(tuple(spacing[:3]), tuple(origin[:3]), tuple(sub))
         return meta_dict(path, "metaimage", affine, spacing[:3], size[:3], size[3], header)
     if dims not in (2, 3):
         raise InputError(f"{path}: {dims}D image; only 2D and 3D images (optionally multi-channel) are supported")
-    return meta_dict(path, "metaimage", _affine(spacing, origin, direction), spacing, size, components, header)
+    return meta_dict(path, "metaimage", itk_affine(spacing, origin, direction), spacing, size, components, header)
 
 
 def _header(spacing: tuple, origin: tuple, direction: tuple) -> dict:
@@ -70,7 +70,7 @@ def _header(spacing: tuple, origin: tuple, direction: tuple) -> dict:
 
 
 def read_header(path: Path) -> dict:
-    sitk = _sitk()
+    sitk = sitk_module()
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -88,7 +88,7 @@ def read_header(path: Path) -> dict:
 
 
 def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
-    sitk = _sitk()
+    sitk = sitk_module()
     try:
         img = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(img)  # (Z, Y, X[, components]) — reversed axes
@@ -120,7 +120,7 @@ def write(array: np.ndarray, meta: dict, path: Path, channels: bool = False) -> 
     An ITK reference on the same grid keeps its exact spacing/origin/direction; other references
     are converted from their RAS affine. Data are compressed.
     """
-    sitk = _sitk()
+    sitk = sitk_module()
     n = array.ndim - (1 if channels else 0)
     # (C, X, Y, Z) → (Z, Y, X, C); (X, Y, Z) → (Z, Y, X)
     itk_array = np.transpose(array, (*range(n, 0, -1), 0)) if channels else np.transpose(array)
