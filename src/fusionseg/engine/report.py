@@ -18,6 +18,7 @@ from fusionseg.files import atomic_write, write_text_atomic
 __all__ = [
     "best_and_worst_overlays",
     "format_table",
+    "learning_curve_points",
     "overlay_png",
     "plot_learning_curve",
     "read_array",
@@ -69,17 +70,36 @@ def _savefig(fig, path: Path) -> Path:
     return path
 
 
-def plot_learning_curve(history: Sequence[dict], path: Path) -> Path:
-    """Training loss (left axis) and validation Dice (right axis) per epoch → PNG."""
+def learning_curve_points(
+    history: Sequence[dict], curve: Sequence[dict] | None = None
+) -> tuple[str, list[tuple[float, float]], list[tuple[float, float]]]:
+    """(x-axis name, [(x, train loss)], [(x, val Dice)]): per iteration from ``curve`` (points of the
+    training loss every few iterations) when it has more points than ``history`` (one row per epoch).
+
+    Example:
+        >>> learning_curve_points([{"epoch": 1, "step": 4, "train_loss": 0.8, "val_dice": 0.5}],
+        ...                       [{"step": 2, "train_loss": 0.9}, {"step": 4, "train_loss": 0.7}])
+        ('iteration', [(2, 0.9), (4, 0.7)], [(4, 0.5)])
+    """
+    val_rows = [r for r in history if r.get("val_dice") not in (None, "")]
+    if curve and len(curve) > len(history) and all("step" in r for r in history):
+        loss = [(r["step"], float(r["train_loss"])) for r in curve]
+        return "iteration", loss, [(r["step"], float(r["val_dice"])) for r in val_rows]
+    loss = [(r["epoch"], r.get("train_loss")) for r in history]
+    return "epoch", loss, [(r["epoch"], float(r["val_dice"])) for r in val_rows]
+
+
+def plot_learning_curve(history: Sequence[dict], path: Path, curve: Sequence[dict] | None = None) -> Path:
+    """Training loss (left axis) and validation Dice (right axis) per epoch, or per iteration when
+    ``curve`` has more points (:func:`learning_curve_points`) → PNG."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in history]
-    loss = [r.get("train_loss") for r in history]
-    val = [(r["epoch"], r["val_dice"]) for r in history if r.get("val_dice") not in (None, "")]
+    x_name, loss, val = learning_curve_points(history, curve)
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(epochs, loss, color="tab:blue", marker="." if len(epochs) < 40 else None, label="train loss")
-    ax.set_xlabel("epoch")
+    xs, ys = [x for x, _ in loss], [y for _, y in loss]
+    ax.plot(xs, ys, color="tab:blue", marker="." if len(loss) < 40 else None, label="train loss")
+    ax.set_xlabel(x_name)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("train loss (Dice + CE)", color="tab:blue")
     ax.grid(alpha=0.3)
