@@ -10,7 +10,7 @@ Given the dataset's ``dataset.json`` (:func:`read_label_layout`), the declared c
 (also those absent from the ground truth), a region dataset is scored per region (label maps →
 ``isin(label, region)``), and voxels with the ignore label are left out of every metric. Class
 names come from that dataset.json, else from one found beside the ground truth
-(:func:`find_dataset_json`: ``GT/dataset.json`` or ``GT/../dataset.json``), into ``metrics.csv``
+(:func:`find_dataset_json`: in ``GT/``, ``GT/..`` or ``GT/../..``), into ``metrics.csv``
 (``name``), ``summary.json`` (``label_names``), the printed table and the overlays' legend.
 
 Example:
@@ -95,8 +95,10 @@ def read_label_layout(path: str | Path) -> LabelLayout:
 
 
 def find_dataset_json(gt_dir: str | Path) -> Path | None:
-    """The dataset.json beside a ground-truth folder (``GT/dataset.json``, ``GT/../dataset.json``), or None."""
-    for folder in (Path(gt_dir), Path(gt_dir).parent):
+    """The dataset.json of a ground-truth folder: in ``GT/``, ``GT/..`` (nnU-Net's ``labelsTs/``) or
+    ``GT/../..`` (the 2D layout's ``test/masks/``), the nearest first; None when there is none."""
+    gt_dir = Path(gt_dir).absolute()
+    for folder in (gt_dir, gt_dir.parent, gt_dir.parent.parent):
         if (folder / "dataset.json").is_file():
             return folder / "dataset.json"
     return None

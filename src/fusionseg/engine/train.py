@@ -91,6 +91,7 @@ class TrainState:
     best_metric: float = -math.inf
     train_time: float = 0.0  # seconds spent in training iterations (validation and writes excluded)
     run_time: float = 0.0  # wall seconds of the run up to the last checkpoint (what the time budget counts)
+    budget_spent: float | None = None  # the time budget the run ended on (a rerun with it trains no more)
     history: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)  # {"step", "train_loss", "time_s"} every few iterations
 
@@ -397,7 +398,11 @@ class Trainer:
                 f"{c.epochs} epochs × {c.iters_per_epoch} iterations, device {self.device}"
                 + (f", {self.info.world_size} processes" if self.info.enabled else "")
             )
-            epochs_this_run, out_of_time = 0, c.time_budget is not None and self.state.run_time >= c.time_budget
+            spent = self.state.budget_spent is not None and c.time_budget is not None
+            out_of_time = c.time_budget is not None and (
+                self.state.run_time >= c.time_budget or (spent and c.time_budget <= self.state.budget_spent)
+            )
+            epochs_this_run = 0
             while self.state.epoch < c.epochs and not out_of_time:
                 out_of_time = self._run_epoch()
                 epochs_this_run += 1
@@ -498,6 +503,8 @@ class Trainer:
         closings = 2 if state.epoch % c.val_every == 0 else 1
         out_of_time = out_of_time or (state.epoch < c.epochs and self._over_budget(closings, self._first_step_s))
         finished = state.epoch >= c.epochs or out_of_time
+        if out_of_time:
+            state.budget_spent = c.time_budget
         val_dice = None
         self.val_per_class = {}
         if self.info.is_main and (state.epoch % c.val_every == 0 or finished):
@@ -557,6 +564,7 @@ class Trainer:
             ),
             "train_time": float(self.state.train_time),
             "run_time": float(self.state.run_time),
+            "budget_spent": self.state.budget_spent,
             "history": self.state.history,
             "curve": self.state.curve,
         }
@@ -646,6 +654,7 @@ class Trainer:
             best_metric=-math.inf if best is None else float(best),
             train_time=float(ckpt.get("train_time", 0.0)),
             run_time=float(ckpt.get("run_time", ckpt.get("train_time", 0.0))),
+            budget_spent=ckpt.get("budget_spent"),
             history=list(ckpt.get("history", [])),
             curve=list(ckpt.get("curve", [])),
         )
