@@ -92,6 +92,7 @@ class TrainState:
     train_time: float = 0.0  # seconds spent in training iterations (validation and writes excluded)
     run_time: float = 0.0  # wall seconds of the run up to the last checkpoint (what the time budget counts)
     budget_spent: float | None = None  # the time budget the run ended on (a rerun with it trains no more)
+    training_start: float | None = None  # run_time when training began: the LR schedule spans the rest of the budget
     history: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)  # {"step", "train_loss", "time_s"} every few iterations
 
@@ -231,7 +232,7 @@ class Trainer:
 
     def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         c = self.config
-        used = (lambda: self.elapsed() / c.time_budget) if c.time_budget else None
+        used = self._budget_fraction if c.time_budget else None
         return torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lr_lambda(c.epochs * c.iters_per_epoch, time_fraction=used)
         )
@@ -298,6 +299,11 @@ class Trainer:
         names = score_names(self.layout)
         self.val_per_class = {n: float(v) for n, v in zip(names, np.mean(np.stack(scores), axis=0))}
         return float(np.mean([np.mean(s) for s in scores]))
+
+    def _budget_fraction(self) -> float:
+        """Share of the time budget's training part (after setup: planning, preprocessing) used so far."""
+        start = self.state.training_start or 0.0
+        return (self.elapsed() - start) / max(float(self.config.time_budget) - start, 1e-9)
 
     def elapsed(self) -> float:
         """Wall seconds of the run so far (earlier invocations of a resumed run included)."""
@@ -391,6 +397,8 @@ class Trainer:
         try:
             self.setup()
             self._elapsed_before = self.state.run_time
+            if self.state.training_start is None:
+                self.state.training_start = self.elapsed()
             params = sum(p.numel() for p in self.model.parameters()) / 1e6
             self.log(
                 f"training {self.model.config['name']} ({params:.2f} M parameters) on {len(self.train_cases)} cases "
@@ -565,6 +573,7 @@ class Trainer:
             "train_time": float(self.state.train_time),
             "run_time": float(self.state.run_time),
             "budget_spent": self.state.budget_spent,
+            "training_start": self.state.training_start,
             "history": self.state.history,
             "curve": self.state.curve,
         }
@@ -655,6 +664,7 @@ class Trainer:
             train_time=float(ckpt.get("train_time", 0.0)),
             run_time=float(ckpt.get("run_time", ckpt.get("train_time", 0.0))),
             budget_spent=ckpt.get("budget_spent"),
+            training_start=ckpt.get("training_start"),
             history=list(ckpt.get("history", [])),
             curve=list(ckpt.get("curve", [])),
         )
