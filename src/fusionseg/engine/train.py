@@ -13,8 +13,8 @@ Validation: at most ``VAL_CASES_PER_EPOCH`` cases (the first of the validation l
 time from the cache) after each epoch, every validation case after the last one.
 
 Time budget (``config.time_budget``): the wall clock of the whole run — setup, training,
-validation and checkpoint writes (summed over resumed invocations). Training stops early enough
-to leave room for the closing validation and checkpoint (their last measured cost, at most
+validation and checkpoint writes (summed over resumed invocations). Training stops when the next
+iteration would not leave room for the closing validation and checkpoint (their last measured cost, at most
 ``BUDGET_VALIDATION_SHARE`` of the budget); a validation that would still overrun scores only the
 cases that fit, or none, and the log says so. Validation cases:
 a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's ``splits_final.json``
@@ -492,13 +492,13 @@ class Trainer:
                 self._add_curve_point(window)
             now = time.perf_counter()
             state.train_time += now - tick
-            tick = now
+            step_s, tick = now - tick, now
             if len(losses) == 1:
                 self._first_step_s = now - epoch_start
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            if self._over_budget():
+            if self._over_budget(extra=step_s):  # room for one more iteration and the closing validation
                 out_of_time = True
                 break
         if bar is not None:
