@@ -44,6 +44,7 @@ __all__ = [
     "format_summary_table",
     "json_safe",
     "label_files",
+    "label_names",
     "match_cases",
     "read_label_layout",
     "run_evaluation",

@@ -10,15 +10,15 @@ atomic ``best.pt`` / ``last.pt``, ``log.csv``, a learning curve (the training lo
 iterations, ``CURVE_POINTS_PER_EPOCH`` points per epoch, so a short run draws a curve) and TensorBoard scalars.
 
 Validation: at most ``VAL_CASES_PER_EPOCH`` cases (the first of the validation list, read one at a
-time from the cache) after each epoch, every validation case after the last one.
+time from the cache) after each epoch, every validation case after the last one. Validation cases:
+a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's ``splits_final.json``
+(:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
 
 Time budget (``config.time_budget``): the wall clock of the whole run — setup, training,
 validation and checkpoint writes (summed over resumed invocations). Training stops when the next
-iteration would not leave room for the closing validation and checkpoint (their last measured cost, at most
-``BUDGET_VALIDATION_SHARE`` of the budget); a validation that would still overrun scores only the
-cases that fit, or none, and the log says so. Validation cases:
-a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's ``splits_final.json``
-(:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
+iteration would not leave room for the closing validation and checkpoint (their last measured
+cost, at most ``BUDGET_VALIDATION_SHARE`` of the budget); a validation that would still overrun
+scores only the cases that fit, or none, and the log says so. The LR schedule ends at the budget.
 
 Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
 augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` (then ``best.pt``) is written at epoch
@@ -545,8 +545,8 @@ class Trainer:
 
     def _add_curve_point(self, window: list[float]) -> None:
         """One learning-curve point: the mean loss of the iterations in ``window`` (then emptied)."""
-        point = {"step": self.state.step, "train_loss": round(float(np.mean(window)), 6), "time_s": self.elapsed()}
-        self.state.curve.append({**point, "time_s": round(point["time_s"], 3)})
+        loss = round(float(np.mean(window)), 6)
+        self.state.curve.append({"step": self.state.step, "train_loss": loss, "time_s": round(self.elapsed(), 3)})
         window.clear()
 
     def _log_scalars(self, train_loss: float, val_dice: float | None) -> None:
