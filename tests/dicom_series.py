@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -21,7 +22,18 @@ def brain_crop(size: tuple[int, int, int] = (32, 32, 8)) -> sitk.Image:
 
 
 def write_series(image: sitk.Image, folder: Path, series_uid: str, number: int = 1, rows: int | None = None) -> Path:
-    """``image`` (3D) as one DICOM file per slice in ``folder``; ``rows`` crops every other slice (a mixed series)."""
+    """``image`` (3D) as one DICOM file per slice in ``folder``; ``rows`` crops every other slice (a mixed series).
+
+    GDCM's writer sets the C locale for the whole process (Python then reads text as ASCII); it is restored.
+    """
+    kept = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_slices(image, folder, series_uid, number, rows)
+    finally:
+        locale.setlocale(locale.LC_ALL, kept)
+
+
+def _write_slices(image: sitk.Image, folder: Path, series_uid: str, number: int, rows: int | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

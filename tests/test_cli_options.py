@@ -25,6 +25,7 @@ PARSERS = {
     "ablate": "fusionseg.cli.ablate",
     "export": "fusionseg.cli.export",
     "import-weights": "fusionseg.cli.import_weights",
+    "relabel": "fusionseg.cli.relabel",
     "bench modules": "fusionseg.bench.modules",
     "bench dnet": "fusionseg.bench.dnet",
     "bench ds-transunet": "fusionseg.bench.ds_transunet",
@@ -81,3 +82,44 @@ def test_docs_table_matches_the_parser(command):
         f"docs/cli.md vs `fusionseg {command}`: missing in docs {sorted(actual - documented)}, "
         f"not in the parser {sorted(documented - actual)}"
     )
+
+
+def help_options(text: str) -> set[str]:
+    """The options an argparse ``--help`` text lists: the option spellings at the start of its option lines."""
+    options = set()
+    for line in text.splitlines():
+        match = re.match(r"^ {2}(-[^ ].*?)(?: {2,}|$)", line)
+        if match:
+            options.update(re.findall(r"(?:^|, )(--?[\w-]+)", match.group(1)))
+    return options - {"-h", "--help"}
+
+
+def test_every_command_is_in_the_table():
+    from fusionseg.cli import COMMANDS
+
+    grouped = {name.split()[0] for name in PARSERS if " " in name}  # bench, nnunet: their sub-commands are
+    assert set(COMMANDS) - grouped <= set(PARSERS), set(COMMANDS) - grouped - set(PARSERS)
+
+
+@pytest.mark.parametrize("command", sorted(PARSERS))
+def test_help_text_lists_the_documented_options(command, capsys):
+    """What `fusionseg COMMAND --help` prints is what docs/cli.md says the command takes."""
+    from fusionseg.cli import main as cli
+
+    if command.startswith("nnunet "):
+        text = _parser(command).format_help()
+    else:
+        with pytest.raises(SystemExit) as done:
+            cli([*command.split(), "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+    assert help_options(text) == documented_options().get(command, set()), text
+
+
+def test_top_level_help_says_what_the_commands_do(capsys):
+    from fusionseg.cli import main as cli
+
+    assert cli(["--help"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert "real nuclei image" in lines["demo"] and "synthetic phantoms" not in lines["demo"].split("(")[0]
+    assert "MONAI bundle" in lines["export"] and "relabel" in lines

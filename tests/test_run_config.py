@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import yaml
 
 from fusionseg.cli import main as cli
 from fusionseg.cli.run_config import parse_with_config
-from fusionseg.cli.train import build_parser
+from fusionseg.cli.train import build_parser, config_from_args
 from fusionseg.errors import InputError
 
 TINY = {"model": "unet", "fusion": "dff", "model-kwargs": {"features": [8, 16]}, "epochs": 1, "iters_per_epoch": 2,
@@ -78,3 +79,47 @@ def test_unreadable_config_files_are_one_line_errors(tmp_path, capsys):
         assert cli(["train", "--config", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
+
+
+def test_run_config_travels_to_another_directory(tmp_path, monkeypatch):
+    """config.yaml holds absolute paths; `--config RUN/config.yaml` from elsewhere finds the data."""
+    (tmp_path / "start" / "data" / "ds").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "start")
+    parser = build_parser()
+    args = parse_with_config(parser, ["--data", "data/ds", "--output", "runs/x", "--init", "w.pt"])
+    from fusionseg.cli.run_config import resolved_options
+    from fusionseg.engine.config import write_run_config
+
+    write_run_config(tmp_path / "config.yaml", resolved_options(parser, args))
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert written["data"] == str(tmp_path / "start" / "data" / "ds")
+    assert written["output"] == str(tmp_path / "start" / "runs" / "x")
+    assert written["init"] == str(tmp_path / "start" / "w.pt")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = parse_with_config(build_parser(), ["--config", str(tmp_path / "config.yaml")])
+    assert again.data == tmp_path / "start" / "data" / "ds"
+    config_from_args(again).check()  # was: --data data/ds is not a folder
+
+
+def test_old_relative_run_config_resolves_against_where_the_run_started(tmp_path, monkeypatch):
+    (tmp_path / "data" / "ds").mkdir(parents=True)
+    run = tmp_path / "runs" / "x"
+    run.mkdir(parents=True)
+    _write(run / "config.yaml", {"data": "data/ds", "output": "runs/x", "cache": "cache"})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    args = parse_with_config(build_parser(), ["--config", "../runs/x/config.yaml"])
+    assert (args.data, args.output, args.cache) == (tmp_path / "data/ds", run, tmp_path / "cache")
+    monkeypatch.chdir(tmp_path)  # from the original directory: the same folders as before
+    args = parse_with_config(build_parser(), ["--config", "runs/x/config.yaml"])
+    assert (args.data.resolve(), args.output.resolve()) == (tmp_path / "data/ds", run)
+
+
+def test_hand_written_config_paths_resolve_against_its_folder(tmp_path, monkeypatch):
+    (tmp_path / "exp" / "ds").mkdir(parents=True)
+    path = _write(tmp_path / "exp" / "run.yaml", {"data": "ds"})
+    monkeypatch.chdir(tmp_path)
+    args = parse_with_config(build_parser(), ["--config", str(path), "--output", "out"])
+    assert args.data == tmp_path / "exp" / "ds"
+    assert args.output == Path("out")  # the command line keeps its meaning (the current directory)

@@ -118,7 +118,7 @@ def test_softmax_label_map_is_argmax():
 @pytest.mark.parametrize(
     ("labels", "order", "message"),
     [
-        ({"background": 0, "a": 2}, None, r"label values \[0, 2\] must be consecutive from 0"),
+        ({"background": 0, "a": 2}, None, r"label values must be consecutive from 0 \(background\), got \[0, 2\]"),
         ({"background": 0, "a": 1, "ignore": 5}, None, r'"ignore" = 5 must be the highest label value \(2\)'),
         ({"background": 0, "a": 1, "ignore": [2, 3]}, None, '"ignore" = \\[2, 3\\] must be one integer'),
         (BRATS, None, r'region labels need "regions_class_order" \(one label value per region, e\.g\. \[1, 2, 3\]\)'),
@@ -137,3 +137,13 @@ def test_bad_labels_give_one_line_errors(labels, order, message):
         LabelLayout.from_dataset_json(labels, order, source="ds/dataset.json")
     text = str(err.value)
     assert text.startswith("ds/dataset.json: ") and "\n" not in text
+
+
+def test_non_consecutive_label_error_lists_a_few_values_and_points_to_relabel():
+    """An atlas with 725 labels: the one-line error shows 6 values and the count, and names the fix."""
+    labels = {"background": 0, **{f"region{v}": v for v in range(2001, 2001 + 3 * 724, 3)}}
+    with pytest.raises(InputError) as err:
+        LabelLayout.from_dataset_json(labels)
+    message = str(err.value)
+    assert "[0, 2001, 2004, 2007, 2010, 2013, ...] (725 values)" in message and len(message) < 250
+    assert "fusionseg relabel --data DATASET --output NEW_DATASET" in message and "\n" not in message

@@ -145,7 +145,7 @@ def test_evaluate_main_writes_csv_json_and_overlays(tmp_path):
     )
     assert code == 0
     lines = (out / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "case,label,dice,iou,hd95,msd,nsd" and len(lines) == 1 + 4
+    assert lines[0] == "case,label,name,dice,iou,hd95,msd,nsd" and len(lines) == 1 + 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["missing"] == ["lonely"]
     assert len(summary["overlays"]) == 3  # 2 worst + 2 best of 3 predicted cases, no duplicates
@@ -294,3 +294,23 @@ def test_evaluate_with_dataset_json_scores_declared_classes_and_ignore(tmp_path)
     rows, summary = evaluate_folders(pred_dir, gt_dir, layout=read_label_layout(tmp_path))
     assert summary["labels"] == [1, 2, 3] and summary["ignore_label"] == 4
     assert [r["dice"] for r in rows] == [1.0, 1.0, 1.0]  # classes 2, 3 absent from both: 1 by convention
+
+
+def test_tables_name_the_classes_of_dataset_json(tmp_path, capsys):
+    """metrics.csv, summary.json and the printed table say `nodule`, not `1` (dataset.json beside the ground truth)."""
+    dataset, pred_dir = tmp_path / "Dataset501_Lung", tmp_path / "pred"
+    (dataset / "labelsTs").mkdir(parents=True)
+    pred_dir.mkdir()
+    (dataset / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "nodule": 1, "vessel": 2}}))
+    gt = _box((12, 12, 6), (2, 2, 1), (8, 8, 5))
+    gt[9:11, 9:11, 2:4] = 2
+    for cid in ("a", "b"):
+        nib.save(nib.Nifti1Image(gt, np.eye(4)), dataset / "labelsTs" / f"{cid}.nii.gz")
+        nib.save(nib.Nifti1Image(gt, np.eye(4)), pred_dir / f"{cid}.nii.gz")
+    assert evaluate_cli.main(["--pred", str(pred_dir), "--gt", str(dataset / "labelsTs")]) == 0
+    printed = capsys.readouterr().out
+    assert "| nodule | 1.0000 ± 0.0000" in printed and "| vessel |" in printed and "| 1 |" not in printed
+    summary = json.loads((pred_dir / "summary.json").read_text())
+    assert summary["label_names"] == {"1": "nodule", "2": "vessel"}
+    rows = (pred_dir / "metrics.csv").read_text().splitlines()
+    assert rows[1].startswith("a,1,nodule,1,") and rows[2].startswith("a,2,vessel,1,")

@@ -47,3 +47,36 @@ def test_overlays_of_metaimage_cases(tmp_path):
     )
     assert sorted(p.name for p in paths) == ["best_a.png", "worst_b.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def _world(shape, affine):
+    """RAS+ coordinates (3, *shape) of every voxel centre."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), 0).reshape(3, -1)
+    return (np.asarray(affine)[:3, :3] @ grid + np.asarray(affine)[:3, 3:]).reshape(3, *shape)
+
+
+AFFINES = {
+    "RAS": np.diag([0.8, 0.8, 2.5, 1.0]),
+    "LPS (ITK, DICOM)": np.diag([-0.8, -0.8, 2.5, 1.0]),
+    # array axes: superior, patient's left, posterior (a sagittal-first acquisition), slightly oblique
+    "permuted oblique": np.array(
+        [[0.0, -1.0, 0.05, 10.0], [0.0, 0.05, -1.0, 4.0], [2.0, 0.0, 0.0, -7.0], [0.0, 0.0, 0.0, 1.0]]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", AFFINES)
+def test_3d_overlays_are_radiological_from_the_affine(tmp_path, name):
+    """A marker on the patient's right is drawn on the viewer's left; an anterior one at the top."""
+    from fusionseg.engine.report import overlay_png, radiological_view
+
+    affine, shape = AFFINES[name], (20, 24, 10)
+    x, y, _ = _world(shape, affine)
+    right = (x > np.median(x)).astype(np.uint8)  # the patient's right half (RAS+: +x is right)
+    anterior = (y > np.median(y)).astype(np.uint8)
+    view_right, view_anterior = radiological_view(right, affine), radiological_view(anterior, affine)
+    k = view_right.shape[-1] // 2
+    rows, cols = view_right.shape[:2]
+    assert view_right[:, : cols // 2 - 1, k].all() and not view_right[:, cols // 2 + 1 :, k].any()
+    assert view_anterior[: rows // 2 - 1, :, k].all() and not view_anterior[rows // 2 + 1 :, :, k].any()
+    assert overlay_png(None, right, anterior, tmp_path / "o.png", "case", affine, {1: "tumour"}).stat().st_size > 1000

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -425,3 +427,41 @@ def test_tensorboard_missing_is_one_log_line(phantoms2d, tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert out.count("TensorBoard logging skipped") == 1
     assert not list(tmp_path.glob("events.out.tfevents*")) and (tmp_path / "log.csv").is_file()
+
+
+def test_time_budget_is_the_wall_clock_of_the_whole_run(phantoms2d, tmp_path, monkeypatch):
+    """Validation and checkpoints count; the closing validation scores only the cases that fit, and says so."""
+    from fusionseg.engine import train as train_module
+
+    real_case_scores = train_module.case_scores
+
+    def slow_case_scores(*args, **kwargs):  # a validation case costs 0.6 s
+        time.sleep(0.6)
+        return real_case_scores(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "case_scores", slow_case_scores)
+    budget, lines = 4.0, []
+    config = _config(phantoms2d, tmp_path, epochs=1000, iters_per_epoch=2, time_budget=budget, val_fraction=0.6)
+    start = time.perf_counter()
+    Trainer(config, log=lines.append).run()
+    wall = time.perf_counter() - start
+    assert wall <= budget + 1.0, wall
+    # the closing validation of 3 cases (1.8 s) does not fit in what is kept back (a quarter of the budget)
+    said = [line for line in lines if line.startswith("time budget of 4 s: ")]
+    assert re.fullmatch(r"time budget of 4 s: (validated [12] of 3 cases to stay inside it|"
+                        r"validation skipped \(3 cases did not fit\))", said[0]), lines  # fmt: skip
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["out_of_time"] is True and summary["run_time_s"] <= budget + 1.0
+    curve = load_checkpoint(tmp_path / "last.pt")["curve"]
+    assert len(curve) == summary["steps"]  # 2 iterations per epoch: a point per iteration
+
+
+def test_a_one_epoch_run_draws_a_learning_curve(phantoms2d, tmp_path):
+    from fusionseg.engine.report import learning_curve_points
+
+    train(_config(phantoms2d, tmp_path, epochs=1, iters_per_epoch=30, val_fraction=0.0))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert [p["step"] for p in ckpt["curve"]] == list(range(3, 31, 3))  # 10 points, each the mean of 3 iterations
+    x_name, loss, _ = learning_curve_points(ckpt["history"], ckpt["curve"])
+    assert x_name == "iteration" and len(loss) == 10  # was: one dot (one epoch)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 0

@@ -288,7 +288,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first seed: seeds are seed … seed+num_seeds-1 (default 0)")
     p.add_argument(
         "--time-budget", nargs="+", metavar="[DATASET=]SECONDS",
-        help="training seconds per run (default " + _defaults_text("time_budget") + ")",
+        help="wall-clock seconds per training run, validation included (default " + _defaults_text("time_budget") + ")",
     )  # fmt: skip
     p.add_argument(
         "--patch-size", nargs="+", metavar="[DATASET=]N,N[,N]",

@@ -17,14 +17,15 @@ from fusionseg.version import __version__
 
 # command -> (module with main(argv, prog), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("fusionseg.cli.demo", "train, predict and evaluate on built-in synthetic phantoms"),
+    "demo": ("fusionseg.cli.demo", "train, predict and evaluate on a shipped real nuclei image (or --phantoms)"),
     "plan": ("fusionseg.cli.plan", "plan a dataset: target spacing, patch, normalisation (plans.json)"),
     "preprocess": ("fusionseg.cli.preprocess", "preprocess a dataset once to the cache (resumable)"),
     "train": ("fusionseg.cli.train", "train a model on a dataset folder"),
     "predict": ("fusionseg.cli.predict", "sliding-window prediction with a checkpoint"),
     "evaluate": ("fusionseg.cli.evaluate", "Dice / IoU / HD95 / surface distance of predictions"),
     "ablate": ("fusionseg.cli.ablate", "equal-budget comparison of fusion modules"),
-    "export": ("fusionseg.cli.export", "export a checkpoint to TorchScript or ONNX"),
+    "relabel": ("fusionseg.cli.relabel", "renumber a dataset's label values to 0..K-1 (mapping kept for predictions)"),
+    "export": ("fusionseg.cli.export", "export a checkpoint to TorchScript or ONNX, or as a MONAI bundle"),
     "import-weights": ("fusionseg.cli.import_weights", "convert an official .pth/.model into a fusionseg checkpoint"),
     "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds-transunet, real-data, train-loop, plug, nnunet, scale"),
     "nnunet": ("fusionseg.cli.nnunet", "nnU-Net v2 trainers: install | uninstall | list (docs/nnunet.md)"),

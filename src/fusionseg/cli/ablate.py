@@ -31,7 +31,7 @@ def build_parser(prog: str = "fusionseg ablate") -> argparse.ArgumentParser:
         "--num-seeds", type=positive_int, default=3, help="seeds per fusion: --seed, --seed+1, ... (default 3)"
     )
     p.add_argument(
-        "--time-budget", type=positive_float, required=False, help="training seconds per run (equal for all)"
+        "--time-budget", type=positive_float, required=False, help="wall-clock seconds per run (equal for all)"
     )
     return p
 

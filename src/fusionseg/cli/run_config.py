@@ -3,7 +3,14 @@
 Keys are option names without ``--`` (``iters-per-epoch`` or ``iters_per_epoch``); on/off switches
 take true/false under their positive name (``augment: false``) or the option as written
 (``no-augment: true``). An unknown key is a one-line error naming the nearest valid key.
-:func:`resolved_options` is what ``config.yaml`` in a run folder holds.
+:func:`resolved_options` is what ``config.yaml`` in a run folder holds; its paths are absolute, so
+``--config RUN/config.yaml`` repeats the run from any directory.
+
+A relative path in a config file (hand-written, or ``config.yaml`` of an older run) is taken
+relative to the first of these where it exists: the current directory (as before), the config
+file's folder, the directory an older run was started from (the config's folder less its relative
+``output`` entry). A path that exists in none of them (an output folder) is taken relative to that
+starting directory when it is known, else to the current directory (:func:`resolve_config_path`).
 
 Example:
     >>> args = parse_with_config(build_parser(), ["--config", "run.yaml", "--epochs", "3"])   # epochs 3 wins
@@ -19,7 +26,7 @@ from typing import Any
 
 from fusionseg.errors import InputError
 
-__all__ = ["CONFIG_OPTION", "parse_with_config", "resolved_options"]
+__all__ = ["CONFIG_OPTION", "parse_with_config", "resolve_config_path", "resolved_options"]
 
 CONFIG_OPTION = "config"
 _SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)
@@ -66,6 +73,42 @@ def _value(key: str, action: argparse.Action, value: Any, source: str) -> tuple[
     return action.dest, converted
 
 
+def _run_origin(config_path: Path, output: Any) -> Path | None:
+    """The directory an older run was started from: ``RUN`` of ``RUN/config.yaml`` less its relative ``output``."""
+    if not isinstance(output, str) or not output.strip() or Path(output).is_absolute():
+        return None
+    folder, parts = config_path.resolve().parent, Path(output).parts
+    if parts == (".",) or len(parts) > len(folder.parts) or folder.parts[-len(parts) :] != parts:
+        return None
+    return folder.parents[len(parts) - 1]
+
+
+def resolve_config_path(value: Path, config_path: Path, origin: Path | None = None) -> Path:
+    """``value`` of a config file as an absolute path (see the module docstring for the order of folders).
+
+    Example:
+        >>> resolve_config_path(Path("data/Dataset501"), Path("/runs/x/config.yaml"), origin=Path("/home/me"))
+        PosixPath('/home/me/data/Dataset501')      # when neither ./data/Dataset501 nor /runs/x/data/... exists
+    """
+    value = Path(value).expanduser()
+    if value.is_absolute():
+        return value
+    candidates = [Path.cwd(), config_path.resolve().parent] + ([origin] if origin is not None else [])
+    for base in candidates:
+        if (base / value).exists():
+            return (base / value).absolute()
+    return ((origin if origin is not None else Path.cwd()) / value).absolute()
+
+
+def _resolved_paths(value: Any, config_path: Path, origin: Path | None) -> Any:
+    """Paths (also inside tuples, as ``--pretrained``) of a converted config value, resolved."""
+    if isinstance(value, Path):
+        return resolve_config_path(value, config_path, origin)
+    if isinstance(value, tuple) and value and all(isinstance(v, Path) for v in value):
+        return tuple(resolve_config_path(v, config_path, origin) for v in value)
+    return value
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) taken from the file."""
     from fusionseg.engine.config import nearest_key, read_run_config
@@ -75,7 +118,9 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     known, _ = pre.parse_known_args(argv)
     if known.config is not None:
         options = _options(parser)
-        for key, value in read_run_config(known.config).items():
+        values = read_run_config(known.config)
+        origin = _run_origin(known.config, values.get("output"))
+        for key, value in values.items():
             action = options.get(key)
             if action is None:
                 valid = {a.dest for a in options.values()}
@@ -84,6 +129,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
                     f"--config {known.config}: unknown key {key.replace('_', '-')!r}; did you mean {hint!r}?"
                 )
             dest, converted = _value(key, action, value, f"--config {known.config}")
+            converted = _resolved_paths(converted, known.config, origin)
             parser.set_defaults(**{dest: converted})
             for other in parser._actions:
                 if other.dest == dest:
@@ -94,7 +140,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 def resolved_options(
     parser: argparse.ArgumentParser, args: argparse.Namespace, leave_out: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """Every visible option's value in ``args`` by dest (``--model-kwargs`` as a mapping), ``leave_out`` aside."""
+    """Every visible option's value in ``args`` by dest (``--model-kwargs`` as a mapping, paths absolute),
+    ``leave_out`` aside."""
     out: dict[str, Any] = {}
     for action in parser._actions:
         dest = action.dest
@@ -105,5 +152,9 @@ def resolved_options(
         value = getattr(args, dest)
         if dest == "model_kwargs" and isinstance(value, str):
             value = json.loads(value) if value.strip() else {}
+        if isinstance(value, Path):
+            value = value.expanduser().absolute()
+        elif isinstance(value, tuple) and value and all(isinstance(v, Path) for v in value):
+            value = tuple(v.expanduser().absolute() for v in value)
         out[dest] = value
     return out

@@ -67,7 +67,11 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
     p.add_argument(
         "--iters-per-epoch", type=positive_int, default=d["iters_per_epoch"], help=f"default {d['iters_per_epoch']}"
     )
-    add("time_budget", "--time-budget", type=positive_float, default=None, help="stop training after this many seconds")
+    add(
+        "time_budget", "--time-budget", type=positive_float, default=None,
+        help="wall-clock seconds of the whole run, validation and checkpoints included "
+        "(the closing validation scores the cases that fit)",
+    )  # fmt: skip
     add("stop_after", "--stop-after", type=positive_int, default=None, help="run this many epochs now, then exit")
     p.add_argument(
         "--batch-size",

@@ -56,6 +56,7 @@ from fusionseg.data.io import BINARY_MASK_RULE, LOSSY_CLASS_RULE, read_header, r
 from fusionseg.data.json_input import read_json_file
 from fusionseg.data.labels import LabelLayout
 from fusionseg.data.layouts_2d import DOCUMENT_EXTENSIONS, Layout2D, find_layout, held_out_folders, mask_folder
+from fusionseg.data.relabel import original_label_values
 from fusionseg.errors import InputError
 
 __all__ = ["Case", "DatasetInfo", "infer_modality", "scan_dataset"]
@@ -101,6 +102,7 @@ class DatasetInfo:
     regions_class_order: list[int] | None = None
     use_mask_for_norm: bool | None = None
     mask_rule: str | None = None  # how binary 2D masks were read (stated once in the training log)
+    original_labels: list[int] | None = None  # original value of each label value (after `fusionseg relabel`)
 
     @property
     def in_channels(self) -> int:
@@ -329,6 +331,7 @@ def _scan_nnunet(root: Path) -> DatasetInfo:
         name=str(meta.get("name", root.resolve().name)),
         file_ending=file_ending,
         use_mask_for_norm=_mask_override(meta, json_path),
+        original_labels=original_label_values(meta, json_path),
         **_label_fields(layout),
     )
 

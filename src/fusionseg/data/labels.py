@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fusionseg.data.relabel import format_values
 from fusionseg.errors import InputError
 
 __all__ = ["LabelLayout", "labels_to_regions", "regions_to_labels", "valid_mask"]
@@ -245,7 +246,8 @@ class LabelLayout:
         all_values = sorted({v for _, vals in parsed for v in vals})
         if all_values != list(range(len(all_values))):
             raise InputError(
-                f"{source}: label values {all_values} must be consecutive from 0 (background); renumber the labels"
+                f"{source}: label values must be consecutive from 0 (background), got {format_values(all_values)}; "
+                "renumber them with `fusionseg relabel --data DATASET --output NEW_DATASET`"
             )
         if len(all_values) < 2:
             raise InputError(f"{source}: needs at least one foreground label besides background 0")

@@ -386,6 +386,8 @@ def plan_dataset(
         "median_spacing": [float(s) for s in median_spacing],
         "binary_as_255": dims == 2 and layout.num_classes == 2 and not layout.has_regions,
     }
+    if getattr(info, "original_labels", None):  # `fusionseg relabel`: predictions go back to these values
+        pre["original_labels"] = list(info.original_labels)
     if isinstance(target_spacing, str):
         if target_spacing not in ("median", "keep"):
             raise InputError(f'target_spacing must be numbers, "median", "keep" or None, got {target_spacing!r}')

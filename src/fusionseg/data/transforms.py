@@ -340,6 +340,7 @@ def load_for_inference(images: Sequence[str | Path] | str | Path, pre: dict) -> 
         "num_classes": int(pre["num_classes"]),
         "regions_class_order": pre.get("regions_class_order") if pre.get("regions") else None,
         "binary_as_255": bool(pre.get("binary_as_255", False)),
+        "original_labels": pre.get("original_labels"),
         "affine": np.asarray(image.affine, dtype=np.float64),
         "processed_shape": tuple(image.shape[1:]),
         "original_affine": np.asarray(reader_meta["affine"], dtype=np.float64),

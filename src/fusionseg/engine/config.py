@@ -48,7 +48,7 @@ class TrainConfig:
     deep_supervision: bool | None = None  # None: the model's own default
     epochs: int = 50
     iters_per_epoch: int = 50
-    time_budget: float | None = None  # seconds of training (validation and checkpoint writes excluded)
+    time_budget: float | None = None  # wall seconds of the whole run (validation and checkpoint writes included)
     stop_after: int | None = None  # epochs to run in this invocation, then exit (continue with resume)
     batch_size: int = 2
     patch_size: tuple[int, ...] | None = None

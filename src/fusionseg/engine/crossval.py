@@ -67,7 +67,9 @@ def _predict_validation(best: Path, val_cases: list, folder: Path, config: Train
     model, pre, _ = load_model(best, device)
     amp = choose_inference_amp(model, pre, device, config.amp, log=log)
     cases = [(case.case_id, list(case.images)) for case in val_cases]
-    _, failed = predict_files(model, pre, cases, folder, device=device, amp=amp, progress=False)
+    _, failed = predict_files(  # scored against the dataset's own (relabelled) values
+        model, pre, cases, folder, device=device, amp=amp, progress=False, original_labels=False
+    )
     if failed:
         cid, message = failed[0]
         raise InputError(f"validation prediction of case {cid!r} failed ({message}); fix the case and rerun")

@@ -8,7 +8,10 @@ best and worst cases.
 
 Given the dataset's ``dataset.json`` (:func:`read_label_layout`), the declared classes are scored
 (also those absent from the ground truth), a region dataset is scored per region (label maps →
-``isin(label, region)``), and voxels with the ignore label are left out of every metric.
+``isin(label, region)``), and voxels with the ignore label are left out of every metric. Class
+names come from that dataset.json, else from one found beside the ground truth
+(:func:`find_dataset_json`: in ``GT/``, ``GT/..`` or ``GT/../..``), into ``metrics.csv``
+(``name``), ``summary.json`` (``label_names``), the printed table and the overlays' legend.
 
 Example:
     >>> rows, summary = evaluate_folders("preds", "Dataset001/labelsTs", layout=read_label_layout("Dataset001"))
@@ -37,9 +40,11 @@ __all__ = [
     "check_same_grid",
     "evaluate_folders",
     "evaluate_pairs",
+    "find_dataset_json",
     "format_summary_table",
     "json_safe",
     "label_files",
+    "label_names",
     "match_cases",
     "read_label_layout",
     "run_evaluation",
@@ -88,6 +93,36 @@ def read_label_layout(path: str | Path) -> LabelLayout:
     if not isinstance(meta, dict) or "labels" not in meta:
         raise InputError(f'{json_path}: no "labels" entry; pass the dataset.json of an nnU-Net dataset')
     return LabelLayout.from_dataset_json(meta["labels"], meta.get("regions_class_order"), json_path)
+
+
+def find_dataset_json(gt_dir: str | Path) -> Path | None:
+    """The dataset.json of a ground-truth folder: in ``GT/``, ``GT/..`` (nnU-Net's ``labelsTs/``) or
+    ``GT/../..`` (the 2D layout's ``test/masks/``), the nearest first; None when there is none."""
+    gt_dir = Path(gt_dir).absolute()
+    for folder in (gt_dir, gt_dir.parent, gt_dir.parent.parent):
+        if (folder / "dataset.json").is_file():
+            return folder / "dataset.json"
+    return None
+
+
+def label_names(layout: LabelLayout | None) -> dict[str, str]:
+    """{scored label (as summary keys: "1", or the region name): class name} of ``layout``."""
+    if layout is None:
+        return {}
+    if layout.has_regions:
+        return {name: name for name in layout.output_names}
+    return {str(k): name for k, name in layout.names.items() if k != 0}
+
+
+def _names_beside(gt_dir: Path) -> LabelLayout | None:
+    """The label layout of a dataset.json found beside ``gt_dir`` (None when none is, or it does not parse)."""
+    found = find_dataset_json(gt_dir)
+    if found is None:
+        return None
+    try:
+        return read_label_layout(found)
+    except InputError:
+        return None
 
 
 def _read_label(path: Path) -> tuple[np.ndarray, dict]:
@@ -153,12 +188,14 @@ def evaluate_pairs(
     layout: LabelLayout | None = None,
     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE,
     missing: Sequence[tuple[str, Path]] = (),
+    names: LabelLayout | None = None,
 ) -> tuple[list[dict], dict]:
     """Score (case id, prediction file, ground-truth file) triples → (rows, summary).
 
-    ``rows``: one dict per (case, class or region) with case, label and every metric of
+    ``rows``: one dict per (case, class or region) with case, label, name and every metric of
     :data:`~fusionseg.engine.metrics.METRICS`. ``missing`` (case id, ground truth) are scored as
-    empty predictions. ``layout`` (from ``dataset.json``) sets the classes or regions and the ignore label.
+    empty predictions. ``layout`` (from ``dataset.json``) sets the classes or regions and the ignore label;
+    ``names`` (default ``layout``) only names the classes.
     """
     if not nsd_tolerance >= 0:
         raise InputError(f"--nsd-tolerance must be ≥ 0 mm, got {nsd_tolerance}")
@@ -179,17 +216,19 @@ def evaluate_pairs(
         scored = sorted(v for v in found if v != 0)
     ignore = layout.ignore_label if layout is not None else None
     rows = []
+    named = label_names(layout if layout is not None else names)
     for cid, pred, gt, spacing in sorted(loaded, key=lambda item: item[0]):
         valid = gt != ignore if ignore is not None else None
         metrics = case_metrics(pred, gt, spacing, scored, valid=valid, nsd_tolerance=nsd_tolerance)
         for label, values in metrics.items():
-            rows.append({"case": cid, "label": label, **values})
+            rows.append({"case": cid, "label": label, "name": named.get(str(label), ""), **values})
     keys = list(scored)
     summary = summarise(rows, keys)
     summary.update(
         num_cases=len(loaded),
         labels=keys,
         regions=dict(scored) if isinstance(scored, Mapping) else None,
+        label_names={str(k): named[str(k)] for k in keys if str(k) in named},
         ignore_label=ignore,
         nsd_tolerance_mm=float(nsd_tolerance),
     )
@@ -203,6 +242,7 @@ def evaluate_folders(
     *,
     layout: LabelLayout | None = None,
     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE,
+    names: LabelLayout | None = None,
 ) -> tuple[list[dict], dict]:
     """Score every prediction in ``pred_dir`` against ``gt_dir`` → (rows, summary) (see :func:`evaluate_pairs`).
 
@@ -217,6 +257,7 @@ def evaluate_folders(
         layout=layout,
         nsd_tolerance=nsd_tolerance,
         missing=[(cid, gt_files[cid]) for cid in missing],
+        names=names,
     )
     summary.update(missing=missing, extra=extra)
     return rows, summary
@@ -233,7 +274,7 @@ def case_mean_dice(rows: list[dict]) -> dict[str, float]:
 def write_metrics_csv(rows: list[dict], path: Path) -> Path:
     """One row per (case, class) with every metric (atomic write)."""
     formatted = ({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    return write_csv_atomic(path, formatted, ["case", "label", *METRICS])
+    return write_csv_atomic(path, formatted, ["case", "label", "name", *METRICS])
 
 
 def json_safe(obj):
@@ -252,8 +293,9 @@ def format_summary_table(summary: dict) -> str:
     from fusionseg.engine.report import format_table
 
     rows = []
+    names = summary.get("label_names") or {}
     for label, stats in summary["per_class"].items():
-        rows.append([label, *(_pm(stats[m]["mean"], stats[m]["std"]) for m in METRICS)])
+        rows.append([names.get(label, label), *(_pm(stats[m]["mean"], stats[m]["std"]) for m in METRICS)])
     rows.append(["mean", *(f"{summary['mean'][m]:.4f}" for m in METRICS)])
     tolerance = summary.get("nsd_tolerance_mm", DEFAULT_NSD_TOLERANCE)
     kind = "region" if summary.get("regions") else "class"
@@ -275,8 +317,12 @@ def run_evaluation(
     layout: LabelLayout | None = None,
     nsd_tolerance: float = DEFAULT_NSD_TOLERANCE,
 ) -> dict:
-    """Evaluate, write ``metrics.csv``, ``summary.json`` and overlays; return the summary."""
-    rows, summary = evaluate_folders(pred_dir, gt_dir, labels, layout=layout, nsd_tolerance=nsd_tolerance)
+    """Evaluate, write ``metrics.csv``, ``summary.json`` and overlays; return the summary.
+
+    Without ``layout``, a dataset.json beside ``gt_dir`` (:func:`find_dataset_json`) names the classes.
+    """
+    names = layout if layout is not None else _names_beside(Path(gt_dir))
+    rows, summary = evaluate_folders(pred_dir, gt_dir, labels, layout=layout, nsd_tolerance=nsd_tolerance, names=names)
     output.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(rows, output / "metrics.csv")
     summary["overlays"] = []
@@ -287,7 +333,7 @@ def run_evaluation(
         image_files = {cid: paths[0] for cid, paths in find_inputs(Path(images), in_channels=1)}
         paths = best_and_worst_overlays(
             case_mean_dice(rows), image_files, label_files(Path(pred_dir)), label_files(Path(gt_dir)), output,
-            k=num_overlays,
+            k=num_overlays, names=None if names is None or names.has_regions else dict(names.names),
         )  # fmt: skip
         summary["overlays"] = [str(p.relative_to(output)) for p in paths]
     write_text_atomic(output / "summary.json", json.dumps(json_safe(summary), indent=2))

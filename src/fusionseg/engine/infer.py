@@ -280,7 +280,8 @@ def _case_id(path: Path, strip_any_channel: bool) -> str:
 
 
 def _save_label_map(probs: torch.Tensor, meta: dict, out_path: Path, plan: dict | None, binary_as_255: bool) -> Path:
-    """Label map of ``probs`` on the input grid (``data.save_prediction``), postprocessed, written atomically."""
+    """Label map of ``probs`` on the input grid (``data.save_prediction``), postprocessed, in the dataset's
+    original label values (``meta["original_labels"]``, after ``fusionseg relabel``), written atomically."""
     from fusionseg.data import save_prediction
 
     with atomic_write(out_path) as tmp:
@@ -289,6 +290,10 @@ def _save_label_map(probs: torch.Tensor, meta: dict, out_path: Path, plan: dict 
             from fusionseg.engine.postprocess import postprocess_label_file
 
             postprocess_label_file(tmp, plan, binary_as_255=binary_as_255)
+        if meta.get("original_labels"):
+            from fusionseg.data.relabel import restore_original_label_file
+
+            restore_original_label_file(tmp, meta["original_labels"])
     return out_path
 
 
@@ -307,8 +312,12 @@ def predict_files(
     amp: bool = False,
     progress: bool = True,
     output_format: str = "auto",
+    original_labels: bool = True,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case → (written label files, [(case_id, error message)] of the cases that failed).
+
+    A model trained on a relabelled dataset (``pre["original_labels"]``) writes label maps in the
+    original values unless ``original_labels`` is False (probabilities keep the class order).
 
     ``model``/``pre``: one model and its preprocessing, or lists of them (an ensemble: probabilities are
     averaged). ``output_format``: ``"auto"`` (the input's format), ``"nifti"`` or ``"dicom-seg"`` (DICOM
@@ -334,6 +343,8 @@ def predict_files(
         )  # fmt: skip
     output.mkdir(parents=True, exist_ok=True)
     options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing, "format": output_format}
+    if not original_labels:
+        options["original_labels"] = False
     resumable = ResumableOutputs(output, _fingerprint(models, pres, options))
 
     def outputs(cid: str, images: list[Path]) -> list[Path]:
@@ -343,6 +354,8 @@ def predict_files(
     def predict_case(cid: str, images: list[Path]) -> Path:
         out_path, *prob_path = outputs(cid, images)
         image, meta = load_for_inference(list(images), pres[0])
+        if not original_labels:
+            meta["original_labels"] = None
         probs = predict_ensemble(
             models,
             pres,

@@ -6,12 +6,19 @@ per region, ignore label left out; deep-supervision weights halving per scale), 
 poly LR) or AdamW, optional mixed precision (:mod:`fusionseg.engine.runtime`), patches streamed from
 the preprocessed cache (:mod:`fusionseg.data.streaming`; the plan is saved as ``plans.json``),
 sliding-window validation Dice (per class / region) every ``val_every`` epochs,
-atomic ``best.pt`` / ``last.pt``, ``log.csv``, a learning curve and TensorBoard scalars.
+atomic ``best.pt`` / ``last.pt``, ``log.csv``, a learning curve (the training loss every few
+iterations, ``CURVE_POINTS_PER_EPOCH`` points per epoch, so a short run draws a curve) and TensorBoard scalars.
 
 Validation: at most ``VAL_CASES_PER_EPOCH`` cases (the first of the validation list, read one at a
 time from the cache) after each epoch, every validation case after the last one. Validation cases:
 a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's ``splits_final.json``
 (:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
+
+Time budget (``config.time_budget``): the wall clock of the whole run — setup, training,
+validation and checkpoint writes (summed over resumed invocations). Training stops when the next
+iteration would not leave room for the closing validation and checkpoint (their last measured
+cost, at most ``BUDGET_VALIDATION_SHARE`` of the budget); a validation that would still overrun
+scores only the cases that fit, or none, and the log says so. The LR schedule ends at the budget.
 
 Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
 augmentation) from ``(seed, epoch, rank)``, and ``last.pt`` (then ``best.pt``) is written at epoch
@@ -57,7 +64,7 @@ from fusionseg.engine.optim import build_optimizer, poly_lr_lambda
 from fusionseg.engine.precision import choose_amp
 from fusionseg.engine.runtime import autocast, seed_everything, set_threads, tune_cpu_allocator
 from fusionseg.engine.tensorboard_log import ScalarLog
-from fusionseg.engine.validation import validation_scores
+from fusionseg.engine.validation import case_scores, score_names, validation_scores
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.files import write_csv_atomic, write_text_atomic
@@ -66,6 +73,9 @@ from fusionseg.nets.base import round_up_to_multiple
 __all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "split_cases", "train"]
 
 VAL_CASES_PER_EPOCH = 8  # validation cases scored after each epoch but the last (which scores every one)
+BUDGET_VALIDATION_SHARE = 0.25  # at most this share of a time budget is kept back for the closing validation
+BUDGET_FIRST_GUESS = 0.1  # share kept back for validation before its cost has been measured
+CURVE_POINTS_PER_EPOCH = 10  # learning-curve points of the training loss per epoch (short runs get a curve too)
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "train_time_s", "epoch_time_s")
 # Settings a resumed run may change without changing its results.
 _NOT_COMPARED = ("data", "output", "resume", "stop_after", "init", "num_workers", "cache", "device", "threads",
@@ -80,7 +90,11 @@ class TrainState:
     step: int = 0
     best_metric: float = -math.inf
     train_time: float = 0.0  # seconds spent in training iterations (validation and writes excluded)
+    run_time: float = 0.0  # wall seconds of the run up to the last checkpoint (what the time budget counts)
+    budget_spent: float | None = None  # the time budget the run ended on (a rerun with it trains no more)
+    training_start: float | None = None  # run_time when training began: the LR schedule spans the rest of the budget
     history: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)  # {"step", "train_loss", "time_s"} every few iterations
 
     @property
     def best(self) -> float | None:
@@ -161,6 +175,11 @@ class Trainer:
         self.state = TrainState()
         self.val_per_class: dict[str, float] = {}
         self.scalars = ScalarLog(None)
+        self._clock, self._elapsed_before = time.perf_counter(), 0.0
+        self._val_case_s: float | None = None  # measured seconds per validation case
+        self._save_s = 0.0  # measured seconds of the last checkpoint write
+        self._first_step_s = 0.0  # measured seconds from an epoch's start to its first iteration's end
+        self._closing = True  # whether the validation running now is the run's last
 
     # ------------------------------------------------------------------------------------ logging
 
@@ -213,7 +232,7 @@ class Trainer:
 
     def build_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         c = self.config
-        used = (lambda: self.state.train_time / c.time_budget) if c.time_budget else None
+        used = self._budget_fraction if c.time_budget else None
         return torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_lr_lambda(c.epochs * c.iters_per_epoch, time_fraction=used)
         )
@@ -251,10 +270,63 @@ class Trainer:
         items = self.val_items
         if self.state.epoch < self.config.epochs and len(items) > VAL_CASES_PER_EPOCH:
             items = items[:VAL_CASES_PER_EPOCH]  # the same cases every epoch; all of them at the end
-        mean, self.val_per_class = validation_scores(
-            self.model, items, self.pre, self.device, self.config.val_overlap, amp
-        )
-        return mean
+        if self.config.time_budget is None:
+            mean, self.val_per_class = validation_scores(
+                self.model, items, self.pre, self.device, self.config.val_overlap, amp
+            )
+            return mean
+        return self._validate_within_budget(items, amp)
+
+    def _validate_within_budget(self, items: Any, amp: bool) -> float | None:
+        """Validation Dice of the cases of ``items`` that fit in the time budget (one log line when not all);
+        a validation before the last leaves room for another epoch's first iteration and the closing one."""
+        budget, scores = self.config.time_budget, []
+        limit = budget - self._save_s - (0.0 if self._closing else self._first_step_s + self._budget_reserve())
+        for index in range(len(items)):
+            if self.elapsed() + (self._val_case_s or 0.0) > limit:
+                break
+            start = time.perf_counter()
+            scores += case_scores(self.model, [items[index]], self.pre, self.device, self.config.val_overlap, amp)
+            self._val_case_s = time.perf_counter() - start
+        if len(scores) < len(items):
+            self.log(
+                f"time budget of {budget:g} s: validation skipped ({len(items)} cases did not fit)"
+                if not scores
+                else f"time budget of {budget:g} s: validated {len(scores)} of {len(items)} cases to stay inside it"
+            )
+        if not scores:
+            return None
+        names = score_names(self.layout)
+        self.val_per_class = {n: float(v) for n, v in zip(names, np.mean(np.stack(scores), axis=0))}
+        return float(np.mean([np.mean(s) for s in scores]))
+
+    def _budget_fraction(self) -> float:
+        """Share of the time budget's training part (after setup: planning, preprocessing) used so far."""
+        start = self.state.training_start or 0.0
+        return (self.elapsed() - start) / max(float(self.config.time_budget) - start, 1e-9)
+
+    def elapsed(self) -> float:
+        """Wall seconds of the run so far (earlier invocations of a resumed run included)."""
+        return self._elapsed_before + time.perf_counter() - self._clock
+
+    def _budget_reserve(self) -> float:
+        """Seconds kept back for the closing validation and checkpoint write (measured, else a share of the budget)."""
+        budget = float(self.config.time_budget)
+        if not self.val_items:
+            validation = 0.0
+        elif self._val_case_s is None:
+            validation = BUDGET_FIRST_GUESS * budget
+        else:
+            validation = min(self._val_case_s * len(self.val_items), BUDGET_VALIDATION_SHARE * budget)
+        return validation + self._save_s
+
+    def _over_budget(self, closings: int = 1, extra: float = 0.0) -> bool:
+        """Whether training must stop now to end the run inside the time budget, leaving room for
+        ``closings`` validations and checkpoint writes and ``extra`` seconds."""
+        budget = self.config.time_budget
+        if budget is None:
+            return False
+        return self._all_agree(self.elapsed() + closings * self._budget_reserve() + extra >= budget)
 
     # ---------------------------------------------------------------------------------- the run
 
@@ -321,8 +393,12 @@ class Trainer:
     def run(self) -> Path:
         """Train; returns the path of ``best.pt`` (the highest validation Dice, else the last epoch)."""
         c = self.config
+        self._clock = time.perf_counter()
         try:
             self.setup()
+            self._elapsed_before = self.state.run_time
+            if self.state.training_start is None:
+                self.state.training_start = self.elapsed()
             params = sum(p.numel() for p in self.model.parameters()) / 1e6
             self.log(
                 f"training {self.model.config['name']} ({params:.2f} M parameters) on {len(self.train_cases)} cases "
@@ -330,7 +406,11 @@ class Trainer:
                 f"{c.epochs} epochs × {c.iters_per_epoch} iterations, device {self.device}"
                 + (f", {self.info.world_size} processes" if self.info.enabled else "")
             )
-            epochs_this_run, out_of_time = 0, c.time_budget is not None and self.state.train_time >= c.time_budget
+            spent = self.state.budget_spent is not None and c.time_budget is not None
+            out_of_time = c.time_budget is not None and (
+                self.state.run_time >= c.time_budget or (spent and c.time_budget <= self.state.budget_spent)
+            )
+            epochs_this_run = 0
             while self.state.epoch < c.epochs and not out_of_time:
                 out_of_time = self._run_epoch()
                 epochs_this_run += 1
@@ -339,7 +419,10 @@ class Trainer:
                     self.log(f"stopping after {epochs_this_run} epoch(s) as asked; continue with --resume")
                     break
             if out_of_time:
-                self.log(f"time budget of {c.time_budget:g} s reached after {self.state.step} iterations")
+                self.log(
+                    f"time budget of {c.time_budget:g} s reached after {self.state.step} iterations "
+                    f"({self.elapsed():.1f} s of wall clock)"
+                )
             if self.info.is_main:
                 if not self.best_path.exists() and self.last_path.exists():
                     save_checkpoint(self.best_path, self._checkpoint())
@@ -347,6 +430,7 @@ class Trainer:
                     "epochs": self.state.epoch,
                     "steps": self.state.step,
                     "train_time_s": self.state.train_time,
+                    "run_time_s": round(self.elapsed(), 3),
                     "best_val_dice": self.state.best,
                     "out_of_time": out_of_time,
                     "fold": c.fold,
@@ -394,31 +478,45 @@ class Trainer:
         epoch_start = time.perf_counter()
         loader = self._loader(state.epoch)
         self.net.train()
-        losses, out_of_time = [], False
+        losses, out_of_time, window = [], False, []
+        curve_every = max(1, c.iters_per_epoch // CURVE_POINTS_PER_EPOCH)
         bar = self._progress_bar()
         tick = time.perf_counter()
         for batch in loader:
             loss = self.train_step(batch)
             maybe_fail("train.step")
             losses.append(loss)
+            window.append(loss)
             state.step += 1
+            if len(window) >= curve_every:
+                self._add_curve_point(window)
             now = time.perf_counter()
             state.train_time += now - tick
-            tick = now
+            step_s, tick = now - tick, now
+            if len(losses) == 1:
+                self._first_step_s = now - epoch_start
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            if c.time_budget is not None and self._all_agree(state.train_time >= c.time_budget):
+            if self._over_budget(extra=step_s):  # room for one more iteration and the closing validation
                 out_of_time = True
                 break
         if bar is not None:
             bar.close()
+        if window:
+            self._add_curve_point(window)
         state.epoch += 1
         train_loss = distributed.all_reduce_mean(float(np.mean(losses)) if losses else math.nan, self.info)
+        # no room for this epoch's validation, another epoch's first iteration and the closing validation
+        closings = 2 if state.epoch % c.val_every == 0 else 1
+        out_of_time = out_of_time or (state.epoch < c.epochs and self._over_budget(closings, self._first_step_s))
         finished = state.epoch >= c.epochs or out_of_time
+        if out_of_time:
+            state.budget_spent = c.time_budget
         val_dice = None
         self.val_per_class = {}
         if self.info.is_main and (state.epoch % c.val_every == 0 or finished):
+            self._closing = finished
             val_dice = self.validate()
         improved = val_dice is not None and val_dice > state.best_metric
         if improved:
@@ -445,6 +543,12 @@ class Trainer:
         distributed.barrier(self.info)
         return out_of_time
 
+    def _add_curve_point(self, window: list[float]) -> None:
+        """One learning-curve point: the mean loss of the iterations in ``window`` (then emptied)."""
+        loss = round(float(np.mean(window)), 6)
+        self.state.curve.append({"step": self.state.step, "train_loss": loss, "time_s": round(self.elapsed(), 3)})
+        window.clear()
+
     def _log_scalars(self, train_loss: float, val_dice: float | None) -> None:
         """TensorBoard scalars of the epoch just finished, at the global iteration count."""
         values = {"train/loss": train_loss, "train/lr": self.optimizer.param_groups[0]["lr"]}
@@ -467,7 +571,11 @@ class Trainer:
                 train_args=self.config.plain(),
             ),
             "train_time": float(self.state.train_time),
+            "run_time": float(self.state.run_time),
+            "budget_spent": self.state.budget_spent,
+            "training_start": self.state.training_start,
             "history": self.state.history,
+            "curve": self.state.curve,
         }
 
     def _save(self, as_best: bool, finished: bool) -> None:
@@ -476,6 +584,8 @@ class Trainer:
         ``last.pt`` comes first so that a resume always finds the newest state; it records ``is_best``,
         so a kill before ``best.pt`` is written is repaired by :meth:`_restore`.
         """
+        start = time.perf_counter()
+        self.state.run_time = self.elapsed()
         ckpt = self._checkpoint()
         save_checkpoint(self.last_path, {**ckpt, "finished": finished, "is_best": as_best})
         maybe_fail("train.checkpoint")
@@ -484,7 +594,8 @@ class Trainer:
         _write_csv(self.state.history, self.output / "log.csv")
         from fusionseg.engine.report import plot_learning_curve
 
-        plot_learning_curve(self.state.history, self.output / "learning_curve.png")
+        plot_learning_curve(self.state.history, self.output / "learning_curve.png", curve=self.state.curve)
+        self._save_s = time.perf_counter() - start
 
     def _load_init(self) -> None:
         """Initial weights for a run that starts afresh: pretrained encoders (``config.pretrained``), then
@@ -551,7 +662,11 @@ class Trainer:
             step=int(ckpt["step"]),
             best_metric=-math.inf if best is None else float(best),
             train_time=float(ckpt.get("train_time", 0.0)),
+            run_time=float(ckpt.get("run_time", ckpt.get("train_time", 0.0))),
+            budget_spent=ckpt.get("budget_spent"),
+            training_start=ckpt.get("training_start"),
             history=list(ckpt.get("history", [])),
+            curve=list(ckpt.get("curve", [])),
         )
         best_written = self.best_path.exists() and self.best_path.stat().st_mtime_ns >= path.stat().st_mtime_ns
         if self.info.is_main and path == self.last_path and ckpt.get("is_best") and not best_written:
