@@ -53,7 +53,7 @@ def _layer(module: str) -> tuple[str, int]:
 
 def _imports(path: Path) -> set[str]:
     """fusionseg modules imported anywhere in ``path`` (resolved to the deepest existing module)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     here = _module_name(path)
     found = set()
     for node in ast.walk(tree):
