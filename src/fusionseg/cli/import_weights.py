@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from fusionseg.cli.options import SizesAction, parse_json_object, sizes
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
     from fusionseg.files import ensure_file
 
     args = build_parser(prog).parse_args(argv)
+    if os.path.realpath(args.output) == os.path.realpath(args.weights):
+        raise InputError(f"--output {args.output} would replace --weights {args.weights}; choose another output file")
+    if args.output.is_dir():
+        example = args.output / "best.pt"
+        raise InputError(f"--output {args.output} is a folder; pass the checkpoint file to write, e.g. {example}")
     if args.model is None:  # an nnU-Net v2 checkpoint_final.pth carries network, plans and preprocessing itself
         return _import_nnunet(args)
     kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
