@@ -189,9 +189,9 @@ def choose_amp(
         return None
     path = precision_cache_path() if cache is True else (Path(cache) if cache else None)
     key = _cache_key(model, shape, device, candidate, mode)
-    stored = _read_cache(path).get(key) if path is not None else None
-    timings = _valid_timings(stored)
-    if stored is not None and timings is None:
+    cached = _read_cache(path) if path is not None else {}
+    timings = _valid_timings(cached.get(key))
+    if key in cached and timings is None:
         log(f"note: ignoring a malformed entry for this model in {path}; measuring again")
     if timings is not None:
         (fp32_s, amp_s), source = timings, f"cached in {path}"
