@@ -96,9 +96,8 @@ class TrainConfig:
         if isinstance(self.num_folds, bool) or not isinstance(self.num_folds, int) or self.num_folds < 2:
             raise InputError(f"--num-folds must be an integer ≥ 2, got {self.num_folds!r}")
         for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)):
-            rule = "> 0" if name == "lr" else "≥ 0"
-            if value is not None and not (math.isfinite(value) and (value > 0 if name == "lr" else value >= 0)):
-                raise InputError(f"--{name.replace('_', '-')} must be a finite number {rule}, got {value}")
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value}")
         if str(self.optimizer).lower() not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.num_workers < 0:
