@@ -100,6 +100,7 @@ MISTAKES: list[tuple[str, Callable[[dict, Path], list[str]], str]] = [
     ("predict-over-ground-truth", lambda w, t: _predict(w, w["gt"]), "which fusionseg did not write"),
     ("predict-msd-name-onto-itself",
      lambda w, t: _predict(w, w["images"], source=w["images"] / "phantom_000.png"), "would replace its own input"),
+    ("predict-overlap-of-one", lambda w, t: _predict(w, t / "p", "--overlap", "1"), "--overlap must be in [0, 1)"),
     ("predict-output-is-a-file", lambda w, t: _predict(w, w["root"] / "a_file"), "is an existing file"),
     ("predict-corrupt-checkpoint",
      lambda w, t: _predict(w, t / "p", checkpoint=_corrupt_checkpoint(w, t)), "fails its CRC-32 check"),
@@ -162,7 +163,10 @@ def test_each_mistake_is_one_line_and_harms_nothing(world, tmp_path, capsys, mak
 
 
 def test_a_second_writer_gets_one_line_naming_the_holder(world, tmp_path, capsys):
-    for argv, what in ((_train(world, tmp_path / "busy"), "training run"), (_predict(world, tmp_path / "busy"), "")):
+    export = ["export", "--checkpoint", str(world["run"] / "best.pt"), "--format", "torchscript",
+              "--output", str(tmp_path / "busy" / "m.ts")]  # fmt: skip
+    for argv, what in ((_train(world, tmp_path / "busy"), "training run"), (_predict(world, tmp_path / "busy"), ""),
+                       (export, "")):  # fmt: skip
         with folder_lock(tmp_path / "busy", "training run"):
             assert cli_main(argv) == 2
         err = capsys.readouterr().err
@@ -197,6 +201,23 @@ def test_an_input_replaced_under_the_same_name_is_predicted_again(world, tmp_pat
     assert again[str(out / "phantom_000.png")] == first[str(out / "phantom_000.png")]
     assert again[str(out / "phantom_001.png")] != first[str(out / "phantom_001.png")]
     assert (out / "phantom_001.png").read_bytes() == (out / "phantom_000.png").read_bytes()  # the same image now
+
+
+def test_files_under_an_older_marker_stay_fusionseg_s(tmp_path):
+    from fusionseg.files import ResumableOutputs
+
+    before = tmp_path / "before.png"
+    before.write_bytes(b"there before fusionseg wrote here")
+    os.utime(before, (1, 1))
+    (tmp_path / ResumableOutputs.MARKER).write_text("a3f0" * 16 + "\n")  # the marker of an older fusionseg
+    after = tmp_path / "after.png"
+    after.write_bytes(b"a prediction")
+    outputs = ResumableOutputs(tmp_path, "model")
+    assert outputs.wrote(after) and not outputs.wrote(before) and not outputs.done(after)
+    with pytest.raises(InputError, match=r"before\.png, which fusionseg did not write"):
+        outputs.check_outputs([after, before], [])
+    outputs.claim(tmp_path / "new.png")  # rewritten in today's format, the older files still fusionseg's
+    assert ResumableOutputs(tmp_path, "model").wrote(after)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

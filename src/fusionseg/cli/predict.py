@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
     args = build_parser(prog).parse_args(argv)
     if not args.checkpoint:
         raise InputError("--checkpoint is required: the best.pt written by `fusionseg train` (or import-weights)")
+    if not 0.0 <= args.overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1) (a fraction of the window), got {args.overlap}")
     check_output_apart(args.output, args.input)
     checkpoints, run_plan = resolve_checkpoints(args.checkpoint)
     plan_path = args.postprocess if args.postprocess is not None else run_plan
