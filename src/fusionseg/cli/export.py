@@ -64,11 +64,15 @@ def _export_file(args) -> int:
 
     from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
     from fusionseg.engine.export import example_shape, export_model
+    from fusionseg.engine.memory import check_fits, training_memory
+    from fusionseg.nets.registry import create_model
 
     ckpt = load_checkpoint(args.checkpoint)
     model = rebuild_model(ckpt)
     shape = example_shape(model, ckpt.get("preprocessing"), list(args.patch_size) if args.patch_size else None,
                           args.batch_size)  # fmt: skip
+    sizes = f"--batch-size {shape[0]} × --patch-size {','.join(map(str, shape[2:]))}"
+    check_fits(training_memory(lambda: create_model(**_model_config(ckpt)), shape), "cpu", sizes, "export")
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     result = export_model(
         model, example, args.format, args.output, atol=args.atol, verify=args.verify,
@@ -78,6 +82,10 @@ def _export_file(args) -> int:
     check = f"max |exported - eager| = {result['max_abs_diff']:.2e}" if args.verify else "not verified"
     print(f"wrote {args.output} ({args.format} via {result['exporter']}, input {list(shape)}; {check})")
     return 0
+
+
+def _model_config(ckpt: dict) -> dict:
+    return {"name": ckpt["model"]["name"], **(ckpt["model"].get("kwargs") or {})}
 
 
 def _export_bundle(args) -> int:

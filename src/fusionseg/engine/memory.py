@@ -97,14 +97,17 @@ def device_memory(device: torch.device | str) -> int | None:
     return None
 
 
-def check_fits(need: MemoryNeed | None, device: torch.device | str, sizes: str) -> None:
-    """:class:`InputError` with the estimate when ``need`` exceeds the whole memory of ``device``."""
+def check_fits(need: MemoryNeed | None, device: torch.device | str, sizes: str, step: str = "training step") -> None:
+    """:class:`InputError` with the estimate when ``need`` exceeds the whole memory of ``device``.
+
+    ``step`` names what needs it in the message (an export traces one forward pass: the estimate is an upper bound).
+    """
     available = device_memory(device)
     if need is None or available is None or need.total <= available:
         return
     acts = "unknown" if need.activations is None else format_bytes(need.activations)
     raise InputError(
-        f"{sizes} needs about {format_bytes(need.total)} per training step (weights, gradients and optimizer "
+        f"{sizes} needs about {format_bytes(need.total)} per {step} (weights, gradients and optimizer "
         f"{format_bytes(need.weights)}, activations {acts}) but {torch.device(device)} has {format_bytes(available)}; "
         "lower --batch-size, --patch-size or the model's features"
     )
