@@ -246,6 +246,16 @@ def test_resume_skips_a_corrupt_last_pt_for_best_pt(world, tmp_path, capsys):
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
+def test_resume_skips_a_last_pt_with_a_malformed_field(world, tmp_path, capsys):
+    run = shutil.copytree(world["run"], tmp_path / "run")
+    ckpt = load_checkpoint(run / "last.pt")
+    ckpt["step"] = "many"
+    save_checkpoint(run / "last.pt", ckpt)
+    assert cli_main(_train(world, run, "--resume", "--epochs", "2")) == 0
+    out = capsys.readouterr().out
+    assert "skipping" in out and "step is 'many'" in out and f"resuming from {run / 'best.pt'}" in out
+
+
 def test_weights_of_import_weights_resume_with_a_fresh_optimizer(world, tmp_path, capsys):
     ckpt = load_checkpoint(world["run"] / "best.pt")
     model = rebuild_model(ckpt)
