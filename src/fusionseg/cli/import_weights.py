@@ -47,7 +47,7 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") -> int:
-    from fusionseg.engine.checkpoint import import_weights
+    from fusionseg.engine.checkpoint import check_fields, import_weights
     from fusionseg.files import ensure_file
 
     args = build_parser(prog).parse_args(argv)
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
             preprocessing = json.loads(ensure_file(args.preprocessing, "preprocessing file").read_text())
         except json.JSONDecodeError as err:
             raise InputError(f"preprocessing file {args.preprocessing} is not valid JSON ({err.msg})") from None
+        except (RecursionError, UnicodeDecodeError):
+            raise InputError(f"preprocessing file {args.preprocessing} is not a plain UTF-8 JSON object") from None
+        check_fields({"preprocessing": preprocessing}, f"preprocessing file {args.preprocessing}")
     if args.data is not None:
         from fusionseg.data import build_preprocessing, scan_dataset
 

@@ -145,7 +145,7 @@ def _measure(model: nn.Module, shape: Sequence[int], device: torch.device, dtype
 def _read_cache(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
