@@ -427,8 +427,10 @@ def test_cross_validation_ensemble_and_postprocessing(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main([*map(str, argv), *tiny, "--cross-validate", "1", "--resume"]) == 0
     assert "over 2 fold(s)" in capsys.readouterr().out and (run / "fold_1" / "log.csv").read_text() == log_before
-    assert cli_main([*map(str, argv), *tiny, "--cross-validate", "0,9"]) == 2
+    assert cli_main([*map(str, argv), *tiny, "--cross-validate", "0,9", "--resume"]) == 2
     assert "fold(s) [9] do not exist" in capsys.readouterr().err
+    assert cli_main([*map(str, argv), *tiny, "--cross-validate", "0"]) == 2  # fold 0 is trained: not replaced
+    assert "already holds a run (fold_0/last.pt, finished)" in capsys.readouterr().err
 
     from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 

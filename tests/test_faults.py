@@ -581,18 +581,23 @@ def test_maybe_fail_kills_at_the_nth_call_of_its_point_only():
 def test_outputs_of_other_settings_never_count_as_done(tmp_path):
     from fusionseg.files import ResumableOutputs, write_text_atomic
 
-    old = write_text_atomic(tmp_path / "old.png", "written by a run with other settings")
-    os.utime(old, (time.time() - 60, time.time() - 60))  # a minute earlier
+    image = write_text_atomic(tmp_path / "in.png", "an input")
+    old = write_text_atomic(tmp_path / "old.png", "not written by fusionseg")
     first = ResumableOutputs(tmp_path, "model A")
-    assert not first.done(old) and not (tmp_path / first.MARKER).exists()  # nothing claimed before a write
-    first.claim()
+    assert not first.done(old, inputs=[image]) and not (tmp_path / first.MARKER).exists()  # nothing claimed yet
+    first.claim(tmp_path / "new.png")
     new = write_text_atomic(tmp_path / "new.png", "written by this run")
+    first.record(new, inputs=[image])
     again = ResumableOutputs(tmp_path, "model A")  # the same command, rerun after a kill
-    assert again.done(new) and not again.done(old) and not again.done(new, tmp_path / "missing.npz")
+    assert again.done(new, inputs=[image]) and not again.done(old, inputs=[image])
+    assert not again.done(new, tmp_path / "missing.npz", inputs=[image])
+    assert again.wrote(new) and not again.wrote(old)
     other = ResumableOutputs(tmp_path, "model B")
-    assert not other.done(new)
-    other.claim()
-    assert not ResumableOutputs(tmp_path, "model A").done(new)  # B claimed the folder since
+    assert not other.done(new, inputs=[image])
+    other.claim(new)
+    write_text_atomic(new, "written by model B")
+    other.record(new, inputs=[image])
+    assert not ResumableOutputs(tmp_path, "model A").done(new, inputs=[image])  # B replaced it since
 
 
 def test_temporary_files_are_never_taken_for_data_or_results(tmp_path):

@@ -50,7 +50,8 @@ def for_each_case(
     finished = {cid: done(cid, files) for cid, files in cases} if done is not None else {}
     skipped = [path for path in finished.values() if path is not None]
     if skipped and progress:
-        print(f"{len(skipped)} of {len(cases)} case(s) already written with the same model and options; skipped")
+        same = "the same model, options and inputs"
+        print(f"{len(skipped)} of {len(cases)} case(s) already written with {same}; skipped")
     todo = [(cid, files) for cid, files in cases if finished.get(cid) is None]
     for i, (cid, files) in enumerate(todo, 1):
         start = time.perf_counter()

@@ -13,10 +13,21 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["maybe_fail"]
+__all__ = ["check_environment", "maybe_fail"]
 
 _POINT, _, _COUNT = os.environ.get("FUSIONSEG_FAULT", "").partition(":")
-_calls_left = int(_COUNT or 1)
+_VALID = (not _COUNT or (_COUNT.isdigit() and int(_COUNT) >= 1)) and all(c.isalnum() or c in "._-" for c in _POINT)
+_calls_left = int(_COUNT) if _VALID and _COUNT else 1
+# Why the variable is malformed: reported by check_environment (the CLI calls it first), never at import.
+_PROBLEM = None if _VALID else f"FUSIONSEG_FAULT={os.environ.get('FUSIONSEG_FAULT')!r} is malformed"
+
+
+def check_environment() -> None:
+    """:class:`~fusionseg.errors.InputError` (one line) when ``FUSIONSEG_FAULT`` is set but malformed."""
+    if _PROBLEM:
+        from fusionseg.errors import InputError
+
+        raise InputError(f"{_PROBLEM}; use point or point:N with N ≥ 1 (e.g. train.step:5), or unset it")
 
 
 def maybe_fail(point: str) -> None:
@@ -24,6 +35,7 @@ def maybe_fail(point: str) -> None:
     global _calls_left
     if point != _POINT:
         return
+    check_environment()
     _calls_left -= 1
     if _calls_left <= 0:
         os.kill(os.getpid(), signal.SIGKILL)

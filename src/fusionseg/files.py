@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import json
 import os
 import re
@@ -39,10 +40,12 @@ __all__ = [
     "ResumableOutputs",
     "atomic_directory",
     "atomic_write",
+    "check_output_apart",
     "ensure_file",
     "ensure_writable_dir",
     "folder_lock",
     "fsync_dir",
+    "inputs_fingerprint",
     "is_temporary",
     "publish_mode",
     "remove_stale_temp_files",
@@ -209,39 +212,170 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-class ResumableOutputs:
-    """Which outputs in ``folder`` an earlier, interrupted run with the same ``fingerprint`` completed.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")  # a DICOM UID: FOLDER/UID names one series of a folder
 
-    ``done(*paths)``: every path exists and was written since ``folder`` was claimed for this fingerprint
-    (atomic writes make "exists" mean "complete"). ``claim()``, called before writing an output, records
-    the fingerprint (hidden file ``.fusionseg-outputs``) when it is new, so files of a run with other
-    settings (model, options) are never taken for done.
+
+def inputs_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """A cheap fingerprint of input files: each one's name, size and modification time (no content read).
+
+    A file replaced under the same name (another size or mtime) changes it.
+
+    >>> inputs_fingerprint([Path("imagesTs/case_0000.nii.gz")])   # 'sha256 hex'
+    """
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        # A folder input (a DICOM series, or ``FOLDER/SERIES_UID`` naming one series of it) stands for its files.
+        series_of_folder = _UID.match(path.name) and not path.exists() and path.parent.is_dir()
+        folder = path if path.is_dir() else path.parent if series_of_folder else None
+        members = sorted(p for p in folder.iterdir() if p.is_file()) if folder is not None else [path]
+        digest.update(f"{path.name}\0{len(members)}\n".encode())
+        for member in members:
+            try:
+                stat = member.stat()
+                digest.update(f"{member.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{member.name}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+class ResumableOutputs:
+    """Which outputs in ``folder`` fusionseg wrote, and which a run with the same ``fingerprint`` (model and
+    options) already completed from the same inputs.
+
+    The hidden file ``.fusionseg-outputs`` is a log of JSON lines, one per output event: ``claim(*paths)``
+    before writing an output (its name is then fusionseg's, even if the process dies mid-write),
+    ``record(*paths, inputs=files)`` after (the run fingerprint, the :func:`inputs_fingerprint` of the inputs
+    and the output's size and mtime). ``done(*paths, inputs=files)``: every path was recorded for this
+    fingerprint and these inputs and is unchanged since, so an input replaced under the same name is
+    predicted again. ``check_outputs(paths, inputs)`` before a run: one line for the first path that is an
+    input or an existing file fusionseg did not write (e.g. a copy of ``labelsTs``), and nothing is replaced.
 
     >>> outputs = ResumableOutputs("predictions", "sha256 of model and options")
-    >>> outputs.done(Path("predictions/case_1.nii.gz"))   # False unless a run with this fingerprint wrote it
-    >>> outputs.claim()                                      # before writing case_1.nii.gz
+    >>> outputs.done(Path("predictions/case_1.nii.gz"), inputs=[image])  # False unless this run wrote it
+    >>> outputs.claim(Path("predictions/case_1.nii.gz"))                  # then write it, then:
+    >>> outputs.record(Path("predictions/case_1.nii.gz"), inputs=[image])
     """
 
     MARKER = ".fusionseg-outputs"
 
     def __init__(self, folder: str | os.PathLike, fingerprint: str) -> None:
-        self.marker, self.fingerprint = Path(folder) / self.MARKER, fingerprint
+        self.folder, self.fingerprint = Path(folder), fingerprint
+        self.marker = self.folder / self.MARKER
+        self.records: dict[str, dict] = {}  # output name → its last event
+        self.legacy_since: int | None = None  # an older marker (the fingerprint alone): files written since are ours
         try:
-            claimed = self.marker.read_text().strip() == fingerprint
-            self.since = self.marker.stat().st_mtime_ns if claimed else None
-        except OSError:
-            self.since = None
+            lines = self.marker.read_text().splitlines()
+            stamp = self.marker.stat().st_mtime_ns
+        except (OSError, UnicodeDecodeError):
+            return
+        events = [_json_object(line) for line in lines]
+        if lines and events[0] is None:
+            self.legacy_since = stamp
+            return
+        for event in events:
+            if event is not None and isinstance(event.get("name"), str):
+                self.records[event["name"]] = event
+            elif event is not None and isinstance(event.get("legacy_since"), int):
+                self.legacy_since = event["legacy_since"]
+        if len(lines) > 2 * len(self.records) + 64:  # compact a log grown by many reruns
+            self._rewrite()
 
-    def done(self, *paths: str | os.PathLike) -> bool:
+    def done(self, *paths: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> bool:
+        """Whether every path was written by a run with this fingerprint from these ``inputs`` and is unchanged."""
+        expected = inputs_fingerprint(inputs)
+        for path in map(Path, paths):
+            record = self.records.get(path.name) or {}
+            try:
+                stat = path.stat()
+            except OSError:
+                return False
+            if record.get("run") != self.fingerprint or record.get("inputs") != expected:
+                return False
+            if record.get("size") != stat.st_size or record.get("mtime_ns") != stat.st_mtime_ns:
+                return False
+        return bool(paths)
+
+    def claim(self, *paths: str | os.PathLike) -> None:
+        """Before writing ``paths``: they become fusionseg's files (a rerun may replace them)."""
+        new = [Path(p).name for p in paths if self.records.get(Path(p).name, {}).get("pending") is not True]
+        self._append([{"name": name, "pending": True} for name in new] if paths else [])
+
+    def record(self, *paths: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> None:
+        """After writing ``paths``: outputs of this run made from ``inputs``."""
+        key = inputs_fingerprint(inputs)
+        events = []
+        for path in map(Path, paths):
+            stat = path.stat()
+            events.append(
+                {"name": path.name, "run": self.fingerprint, "inputs": key, "size": stat.st_size,
+                 "mtime_ns": stat.st_mtime_ns}
+            )  # fmt: skip
+        self._append(events)
+
+    def wrote(self, path: str | os.PathLike) -> bool:
+        """Whether ``path`` in this folder is a file fusionseg wrote (with any model or options)."""
+        path = Path(path)
+        if path.name in self.records:
+            return True
         try:
-            return self.since is not None and all(Path(p).stat().st_mtime_ns >= self.since for p in paths)
+            return self.legacy_since is not None and path.stat().st_mtime_ns >= self.legacy_since
         except OSError:
             return False
 
-    def claim(self) -> None:
-        if self.since is None:
-            write_text_atomic(self.marker, self.fingerprint + "\n")
-            self.since = self.marker.stat().st_mtime_ns
+    def check_outputs(self, paths: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+        """:class:`InputError` for the first of ``paths`` that is one of ``inputs`` or an existing file that
+        fusionseg did not write (a ground-truth folder given as output): nothing is replaced then."""
+        sources = {os.path.realpath(p) for p in inputs}
+        for path in map(Path, paths):
+            if os.path.realpath(path) in sources:
+                raise InputError(
+                    f"the output {path} would replace its own input; choose an --output folder apart from --input"
+                )
+            if path.exists() and not self.wrote(path):
+                raise InputError(
+                    f"--output {self.folder} already holds {path.name}, which fusionseg did not write (ground truth?); "
+                    "choose an empty or new --output folder, nothing was replaced"
+                )
+
+    def _append(self, events: list[dict]) -> None:
+        """Add ``events`` to the log (fsynced; a torn last line of a killed writer is skipped when read)."""
+        if not self.marker.exists() or (self.legacy_since is not None and not self.records):
+            self._rewrite()
+        if not events:
+            return
+        with open(self.marker, "a") as f:
+            f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+            f.flush()
+            os.fsync(f.fileno())
+        for event in events:
+            self.records[event["name"]] = event
+
+    def _rewrite(self) -> None:
+        header = {"format": "fusionseg-outputs", "version": 2, "legacy_since": self.legacy_since}
+        events = [header, *self.records.values()]
+        write_text_atomic(self.marker, "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def check_output_apart(output: str | os.PathLike, source: str | os.PathLike) -> None:
+    """:class:`InputError` when the folder ``output`` is the input ``source`` (a folder) or lies inside it.
+
+    >>> check_output_apart("imagesTs/pred", "imagesTs")   # InputError: predictions would mix with the images
+    """
+    out, src = Path(os.path.realpath(output)), Path(os.path.realpath(source))
+    if out == src or (src.is_dir() and src in out.parents):
+        where = "is" if out == src else "lies inside"
+        raise InputError(
+            f"--output {output} {where} --input {source}; predictions would mix with or replace the inputs, "
+            "choose an output folder outside the input folder"
+        )
 
 
 def write_csv_atomic(path: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str]) -> Path:
@@ -320,7 +454,7 @@ def _umask() -> int:
 
 
 class FolderLock:
-    """An exclusive lock on a folder (``.fusionseg-lock`` in it): one fusionseg writer at a time.
+    """An exclusive lock on a folder (``.fusionseg-lock`` in it while held): one fusionseg writer at a time.
 
     The lock is an advisory ``flock`` on the lock file, so the kernel releases it when the holder dies,
     however it dies (a stale lock of a killed process is simply taken over). The file records who holds
@@ -342,19 +476,26 @@ class FolderLock:
         import fcntl
 
         ensure_writable_dir(self.folder, self.what)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe_holder(fd)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _describe_holder(fd)
+                os.close(fd)
+                raise InputError(
+                    f"{self.what} {self.folder} is in use by another fusionseg process ({holder}); wait for it to "
+                    "finish, stop it, or choose another folder"
+                ) from None
+            except OSError:  # flock unsupported here: no lock rather than no run
+                os.close(fd)
+                return self
+            try:  # the holder before us removes the file on release: locked a removed file, so try again
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            raise InputError(
-                f"{self.what} {self.folder} is in use by another fusionseg process ({holder}); wait for it to "
-                "finish, stop it, or choose another folder"
-            ) from None
-        except OSError:  # flock unsupported here: no lock rather than no run
-            os.close(fd)
-            return self
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}  # fmt: skip
         os.ftruncate(fd, 0)
@@ -365,7 +506,7 @@ class FolderLock:
     def release(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
+                os.unlink(self.path)  # while still locked: a process waiting on this file then sees it removed
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 

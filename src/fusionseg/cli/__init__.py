@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from fusionseg.errors import FusionSegError, find_input_error
+from fusionseg.faults import check_environment
 from fusionseg.version import __version__
 
 # command -> (module with main(argv, prog), one-line help)
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     prog = f"fusionseg {command}"
     module = importlib.import_module(module_name)
     try:
+        check_environment()
         return int(module.main(rest, prog) or 0)
     except FusionSegError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
 
     from fusionseg.engine.ablate import format_ablation_table, run_ablation, write_ablation
     from fusionseg.engine.runtime import set_threads
+    from fusionseg.files import folder_lock
     from fusionseg.fusion import list_fusions
 
     args = build_parser(prog).parse_args(argv)
@@ -55,11 +56,12 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
     base = replace(config_from_args(args), time_budget=None, threads=threads)
     seeds = [base.seed + k for k in range(args.num_seeds)]
     output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, records, reference = run_ablation(base, fusions, seeds, args.time_budget, output)
-    table = format_ablation_table(rows, reference, args.time_budget)
-    command = "fusionseg ablate " + " ".join(argv or [])
-    written = write_ablation(output, rows, records, f"# Fusion ablation ({base.model})\n\n`{command}`\n\n{table}\n")
+    with folder_lock(output, "ablation folder"):
+        rows, records, reference = run_ablation(base, fusions, seeds, args.time_budget, output)
+        table = format_ablation_table(rows, reference, args.time_budget)
+        command = "fusionseg ablate " + " ".join(argv or [])
+        report = f"# Fusion ablation ({base.model})\n\n`{command}`\n\n{table}\n"
+        written = write_ablation(output, rows, records, report)
     print(table)
     print(f"wrote {', '.join(map(str, written))}")
     return 0

@@ -30,6 +30,7 @@ def build_parser(prog: str = "fusionseg demo") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "fusionseg demo") -> int:
     from fusionseg.engine.demo import demo_settings, run_demo
     from fusionseg.engine.runtime import set_threads
+    from fusionseg.files import folder_lock
 
     args = build_parser(prog).parse_args(argv)
     settings = demo_settings(phantoms=args.phantoms, quick=args.quick)
@@ -37,9 +38,10 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg demo") -> int:
     data = "synthetic phantoms" if args.phantoms else "real nuclei image"
     run = "quick" if args.quick else "full"
     print(f"fusionseg demo → {args.output} ({data}, {run} run, {threads} CPU thread(s): {reason})")
-    result = run_demo(
-        args.output, settings, fusion=args.fusion, seed=args.seed, progress=args.progress, device=args.device
-    )
+    with folder_lock(args.output, "demo folder"):
+        result = run_demo(
+            args.output, settings, fusion=args.fusion, seed=args.seed, progress=args.progress, device=args.device
+        )
     print()
     print(result["table"])
     print(

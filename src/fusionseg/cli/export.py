@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fusionseg.cli.options import SizesAction, positive_int, sizes
+from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
 
@@ -38,18 +40,39 @@ def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg export") -> int:
+    from fusionseg.files import folder_lock
+
+    args = build_parser(prog).parse_args(argv)
+    check_not_input(args.output, args.checkpoint)
+    if args.format != "bundle" and args.output.is_dir():
+        raise InputError(f"--output {args.output} is a folder; pass the file to write, e.g. {args.output / 'model.ts'}")
+    with folder_lock(args.output.parent if str(args.output.parent) else Path("."), "export folder"):
+        if args.format == "bundle":
+            return _export_bundle(args)
+        return _export_file(args)
+
+
+def check_not_input(output: Path, checkpoint: Path) -> None:
+    """:class:`InputError` when ``output`` is ``checkpoint`` or a folder holding it (the export would replace it)."""
+    out, source = Path(os.path.realpath(output)), Path(os.path.realpath(checkpoint))
+    if out == source or out in source.parents:
+        raise InputError(f"--output {output} would replace --checkpoint {checkpoint}; choose another output path")
+
+
+def _export_file(args) -> int:
     import torch
 
     from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
     from fusionseg.engine.export import example_shape, export_model
+    from fusionseg.engine.memory import check_fits, training_memory
+    from fusionseg.nets.registry import create_model
 
-    args = build_parser(prog).parse_args(argv)
-    if args.format == "bundle":
-        return _export_bundle(args)
     ckpt = load_checkpoint(args.checkpoint)
     model = rebuild_model(ckpt)
     shape = example_shape(model, ckpt.get("preprocessing"), list(args.patch_size) if args.patch_size else None,
                           args.batch_size)  # fmt: skip
+    sizes = f"--batch-size {shape[0]} × --patch-size {','.join(map(str, shape[2:]))}"
+    check_fits(training_memory(lambda: create_model(**_model_config(ckpt)), shape), "cpu", sizes, "export")
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     result = export_model(
         model, example, args.format, args.output, atol=args.atol, verify=args.verify,
@@ -59,6 +82,10 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg export") -> int:
     check = f"max |exported - eager| = {result['max_abs_diff']:.2e}" if args.verify else "not verified"
     print(f"wrote {args.output} ({args.format} via {result['exporter']}, input {list(shape)}; {check})")
     return 0
+
+
+def _model_config(ckpt: dict) -> dict:
+    return {"name": ckpt["model"]["name"], **(ckpt["model"].get("kwargs") or {})}
 
 
 def _export_bundle(args) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from fusionseg.cli.options import SizesAction, parse_json_object, sizes
@@ -46,10 +47,15 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") -> int:
-    from fusionseg.engine.checkpoint import import_weights
+    from fusionseg.engine.checkpoint import check_fields, import_weights
     from fusionseg.files import ensure_file
 
     args = build_parser(prog).parse_args(argv)
+    if os.path.realpath(args.output) == os.path.realpath(args.weights):
+        raise InputError(f"--output {args.output} would replace --weights {args.weights}; choose another output file")
+    if args.output.is_dir():
+        example = args.output / "best.pt"
+        raise InputError(f"--output {args.output} is a folder; pass the checkpoint file to write, e.g. {example}")
     if args.model is None:  # an nnU-Net v2 checkpoint_final.pth carries network, plans and preprocessing itself
         return _import_nnunet(args)
     kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
@@ -62,6 +68,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
             preprocessing = json.loads(ensure_file(args.preprocessing, "preprocessing file").read_text())
         except json.JSONDecodeError as err:
             raise InputError(f"preprocessing file {args.preprocessing} is not valid JSON ({err.msg})") from None
+        except (RecursionError, UnicodeDecodeError):
+            raise InputError(f"preprocessing file {args.preprocessing} is not a plain UTF-8 JSON object") from None
+        check_fields({"preprocessing": preprocessing}, f"preprocessing file {args.preprocessing}")
     if args.data is not None:
         from fusionseg.data import build_preprocessing, scan_dataset
 

@@ -104,6 +104,8 @@ def parse_json_object(text: str, option: str, example: str) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(f"{option} is not valid JSON ({err.msg}); e.g. '{example}'") from None
+    except RecursionError:
+        raise InputError(f"{option} is nested too deeply; pass a flat JSON object, e.g. '{example}'") from None
     if not isinstance(value, dict):
         raise InputError(f"{option} must be a JSON object, e.g. '{example}'")
     return value

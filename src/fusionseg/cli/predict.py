@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fusionseg.cli.options import add_runtime_options, positive_int
 from fusionseg.errors import InputError
+from fusionseg.files import check_output_apart, folder_lock
 
 __all__ = ["build_parser", "main"]
 
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
     args = build_parser(prog).parse_args(argv)
     if not args.checkpoint:
         raise InputError("--checkpoint is required: the best.pt written by `fusionseg train` (or import-weights)")
+    if not 0.0 <= args.overlap < 1.0:
+        raise InputError(f"--overlap must be in [0, 1) (a fraction of the window), got {args.overlap}")
+    check_output_apart(args.output, args.input)
     checkpoints, run_plan = resolve_checkpoints(args.checkpoint)
     plan_path = args.postprocess if args.postprocess is not None else run_plan
     plan = read_postprocessing(plan_path) if plan_path else None
@@ -77,21 +81,22 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
         print(f"postprocessing from {plan_path}: keep the largest component of {kept}")
     cases = find_inputs(args.input, int(pres[0].get("in_channels", 1)))
     _check_output_format(args.output_format, cases, plan)
-    written, failed = predict_files(
-        models,
-        pres,
-        cases,
-        args.output,
-        overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size,
-        tta=args.tta,
-        probabilities=args.probabilities,
-        postprocessing=plan,
-        device=device,
-        amp=amp,
-        progress=args.progress,
-        output_format=args.output_format,
-    )
+    with folder_lock(args.output, "prediction folder"):
+        written, failed = predict_files(
+            models,
+            pres,
+            cases,
+            args.output,
+            overlap=args.overlap,
+            sw_batch_size=args.sw_batch_size,
+            tta=args.tta,
+            probabilities=args.probabilities,
+            postprocessing=plan,
+            device=device,
+            amp=amp,
+            progress=args.progress,
+            output_format=args.output_format,
+        )
     print(f"wrote {len(written)} prediction(s) to {args.output}")
     if failed:
         print(f"{prog}: {len(failed)} of {len(cases)} case(s) failed:", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -10,14 +11,15 @@ from pathlib import Path
 from fusionseg.cli.options import add_runtime_options, parse_json_object, positive_float, positive_int
 from fusionseg.cli.plan import add_plan_options
 from fusionseg.engine.config import TrainConfig
+from fusionseg.errors import InputError
 from fusionseg.nets.swin_pretrained import parse_pretrained
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 # Options `fusionseg ablate` does not offer: it sets them per run itself (no run-config file, no pretrained encoders).
-PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "init", "config", "pretrained")
+PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "overwrite", "init", "config", "pretrained")
 # Options about one invocation, not the run: left out of the run folder's config.yaml.
-INVOCATION_ONLY = ("resume", "stop_after")
+INVOCATION_ONLY = ("resume", "overwrite", "stop_after")
 # Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
 FOLD_OPTIONS = ("fold", "cross_validate", "num_folds", "splits")
 
@@ -131,6 +133,10 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         )  # fmt: skip
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
     add("resume", "--resume", action="store_true", help="continue the run in --output from its newest checkpoint")
+    add(
+        "overwrite", "--overwrite", action="store_true",
+        help="replace the run already in --output (its checkpoints are deleted first); without it train refuses",
+    )  # fmt: skip
     add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
     add(
         "pretrained", "--pretrained", type=parse_pretrained, default=None, metavar="MAIN[,SECOND]",
@@ -162,23 +168,32 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
     from fusionseg.cli.run_config import parse_with_config, resolved_options
     from fusionseg.engine.config import RUN_CONFIG_FILE, write_run_config
+    from fusionseg.engine.crossval import parse_folds
+    from fusionseg.engine.train import claim_run_folder
+    from fusionseg.files import folder_lock
 
     parser = build_parser(prog)
     args = parse_with_config(parser, argv)
     config = config_from_args(args)
     config.check()
-    if os.environ.get("RANK", "0") == "0":
-        write_run_config(config.output / RUN_CONFIG_FILE, resolved_options(parser, args, INVOCATION_ONLY))
-    if args.cross_validate is not None:
-        from fusionseg.engine.crossval import parse_folds, run_cross_validation
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun the main process holds the lock for all
+    with folder_lock(config.output, "training run") if is_main else contextlib.nullcontext():
+        if is_main:
+            folds = None if args.cross_validate is None else parse_folds(args.cross_validate)
+            claim_run_folder(config.output, resume=args.resume, overwrite=args.overwrite, folds=folds)
+            write_run_config(config.output / RUN_CONFIG_FILE, resolved_options(parser, args, INVOCATION_ONLY))
+        if args.cross_validate is not None:
+            from fusionseg.engine.crossval import run_cross_validation
 
-        summary = run_cross_validation(config, parse_folds(args.cross_validate))
-        if summary:
-            print(f"wrote {config.output / 'crossval_summary.json'} and {config.output / 'postprocessing.json'}")
-        return 0
-    from fusionseg.engine.train import train
+            summary = run_cross_validation(config, parse_folds(args.cross_validate))
+            if summary:
+                print(f"wrote {config.output / 'crossval_summary.json'} and {config.output / 'postprocessing.json'}")
+            return 0
+        from fusionseg.engine.train import train
 
-    best = train(config)
-    if os.environ.get("RANK", "0") == "0":
+        best = train(config)
+    if is_main:
         print(f"best checkpoint: {best}")
     return 0

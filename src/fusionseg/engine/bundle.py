@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -459,7 +460,32 @@ def export_bundle(
                 )
             raise ExportMismatchError(" | ".join(errors))
         (tmp / "docs" / "README.md").write_text(_readme(ckpt, model, window))
+        _keep_added_files(output, tmp)
     return {"path": output, "window": window, "max_abs_diff": diff, "install": install_line(pre), "batch": batch}
+
+
+# Files an export writes (a re-export replaces them; a model.ts the new export could not write must not survive).
+BUNDLE_FILES = frozenset(
+    ("configs/metadata.json", "configs/inference.json", "configs/logging.conf", "models/model.pt", "models/model.ts",
+     "scripts/__init__.py", "scripts/bundle_components.py", "docs/README.md")
+)  # fmt: skip
+
+
+def _keep_added_files(old: Path, new: Path) -> list[Path]:
+    """Copy the files a user added to the bundle folder ``old`` (not written by an export) into ``new`` → their
+    relative paths, so a re-export replaces fusionseg's files only."""
+    if not old.is_dir():
+        return []
+    kept = []
+    for path in sorted(old.rglob("*")):
+        relative = path.relative_to(old)
+        target = new / relative
+        if (path.is_dir() and not path.is_symlink()) or relative.as_posix() in BUNDLE_FILES or target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target, follow_symlinks=False)
+        kept.append(relative)
+    return kept
 
 
 def _is_bundle(folder: Path) -> bool:

@@ -40,6 +40,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "build_checkpoint",
     "capture_rng_state",
+    "check_fields",
     "import_weights",
     "load_checkpoint",
     "rebuild_model",
@@ -173,6 +174,52 @@ def _check_fusionseg(ckpt: dict, source: str) -> None:
         raise InputError(f"{source} has checkpoint version {version!r}, newer than this fusionseg; upgrade fusionseg")
     if "state_dict" not in ckpt or not isinstance(ckpt["state_dict"], dict):
         raise InputError(f"{source} has no 'state_dict'; it is incomplete — use another checkpoint")
+    check_fields(ckpt, source)
+
+
+def _is_count(value: Any, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def check_fields(ckpt: dict, source: str = "checkpoint") -> None:
+    """:class:`InputError` naming the first malformed field of a fusionseg checkpoint (before anything uses it).
+
+    >>> check_fields({"model": {"name": "unet", "kwargs": {}}, "preprocessing": {"patch_size": "abc"}})
+    InputError: checkpoint: preprocessing.patch_size is 'abc', expected positive integers like [96, 96] ...
+    """
+
+    def bad(field: str, value: Any, expected: str) -> InputError:
+        shown = one_line(repr(value), 60)
+        return InputError(f"{source}: {field} is {shown}, expected {expected}; the file was altered — use another one")
+
+    model = ckpt.get("model")
+    if isinstance(model, dict):
+        if not isinstance(model.get("name"), str):
+            raise bad("model.name", model.get("name"), "a model name")
+        if not isinstance(model.get("kwargs") or {}, dict):
+            raise bad("model.kwargs", model.get("kwargs"), "a mapping of model arguments")
+    pre = ckpt.get("preprocessing")
+    if pre is not None and not isinstance(pre, dict):
+        raise bad("preprocessing", pre, "a mapping")
+    for key in ("in_channels", "num_classes", "out_channels"):
+        if pre and key in pre and not _is_count(pre[key]):
+            raise bad(f"preprocessing.{key}", pre[key], "a positive integer")
+    if pre and "spatial_dims" in pre and pre["spatial_dims"] not in (2, 3):
+        raise bad("preprocessing.spatial_dims", pre["spatial_dims"], "2 or 3")
+    patch = (pre or {}).get("patch_size")
+    if patch is not None and not (isinstance(patch, list | tuple) and patch and all(_is_count(p) for p in patch)):
+        raise bad("preprocessing.patch_size", patch, "positive integers like [96, 96]")
+    for key in ("epoch", "step"):
+        if key in ckpt and not _is_count(ckpt[key], 0):
+            raise bad(key, ckpt[key], "an integer ≥ 0")
+    for key in ("optimizer", "scheduler", "scaler", "rng"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise bad(key, ckpt[key], "a mapping or None")
+    best = ckpt.get("best_metric")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, int | float)):
+        raise bad("best_metric", best, "a number or None")
+    if not isinstance(ckpt.get("history", []), list) or not isinstance(ckpt.get("train_args") or {}, dict):
+        raise bad("history/train_args", type(ckpt.get("history")).__name__, "a list / a mapping")
 
 
 def rebuild_model(ckpt: dict[str, Any] | str | os.PathLike, strict: bool = True) -> nn.Module:

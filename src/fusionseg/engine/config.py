@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from fusionseg.errors import InputError
 __all__ = ["RUN_CONFIG_FILE", "TrainConfig", "nearest_key", "parse_fold", "read_run_config", "write_run_config"]
 
 RUN_CONFIG_FILE = "config.yaml"
+MAX_RUN_CONFIG_BYTES = 1 << 20  # a run's config.yaml is about 1 kB
 
 
 def parse_fold(value: int | str) -> int | str:
@@ -69,6 +71,7 @@ class TrainConfig:
     splits: Path | None = None  # splits_final.json to read or write (default: in the dataset folder)
     seed: int = 0
     resume: bool = False
+    overwrite: bool = False  # replace the run already in ``output`` (without it, train refuses to)
     init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
     pretrained: tuple[Path, ...] | None = None  # local ImageNet Swin checkpoints for the encoders (DS-TransUNet)
     num_workers: int = 0
@@ -92,6 +95,9 @@ class TrainConfig:
             self.fold = parse_fold(self.fold)
         if isinstance(self.num_folds, bool) or not isinstance(self.num_folds, int) or self.num_folds < 2:
             raise InputError(f"--num-folds must be an integer ≥ 2, got {self.num_folds!r}")
+        for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value}")
         if str(self.optimizer).lower() not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.num_workers < 0:
@@ -131,22 +137,45 @@ def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--config {path} does not exist; pass a YAML or JSON run config (e.g. runs/x/config.yaml)")
-    text = path.read_text()
+    if path.stat().st_size > MAX_RUN_CONFIG_BYTES:
+        raise InputError(
+            f"--config {path} is {path.stat().st_size:,} bytes, more than a run config needs "
+            f"(limit {MAX_RUN_CONFIG_BYTES:,}); pass the config.yaml of a run or a short file of option: value"
+        )
     try:
-        if path.suffix.lower() == ".json":
-            values = json.loads(text)
-        else:
-            import yaml
-
-            values = yaml.safe_load(text)
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"--config {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save it as UTF-8"
+        ) from None
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        values = json.loads(text) if kind == "JSON" else _safe_yaml(text)
+    except RecursionError:
+        raise InputError(f"--config {path} is nested too deeply to be a run config") from None
     except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
         raise InputError(f"--config {path} is not valid {kind}: {' '.join(str(err).split())[:160]}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise InputError(f"--config {path} must hold a mapping of option: value, got a {type(values).__name__}")
     return {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in values.items()}
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases (``*name``): a run config needs none, and nested aliases ("billion
+    laughs") expand a few hundred bytes into gigabytes."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                anchor = self.peek_event().anchor
+                raise yaml.YAMLError(f"aliases are not allowed in a run config (found *{anchor}); write values out")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)
 
 
 def write_run_config(path: str | os.PathLike, options: dict[str, Any]) -> Path:

@@ -33,7 +33,7 @@ from fusionseg.data.formats import strip_extension as _case_id
 from fusionseg.data.labels import LabelLayout
 from fusionseg.engine.metrics import DEFAULT_NSD_TOLERANCE, METRICS, case_metrics, summarise
 from fusionseg.errors import InputError
-from fusionseg.files import write_csv_atomic, write_text_atomic
+from fusionseg.files import ensure_writable_dir, write_csv_atomic, write_text_atomic
 
 __all__ = [
     "case_mean_dice",
@@ -323,7 +323,7 @@ def run_evaluation(
     """
     names = layout if layout is not None else _names_beside(Path(gt_dir))
     rows, summary = evaluate_folders(pred_dir, gt_dir, labels, layout=layout, nsd_tolerance=nsd_tolerance, names=names)
-    output.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(output, "--output")
     write_metrics_csv(rows, output / "metrics.csv")
     summary["overlays"] = []
     if images is not None and num_overlays > 0:

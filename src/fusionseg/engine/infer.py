@@ -34,7 +34,7 @@ from fusionseg.engine.predictors import predictor_for
 from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.errors import InputError, for_each_case
 from fusionseg.faults import maybe_fail
-from fusionseg.files import ResumableOutputs, atomic_write, removed_on_error
+from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir, removed_on_error
 from fusionseg.nets.base import round_up_to_multiple
 
 __all__ = [
@@ -334,14 +334,14 @@ def predict_files(
         raise ValueError(f"{len(models)} models but {len(pres)} preprocessing dicts")
     foreign = predictor_for(pres[0].get("kind"))
     if foreign is not None:  # e.g. imported from nnU-Net: its own preprocessing, sliding window and export
-        output.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(output, "prediction folder")
         resumable = ResumableOutputs(output, _fingerprint(models, pres, {"overlap": overlap, "tta": tta}))
         return foreign(
             models, pres, cases, output, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
             probabilities=probabilities, postprocessing=postprocessing, device=device, amp=amp, progress=progress,
             resumable=resumable,
         )  # fmt: skip
-    output.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(output, "prediction folder")
     options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing, "format": output_format}
     if not original_labels:
         options["original_labels"] = False
@@ -367,18 +367,20 @@ def predict_files(
             amp=amp,
         )
         binary_as_255 = bool(pres[0].get("binary_as_255", False))
-        resumable.claim()
+        resumable.claim(out_path, *prob_path)
         _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
         if prob_path:
             maybe_fail("predict.probabilities")  # between the two files of a case
             with removed_on_error(out_path):
                 _save_probabilities(probs, meta, prob_path[0])
+        resumable.record(out_path, *prob_path, inputs=images)
         return out_path
 
     def already_done(cid: str, images: list[Path]) -> Path | None:
         paths = outputs(cid, images)
-        return paths[0] if resumable.done(*paths) else None
+        return paths[0] if resumable.done(*paths, inputs=images) else None
 
+    resumable.check_outputs([p for c, i in cases for p in outputs(c, i)], [p for _, i in cases for p in i])
     return for_each_case(cases, predict_case, progress, already_done)
 
 

@@ -190,9 +190,9 @@ def read_postprocessing(path: str | Path) -> dict:
         raise InputError(
             f"--postprocess: {path} does not exist; pass the postprocessing.json of a cross-validation run"
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(
-            f"--postprocess: cannot read {path} ({' '.join(str(exc).split())}); fix or delete it"
+            f"--postprocess: cannot read {path} ({' '.join(str(exc).split())[:160]}); fix or delete it"
         ) from None
     entries = plan.get("keep_largest_component") if isinstance(plan, dict) else None
     if not isinstance(entries, list) or not all(

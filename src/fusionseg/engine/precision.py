@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -144,9 +145,20 @@ def _measure(model: nn.Module, shape: Sequence[int], device: torch.device, dtype
 def _read_cache(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _valid_timings(entry: object) -> tuple[float, float] | None:
+    """(fp32_s, amp_s) of a cache entry when both are finite positive numbers, else None (measured again)."""
+    if not isinstance(entry, dict):
+        return None
+    try:
+        values = float(entry["fp32_s"]), float(entry["amp_s"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    return values if all(math.isfinite(v) and v > 0 for v in values) else None
 
 
 def choose_amp(
@@ -177,9 +189,12 @@ def choose_amp(
         return None
     path = precision_cache_path() if cache is True else (Path(cache) if cache else None)
     key = _cache_key(model, shape, device, candidate, mode)
-    stored = _read_cache(path).get(key) if path is not None else None
-    if stored is not None:
-        fp32_s, amp_s, source = float(stored["fp32_s"]), float(stored["amp_s"]), f"cached in {path}"
+    cached = _read_cache(path) if path is not None else {}
+    timings = _valid_timings(cached.get(key))
+    if key in cached and timings is None:
+        log(f"note: ignoring a malformed entry for this model in {path}; measuring again")
+    if timings is not None:
+        (fp32_s, amp_s), source = timings, f"cached in {path}"
     else:
         fp32_s, amp_s = _measure(model, shape, device, candidate, mode, timer or time_step)
         source = "measured now"

@@ -57,7 +57,13 @@ from torch import nn
 
 from fusionseg.data.transforms import plain_tensor
 from fusionseg.engine import distributed
-from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from fusionseg.engine.checkpoint import (
+    build_checkpoint,
+    check_fields,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from fusionseg.engine.config import TrainConfig
 from fusionseg.engine.losses import loss_for_labels
 from fusionseg.engine.optim import build_optimizer, poly_lr_lambda
@@ -69,8 +75,9 @@ from fusionseg.errors import FusionSegError, InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.files import write_csv_atomic, write_text_atomic
 from fusionseg.nets.base import round_up_to_multiple
+from fusionseg.nets.weights import one_line
 
-__all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "split_cases", "train"]
+__all__ = ["CSV_FIELDS", "TrainState", "Trainer", "build_model", "claim_run_folder", "split_cases", "train"]
 
 VAL_CASES_PER_EPOCH = 8  # validation cases scored after each epoch but the last (which scores every one)
 BUDGET_VALIDATION_SHARE = 0.25  # at most this share of a time budget is kept back for the closing validation
@@ -78,8 +85,8 @@ BUDGET_FIRST_GUESS = 0.1  # share kept back for validation before its cost has b
 CURVE_POINTS_PER_EPOCH = 10  # learning-curve points of the training loss per epoch (short runs get a curve too)
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "train_time_s", "epoch_time_s")
 # Settings a resumed run may change without changing its results.
-_NOT_COMPARED = ("data", "output", "resume", "stop_after", "init", "num_workers", "cache", "device", "threads",
-                 "progress")  # fmt: skip
+_NOT_COMPARED = ("data", "output", "resume", "overwrite", "stop_after", "init", "num_workers", "cache", "device",
+                 "threads", "progress")  # fmt: skip
 
 
 @dataclass
@@ -360,6 +367,7 @@ class Trainer:
         )
         self.pre = self.plan["preprocessing"]
         self.layout = data.LabelLayout.from_preprocessing(self.pre)
+        self._check_memory()
         self.model = self.build_model(self.pre)
         self._fit_patch_size(int(self.model.size_multiple))
         self.plan["patch_size"] = self.pre["patch_size"]
@@ -426,6 +434,8 @@ class Trainer:
             if self.info.is_main:
                 if not self.best_path.exists() and self.last_path.exists():
                     save_checkpoint(self.best_path, self._checkpoint())
+                if epochs_this_run == 0 and self.state.history:  # e.g. a resume after a full disk at best.pt
+                    self._write_logs()
                 summary = {
                     "epochs": self.state.epoch,
                     "steps": self.state.step,
@@ -444,6 +454,18 @@ class Trainer:
             distributed.cleanup(self.info)
 
     # --------------------------------------------------------------------------------- internals
+
+    def _check_memory(self) -> None:
+        """One line with the estimate when a training step of this model, batch and patch cannot fit the device."""
+        from fusionseg.engine.memory import check_fits, training_memory
+
+        c, patch = self.config, self.pre.get("patch_size")
+        if not patch:
+            return
+        shape = (c.batch_size, int(self.pre["in_channels"]), *patch)
+        need = training_memory(lambda: build_model(c, self.pre), shape)
+        sizes = f"--batch-size {c.batch_size} × --patch-size {','.join(map(str, patch))} with {c.model}"
+        check_fits(need, self.device, sizes)
 
     def _fit_patch_size(self, multiple: int) -> None:
         patch = self.pre.get("patch_size")
@@ -591,11 +613,15 @@ class Trainer:
         maybe_fail("train.checkpoint")
         if as_best:
             save_checkpoint(self.best_path, ckpt)
+        self._write_logs()
+        self._save_s = time.perf_counter() - start
+
+    def _write_logs(self) -> None:
+        """``log.csv`` and the learning curve from the history."""
         _write_csv(self.state.history, self.output / "log.csv")
         from fusionseg.engine.report import plot_learning_curve
 
         plot_learning_curve(self.state.history, self.output / "learning_curve.png", curve=self.state.curve)
-        self._save_s = time.perf_counter() - start
 
     def _load_init(self) -> None:
         """Initial weights for a run that starts afresh: pretrained encoders (``config.pretrained``), then
@@ -623,7 +649,9 @@ class Trainer:
             if not path.exists():
                 continue
             try:
-                return load_checkpoint(path), path
+                ckpt = load_checkpoint(path)
+                check_fields(ckpt, str(path))
+                return ckpt, path
             except InputError as err:
                 self.log(f"warning: --resume: skipping {path}: {err}")
         return None, None
@@ -649,17 +677,33 @@ class Trainer:
         for key in sorted(set(saved) & set(current) - set(_NOT_COMPARED)):
             if saved[key] != current[key]:
                 self.log(f"warning: resuming with {key}={current[key]}, but the run used {saved[key]}; results differ")
-        self.model.load_state_dict(ckpt["state_dict"], strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        try:
+            self.model.load_state_dict(ckpt["state_dict"], strict=True)
+        except RuntimeError as err:
+            raise InputError(f"--resume: {path} does not fit the model ({one_line(str(err), 160)})") from None
+        if ckpt.get("optimizer") is None:  # e.g. written by import-weights: weights only
+            self.log(
+                f"note: {path} holds weights only (no optimizer state, e.g. from import-weights); continuing from "
+                f"epoch {int(ckpt.get('epoch', 0))} with a fresh optimizer and learning-rate schedule"
+            )
+        else:
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+                if ckpt.get("scheduler") is not None:
+                    self.scheduler.load_state_dict(ckpt["scheduler"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as err:
+                raise InputError(
+                    f"--resume: the optimizer state in {path} does not fit ({one_line(str(err), 120)}); use the same "
+                    "--optimizer, or start a new run with --init"
+                ) from None
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         restore_rng_state(ckpt.get("rng"))
-        self.log(f"resuming from {path} at epoch {ckpt['epoch']} (step {ckpt['step']})")
+        self.log(f"resuming from {path} at epoch {ckpt.get('epoch', 0)} (step {ckpt.get('step', 0)})")
         best = ckpt.get("best_metric")
         self.state = TrainState(
-            epoch=int(ckpt["epoch"]),
-            step=int(ckpt["step"]),
+            epoch=int(ckpt.get("epoch", 0)),
+            step=int(ckpt.get("step", 0)),
             best_metric=-math.inf if best is None else float(best),
             train_time=float(ckpt.get("train_time", 0.0)),
             run_time=float(ckpt.get("run_time", ckpt.get("train_time", 0.0))),
@@ -698,6 +742,40 @@ class Trainer:
 def _write_csv(history: list[dict], path: Path) -> None:
     """Rewrite the CSV log from the history (a resumed run's log has no duplicated epochs)."""
     write_csv_atomic(path, history, CSV_FIELDS)
+
+
+RUN_CHECKPOINTS = ("last.pt", "best.pt")
+
+
+def claim_run_folder(
+    output: Path, *, resume: bool = False, overwrite: bool = False, folds: list[int] | str | None = None
+) -> None:
+    """Refuse to start a new run over the run already in ``output`` (its checkpoints, or those of the
+    cross-validation ``folds`` about to be trained: a list, or ``"all"``) unless ``resume`` continues it or
+    ``overwrite`` replaces it (the old checkpoints are deleted then).
+
+    >>> claim_run_folder(Path("runs/x"))   # InputError when runs/x holds last.pt or best.pt
+    """
+    output = Path(output)
+    found = [output / name for name in RUN_CHECKPOINTS]
+    if folds is not None:
+        dirs = sorted(output.glob("fold_*")) if folds == "all" else [output / f"fold_{k}" for k in folds]
+        found += [d / name for d in dirs for name in RUN_CHECKPOINTS]
+    found = [p for p in found if p.is_file()]
+    if resume or not found:
+        return
+    if overwrite:
+        for path in found:
+            path.unlink(missing_ok=True)
+        return
+    try:
+        state = "finished" if load_checkpoint(found[0]).get("finished") else "unfinished"
+    except InputError:
+        state = "unreadable"
+    raise InputError(
+        f"--output {output} already holds a run ({found[0].relative_to(output)}, {state}); continue it with --resume, "
+        "replace it with --overwrite, or choose another --output"
+    )
 
 
 def train(config: TrainConfig) -> Path:

@@ -166,7 +166,7 @@ def _drop_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:
     """Stochastic depth rising linearly from 0 to ``rate`` over all blocks, split per stage."""
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}")
-    flat = torch.linspace(0, rate, sum(depths)).tolist() if sum(depths) else []
+    flat = torch.linspace(0, rate, sum(depths), device="cpu").tolist() if sum(depths) else []
     out, start = [], 0
     for d in depths:
         out.append(flat[start : start + d])

@@ -20,6 +20,7 @@ import pickle
 import re
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,15 @@ from torch import nn
 from fusionseg.errors import InputError
 from fusionseg.files import ensure_file
 
-__all__ = ["LoadReport", "extract_state_dict", "load_pretrained", "one_line", "read_weights_file", "strip_prefixes"]
+__all__ = [
+    "LoadReport",
+    "extract_state_dict",
+    "load_pretrained",
+    "one_line",
+    "read_weights_file",
+    "strip_prefixes",
+    "zip_damage",
+]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
@@ -104,6 +113,27 @@ def _sniff(path: Path) -> str | None:
     return f"it does not start like a PyTorch file (first bytes {head[:8]!r})"
 
 
+def zip_damage(path: str | os.PathLike) -> str | None:
+    """Why the zip archive ``path`` (a ``torch.save`` file) is damaged, from the CRC-32 of every entry; None if intact.
+
+    ``torch.load`` does not check the CRCs, so flipped bytes inside a tensor would load as changed weights.
+    The check reads the file once (about as fast as the disk; see docs/pipeline.md). Files that are not
+    readable zip archives are left to ``torch.load``'s own error.
+
+    >>> zip_damage("best.pt")   # None, or e.g. "entry best/data/3 fails its CRC-32 check"
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+    with archive:
+        try:
+            bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error, NotImplementedError) as err:
+            return f"{type(err).__name__}: {one_line(str(err), 100)}"
+    return None if bad is None else f"entry {bad} fails its CRC-32 check"
+
+
 def _numpy_safe_globals() -> list:
     """numpy's data-only classes, under numpy 2 and numpy 1 names (official nnU-Net files store numpy scalars)."""
     core = getattr(np, "_core", None) or np.core
@@ -134,6 +164,11 @@ def read_weights_file(
     not_torch = _sniff(path)
     if not_torch:
         raise InputError(f"{what} {path} is not a PyTorch file: {not_torch}")
+    damage = zip_damage(path)
+    if damage:
+        raise InputError(
+            f"{what} {path} is corrupt ({damage}); use an intact copy (the other of best.pt / last.pt, or a backup)"
+        )
     allowed = torch.serialization.safe_globals(_numpy_safe_globals()) if allow_numpy else contextlib.nullcontext()
     try:
         with allowed, warnings.catch_warnings():

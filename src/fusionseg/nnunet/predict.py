@@ -25,7 +25,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from fusionseg.errors import InputError, for_each_case
-from fusionseg.files import ResumableOutputs, atomic_write, removed_on_error
+from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir, removed_on_error
 
 __all__ = ["make_predictor", "predict_files"]
 
@@ -87,7 +87,7 @@ def predict_files(
     plans_manager, cm = predictor.plans_manager, predictor.configuration_manager
     dataset_json, label_manager = predictor.dataset_json, predictor.label_manager
     ending = dataset_json["file_ending"]
-    output.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(output, "prediction folder")
 
     def predict_case(cid: str, images: list[Path]) -> Path:
         out_path = output / f"{cid}{ending}"
@@ -99,17 +99,23 @@ def predict_files(
         )
         segmentation, probs = result if probabilities else (result, None)
         if resumable is not None:
-            resumable.claim()
+            resumable.claim(*outputs(cid))
         with atomic_write(out_path) as tmp:
             plans_manager.image_reader_writer_class().write_seg(segmentation, str(tmp), props)
         if probs is not None:
-            prob_path = output / f"{cid}_probabilities.npz"
-            with removed_on_error(out_path), atomic_write(prob_path) as tmp, open(tmp, "wb") as f:
+            with removed_on_error(out_path), atomic_write(outputs(cid)[1]) as tmp, open(tmp, "wb") as f:
                 np.savez_compressed(f, probabilities=probs)
+        if resumable is not None:
+            resumable.record(*outputs(cid), inputs=images)
         return out_path
 
-    def already_done(cid: str, images: list[Path]) -> Path | None:
-        paths = [output / f"{cid}{ending}"] + ([output / f"{cid}_probabilities.npz"] if probabilities else [])
-        return paths[0] if resumable is not None and resumable.done(*paths) else None
+    def outputs(cid: str) -> list[Path]:
+        return [output / f"{cid}{ending}"] + ([output / f"{cid}_probabilities.npz"] if probabilities else [])
 
+    def already_done(cid: str, images: list[Path]) -> Path | None:
+        paths = outputs(cid)
+        return paths[0] if resumable is not None and resumable.done(*paths, inputs=images) else None
+
+    if resumable is not None:
+        resumable.check_outputs([p for cid, _ in cases for p in outputs(cid)], [p for _, i in cases for p in i])
     return for_each_case(cases, predict_case, progress, already_done)
