@@ -435,23 +435,23 @@ def test_time_budget_is_the_wall_clock_of_the_whole_run(phantoms2d, tmp_path, mo
 
     real_case_scores = train_module.case_scores
 
-    def slow_case_scores(*args, **kwargs):  # a validation case costs 0.6 s
-        time.sleep(0.6)
+    def slow_case_scores(*args, **kwargs):  # a validation case costs 1.2 s
+        time.sleep(1.2)
         return real_case_scores(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "case_scores", slow_case_scores)
-    budget, lines = 4.0, []
+    budget, slack, lines = 6.0, 2.0, []  # the closing validation of 3 cases (3.6 s) would overrun by more
     config = _config(phantoms2d, tmp_path, epochs=1000, iters_per_epoch=2, time_budget=budget, val_fraction=0.6)
     start = time.perf_counter()
     Trainer(config, log=lines.append).run()
     wall = time.perf_counter() - start
-    assert wall <= budget + 1.0, wall
-    # the closing validation of 3 cases (1.8 s) does not fit in what is kept back (a quarter of the budget)
-    said = [line for line in lines if line.startswith("time budget of 4 s: ")]
-    assert re.fullmatch(r"time budget of 4 s: (validated [12] of 3 cases to stay inside it|"
+    assert wall <= budget + slack, wall
+    # the closing validation of 3 cases (3.6 s) does not fit in what is kept back (a quarter of the budget)
+    said = [line for line in lines if line.startswith("time budget of 6 s: ")]
+    assert re.fullmatch(r"time budget of 6 s: (validated [12] of 3 cases to stay inside it|"
                         r"validation skipped \(3 cases did not fit\))", said[0]), lines  # fmt: skip
     summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["out_of_time"] is True and summary["run_time_s"] <= budget + 1.0
+    assert summary["out_of_time"] is True and summary["run_time_s"] <= budget + slack
     curve = load_checkpoint(tmp_path / "last.pt")["curve"]
     assert len(curve) == summary["steps"]  # 2 iterations per epoch: a point per iteration
 
