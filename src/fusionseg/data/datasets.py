@@ -168,7 +168,7 @@ def _parse_channels(meta: dict, path: Path) -> list[str] | None:
         raise InputError(f'{path}: "channel_names" must name at least one channel, e.g. {{"0": "CT"}}')
     if isinstance(raw, list):
         return [str(n) for n in raw]
-    if not isinstance(raw, dict) or not all(str(k).isdigit() for k in raw):
+    if not isinstance(raw, dict) or not all(str(k).isascii() and str(k).isdigit() for k in raw):
         raise InputError(f'{path}: "channel_names" must map channel indices to names, e.g. {{"0": "CT"}}')
     keys = sorted(int(k) for k in raw)
     if keys != list(range(len(keys))):

@@ -38,6 +38,8 @@ def read_header(path: Path) -> dict:
 
     try:
         return _meta(path, nib.load(str(path)))
+    except InputError:
+        raise
     except Exception as exc:
         raise corrupt(path, exc) from exc
 

@@ -76,6 +76,7 @@ def read_header(path: Path) -> dict:
 
 
 def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
+    _read(path, label, header_only=True)  # a corrupt or absurd header is refused before the voxels are allocated
     return _read(path, label, header_only=False)
 
 

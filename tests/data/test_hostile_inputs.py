@@ -1,0 +1,143 @@
+"""A careless or hostile user against the data side of the CLI: every broken input is one line (exit 2),
+nothing in the dataset is changed and nothing is written outside the cache.
+
+Each row builds a tiny dataset in ``tmp_path`` (3 NIfTI cases of 8³ or 3 PNG cases of 16²), breaks it, and
+runs ``fusionseg plan``/``preprocess`` on it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from fusionseg.cli import main as cli_main
+
+SHAPE = (8, 8, 8)
+
+
+def _nii(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+
+
+def _label(i: int = 0) -> np.ndarray:
+    label = np.zeros(SHAPE, np.uint8)
+    label[2:6, 2:6, 2 + i % 2 : 6] = 1
+    return label
+
+
+def _dataset_3d(root: Path, meta: dict | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    description = {"name": "t", "channel_names": {"0": "CT"}, "labels": {"background": 0, "fg": 1}}
+    root.mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({**description, **(meta or {})}))
+    for i in range(3):
+        _nii(root / "imagesTr" / f"c{i}_0000.nii.gz", rng.normal(size=SHAPE).astype(np.float32))
+        _nii(root / "labelsTr" / f"c{i}.nii.gz", _label(i))
+    return root
+
+
+def _dataset_2d(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(3):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:10, 4 : 8 + i] = 255
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    return root
+
+
+def _patch_header(path: Path, offset: int, fmt: str, *values) -> None:
+    """Overwrite bytes of a ``.nii.gz`` header (offsets of the NIfTI-1 standard)."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into(fmt, raw, offset, *values)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+def _huge_dims(root: Path) -> None:
+    _patch_header(root / "imagesTr" / "c1_0000.nii.gz", 40, "<8h", 3, 32000, 32000, 32000, 1, 1, 1, 1)
+
+
+def _nan_affine(root: Path) -> None:
+    for path in (root / "imagesTr" / "c1_0000.nii.gz", root / "labelsTr" / "c1.nii.gz"):
+        _patch_header(path, 252, "<2h", 0, 1)  # qform_code 0, sform_code 1: the affine comes from srow_x..z
+        _patch_header(path, 280, "<4f", float("nan"), 0, 0, 0)
+
+
+def _nan_spacing(root: Path) -> None:
+    for path in (root / "imagesTr" / "c1_0000.nii.gz", root / "labelsTr" / "c1.nii.gz"):
+        _patch_header(path, 252, "<2h", 0, 0)  # no qform/sform: the affine comes from pixdim
+        _patch_header(path, 80, "<3f", float("nan"), 1, 1)
+
+
+def _huge_spacing(root: Path) -> None:
+    affine = np.diag([1e7, 1, 1, 1.0])
+    _nii(root / "imagesTr" / "c1_0000.nii.gz", np.ones(SHAPE, np.float32), affine)
+    _nii(root / "labelsTr" / "c1.nii.gz", _label(), affine)
+
+
+def _unicode_channel_index(root: Path) -> None:
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"\u0660": "CT"}  # ARABIC-INDIC DIGIT ZERO: isdigit() but not an index
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+PREPROCESS = ["preprocess", "--no-progress"]
+PLAN = ["plan"]
+
+# (id, dataset builder, breakage, command + options, words of the one line)
+CASES = [
+    ("nifti header claims 32000³ voxels", _dataset_3d, _huge_dims, PREPROCESS, "header claims shape"),
+    ("NaN in the affine (sform)", _dataset_3d, _nan_affine, PREPROCESS, "NaN/Inf"),
+    ("NaN spacing (pixdim)", _dataset_3d, _nan_spacing, PREPROCESS, "NaN/Inf"),
+    ("spacing 1e7 mm: resampling would explode", _dataset_3d, _huge_spacing, PREPROCESS, "coarser --target-spacing"),
+    ("--target-spacing 1e-4 mm", _dataset_3d, None, [*PREPROCESS, "--target-spacing", "1e-4,1e-4,1e-4"], "GiB"),
+    ("--target-spacing nan", _dataset_3d, None, [*PREPROCESS, "--target-spacing", "nan,1,1"], "positive numbers"),
+    ("--target-spacing inf", _dataset_3d, None, [*PREPROCESS, "--target-spacing", "inf,1,1"], "positive numbers"),
+    ("--patch-size 100000³", _dataset_3d, None, [*PLAN, "--patch-size", "100000,100000,100000"], "GiB to train"),
+    ("--batch-size 10¹¹", _dataset_3d, None, [*PLAN, "--batch-size", "100000000000"], "GiB to train"),
+    ("channel index is a non-ASCII digit", _dataset_3d, _unicode_channel_index, PREPROCESS, "channel indices"),
+]
+
+
+def _snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("build", "breakage", "command", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_hostile_input_is_one_line_and_harms_nothing(tmp_path, capsys, build, breakage, command, words):
+    root = build(tmp_path / "ds")
+    if breakage is not None:
+        breakage(root)
+    cache = tmp_path / "cache"
+    before = _snapshot(tmp_path)
+    argv = [command[0], "--data", str(root), "--cache", str(cache), *command[1:]]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and words in err, err
+    after = _snapshot(tmp_path)
+    assert {p: b for p, b in after.items() if cache not in p.parents} == before  # dataset intact, nothing outside
+
+
+def test_small_spacing_is_fine_and_singular_direction_is_refused(tmp_path, capsys):
+    """Micrometre voxels are a valid image; a direction matrix with a collapsed axis is not."""
+    root = _dataset_3d(tmp_path / "ds")
+    for path in (root / "imagesTr" / "c1_0000.nii.gz", root / "labelsTr" / "c1.nii.gz"):
+        _patch_header(path, 252, "<2h", 0, 0)
+        _patch_header(path, 80, "<3f", 1e-4, 1e-4, 1e-4)
+    cache = tmp_path / "cache"
+    assert cli_main(["preprocess", "--data", str(root), "--cache", str(cache), "--no-progress"]) == 0
+    capsys.readouterr()
+    for path in (root / "imagesTr" / "c1_0000.nii.gz", root / "labelsTr" / "c1.nii.gz"):
+        _patch_header(path, 254, "<h", 1)
+        _patch_header(path, 280, "<12f", 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0)  # x and y map onto one world axis
+    assert cli_main(["preprocess", "--data", str(root), "--cache", str(cache), "--no-progress"]) == 2
+    assert "singular" in capsys.readouterr().err
