@@ -90,6 +90,39 @@ def _unicode_channel_index(root: Path) -> None:
     (root / "dataset.json").write_text(json.dumps(meta))
 
 
+def _jpeg_named_png_mask(root: Path) -> None:
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:10, 4:10] = 255
+    Image.fromarray(mask).save(root / "masks" / "c1.png", format="JPEG", quality=50)
+
+
+def _alpha_only_mask(root: Path) -> None:
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:10, 4:10, 3] = 255  # the shape is in the alpha channel, the colour is black everywhere
+    Image.fromarray(rgba, "RGBA").save(root / "masks" / "c1.png")
+
+
+def _all_background(root: Path) -> None:
+    for label in (root / "labelsTr").iterdir():
+        _nii(label, np.zeros(SHAPE, np.uint8))
+
+
+def _nrrd_dimension_1e8(root: Path) -> None:
+    (root / "imagesTr" / "c1_0000.nii.gz").unlink()
+    header = b"NRRD0004\ntype: float\ndimension: 100000000\nsizes: 8 8 8\nencoding: raw\nendian: little\n\n"
+    (root / "imagesTr" / "c1_0000.nrrd").write_bytes(header + bytes(8**3 * 4))
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nrrd"}))
+    import nrrd
+
+    for i in (0, 2):
+        (root / "imagesTr" / f"c{i}_0000.nii.gz").unlink()
+        nrrd.write(str(root / "imagesTr" / f"c{i}_0000.nrrd"), np.ones(SHAPE, np.float32))
+    for i in range(3):
+        (root / "labelsTr" / f"c{i}.nii.gz").unlink()
+        nrrd.write(str(root / "labelsTr" / f"c{i}.nrrd"), _label(i))
+
+
 PREPROCESS = ["preprocess", "--no-progress"]
 PLAN = ["plan"]
 
@@ -105,6 +138,10 @@ CASES = [
     ("--patch-size 100000³", _dataset_3d, None, [*PLAN, "--patch-size", "100000,100000,100000"], "GiB to train"),
     ("--batch-size 10¹¹", _dataset_3d, None, [*PLAN, "--batch-size", "100000000000"], "GiB to train"),
     ("channel index is a non-ASCII digit", _dataset_3d, _unicode_channel_index, PREPROCESS, "channel indices"),
+    ("JPEG data in a .png mask", _dataset_2d, _jpeg_named_png_mask, PREPROCESS, "JPEG data under a .png name"),
+    ("RGBA mask drawn in alpha only", _dataset_2d, _alpha_only_mask, PREPROCESS, "alpha channel only"),
+    ("every label is background", _dataset_3d, _all_background, PREPROCESS, "background only"),
+    ("NRRD header with dimension 10^8", _dataset_3d, _nrrd_dimension_1e8, PREPROCESS, "dimension 100000000"),
 ]
 
 
@@ -141,3 +178,15 @@ def test_small_spacing_is_fine_and_singular_direction_is_refused(tmp_path, capsy
         _patch_header(path, 280, "<12f", 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0)  # x and y map onto one world axis
     assert cli_main(["preprocess", "--data", str(root), "--cache", str(cache), "--no-progress"]) == 2
     assert "singular" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--cache", "--data"])
+def test_empty_path_is_refused_not_read_as_the_working_directory(tmp_path, monkeypatch, capsys, option):
+    root = _dataset_2d(tmp_path / "ds")
+    monkeypatch.chdir(root)  # "" would be "." : the dataset itself
+    paths = {"--data": str(root), "--cache": str(tmp_path / "cache"), option: ""}
+    before = _snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["preprocess", "--data", paths["--data"], "--cache", paths["--cache"], "--no-progress"])
+    assert exit_info.value.code == 2 and "empty string" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
