@@ -14,8 +14,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 
+from dicom_series import brain_crop, write_series
 from fusionseg.cli import main as cli_main
 
 SHAPE = (8, 8, 8)
@@ -53,6 +55,38 @@ def _dataset_2d(root: Path) -> Path:
         Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "images" / f"c{i}.png")
         Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
     return root
+
+
+def _dataset_dicom(root: Path) -> Path:
+    """Three cases whose images are DICOM series (folders ``imagesTr/bN_0000``) of 16 × 16 × 6, labels NIfTI."""
+    image = brain_crop((16, 16, 6))
+    (root / "labelsTr").mkdir(parents=True)
+    (root / "dataset.json").write_text(
+        json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "tissue": 1}, "file_ending": ".nii.gz"})
+    )
+    for i in range(3):
+        write_series(image, root / "imagesTr" / f"b{i}_0000", f"1.2.826.0.1.3680043.9.7.3.{i + 1}", number=i + 1)
+        sitk.WriteImage(sitk.Cast(image > 60, sitk.sitkUInt8), str(root / "labelsTr" / f"b{i}.nii.gz"))
+    return root
+
+
+def _dicom_slice_missing(root: Path) -> None:
+    (root / "imagesTr" / "b1_0000" / "IM0003.dcm").unlink()
+
+
+def _dicom_slice_twice(root: Path) -> None:
+    series = root / "imagesTr" / "b1_0000"
+    (series / "IM0002b.dcm").write_bytes((series / "IM0002.dcm").read_bytes())
+
+
+def _dicom_not_dicom(root: Path) -> None:
+    for path in (root / "imagesTr" / "b1_0000").iterdir():
+        path.write_bytes(b"not a DICOM file")
+
+
+def _dicom_empty_case(root: Path) -> None:
+    for path in (root / "imagesTr" / "b1_0000").iterdir():
+        path.unlink()
 
 
 def _patch_header(path: Path, offset: int, fmt: str, *values) -> None:
@@ -141,6 +175,10 @@ CASES = [
     ("JPEG data in a .png mask", _dataset_2d, _jpeg_named_png_mask, PREPROCESS, "JPEG data under a .png name"),
     ("RGBA mask drawn in alpha only", _dataset_2d, _alpha_only_mask, PREPROCESS, "alpha channel only"),
     ("every label is background", _dataset_3d, _all_background, PREPROCESS, "background only"),
+    ("DICOM series missing a slice", _dataset_dicom, _dicom_slice_missing, PREPROCESS, "not evenly spaced"),
+    ("DICOM series with a slice twice", _dataset_dicom, _dicom_slice_twice, PREPROCESS, "not evenly spaced"),
+    ("DICOM case of non-DICOM .dcm files", _dataset_dicom, _dicom_not_dicom, PREPROCESS, "no readable DICOM series"),
+    ("DICOM case folder left empty", _dataset_dicom, _dicom_empty_case, PREPROCESS, "no readable DICOM series"),
     ("NRRD header with dimension 10^8", _dataset_3d, _nrrd_dimension_1e8, PREPROCESS, "dimension 100000000"),
 ]
 
