@@ -174,7 +174,7 @@ CASES = [
     ("channel index is a non-ASCII digit", _dataset_3d, _unicode_channel_index, PREPROCESS, "channel indices"),
     ("JPEG data in a .png mask", _dataset_2d, _jpeg_named_png_mask, PREPROCESS, "JPEG data under a .png name"),
     ("RGBA mask drawn in alpha only", _dataset_2d, _alpha_only_mask, PREPROCESS, "alpha channel only"),
-    ("every label is background", _dataset_3d, _all_background, PREPROCESS, "background only"),
+    ("every label is background", _dataset_3d, _all_background, PREPROCESS, "no foreground class"),
     ("DICOM series missing a slice", _dataset_dicom, _dicom_slice_missing, PREPROCESS, "not evenly spaced"),
     ("DICOM series with a slice twice", _dataset_dicom, _dicom_slice_twice, PREPROCESS, "not evenly spaced"),
     ("DICOM case of non-DICOM .dcm files", _dataset_dicom, _dicom_not_dicom, PREPROCESS, "no readable DICOM series"),
@@ -228,3 +228,23 @@ def test_empty_path_is_refused_not_read_as_the_working_directory(tmp_path, monke
         cli_main(["preprocess", "--data", paths["--data"], "--cache", paths["--cache"], "--no-progress"])
     assert exit_info.value.code == 2 and "empty string" in capsys.readouterr().err
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("fold", "words"),
+    [
+        ({"train": ["c0", "c1", "c2"], "val": ["c2"]}, "'c2' in both train and val"),
+        ({"train": ["c0", "c1"], "val": ["c0", "c1"]}, "'c0' in both train and val"),
+        ({"train": ["c0", "c0", "c0", "c1"], "val": ["c2"]}, "'c0' twice in one list"),
+    ],
+)
+def test_a_fold_that_validates_on_its_training_cases_is_refused(tmp_path, fold, words):
+    from fusionseg.data import get_fold, scan_dataset
+    from fusionseg.errors import InputError
+
+    root = _dataset_3d(tmp_path / "ds")
+    (root / "splits_final.json").write_text(json.dumps([fold]))
+    with pytest.raises(InputError, match=words) as err:
+        get_fold(scan_dataset(root), 0)
+    assert "\n" not in str(err.value)
+    assert get_fold(scan_dataset(root), "all") == (["c0", "c1", "c2"], ["c0", "c1", "c2"])  # explicit: allowed

@@ -315,7 +315,7 @@ def _check_some_foreground(info: DatasetInfo, folder: Path) -> None:
     if not present or any(p is None or p.get("labels_present", [1]) for p in present):
         return
     raise InputError(
-        f"{info.root}: all {len(present)} training labels are background only after reading; check the label "
+        f"{info.root}: all {len(present)} training labels hold no foreground class after reading; check the label "
         "files (values, colour or alpha channel, the right labelsTr/masks folder) and the labels in dataset.json"
     )
 
