@@ -248,3 +248,22 @@ def test_a_fold_that_validates_on_its_training_cases_is_refused(tmp_path, fold, 
         get_fold(scan_dataset(root), 0)
     assert "\n" not in str(err.value)
     assert get_fold(scan_dataset(root), "all") == (["c0", "c1", "c2"], ["c0", "c1", "c2"])  # explicit: allowed
+
+
+def test_bundle_refuses_to_write_its_labels_among_the_input_images(tmp_path):
+    """`python -m monai.bundle run ... --output_dir` equal to `--dataset_dir` replaced 2D inputs by label maps."""
+    torch = pytest.importorskip("torch")
+    from monai.data import MetaTensor
+
+    from fusionseg.engine.bundle_components import SaveLabeld
+
+    image = tmp_path / "in" / "c0.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(image)
+    before = image.read_bytes()
+    label = MetaTensor(torch.ones((1, 8, 8)), meta={"filename_or_obj": str(image)})
+    with pytest.raises(ValueError, match="is the folder of the input images"):
+        SaveLabeld("pred", tmp_path / "in" / ".." / "in")({"pred": label, "case_id": "c0"})
+    assert image.read_bytes() == before and sorted(p.name for p in image.parent.iterdir()) == ["c0.png"]
+    SaveLabeld("pred", tmp_path / "out")({"pred": label, "case_id": "c0"})
+    assert (tmp_path / "out" / "c0.png").is_file()
