@@ -157,6 +157,11 @@ def _nrrd_dimension_1e8(root: Path) -> None:
         nrrd.write(str(root / "labelsTr" / f"c{i}.nrrd"), _label(i))
 
 
+def _case_named_plans(root: Path) -> None:
+    for folder in ("images", "masks"):
+        (root / folder / "c1.png").rename(root / folder / "plans.png")  # plans.json would be replaced by its CASE.json
+
+
 PREPROCESS = ["preprocess", "--no-progress"]
 PLAN = ["plan"]
 
@@ -175,6 +180,7 @@ CASES = [
     ("JPEG data in a .png mask", _dataset_2d, _jpeg_named_png_mask, PREPROCESS, "JPEG data under a .png name"),
     ("RGBA mask drawn in alpha only", _dataset_2d, _alpha_only_mask, PREPROCESS, "alpha channel only"),
     ("every label is background", _dataset_3d, _all_background, PREPROCESS, "no foreground class"),
+    ("case named plans", _dataset_2d, _case_named_plans, PREPROCESS, "'plans' is reserved"),
     ("DICOM series missing a slice", _dataset_dicom, _dicom_slice_missing, PREPROCESS, "not evenly spaced"),
     ("DICOM series with a slice twice", _dataset_dicom, _dicom_slice_twice, PREPROCESS, "not evenly spaced"),
     ("DICOM case of non-DICOM .dcm files", _dataset_dicom, _dicom_not_dicom, PREPROCESS, "no readable DICOM series"),

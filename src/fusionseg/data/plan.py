@@ -378,6 +378,11 @@ def plan_dataset(
     cache = Path(cache).expanduser() if cache else None
     if not info.cases:
         raise InputError(f"{info.root}: the dataset has no training cases")
+    reserved = next((c for c in info.cases if f"{c.case_id}.json" == PLAN_FILE), None)
+    if reserved is not None:  # its CASE.json would replace the cache's plans.json
+        raise InputError(
+            f"{reserved.images[0]}: the case name {reserved.case_id!r} is reserved in the cache; rename it"
+        )
     dims = info.spatial_dims
     headers = [read_header(c.images[0]) for c in info.cases]
     shapes, spacings = zip(*(_ras_shape_spacing(h) for h in headers))
