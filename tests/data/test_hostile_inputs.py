@@ -157,6 +157,22 @@ def _nrrd_dimension_1e8(root: Path) -> None:
         nrrd.write(str(root / "labelsTr" / f"c{i}.nrrd"), _label(i))
 
 
+def _complex_image(root: Path) -> None:
+    _nii(root / "imagesTr" / "c1_0000.nii.gz", (np.ones(SHAPE) + 1j).astype(np.complex64))
+
+
+def _slope_overflows_float32(root: Path) -> None:
+    image = nib.Nifti1Image(np.full(SHAPE, 100, np.int16), np.eye(4))
+    image.header.set_slope_inter(1e38, 0)
+    nib.save(image, str(root / "imagesTr" / "c1_0000.nii.gz"))
+
+
+def _label_1e300(root: Path) -> None:
+    label = _label().astype(np.float64)
+    label[0, 0, 0] = 1e300
+    _nii(root / "labelsTr" / "c1.nii.gz", label)
+
+
 def _case_named_plans(root: Path) -> None:
     for folder in ("images", "masks"):
         (root / folder / "c1.png").rename(root / folder / "plans.png")  # plans.json would be replaced by its CASE.json
@@ -180,6 +196,9 @@ CASES = [
     ("JPEG data in a .png mask", _dataset_2d, _jpeg_named_png_mask, PREPROCESS, "JPEG data under a .png name"),
     ("RGBA mask drawn in alpha only", _dataset_2d, _alpha_only_mask, PREPROCESS, "alpha channel only"),
     ("every label is background", _dataset_3d, _all_background, PREPROCESS, "no foreground class"),
+    ("complex-valued image", _dataset_3d, _complex_image, PREPROCESS, "complex voxels"),
+    ("scale slope overflows float32", _dataset_3d, _slope_overflows_float32, PREPROCESS, "NaN/Inf voxel"),
+    ("float label 1e300", _dataset_3d, _label_1e300, PREPROCESS, "values up to 1e+300"),
     ("case named plans", _dataset_2d, _case_named_plans, PREPROCESS, "'plans' is reserved"),
     ("DICOM series missing a slice", _dataset_dicom, _dicom_slice_missing, PREPROCESS, "not evenly spaced"),
     ("DICOM series with a slice twice", _dataset_dicom, _dicom_slice_twice, PREPROCESS, "not evenly spaced"),
