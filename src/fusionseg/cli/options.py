@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from fusionseg.errors import InputError
 
@@ -26,6 +27,7 @@ __all__ = [
     "boolean",
     "floats",
     "parse_json_object",
+    "path",
     "positive_float",
     "positive_int",
     "sizes",
@@ -87,6 +89,13 @@ def positive_int(text: str) -> int:
 def positive_float(text: str) -> float:
     """``"0.5"`` → 0.5; argparse error for anything but a number > 0."""
     return _positive(text, float, "number")
+
+
+def path(text: str) -> Path:
+    """``"data/x"`` → Path; argparse error for an empty string (``Path("")`` would silently be ``.``)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
 
 
 def boolean(text: str) -> bool:

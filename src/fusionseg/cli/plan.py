@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from fusionseg.cli.options import SizesAction, floats, positive_int, sizes
+from fusionseg.cli.options import SizesAction, floats, path, positive_int, sizes
 
 __all__ = ["build_parser", "main", "preprocess_main"]
 
@@ -35,10 +34,10 @@ def build_parser(prog: str = "fusionseg plan", preprocess: bool = False) -> argp
     else:
         what = "Plan a dataset: fingerprint, target spacing, patch and batch size, normalisation; writes plans.json."
     p = argparse.ArgumentParser(prog=prog, description=what)
-    p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
+    p.add_argument("--data", required=True, type=path, help="dataset folder (nnU-Net/MSD layout or images/ + masks/)")
     p.add_argument(
         "--cache",
-        type=Path,
+        type=path,
         default=None,
         help="cache root for preprocessed data (default $FUSIONSEG_CACHE or ~/.cache/fusionseg/preprocessed)",
     )

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionseg.data.backends.dicom_io import holds_dicom
 from fusionseg.data.backends.dicom_io import series_paths as dicom_series
 from fusionseg.data.formats import (
     DATA_FILE_EXTENSIONS,
@@ -141,7 +142,12 @@ def _listdir(folder: Path, allowed: tuple[str, ...], what: str, skip_documents: 
         if path.name.startswith("."):
             continue
         if path.is_dir():  # a DICOM series (a folder of slices) is an image; other folders are skipped
-            files += dicom_series(path)
+            series = dicom_series(path)
+            if not series and (_CHANNEL_SUFFIX.match(path.name) or holds_dicom(path)):  # else a case is lost silently
+                raise InputError(
+                    f"{path}: folder holds no readable DICOM series; add or re-export the slices, or remove it"
+                )
+            files += series
             continue
         ext = split_extension(path)[1]
         if ext in DATA_FILE_EXTENSIONS or (skip_documents and ext in DOCUMENT_EXTENSIONS):
@@ -170,7 +176,7 @@ def _parse_channels(meta: dict, path: Path) -> list[str] | None:
         raise InputError(f'{path}: "channel_names" must name at least one channel, e.g. {{"0": "CT"}}')
     if isinstance(raw, list):
         return [str(n) for n in raw]
-    if not isinstance(raw, dict) or not all(str(k).isdigit() for k in raw):
+    if not isinstance(raw, dict) or not all(str(k).isascii() and str(k).isdigit() for k in raw):
         raise InputError(f'{path}: "channel_names" must map channel indices to names, e.g. {{"0": "CT"}}')
     keys = sorted(int(k) for k in raw)
     if keys != list(range(len(keys))):

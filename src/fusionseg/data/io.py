@@ -124,6 +124,10 @@ def read_label(
         rounded = np.rint(data)
         if not np.array_equal(rounded, data):
             raise InputError(f"{path}: label map holds non-integer values; store labels as integer class indices")
+        if data.size and float(np.abs(data).max()) >= 2**31:
+            raise InputError(
+                f"{path}: label map holds values up to {float(np.abs(data).max()):.3g}; store integer class indices"
+            )
         data = rounded
     elif data.dtype.kind == "b":
         data = data.astype(np.uint8)

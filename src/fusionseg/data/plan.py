@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionseg.data.backends.common import MAX_VOXELS
 from fusionseg.data.datasets import Case, DatasetInfo
 from fusionseg.data.identity import case_key, data_key
 from fusionseg.data.io import read_header
@@ -276,7 +277,7 @@ def _as_sizes(value: Sequence[float] | float | None, n: int, name: str, kind: ty
     if value is None:
         return None
     values = [value] * n if isinstance(value, (int, float)) else list(value)
-    if len(values) != n or any(not isinstance(v, (int, float)) or v <= 0 for v in values):
+    if len(values) != n or any(not isinstance(v, (int, float)) or not 0 < v < float("inf") for v in values):
         raise InputError(f"{name} must be {n} positive numbers (one per spatial axis), got {value!r}")
     if kind is int and any(float(v) != int(v) for v in values):
         raise InputError(f"{name} must be whole numbers, got {value!r}")
@@ -299,6 +300,35 @@ def _default_patch(
         axis = max(shrinkable, key=lambda i: patch[i] * mm[i])
         patch[axis] -= size_multiple
     return patch
+
+
+def _check_resampled_size(info: DatasetInfo, shapes: np.ndarray, spacings: np.ndarray, spacing: list | None) -> None:
+    """InputError when resampling to ``spacing`` makes a case larger than :data:`MAX_VOXELS` (with the estimate)."""
+    if not spacing:
+        return
+    voxels = np.prod(shapes * spacings / np.asarray(spacing), axis=1) * info.in_channels
+    worst = int(np.argmax(voxels))
+    if voxels[worst] > MAX_VOXELS:
+        raise InputError(
+            f"{info.cases[worst].images[0]}: resampled to target spacing {spacing} mm it would hold "
+            f"{voxels[worst]:.3g} voxels ({voxels[worst] * 4 / 2**30:,.0f} GiB, "
+            f"limit {MAX_VOXELS * 4 / 2**30:.0f} GiB); "
+            "choose a coarser --target-spacing (or fix the image's spacing in its header)"
+        )
+
+
+_MAX_PATCH_MEMORY_FACTOR = 64  # an explicit patch × batch may ask for up to 64 × the planning budget (512 GiB)
+
+
+def _check_patch_memory(patch: list[int], batch_size: int, dims: int, memory_gb: float) -> None:
+    """InputError when ``batch_size`` patches need far more memory than any accelerator has (with the estimate)."""
+    estimate_gb = batch_size * float(np.prod(patch)) / _VOXELS_PER_GIB[dims]
+    if estimate_gb > _MAX_PATCH_MEMORY_FACTOR * memory_gb:
+        raise InputError(
+            f"patch size {patch} × batch size {batch_size} needs about {estimate_gb:,.0f} GiB to train "
+            f"(at most {_MAX_PATCH_MEMORY_FACTOR * memory_gb:,.0f} GiB planned); "
+            "choose a smaller --patch-size or --batch-size"
+        )
 
 
 def plan_dataset(
@@ -348,6 +378,11 @@ def plan_dataset(
     cache = Path(cache).expanduser() if cache else None
     if not info.cases:
         raise InputError(f"{info.root}: the dataset has no training cases")
+    reserved = next((c for c in info.cases if f"{c.case_id}.json" == PLAN_FILE), None)
+    if reserved is not None:  # its CASE.json would replace the cache's plans.json
+        raise InputError(
+            f"{reserved.images[0]}: the case name {reserved.case_id!r} is reserved in the cache; rename it"
+        )
     dims = info.spatial_dims
     headers = [read_header(c.images[0]) for c in info.cases]
     shapes, spacings = zip(*(_ras_shape_spacing(h) for h in headers))
@@ -407,10 +442,12 @@ def plan_dataset(
     else:
         spacing = _as_sizes(target_spacing, dims, "target_spacing", float)
     pre["target_spacing"] = spacing
+    _check_resampled_size(info, shapes_arr, spacings_arr, spacing)
     resampled_shape = median_shape * median_spacing / np.asarray(spacing) if spacing else median_shape
     patch = _as_sizes(patch_size, dims, "patch_size", int) or _default_patch(
         resampled_shape, spacing or median_spacing, dims, size_multiple, batch_size, memory_gb
     )
+    _check_patch_memory(patch, batch_size, dims, memory_gb)
     pre["patch_size"] = patch
     ct_channels = [c for c, s in enumerate(schemes) if s == "ct"]
     need_sizes = "zscore" in schemes and not info.use_mask_for_norm

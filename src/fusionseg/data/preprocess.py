@@ -288,6 +288,7 @@ def preprocess_dataset(
             save_plan(plan, folder / PLAN_FILE)
         log(f"preprocess: nothing to do, all {len(info.cases)} cases are in {folder}")
         report.seconds = time.perf_counter() - start
+        _check_some_foreground(info, folder)
         return report
     with folder_lock(folder, "preprocessed cache"):
         save_plan(plan, folder / PLAN_FILE)
@@ -298,12 +299,25 @@ def preprocess_dataset(
         else:
             log(f"preprocess: nothing to do, all {len(info.cases)} cases are in {folder}")
     report.seconds = time.perf_counter() - start
+    _check_some_foreground(info, folder)
     if todo_cases:
         log(
             f"preprocess: {len(report.done)} cases in {report.seconds:.1f} s"
             + (f", {len(report.failed)} skipped" if report.failed else "")
         )
     return report
+
+
+def _check_some_foreground(info: DatasetInfo, folder: Path) -> None:
+    """InputError when every preprocessed training label is all background: nothing to learn, and Dice would
+    score the empty prediction as perfect (a misread mask format, or the wrong label folder)."""
+    present = [_read_props(folder, c.case_id) for c in info.cases if c.label is not None]
+    if not present or any(p is None or p.get("labels_present", [1]) for p in present):
+        return
+    raise InputError(
+        f"{info.root}: all {len(present)} training labels hold no foreground class after reading; check the label "
+        "files (values, colour or alpha channel, the right labelsTr/masks folder) and the labels in dataset.json"
+    )
 
 
 def _todo(

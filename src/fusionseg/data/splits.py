@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +90,15 @@ def read_splits(path: str | Path, case_ids: Sequence[str] | None = None) -> list
             f'{path}: expected a list of {{"train": [case ids], "val": [case ids]}} per fold (nnU-Net format); '
             "fix or delete it to make new folds"
         )
+    for i, fold in enumerate(splits):
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        twice = sorted({c for k in ("train", "val") for c, n in Counter(fold[k]).items() if n > 1})
+        if both or twice:
+            what = "in both train and val (validated on what it trained on)" if both else "twice in one list"
+            raise InputError(
+                f"{path}: fold {i} lists case {(both or twice)[0]!r} {what}; list each case once per fold "
+                "(fold 'all' trains and validates on every case) or delete the file to make new folds"
+            )
     if case_ids is not None:
         known = set(case_ids)
         for i, fold in enumerate(splits):

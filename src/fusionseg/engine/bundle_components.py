@@ -205,7 +205,7 @@ class SaveLabeld(MapTransform):
     The extension is ``predict``'s for the input (:func:`output_extension`), the geometry the
     input's (MONAI's writers: NIfTI affine; 2D images in the input's row order). With
     ``binary_as_255`` a 2D 0/1 map is stored as 0/255. The file is written under a temporary name
-    and renamed into place.
+    and renamed into place; an ``output_dir`` that is the input images' folder is refused (ValueError).
     """
 
     def __init__(
@@ -221,6 +221,11 @@ class SaveLabeld(MapTransform):
             source = label.meta.get("filename_or_obj") if isinstance(label, MetaTensor) else None
             source = source[0] if isinstance(source, list | tuple) else source
             ext = output_extension(source)
+            if source and self.output_dir.resolve() == Path(source).resolve().parent:
+                raise ValueError(
+                    f"output_dir {self.output_dir} is the folder of the input images: the label maps would be written "
+                    f"among them (replacing {Path(source).name} where names match); pass another --output_dir"
+                )
             planar = label.ndim == 3
             if self.binary_as_255 and planar and float(label.max()) <= 1:
                 label = label * 255

@@ -8,7 +8,11 @@ import numpy as np
 
 from fusionseg.errors import InputError
 
-__all__ = ["check_file", "corrupt", "meta_dict", "one_line"]
+__all__ = ["MAX_VOXELS", "check_file", "corrupt", "meta_dict", "one_line"]
+
+MAX_VOXELS = (
+    2**31
+)  # voxels × channels a file may claim (8 GiB as float32); more is a corrupt header or no medical image
 
 
 def one_line(exc: BaseException) -> str:
@@ -38,7 +42,12 @@ def meta_dict(
     num_channels: int,
     header: object,
 ) -> dict:
-    """The reader ``meta`` every backend returns (see :mod:`fusionseg.data.io`)."""
+    """The reader ``meta`` every backend returns (see :mod:`fusionseg.data.io`).
+
+    InputError for geometry nothing can use: non-finite or singular affines, spacings that are not
+    positive numbers, and headers claiming more than :data:`MAX_VOXELS` (checked before voxels are read).
+    """
+    _check_geometry(path, affine, spacing, spatial_shape, num_channels)
     return {
         "path": str(path),
         "format": fmt,
@@ -48,3 +57,23 @@ def meta_dict(
         "num_channels": int(num_channels),
         "header": header,
     }
+
+
+def _check_geometry(path: Path, affine: np.ndarray, spacing: tuple, shape: tuple, channels: int) -> None:
+    matrix = np.asarray(affine, dtype=np.float64)
+    n = matrix.shape[0] - 1
+    if not np.all(np.isfinite(matrix)) or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(
+            f"{path}: header geometry holds NaN/Inf or non-positive spacing (spacing {tuple(spacing)}); "
+            "fix the header's spacing and direction (e.g. re-export the image)"
+        )
+    axes = np.linalg.norm(matrix[:n, :n], axis=0)
+    if not np.all(axes > 0) or abs(np.linalg.det(matrix[:n, :n] / axes)) < 1e-6:  # unit axes: any spacing is fine
+        raise InputError(f"{path}: header direction matrix is singular (axes collapse); fix the header's direction")
+    voxels = float(np.prod([float(s) for s in shape])) * max(int(channels), 1)
+    if voxels > MAX_VOXELS or min((int(s) for s in shape), default=1) < 1:
+        raise InputError(
+            f"{path}: header claims shape {tuple(int(s) for s in shape)} × {channels} channel(s) "
+            f"({voxels * 4 / 2**30:,.0f} GiB as float32, limit {MAX_VOXELS * 4 / 2**30:.0f} GiB); "
+            "the header is corrupt or the image must be cropped or downsampled first"
+        )

@@ -23,7 +23,7 @@ from fusionseg.data.backends.common import meta_dict, one_line
 from fusionseg.data.backends.itk_io import itk_affine, sitk_module
 from fusionseg.errors import InputError
 
-__all__ = ["SERIES_UID", "is_series_path", "read", "read_header", "series_files", "series_paths"]
+__all__ = ["SERIES_UID", "holds_dicom", "is_series_path", "read", "read_header", "series_files", "series_paths"]
 
 SERIES_UID = re.compile(r"^\d+(\.\d+)+$")
 
@@ -42,7 +42,7 @@ def is_series_path(path: str | Path) -> bool:
     return path.is_dir() or (not path.exists() and bool(SERIES_UID.match(path.name)) and path.parent.is_dir())
 
 
-def _holds_dicom(folder: Path) -> bool:
+def holds_dicom(folder: Path) -> bool:
     """Whether a visible file of ``folder`` ends in ``.dcm`` or starts with DICOM's preamble (cheap pre-check)."""
     for path in folder.iterdir():
         if path.name.startswith(".") or not path.is_file():
@@ -58,7 +58,7 @@ def _holds_dicom(folder: Path) -> bool:
 def series_paths(folder: str | Path) -> list[Path]:
     """The series of ``folder`` (its own files only): ``[]``, ``[folder]`` (one series) or ``[folder/UID, ...]``."""
     folder = Path(folder)
-    if not folder.is_dir() or not _holds_dicom(folder):
+    if not folder.is_dir() or not holds_dicom(folder):
         return []
     ids = sorted(_series_ids(folder))
     return [folder] if len(ids) == 1 else [folder / uid for uid in ids]
@@ -87,9 +87,11 @@ def series_files(path: str | Path) -> tuple[str, list[str]]:
 
 
 def _check_uniform(path: Path, files: list[str]) -> None:
-    """InputError for a mixed series: slices with another size, orientation or pixel type than the first."""
+    """InputError for a mixed series: slices with another size, orientation or pixel type than the first,
+    or not evenly spaced along the slice normal (a missing, duplicate or unreadable slice)."""
     sitk = _sitk()
     first = None
+    positions = []
     for name in files:
         reader = sitk.ImageFileReader()
         reader.SetFileName(name)
@@ -99,6 +101,7 @@ def _check_uniform(path: Path, files: list[str]) -> None:
             message = f"{path}: cannot read slice {Path(name).name} ({one_line(exc)}); re-export the series"
             raise InputError(message) from exc
         info = (tuple(reader.GetSize()[:2]), tuple(np.round(reader.GetDirection(), 4)), reader.GetNumberOfComponents())
+        positions.append(np.asarray(reader.GetOrigin(), dtype=np.float64))
         if first is None:
             first = info
         elif info != first:
@@ -106,6 +109,23 @@ def _check_uniform(path: Path, files: list[str]) -> None:
                 f"{path}: mixed DICOM series: slice {Path(name).name} differs in size or orientation from "
                 f"{Path(files[0]).name}; split the series into folders of like slices"
             )
+    _check_even_spacing(path, files, positions, first[1] if first else ())
+
+
+def _check_even_spacing(path: Path, files: list[str], positions: list[np.ndarray], direction: tuple) -> None:
+    """InputError when slice positions along the normal have a gap or a repeat (ITK would only warn)."""
+    if len(positions) < 3 or len(direction) < 9:
+        return
+    normal = np.asarray(direction, dtype=np.float64).reshape(3, 3)[:, 2]
+    steps = np.diff(np.asarray(positions) @ normal)
+    step = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - step) > 0.01 * abs(step) + 1e-4)
+    if abs(step) < 1e-4 or len(bad):
+        at = int(bad[0]) if len(bad) else 0
+        raise InputError(
+            f"{path}: DICOM slices are not evenly spaced ({Path(files[at]).name} → {Path(files[at + 1]).name}: "
+            f"{steps[at]:.3g} mm, others {step:.3g} mm): a missing, duplicate or unreadable slice; re-export the series"
+        )
 
 
 def _read_series(path: Path):

@@ -89,6 +89,7 @@ def read_header(path: Path) -> dict:
 
 def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
     sitk = sitk_module()
+    read_header(path)  # a corrupt or absurd header is refused before the voxels are allocated
     try:
         img = sitk.ReadImage(str(path))
         array = sitk.GetArrayFromImage(img)  # (Z, Y, X[, components]) — reversed axes

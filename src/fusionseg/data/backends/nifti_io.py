@@ -38,6 +38,8 @@ def read_header(path: Path) -> dict:
 
     try:
         return _meta(path, nib.load(str(path)))
+    except InputError:
+        raise
     except Exception as exc:
         raise corrupt(path, exc) from exc
 
@@ -48,7 +50,12 @@ def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
     try:
         img = nib.load(str(path))
         meta = _meta(path, img)
-        data = np.asanyarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
+        if np.dtype(img.get_data_dtype()).kind == "c":
+            raise InputError(f"{path}: complex voxels; save the magnitude (or real part) as a real-valued image")
+        with np.errstate(
+            over="ignore", invalid="ignore"
+        ):  # scaled values out of float32 range: the NaN/Inf check names them
+            data = np.asanyarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
         data = _channels_first(np.asarray(data))
     except InputError:
         raise

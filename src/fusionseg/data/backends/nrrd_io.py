@@ -26,6 +26,10 @@ _TO_RAS = {
 def _geometry(header: dict) -> tuple[list[int], np.ndarray, tuple[float, ...]]:
     """Spatial axes of an NRRD header, the RAS affine, and the spacing."""
     ndim = int(header["dimension"])
+    if not 2 <= ndim <= 4 or len(header.get("sizes", ())) != ndim:  # checked before per-axis loops over ndim
+        raise ValueError(
+            f"dimension {ndim} with sizes {[int(s) for s in header.get('sizes', ())][:8]}; expected a 2D/3D image"
+        )
     directions = header.get("space directions")
     if directions is not None:
         directions = np.asarray(directions, dtype=np.float64)
@@ -76,6 +80,7 @@ def read_header(path: Path) -> dict:
 
 
 def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
+    _read(path, label, header_only=True)  # a corrupt or absurd header is refused before the voxels are allocated
     return _read(path, label, header_only=False)
 
 

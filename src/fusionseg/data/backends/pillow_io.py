@@ -25,6 +25,15 @@ def _array(img: Any, label: bool) -> np.ndarray:
     if label:
         # JPEG masks (Kvasir-SEG): compression noise differs per colour channel; read them as grey.
         data = np.asarray(img.convert("L") if img.format == "JPEG" and mode != "L" else img)
+        if (
+            data.ndim == 3
+            and mode in ("LA", "RGBA")
+            and data[..., :-1].min() == data[..., :-1].max() < data[..., -1].max()
+        ):
+            raise InputError(
+                f"{img.filename}: the mask is drawn in the alpha channel only (its grey/colour values are all "
+                f"{int(data[..., 0].min())}); save it as a single-channel image of class indices or 0/255"
+            )
         if data.ndim == 3:  # RGB(A) mask: fine when it is grey stored as RGB
             rgb = data[..., :3]
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
@@ -51,6 +60,11 @@ def _read(path: Path, label: bool, header_only: bool) -> tuple[np.ndarray | None
             if getattr(img, "n_frames", 1) > 1:
                 raise InputError(f"{path}: multi-page image ({img.n_frames} frames); save one 2D image per file")
             mode, size = img.mode, img.size
+            if label and img.format == "JPEG" and path.suffix.lower() not in (".jpg", ".jpeg"):
+                raise InputError(
+                    f"{path}: JPEG data under a {path.suffix} name; JPEG changes label values, save the mask as "
+                    f"a real {path.suffix} (or name it .jpg to have it read as a lossy mask)"
+                )
             data = None if header_only else _array(img, label)
     except InputError:
         raise
