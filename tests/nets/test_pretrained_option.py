@@ -72,6 +72,7 @@ def test_train_cli_loads_pretrained_encoders(tmp_path, tiny_phantom_2d, capsys):
     assert "pretrained encoder ← swin_main.pth:" in out and "(0 adapted)" in out
     torch.save({"model": Payload()}, tmp_path / "pickled.pth")
     argv[argv.index("--pretrained") + 1] = str(tmp_path / "pickled.pth")
+    argv[argv.index("--output") + 1] = str(tmp_path / "run2")
     assert cli(argv) == 2
     err = capsys.readouterr().err
     assert "weights_only=True" in err and len(err.strip().splitlines()) == 1
