@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
     threads, reason = set_threads(args.threads)  # once: every run gets the same thread count
     print(f"CPU threads: {threads} ({reason}), for every run")
     base = replace(config_from_args(args), time_budget=None, threads=threads)
+    base.check()  # before the folder lock creates --output (e.g. inside --data)
     seeds = [base.seed + k for k in range(args.num_seeds)]
     output = Path(args.output)
     with folder_lock(output, "ablation folder"):

@@ -133,6 +133,13 @@ def build_model(config: TrainConfig, pre: dict) -> nn.Module:
         kwargs["deep_supervision"] = bool(config.deep_supervision)
     if config.fusion is not None:
         kwargs["fusion"] = config.fusion
+    for key in ("in_channels", "out_channels", "spatial_dims"):
+        given = config.model_kwargs.get(key, kwargs[key])
+        if given != kwargs[key]:
+            raise InputError(
+                f"--model-kwargs {key}={given!r} does not match the data ({key}={kwargs[key]}); leave {key} out: "
+                "it comes from the dataset"
+            )
     kwargs.update(config.model_kwargs)
     if config.model.lower() not in list_models():
         raise InputError(f"unknown model {config.model!r}; choose one of {', '.join(list_models())}")
@@ -472,6 +479,12 @@ class Trainer:
         if not patch:
             raise InputError("the preprocessing has no patch size; pass --patch-size (e.g. 96,96 or 64,64,64)")
         fitted = [round_up_to_multiple(int(p), multiple) for p in patch]
+        if math.prod(p // multiple for p in fitted) < 2:  # the deepest level would hold one voxel: norms fail
+            smallest = ",".join([str(2 * multiple)] * len(fitted))
+            raise InputError(
+                f"--patch-size {','.join(map(str, patch))} is too small for {self.config.model} (it halves the patch "
+                f"down to 1/{multiple}): the deepest level would be one voxel; pass at least --patch-size {smallest}"
+            )
         if fitted != list(patch):
             self.log(f"patch size {tuple(patch)} rounded up to {tuple(fitted)} (multiples of size_multiple={multiple})")
         self.pre["patch_size"] = fitted

@@ -1,0 +1,98 @@
+"""A hostile user against the engine side of the CLI (train, ablate, export, ...): each mistake is one line.
+
+One table (``HOSTILE``) of options out of range or disagreeing with the data, each run through
+``fusionseg.cli.main`` in this process against a tiny dataset and run; every case asserts exit status 2,
+exactly one line on stderr (no traceback, no argparse usage) naming the problem, and that no file of the
+dataset or the run changed and nothing was written into the dataset folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fusionseg.cli import main as cli_main
+from fusionseg.cli.options import positive_float
+from fusionseg.cli.plan import _spacing
+from fusionseg.data import make_phantom_dataset
+
+TINY = ["--model-kwargs", '{"features": [4, 8]}', "--patch-size", "32,32", "--threads", "1", "--no-progress"]
+SHORT = ["--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "2"]
+
+
+def snapshot(*roots: Path) -> dict[str, tuple[str, int]]:
+    """(sha256, mtime_ns) of every file under ``roots``."""
+    files = [p for root in roots for p in sorted(root.rglob("*")) if p.is_file()]
+    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A 2D phantom dataset and a finished tiny run."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = make_phantom_dataset(root / "data", spatial_dims=2, num_train=4, num_test=2, size=(32, 32))
+    run = root / "run"
+    assert cli_main(["train", "--data", str(data), "--output", str(run), *SHORT, *TINY]) == 0
+    return {"root": root, "data": data, "run": run}
+
+
+def _train(w: dict, output, *extra: str) -> list[str]:
+    return ["train", "--data", str(w["data"]), "--output", str(output), *SHORT, *TINY, *extra]
+
+
+def _kwargs(text: str) -> tuple[str, str]:
+    return ("--model-kwargs", text)
+
+
+# (id, argv from (world, tmp_path), words the one line must hold)
+HOSTILE: list[tuple[str, Callable[[dict, Path], list[str]], str]] = [
+    ("train-a-million-threads", lambda w, t: _train(w, t / "r", "--threads", "1000000"), "per core"),
+    ("train-a-million-workers", lambda w, t: _train(w, t / "r", "--num-workers", "1000000"), "per core"),
+    ("train-seed-beyond-64-bits", lambda w, t: _train(w, t / "r", "--seed", "99999999999999999999"), "--seed must"),
+    ("train-huge-lr", lambda w, t: _train(w, t / "r", "--lr", "1e300"), "--lr must be ≤"),
+    ("train-huge-weight-decay", lambda w, t: _train(w, t / "r", "--weight-decay", "1e300"), "--weight-decay must be ≤"),
+    ("train-patch-of-one-voxel", lambda w, t: _train(w, t / "r", "--patch-size", "1,1"), "at least --patch-size 4,4"),
+    ("train-deeper-than-the-patch",
+     lambda w, t: _train(w, t / "r", *_kwargs('{"features": [4, 8, 16, 32, 64, 128, 256, 512, 1024]}')),
+     "too small for unet"),
+    ("train-out-channels-not-the-data",
+     lambda w, t: _train(w, t / "r", *_kwargs('{"features": [4, 8], "out_channels": 1}')), "out_channels=1 does not"),
+    ("train-spatial-dims-not-the-data",
+     lambda w, t: _train(w, t / "r", *_kwargs('{"features": [4, 8], "spatial_dims": 3}')), "spatial_dims=3 does not"),
+    ("train-output-is-the-data", lambda w, t: _train(w, w["data"]), "lies inside --data"),
+    ("train-output-inside-the-data", lambda w, t: _train(w, w["data"] / "images" / "run"), "lies inside --data"),
+    ("train-cache-inside-the-data", lambda w, t: _train(w, t / "r", "--cache", str(w["data"] / "c")), "--cache"),
+    ("ablate-output-inside-the-data",
+     lambda w, t: ["ablate", "--data", str(w["data"]), "--output", str(w["data"] / "a"), "--time-budget", "1",
+                   "--fusions", "concat", *TINY], "lies inside --data"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make_argv", "expected"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
+def test_each_hostile_input_is_one_line_and_harms_nothing(world, tmp_path, capsys, make_argv, expected):
+    argv = make_argv(world, tmp_path)
+    before = snapshot(world["data"], world["run"])
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"fusionseg {argv[0]}: error: ") and expected in err, err
+    assert snapshot(world["data"], world["run"]) == before
+
+
+@pytest.mark.parametrize("text", ["inf", "1e999", "nan", "0", "-1"])
+def test_positive_numbers_are_finite(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a positive number"):
+        positive_float(text)
+    assert positive_float("1e300") == 1e300
+
+
+@pytest.mark.parametrize("text", ["nan,1", "inf,1", "0,1", "-1,1"])
+def test_target_spacing_is_finite_and_positive(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="spacings in mm > 0"):
+        _spacing(text)
+    assert _spacing("0.5,0.5") == (0.5, 0.5) and _spacing("Median") == "median"
