@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,12 +33,14 @@ def snapshot(*roots: Path) -> dict[str, tuple[str, int]]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    """A 2D phantom dataset and a finished tiny run."""
+    """A 2D phantom dataset, a finished tiny run and a copy of the test labels as predictions."""
     root = tmp_path_factory.mktemp("hostile")
     data = make_phantom_dataset(root / "data", spatial_dims=2, num_train=4, num_test=2, size=(32, 32))
     run = root / "run"
     assert cli_main(["train", "--data", str(data), "--output", str(run), *SHORT, *TINY]) == 0
-    return {"root": root, "data": data, "run": run}
+    gt, pred = data / "test" / "masks", root / "pred"
+    shutil.copytree(gt, pred)
+    return {"root": root, "data": data, "run": run, "gt": gt, "pred": pred}
 
 
 def _train(w: dict, output, *extra: str) -> list[str]:
@@ -55,7 +58,7 @@ HOSTILE: list[tuple[str, Callable[[dict, Path], list[str]], str]] = [
     ("train-seed-beyond-64-bits", lambda w, t: _train(w, t / "r", "--seed", "99999999999999999999"), "--seed must"),
     ("train-huge-lr", lambda w, t: _train(w, t / "r", "--lr", "1e300"), "--lr must be ≤"),
     ("train-huge-weight-decay", lambda w, t: _train(w, t / "r", "--weight-decay", "1e300"), "--weight-decay must be ≤"),
-    ("train-patch-of-one-voxel", lambda w, t: _train(w, t / "r", "--patch-size", "1,1"), "at least --patch-size 4,4"),
+    ("train-patch-of-one-voxel", lambda w, t: _train(w, t / "r", "--patch-size", "1,1"), "is too small for unet"),
     ("train-deeper-than-the-patch",
      lambda w, t: _train(w, t / "r", *_kwargs('{"features": [4, 8, 16, 32, 64, 128, 256, 512, 1024]}')),
      "too small for unet"),
@@ -63,13 +66,55 @@ HOSTILE: list[tuple[str, Callable[[dict, Path], list[str]], str]] = [
      lambda w, t: _train(w, t / "r", *_kwargs('{"features": [4, 8], "out_channels": 1}')), "out_channels=1 does not"),
     ("train-spatial-dims-not-the-data",
      lambda w, t: _train(w, t / "r", *_kwargs('{"features": [4, 8], "spatial_dims": 3}')), "spatial_dims=3 does not"),
-    ("train-output-is-the-data", lambda w, t: _train(w, w["data"]), "lies inside --data"),
-    ("train-output-inside-the-data", lambda w, t: _train(w, w["data"] / "images" / "run"), "lies inside --data"),
-    ("train-cache-inside-the-data", lambda w, t: _train(w, t / "r", "--cache", str(w["data"] / "c")), "--cache"),
+    ("train-output-is-the-data", lambda w, t: _train(w, w["data"]), "dataset's own files"),
+    ("train-output-inside-the-data", lambda w, t: _train(w, w["data"] / "images" / "run"), "dataset's own files"),
+    ("train-cache-in-the-masks", lambda w, t: _train(w, t / "r", "--cache", str(w["data"] / "masks" / "c")), "--cache"),
     ("ablate-output-inside-the-data",
-     lambda w, t: ["ablate", "--data", str(w["data"]), "--output", str(w["data"] / "a"), "--time-budget", "1",
-                   "--fusions", "concat", *TINY], "lies inside --data"),
+     lambda w, t: ["ablate", "--data", str(w["data"]), "--output", str(w["data"] / "images" / "a"),
+                   "--time-budget", "1", "--fusions", "concat", *TINY], "dataset's own files"),
+    ("ablate-a-fusion-twice",
+     lambda w, t: ["ablate", "--data", str(w["data"]), "--output", str(t / "a"), "--time-budget", "1",
+                   "--fusions", "concat,dff,concat", *TINY], "concat more than once"),
+    ("ablate-a-hundred-million-seeds",
+     lambda w, t: ["ablate", "--data", str(w["data"]), "--output", str(t / "a"), "--time-budget", "1",
+                   "--fusions", "concat", "--num-seeds", "100000000", *TINY], "--num-seeds 100000000"),
+    ("export-over-the-run-s-last-pt", lambda w, t: _export(w, w["run"] / "last.pt"), "is not a torchscript export"),
+    ("export-over-dataset-json", lambda w, t: _export(w, w["data"] / "dataset.json"), "is not a torchscript export"),
+    ("export-onnx-over-a-checkpoint",
+     lambda w, t: _export(w, w["run"] / "last.pt", "--format", "onnx"), "is not a onnx export"),
+    ("export-opset-out-of-range",
+     lambda w, t: _export(w, t / "m.onnx", "--format", "onnx", "--opset", "999"), "--opset must be between 7"),
+    ("import-weights-over-the-run-s-last-pt", lambda w, t: _import(w, w["run"] / "last.pt"), "not written by import"),
+    ("import-weights-over-dataset-json", lambda w, t: _import(w, w["data"] / "dataset.json"), "not written by import"),
+    ("import-weights-nothing-fits",
+     lambda w, t: ["import-weights", "--model", "dnet", "--no-strict", "--weights", str(w["run"] / "best.pt"),
+                   "--output", str(t / "x.pt")], "no tensor of"),
+    ("evaluate-pred-is-gt",
+     lambda w, t: ["evaluate", "--pred", str(w["gt"]), "--gt", str(w["gt"]), "--output", str(t / "e")], "is --gt"),
+    ("evaluate-into-the-gt",
+     lambda w, t: ["evaluate", "--pred", str(w["pred"]), "--gt", str(w["gt"]), "--output", str(w["gt"] / "e")],
+     "lies inside --gt"),
+    ("evaluate-negative-label",
+     lambda w, t: ["evaluate", "--pred", str(w["pred"]), "--gt", str(w["gt"]), "--labels", "-1",
+                   "--output", str(t / "e")], "--labels are foreground values"),
+    ("evaluate-huge-label",
+     lambda w, t: ["evaluate", "--pred", str(w["pred"]), "--gt", str(w["gt"]), "--labels", "99999999999",
+                   "--output", str(t / "e")], "--labels are foreground values"),
+    ("demo-into-the-dataset",
+     lambda w, t: ["demo", "--quick", "--phantoms", "--output", str(w["data"]), "--threads", "1"],
+     "files the demo did not write"),
 ]  # fmt: skip
+
+
+def _export(w: dict, output: Path, *extra: str) -> list[str]:
+    argv = ["export", "--checkpoint", str(w["run"] / "best.pt"), "--format", "torchscript", "--output", str(output)]
+    return argv + list(extra)
+
+
+def _import(w: dict, output: Path) -> list[str]:
+    model = ["--model", "unet", "--spatial-dims", "2", "--in-channels", "1", "--out-channels", "3"]
+    weights = ["--model-kwargs", '{"features": [4, 8]}', "--weights", str(w["run"] / "best.pt")]
+    return ["import-weights", *model, *weights, "--output", str(output)]
 
 
 @pytest.mark.parametrize(("make_argv", "expected"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
@@ -96,3 +141,13 @@ def test_target_spacing_is_finite_and_positive(text):
     with pytest.raises(argparse.ArgumentTypeError, match="spacings in mm > 0"):
         _spacing(text)
     assert _spacing("0.5,0.5") == (0.5, 0.5) and _spacing("Median") == "median"
+
+
+def test_export_and_import_weights_replace_their_own_outputs(world, tmp_path):
+    exported = tmp_path / "m.ts"
+    assert cli_main(_export(world, exported)) == 0
+    assert cli_main(_export(world, exported)) == 0  # an earlier export is replaced
+    imported = tmp_path / "x.pt"
+    assert cli_main(_import(world, imported)) == 0
+    first = imported.stat().st_mtime_ns
+    assert cli_main(_import(world, imported)) == 0 and imported.stat().st_mtime_ns >= first

@@ -120,10 +120,11 @@ class TrainConfig:
             )
         data = Path(os.path.realpath(self.data))
         for option, path in (("--output", self.output), ("--cache", self.cache)):
-            if path is not None and (data == (real := Path(os.path.realpath(path))) or data in real.parents):
+            real = None if path is None else Path(os.path.realpath(path))
+            if real is not None and (real == data or (data in real.parents and _in_case_folder(real, data))):
                 raise InputError(
-                    f"{option} {path} lies inside --data {self.data}; the dataset folder is only read: "
-                    f"choose a {option} outside it"
+                    f"{option} {path} lies in the dataset's own files (--data {self.data}), which are only read: "
+                    f"choose a {option} outside them, e.g. {data.parent / 'runs'}"
                 )
 
     def plain(self) -> dict[str, Any]:
@@ -139,6 +140,15 @@ class TrainConfig:
             return v
 
         return {k: conv(v) for k, v in asdict(self).items()}
+
+
+# Folders of a dataset that hold its cases (nnU-Net/MSD, images/ + masks/ layouts): nothing is written there.
+CASE_FOLDERS = {"imagestr", "labelstr", "imagests", "labelsts", "images", "masks", "test", "train", "val", "labels"}
+
+
+def _in_case_folder(path: Path, data: Path) -> bool:
+    """Whether ``path`` (inside ``data``) lies in one of the dataset's case folders (``data/images/...``)."""
+    return path.relative_to(data).parts[0].lower() in CASE_FOLDERS
 
 
 def nearest_key(key: str, valid: Iterable[str]) -> str:

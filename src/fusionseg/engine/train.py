@@ -262,7 +262,17 @@ class Trainer:
             image = to_channels_last(image)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp_dtype):
-            outputs = self.net(image)
+            try:
+                outputs = self.net(image)
+            except ValueError as err:  # instance/batch norm of a deepest level of one voxel
+                if "more than 1 spatial element" not in str(err):
+                    raise
+                patch = ",".join(map(str, self.pre["patch_size"]))
+                raise InputError(
+                    f"--patch-size {patch} is too small for {c.model} with these features: its deepest level holds one "
+                    f"voxel; pass a larger --patch-size (e.g. {2 * int(self.model.size_multiple)} per axis) or fewer "
+                    "features"
+                ) from None
         loss = self.loss(outputs, label)
         del outputs
         if not torch.isfinite(loss):
@@ -479,12 +489,6 @@ class Trainer:
         if not patch:
             raise InputError("the preprocessing has no patch size; pass --patch-size (e.g. 96,96 or 64,64,64)")
         fitted = [round_up_to_multiple(int(p), multiple) for p in patch]
-        if math.prod(p // multiple for p in fitted) < 2:  # the deepest level would hold one voxel: norms fail
-            smallest = ",".join([str(2 * multiple)] * len(fitted))
-            raise InputError(
-                f"--patch-size {','.join(map(str, patch))} is too small for {self.config.model} (it halves the patch "
-                f"down to 1/{multiple}): the deepest level would be one voxel; pass at least --patch-size {smallest}"
-            )
         if fitted != list(patch):
             self.log(f"patch size {tuple(patch)} rounded up to {tuple(fitted)} (multiples of size_multiple={multiple})")
         self.pre["patch_size"] = fitted
