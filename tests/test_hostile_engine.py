@@ -103,7 +103,18 @@ HOSTILE: list[tuple[str, Callable[[dict, Path], list[str]], str]] = [
     ("demo-into-the-dataset",
      lambda w, t: ["demo", "--quick", "--phantoms", "--output", str(w["data"]), "--threads", "1"],
      "files the demo did not write"),
+    ("train-init-of-another-size",
+     lambda w, t: _train(w, t / "r", "--init", str(w["run"] / "best.pt"), *_kwargs('{"features": [8, 16]}')),
+     "tensors of unet"),
+    ("train-config-output-a-list",
+     lambda w, t: ["train", "--config", str(_write(t / "c.yaml", f"data: {w['data']}\noutput: [a, b]\n"))],
+     "output takes one path"),
 ]  # fmt: skip
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def _export(w: dict, output: Path, *extra: str) -> list[str]:

@@ -652,6 +652,12 @@ class Trainer:
         from fusionseg.nets.weights import load_pretrained
 
         report = load_pretrained(self.model, self.config.init, strict=False)
+        total = len(self.model.state_dict())
+        if 2 * len(report.loaded) < total:  # mostly a run from scratch that claims to start from --init
+            raise InputError(
+                f"--init {self.config.init}: only {len(report.loaded)} of the {total} tensors of {self.config.model} "
+                "fit (another model or size); pass weights of this model with the same --model-kwargs"
+            )
         self.log(
             f"initialised {len(report.loaded)} tensors from {self.config.init}"
             + ("" if report.ok else f"; {report.problems()}")
