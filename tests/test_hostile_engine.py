@@ -162,3 +162,25 @@ def test_export_and_import_weights_replace_their_own_outputs(world, tmp_path):
     assert cli_main(_import(world, imported)) == 0
     first = imported.stat().st_mtime_ns
     assert cli_main(_import(world, imported)) == 0 and imported.stat().st_mtime_ns >= first
+
+
+def test_fault_points_are_the_ones_in_the_sources():
+    import re
+
+    from fusionseg.faults import FAULT_POINTS
+
+    sources = (Path(__file__).resolve().parents[1] / "src" / "fusionseg").rglob("*.py")
+    called = {m for path in sources for m in re.findall(r"maybe_fail\(\"([\w.]+)\"\)", path.read_text("utf-8"))}
+    assert called == set(FAULT_POINTS)
+
+
+def test_a_fault_variable_naming_no_point_is_one_line():
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "FUSIONSEG_FAULT": "train.stpe:2", "PYTHONPATH": src}
+    proc = subprocess.run([sys.executable, "-m", "fusionseg", "train", "--data", "."], capture_output=True, text=True,
+                          env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "names no fault point" in proc.stderr
