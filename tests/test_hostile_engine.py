@@ -109,6 +109,8 @@ HOSTILE: list[tuple[str, Callable[[dict, Path], list[str]], str]] = [
     ("train-config-output-a-list",
      lambda w, t: ["train", "--config", str(_write(t / "c.yaml", f"data: {w['data']}\noutput: [a, b]\n"))],
      "output takes one path"),
+    ("train-splits-without-a-fold",
+     lambda w, t: _train(w, t / "r", "--splits", str(t / "splits_final.json")), "--fold or --cross-validate"),
 ]  # fmt: skip
 
 
