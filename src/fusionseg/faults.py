@@ -13,7 +13,13 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["check_environment", "maybe_fail"]
+__all__ = ["FAULT_POINTS", "check_environment", "maybe_fail"]
+
+# Every point fusionseg calls maybe_fail at (tests/test_hostile_engine.py checks the list against the sources).
+FAULT_POINTS = (
+    "checkpoint.write", "files.write", "predict.probabilities", "preprocess.case_written", "preprocess.mid_case",
+    "train.build_model", "train.checkpoint", "train.load_data", "train.step",
+)  # fmt: skip
 
 _POINT, _, _COUNT = os.environ.get("FUSIONSEG_FAULT", "").partition(":")
 _VALID = (not _COUNT or (_COUNT.isdigit() and int(_COUNT) >= 1)) and all(c.isalnum() or c in "._-" for c in _POINT)
@@ -23,7 +29,19 @@ _PROBLEM = None if _VALID else f"FUSIONSEG_FAULT={os.environ.get('FUSIONSEG_FAUL
 
 
 def check_environment() -> None:
-    """:class:`~fusionseg.errors.InputError` (one line) when ``FUSIONSEG_FAULT`` is set but malformed."""
+    """:class:`~fusionseg.errors.InputError` (one line) when ``FUSIONSEG_FAULT`` is set but malformed or names
+    no point of fusionseg (a typo would silently never fire)."""
+    _check_syntax()
+    if _POINT and _POINT not in FAULT_POINTS:
+        from fusionseg.errors import InputError
+
+        raise InputError(
+            f"FUSIONSEG_FAULT={os.environ.get('FUSIONSEG_FAULT')!r} names no fault point; use one of "
+            f"{', '.join(FAULT_POINTS)} (e.g. train.step:5), or unset it"
+        )
+
+
+def _check_syntax() -> None:
     if _PROBLEM:
         from fusionseg.errors import InputError
 
@@ -35,7 +53,7 @@ def maybe_fail(point: str) -> None:
     global _calls_left
     if point != _POINT:
         return
-    check_environment()
+    _check_syntax()
     _calls_left -= 1
     if _calls_left <= 0:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -12,6 +12,8 @@ from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
 
+MAX_SEEDS = 100  # fusions × seeds × --time-budget is the run time: a typo of 10⁸ seeds would never end
+
 
 def _default_fusions() -> str:
     """Every registered fusion, the reference (concat) first."""
@@ -49,11 +51,17 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
     unknown = [f for f in fusions if f not in list_fusions()]
     if unknown or not fusions:
         raise InputError(f"--fusions: unknown {unknown or 'empty list'}; choose from {', '.join(list_fusions())}")
+    twice = sorted({f for f in fusions if fusions.count(f) > 1})
+    if twice:
+        raise InputError(f"--fusions lists {', '.join(twice)} more than once; name each fusion once")
+    if args.num_seeds > MAX_SEEDS:
+        raise InputError(f"--num-seeds {args.num_seeds} is more than a comparison needs (at most {MAX_SEEDS}); e.g. 3")
     if args.time_budget is None:
         raise InputError("--time-budget is required: the training seconds every run gets (e.g. --time-budget 60)")
     threads, reason = set_threads(args.threads)  # once: every run gets the same thread count
     print(f"CPU threads: {threads} ({reason}), for every run")
     base = replace(config_from_args(args), time_budget=None, threads=threads)
+    base.check()  # before the folder lock creates --output (e.g. inside --data)
     seeds = [base.seed + k for k in range(args.num_seeds)]
     output = Path(args.output)
     with folder_lock(output, "ablation folder"):

@@ -27,6 +27,29 @@ def build_parser(prog: str = "fusionseg demo") -> argparse.ArgumentParser:
     return p
 
 
+DEMO_ENTRIES = {"data", "run", "predictions", "evaluation", "report.md", ".fusionseg-lock"}
+
+
+def check_demo_folder(output: Path) -> None:
+    """:class:`InputError` when ``output`` holds files an earlier demo did not write (the demo replaces its own)."""
+    from fusionseg.errors import InputError
+
+    if not output.is_dir():
+        return
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in DEMO_ENTRIES)
+    report = output / "report.md"
+    if not foreign and report.is_file():
+        try:
+            foreign = [] if "fusionseg demo" in report.read_text(errors="replace") else ["report.md"]
+        except OSError:
+            foreign = ["report.md"]
+    if foreign:
+        raise InputError(
+            f"--output {output} already holds files the demo did not write ({', '.join(foreign[:3])}); "
+            "pass a new or empty folder"
+        )
+
+
 def main(argv: list[str] | None = None, prog: str = "fusionseg demo") -> int:
     from fusionseg.engine.demo import demo_settings, run_demo
     from fusionseg.engine.runtime import set_threads
@@ -38,6 +61,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg demo") -> int:
     data = "synthetic phantoms" if args.phantoms else "real nuclei image"
     run = "quick" if args.quick else "full"
     print(f"fusionseg demo → {args.output} ({data}, {run} run, {threads} CPU thread(s): {reason})")
+    check_demo_folder(args.output)
     with folder_lock(args.output, "demo folder"):
         result = run_demo(
             args.output, settings, fusion=args.fusion, seed=args.seed, progress=args.progress, device=args.device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fusionseg.errors import InputError
@@ -15,9 +16,38 @@ def _tolerance(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a distance in mm ≥ 0, got {text!r}") from None
-    if not value >= 0:
+    if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a distance in mm ≥ 0, got {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count ≥ 0, got {text!r}")
+    return value
+
+
+MAX_LABEL = 65535  # label maps are at most uint16; a larger value only makes scipy allocate per label
+
+
+def check_folders(pred: Path, gt: Path, output: Path) -> None:
+    """:class:`InputError` when ``pred`` is ``gt`` (a perfect score of nothing) or ``output`` lies in ``gt``."""
+    if not Path(gt).is_dir() or Path(output).is_file():
+        return  # run_evaluation names the missing folder or the file in the way
+    real_gt = Path(os.path.realpath(gt))
+    if Path(os.path.realpath(pred)) == real_gt:
+        raise InputError(
+            f"--pred {pred} is --gt {gt}: that scores the ground truth against itself; pass the predictions folder"
+        )
+    real_out = Path(os.path.realpath(output))
+    if real_out == real_gt or real_gt in real_out.parents:
+        raise InputError(
+            f"--output {output} lies inside --gt {gt}; the ground truth is only read: pass another --output"
+        )
 
 
 def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
@@ -40,7 +70,7 @@ def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
         "--nsd-tolerance", type=_tolerance, default=1.0, metavar="MM",
         help="normalised surface Dice counts surface voxels within this distance in mm (default 1)",
     )  # fmt: skip
-    p.add_argument("--num-overlays", type=int, default=2, help="best and worst cases to draw (default 2 each)")
+    p.add_argument("--num-overlays", type=_count, default=2, help="best and worst cases to draw (default 2 each)")
     return p
 
 
@@ -54,8 +84,11 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg evaluate") -> int
             labels = [int(v) for v in args.labels.split(",") if v.strip()]
         except ValueError:
             raise InputError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
+        if not all(1 <= label <= MAX_LABEL for label in labels):
+            raise InputError(f"--labels are foreground values 1..{MAX_LABEL}, got {args.labels!r}; e.g. --labels 1,2")
     layout = read_label_layout(args.dataset_json) if args.dataset_json is not None else None
     output = args.output or args.pred
+    check_folders(args.pred, args.gt, output)
     summary = run_evaluation(
         args.pred, args.gt, output, args.images, labels, args.num_overlays, layout=layout,
         nsd_tolerance=args.nsd_tolerance,

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg export") -> int:
 
     args = build_parser(prog).parse_args(argv)
     check_not_input(args.output, args.checkpoint)
+    check_replaceable(args.output, args.format)
+    if args.opset is not None and not MIN_OPSET <= args.opset <= _max_opset():
+        raise InputError(f"--opset must be between {MIN_OPSET} and {_max_opset()}, got {args.opset}; or leave it out")
     if args.format != "bundle" and args.output.is_dir():
         raise InputError(f"--output {args.output} is a folder; pass the file to write, e.g. {args.output / 'model.ts'}")
     with folder_lock(args.output.parent if str(args.output.parent) else Path("."), "export folder"):
@@ -57,6 +60,41 @@ def check_not_input(output: Path, checkpoint: Path) -> None:
     out, source = Path(os.path.realpath(output)), Path(os.path.realpath(checkpoint))
     if out == source or out in source.parents:
         raise InputError(f"--output {output} would replace --checkpoint {checkpoint}; choose another output path")
+
+
+MIN_OPSET = 7  # the oldest opset the ONNX exporters write
+
+
+def _max_opset() -> int:
+    try:
+        import onnx
+
+        return int(onnx.defs.onnx_opset_version())
+    except (ImportError, AttributeError):
+        return 30
+
+
+def check_replaceable(output: Path, format: str) -> None:
+    """:class:`InputError` when ``output`` is an existing file that is not an export of ``format`` (e.g. a
+    checkpoint, dataset.json): export replaces only what an earlier export wrote."""
+    import zipfile
+
+    if format == "bundle" or not output.is_file():
+        return
+    if format == "torchscript":
+        try:
+            with zipfile.ZipFile(output) as archive:
+                ours = any("/code/" in name for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            ours = False
+    else:  # an ONNX protobuf is not a zip archive (a checkpoint is) and is named .onnx
+        with open(output, "rb") as f:
+            ours = output.suffix.lower() == ".onnx" and f.read(2) != b"PK"
+    if not ours:
+        raise InputError(
+            f"--output {output} exists and is not a {format} export (fusionseg replaces only its own exports); "
+            "choose a new file name or delete it first"
+        )
 
 
 def _export_file(args) -> int:

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
     if args.output.is_dir():
         example = args.output / "best.pt"
         raise InputError(f"--output {args.output} is a folder; pass the checkpoint file to write, e.g. {example}")
+    check_replaceable(args.output)
     if args.model is None:  # an nnU-Net v2 checkpoint_final.pth carries network, plans and preprocessing itself
         return _import_nnunet(args)
     kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
@@ -80,6 +81,24 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
     print(report.summary())
     print(f"wrote {args.output} (model {args.model}, {sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
+
+
+def check_replaceable(output: Path) -> None:
+    """:class:`InputError` when ``output`` exists and is not a checkpoint import-weights wrote (a trained
+    checkpoint, dataset.json, ...): import-weights replaces only its own output."""
+    from fusionseg.engine.checkpoint import load_checkpoint
+
+    if not output.is_file():
+        return
+    try:
+        imported = "imported_from" in (load_checkpoint(output).get("train_args") or {})
+    except (InputError, AttributeError, TypeError):
+        imported = False
+    if not imported:
+        raise InputError(
+            f"--output {output} exists and was not written by import-weights (a trained checkpoint or another "
+            "file); choose a new file name"
+        )
 
 
 def _import_nnunet(args: argparse.Namespace) -> int:

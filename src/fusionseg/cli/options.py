@@ -76,7 +76,7 @@ def _positive(text: str, number: type, what: str) -> int | float:
         value = number(text)
     except ValueError:
         value = None
-    if value is None or not value > 0:
+    if value is None or not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}") from None
     return value
 
@@ -87,7 +87,7 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """``"0.5"`` → 0.5; argparse error for anything but a number > 0."""
+    """``"0.5"`` → 0.5; argparse error for anything but a finite number > 0."""
     return _positive(text, float, "number")
 
 

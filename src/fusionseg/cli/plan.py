@@ -11,7 +11,12 @@ __all__ = ["build_parser", "main", "preprocess_main"]
 
 def _spacing(text: str) -> tuple[float, ...] | str:
     lowered = str(text).lower()
-    return lowered if lowered in ("median", "keep") else floats(text)
+    if lowered in ("median", "keep"):
+        return lowered
+    values = floats(text)
+    if not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected spacings in mm > 0 like 1,1,3 (or median, keep), got {text!r}")
+    return values
 
 
 def add_plan_options(p: argparse.ArgumentParser) -> None:

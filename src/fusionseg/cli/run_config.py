@@ -55,6 +55,8 @@ def _value(key: str, action: argparse.Action, value: Any, source: str) -> tuple[
         return action.dest, value
     if value is None:
         return action.dest, None
+    if action.type is Path and not isinstance(value, str):
+        raise InputError(f"{source}: {key.replace('_', '-')} takes one path, got {value!r}")
     if isinstance(value, dict):
         text = json.dumps(value)
     elif isinstance(value, list | tuple):

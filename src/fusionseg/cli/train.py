@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
     args = parse_with_config(parser, argv)
     config = config_from_args(args)
     config.check()
+    if args.splits is not None and args.fold is None and args.cross_validate is None:
+        raise InputError(
+            f"--splits {args.splits} is read only with --fold or --cross-validate; add one, or leave --splits out "
+            "(without them the validation cases are a seeded --val-fraction hold-out)"
+        )
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other: continue the run, or replace it")
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun the main process holds the lock for all

@@ -311,6 +311,10 @@ def import_weights(
     except (TypeError, ValueError) as err:
         raise InputError(f"cannot build {model_name} with {kwargs}: {one_line(str(err), 160)}") from None
     report = load_pretrained(model, weights, strict=strict)
+    if not report.loaded:  # --no-strict that fits nothing would save an untrained model as "imported"
+        raise InputError(
+            f"no tensor of {weights} fits {model_name} ({report.summary()}); check --model and --model-kwargs"
+        )
     ckpt = build_checkpoint(model, preprocessing=preprocessing, rng=False, train_args={"imported_from": str(weights)})
     save_checkpoint(output, ckpt)
     return model, report

@@ -26,6 +26,8 @@ __all__ = ["RUN_CONFIG_FILE", "TrainConfig", "nearest_key", "parse_fold", "read_
 
 RUN_CONFIG_FILE = "config.yaml"
 MAX_RUN_CONFIG_BYTES = 1 << 20  # a run's config.yaml is about 1 kB
+MAX_RATE = 1e3  # --lr / --weight-decay above this overflow the optimizer's float32 arithmetic long before 1e38
+MAX_WORKERS_PER_CORE = 4  # --num-workers beyond this only exhausts memory (a process each)
 
 
 def parse_fold(value: int | str) -> int | str:
@@ -98,14 +100,32 @@ class TrainConfig:
         for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip)):
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value}")
+        for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay)):
+            if value is not None and value > MAX_RATE:
+                raise InputError(f"--{name.replace('_', '-')} must be ≤ {MAX_RATE:g}, got {value:g}; e.g. 1e-2")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(2**63) <= self.seed < 2**63:
+            raise InputError(f"--seed must be an integer between -2**63 and 2**63 - 1, got {self.seed!r}; e.g. 0")
         if str(self.optimizer).lower() not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.num_workers < 0:
             raise InputError(f"--num-workers must be ≥ 0, got {self.num_workers}")
+        if self.num_workers > (limit := MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)):
+            raise InputError(
+                f"--num-workers {self.num_workers} is more processes than this machine can run ({limit} at most: "
+                f"{MAX_WORKERS_PER_CORE} per core); pass about the number of cores, or 0"
+            )
         if not Path(self.data).is_dir():
             raise InputError(
                 f"--data {self.data} is not a folder; pass a dataset folder (see `fusionseg train --help`)"
             )
+        data = Path(os.path.realpath(self.data))
+        for option, path in (("--output", self.output), ("--cache", self.cache)):
+            real = None if path is None else Path(os.path.realpath(path))
+            if real is not None and (real == data or (data in real.parents and _in_case_folder(real, data))):
+                raise InputError(
+                    f"{option} {path} lies in the dataset's own files (--data {self.data}), which are only read: "
+                    f"choose a {option} outside them, e.g. {data.parent / 'runs'}"
+                )
 
     def plain(self) -> dict[str, Any]:
         """JSON-able copy (paths → str, tuples → lists)."""
@@ -120,6 +140,15 @@ class TrainConfig:
             return v
 
         return {k: conv(v) for k, v in asdict(self).items()}
+
+
+# Folders of a dataset that hold its cases (nnU-Net/MSD, images/ + masks/ layouts): nothing is written there.
+CASE_FOLDERS = {"imagestr", "labelstr", "imagests", "labelsts", "images", "masks", "test", "train", "val", "labels"}
+
+
+def _in_case_folder(path: Path, data: Path) -> bool:
+    """Whether ``path`` (inside ``data``) lies in one of the dataset's case folders (``data/images/...``)."""
+    return path.relative_to(data).parts[0].lower() in CASE_FOLDERS
 
 
 def nearest_key(key: str, valid: Iterable[str]) -> str:

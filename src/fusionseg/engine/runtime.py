@@ -60,6 +60,7 @@ NO_BF16_NOTE = (
 # Blocks up to this size stay in glibc's heap after free (reused without page faults).
 _HEAP_BLOCK_LIMIT = 1 << 30
 _IDLE_SAMPLE_S = 0.25
+MAX_THREADS_PER_CORE = 4  # --threads above this many per core only makes OpenMP thrash (a million exhausts memory)
 
 
 # ------------------------------------------------------------------------------------------- device
@@ -189,6 +190,12 @@ def choose_threads(spec: str | int | None = "auto") -> tuple[int, str]:
         raise InputError(f"--threads must be 'auto' or a positive integer, got {spec!r}") from None
     if threads < 1:
         raise InputError(f"--threads must be ≥ 1, got {threads}")
+    limit = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
+    if threads > limit:
+        raise InputError(
+            f"--threads {threads} is more than {MAX_THREADS_PER_CORE} per core of this machine ({limit}); "
+            "pass --threads auto or at most the number of cores"
+        )
     return threads, "as asked"
 
 

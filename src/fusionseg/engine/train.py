@@ -133,6 +133,13 @@ def build_model(config: TrainConfig, pre: dict) -> nn.Module:
         kwargs["deep_supervision"] = bool(config.deep_supervision)
     if config.fusion is not None:
         kwargs["fusion"] = config.fusion
+    for key in ("in_channels", "out_channels", "spatial_dims"):
+        given = config.model_kwargs.get(key, kwargs[key])
+        if given != kwargs[key]:
+            raise InputError(
+                f"--model-kwargs {key}={given!r} does not match the data ({key}={kwargs[key]}); leave {key} out: "
+                "it comes from the dataset"
+            )
     kwargs.update(config.model_kwargs)
     if config.model.lower() not in list_models():
         raise InputError(f"unknown model {config.model!r}; choose one of {', '.join(list_models())}")
@@ -255,7 +262,17 @@ class Trainer:
             image = to_channels_last(image)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp_dtype):
-            outputs = self.net(image)
+            try:
+                outputs = self.net(image)
+            except ValueError as err:  # instance/batch norm of a deepest level of one voxel
+                if "more than 1 spatial element" not in str(err):
+                    raise
+                patch = ",".join(map(str, self.pre["patch_size"]))
+                raise InputError(
+                    f"--patch-size {patch} is too small for {c.model} with these features: its deepest level holds one "
+                    f"voxel; pass a larger --patch-size (e.g. {2 * int(self.model.size_multiple)} per axis) or fewer "
+                    "features"
+                ) from None
         loss = self.loss(outputs, label)
         del outputs
         if not torch.isfinite(loss):
@@ -635,6 +652,12 @@ class Trainer:
         from fusionseg.nets.weights import load_pretrained
 
         report = load_pretrained(self.model, self.config.init, strict=False)
+        total = len(self.model.state_dict())
+        if 2 * len(report.loaded) < total:  # mostly a run from scratch that claims to start from --init
+            raise InputError(
+                f"--init {self.config.init}: only {len(report.loaded)} of the {total} tensors of {self.config.model} "
+                "fit (another model or size); pass weights of this model with the same --model-kwargs"
+            )
         self.log(
             f"initialised {len(report.loaded)} tensors from {self.config.init}"
             + ("" if report.ok else f"; {report.problems()}")
