@@ -19,19 +19,28 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from fusionseg.data.formats import IMAGE_EXTENSIONS, probability_extension
 from fusionseg.data.formats import prediction_extension as _output_ext
 from fusionseg.data.formats import split_extension as _split_ext
+from fusionseg.data.transforms import write_input_grid_labels, write_input_grid_probabilities
+from fusionseg.engine.memory_budget import default_memory_budget
 from fusionseg.engine.predictors import predictor_for
+from fusionseg.engine.progress import progress_bar
 from fusionseg.engine.runtime import amp_dtype, autocast
+from fusionseg.engine.slab_inference import SlabPlan
+from fusionseg.engine.slab_predict import predict_label_map, slab_layout
 from fusionseg.errors import InputError, for_each_case
 from fusionseg.faults import maybe_fail
 from fusionseg.files import ResumableOutputs, atomic_write, removed_on_error
@@ -299,6 +308,8 @@ def predict_files(
     device: str | torch.device = "cpu",
     amp: bool = False,
     progress: bool = True,
+    memory: int | None = None,
+    whole_volume: bool = False,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case → (written label files, [(case_id, error message)] of the cases that failed).
 
@@ -306,6 +317,10 @@ def predict_files(
     averaged). The label map is computed from the probabilities on the input grid (argmax, or regions
     painted in ``regions_class_order``), so it equals that of the written probabilities; a
     ``postprocessing`` plan (:mod:`fusionseg.engine.postprocess`) then cleans the label map only.
+
+    Cases are predicted slab by slab within ``memory`` bytes (default
+    :func:`~fusionseg.engine.memory_budget.default_memory_budget`; :mod:`fusionseg.engine.slab_predict`);
+    ``whole_volume`` holds each case's whole class map instead (the reference the slabs are tested against).
     """
     from fusionseg.data import load_for_inference
 
@@ -330,33 +345,97 @@ def predict_files(
         label = output / f"{cid}{_output_ext(images[0])}"
         return [label, output / f"{cid}_probabilities{probability_extension(images[0])}"] if probabilities else [label]
 
+    budget = int(memory) if memory is not None else default_memory_budget()
+    stats = {"windows": 0, "described": False}
+
     def predict_case(cid: str, images: list[Path]) -> Path:
         out_path, *prob_path = outputs(cid, images)
         image, meta = load_for_inference(list(images), pres[0])
-        probs = predict_ensemble(
-            models,
-            pres,
-            torch.as_tensor(image),
-            overlap=overlap,
-            sw_batch_size=sw_batch_size,
-            tta=tta,
-            device=device,
-            amp=amp,
-        )
         binary_as_255 = bool(pres[0].get("binary_as_255", False))
-        resumable.claim()
-        _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
-        if prob_path:
-            maybe_fail("predict.probabilities")  # between the two files of a case
-            with removed_on_error(out_path):
-                _save_probabilities(probs, meta, prob_path[0])
+        if whole_volume:
+            probs = predict_ensemble(
+                models, pres, torch.as_tensor(image), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+                device=device, amp=amp,
+            )  # fmt: skip
+            resumable.claim()
+            _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
+            if prob_path:
+                maybe_fail("predict.probabilities")  # between the two files of a case
+                with removed_on_error(out_path):
+                    _save_probabilities(probs, meta, prob_path[0])
+            return out_path
+        plan = SlabPlan.build(
+            models, pres, image.shape[1:], overlap=overlap, tta=tta, sw_batch_size=sw_batch_size, device=device, amp=amp
+        )
+        layout = slab_layout(plan, meta, budget)
+        if progress and not stats["described"]:
+            print(f"{cid}: {layout.describe(tuple(meta['original_shape']))}, {plan.windows} windows")
+            stats["described"] = True
+        with _case_bar(plan, cid, progress), _scratch(output, cid, plan, meta, bool(prob_path)) as scratch:
+            labels = predict_label_map(plan, image, meta, layout, scratch)
+            stats["windows"] += plan.windows
+            resumable.claim()
+            _save_input_grid_labels(labels, meta, out_path, postprocessing, binary_as_255)
+            if prob_path:
+                maybe_fail("predict.probabilities")  # between the two files of a case
+                with removed_on_error(out_path), atomic_write(prob_path[0]) as tmp:
+                    write_input_grid_probabilities(scratch, meta, tmp)
         return out_path
 
     def already_done(cid: str, images: list[Path]) -> Path | None:
         paths = outputs(cid, images)
         return paths[0] if resumable.done(*paths) else None
 
-    return for_each_case(cases, predict_case, progress, already_done)
+    start = time.perf_counter()
+    written, failed = for_each_case(cases, predict_case, progress, already_done)
+    elapsed = time.perf_counter() - start
+    if progress and stats["windows"]:
+        ran = len(cases) - len(failed)
+        print(
+            f"predicted {ran} case(s) in {elapsed:.1f} s: {ran / elapsed:.3g} cases/s, "
+            f"{stats['windows'] / elapsed:.3g} windows/s"
+        )
+    return written, failed
+
+
+@contextlib.contextmanager
+def _case_bar(plan: SlabPlan, cid: str, progress: bool) -> Iterator[None]:
+    """A terminal bar of the case's windows (done / total, ETA) while it is predicted; nothing in logs."""
+    bar = progress_bar(plan.windows, desc=cid, enabled=progress)
+    plan.on_windows = bar.update if bar is not None else None
+    try:
+        yield
+    finally:
+        plan.on_windows = None
+        if bar is not None:
+            bar.close()
+
+
+@contextlib.contextmanager
+def _scratch(output: Path, cid: str, plan: SlabPlan, meta: dict, wanted: bool) -> Iterator[np.ndarray | None]:
+    """An on-disk float32 array (K, *input shape) the case's probabilities go into slab by slab (None unless wanted)."""
+    if not wanted:
+        yield None
+        return
+    path = output / f".{cid}.probabilities.tmp-{os.getpid()}"
+    shape = (plan.num_classes, *(int(s) for s in meta["original_shape"]))
+    try:
+        yield np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _save_input_grid_labels(
+    labels: np.ndarray, meta: dict, out_path: Path, plan: dict | None, binary_as_255: bool
+) -> Path:
+    """Write a label map on the input grid atomically, postprocessed with ``plan`` when given."""
+    with atomic_write(out_path) as tmp:
+        write_input_grid_labels(labels, meta, tmp)
+        if plan is not None:
+            from fusionseg.engine.postprocess import postprocess_label_file
+
+            postprocess_label_file(tmp, plan, binary_as_255=binary_as_255)
+    return out_path
 
 
 def _fingerprint(models: Sequence[nn.Module], pres: Sequence[dict], options: dict) -> str:
