@@ -240,6 +240,12 @@ class ResumableOutputs:
 
     def claim(self) -> None:
         if self.since is None:
+            try:  # another process of the same run (a shard, a torchrun rank) claimed the folder first
+                if self.marker.read_text().strip() == self.fingerprint:
+                    self.since = self.marker.stat().st_mtime_ns
+                    return
+            except OSError:
+                pass
             write_text_atomic(self.marker, self.fingerprint + "\n")
             self.since = self.marker.stat().st_mtime_ns
 

@@ -105,7 +105,7 @@ def test_predict_files_slabs_match_the_whole_volume(case, tta, ensemble, postpro
     else:
         source, pre = _resampled_3d(tmp_path, regions=case == "3d-regions")
     dims = int(pre["spatial_dims"])
-    models = [_unet(dims, pre["out_channels"], seed) for seed in range((2 if ensemble else 1))]
+    models = [_unet(dims, pre["out_channels"], seed) for seed in range(2 if ensemble else 1)]
     plan = {"keep_largest_component": [{"name": "a", "values": [1]}]} if postprocess else None
     cases = find_inputs(source)
     options = dict(tta=tta, probabilities=case != "2d", postprocessing=plan, progress=False, overlap=0.5)
