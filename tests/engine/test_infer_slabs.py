@@ -155,3 +155,25 @@ def test_memory_budget_values():
             parse_memory(bad)
     assert 64 << 20 <= default_memory_budget() <= 1 << 30
     assert format_bytes(1536 << 20) == "1.5 GiB" and format_bytes(10) == "10 B"
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_validation_scores_from_slabs_equal_the_whole_volume(regions):
+    from fusionseg.data.labels import LabelLayout
+    from fusionseg.engine.infer import predict_volume
+    from fusionseg.engine.validation import case_scores, probability_dice
+
+    labels = {"background": 0, "whole": [1, 2], "core": 2} if regions else {"background": 0, "a": 1, "b": 2}
+    layout = LabelLayout.from_dataset_json(labels, [1, 2] if regions else None)
+    pre = {"spatial_dims": 3, "patch_size": (8, 8, 8), **layout.to_preprocessing()}
+    if regions:
+        pre["activation"] = "sigmoid"
+    model = _unet(3, 2 if regions else 3, 0)
+    torch.manual_seed(1)
+    items = [{"image": torch.randn(1, 19, 14, 11), "label": torch.randint(0, 3, (1, 19, 14, 11))}]
+    probs = predict_volume(model, items[0]["image"], pre, overlap=0.25)
+    expected = probability_dice(probs, items[0]["label"][0], layout)
+    for memory in (1, None):
+        scores = case_scores(model, items, pre, torch.device("cpu"), overlap=0.25, memory=memory)
+        np.testing.assert_allclose(scores[0], expected, atol=1e-6)
+    assert len(expected) == 2 and expected.std() > 0

@@ -142,6 +142,17 @@ class SlabPlan:
         """Most rows one window spans along the slab axis (the buffer's extra rows)."""
         return max(p.roi[self.axis] for p in self.passes)
 
+    def rows_within(self, budget: int) -> int:
+        """Rows per slab (at least 1) whose buffer, halo included, and one copy of the slab fit ``budget`` bytes."""
+        cross = math.prod(self.shape) // self.shape[self.axis]
+        per_row = self.bytes_per_row() + 4 * self.num_classes * cross
+        return int(max(1, min(self.shape[self.axis], (budget - self.halo * self.bytes_per_row()) // per_row)))
+
+    def ranges(self, rows: int) -> list[tuple[int, int]]:
+        """Consecutive ``[lo, hi)`` slabs of ``rows`` rows covering the slab axis."""
+        size = self.shape[self.axis]
+        return [(lo, min(lo + rows, size)) for lo in range(0, size, rows)]
+
     def bytes_per_row(self) -> int:
         """Buffer bytes per row along the slab axis (scores of every class + one weight sum per pass)."""
         cross = math.prod(self.shape) // self.shape[self.axis]
