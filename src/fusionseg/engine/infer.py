@@ -39,12 +39,11 @@ from fusionseg.engine.memory_budget import default_memory_budget
 from fusionseg.engine.predictors import predictor_for
 from fusionseg.engine.progress import progress_bar
 from fusionseg.engine.runtime import amp_dtype, autocast
-from fusionseg.engine.slab_inference import SlabPlan
+from fusionseg.engine.slab_inference import SlabPlan, window_size
 from fusionseg.engine.slab_predict import predict_label_map, slab_layout
 from fusionseg.errors import InputError, for_each_case
 from fusionseg.faults import maybe_fail
 from fusionseg.files import ResumableOutputs, atomic_write, removed_on_error
-from fusionseg.nets.base import round_up_to_multiple
 
 __all__ = [
     "check_same_preprocessing",
@@ -60,14 +59,6 @@ __all__ = [
 
 # Preprocessing entries that only shape training (a model of an ensemble may differ in them).
 TRAINING_ONLY_KEYS = ("patch_size", "num_samples")
-
-
-def window_size(spatial_shape: Sequence[int], patch_size: Sequence[int] | None, size_multiple: int) -> tuple[int, ...]:
-    """Sliding-window size: the training patch (or the whole image when none) rounded up to ``size_multiple``."""
-    base = patch_size if patch_size else spatial_shape
-    if len(base) != len(spatial_shape):
-        raise InputError(f"patch size {tuple(base)} does not match a {len(spatial_shape)}-D image")
-    return tuple(round_up_to_multiple(s, size_multiple) for s in base)
 
 
 def _flips(spatial_dims: int) -> list[tuple[int, ...]]:

@@ -28,10 +28,20 @@ import torch
 from torch import nn
 
 from fusionseg.engine.runtime import amp_dtype, autocast
+from fusionseg.errors import InputError
+from fusionseg.nets.base import round_up_to_multiple
 
-__all__ = ["SlabPlan", "WindowPass", "blended_slabs", "window_origins"]
+__all__ = ["SlabPlan", "WindowPass", "blended_slabs", "window_origins", "window_size"]
 
 SIGMA_SCALE = 0.125  # MONAI's default Gaussian of sliding_window_inference
+
+
+def window_size(spatial_shape: Sequence[int], patch_size: Sequence[int] | None, size_multiple: int) -> tuple[int, ...]:
+    """Sliding-window size: the training patch (or the whole image when none) rounded up to ``size_multiple``."""
+    base = patch_size if patch_size else spatial_shape
+    if len(base) != len(spatial_shape):
+        raise InputError(f"patch size {tuple(base)} does not match a {len(spatial_shape)}-D image")
+    return tuple(round_up_to_multiple(s, size_multiple) for s in base)
 
 
 def window_origins(shape: Sequence[int], roi: Sequence[int], overlap: float, flip: Sequence[int] = ()) -> np.ndarray:
@@ -100,8 +110,6 @@ class SlabPlan:
         ``axis`` (default: the one with the smallest window rows × cross-section, i.e. the smallest buffer).
         """
         from monai.data.utils import compute_importance_map
-
-        from fusionseg.engine.infer import window_size
 
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
