@@ -232,9 +232,10 @@ class _Buffer:
             target[(slice(a_lo - lo, a_hi - lo), *cross)] += weight[tuple(win)].movedim(axis, 0)
 
     def accumulate(self, pass_index: int, scores: torch.Tensor, origin: Sequence[int], share: float) -> None:
-        """Add a window's scores (K, *roi), Gaussian-weighted and divided by its pass's weight sums."""
+        """Add a window's scores (K, *roi), Gaussian-weighted and divided by its pass's weight sums (in place:
+        ``scores`` is consumed)."""
         p = self.plan.passes[pass_index]
-        weighted = scores * (p.weight * share)
+        weighted = scores.mul_(p.weight * share)
         axis = self.plan.axis
         src, win = _clip(origin, p.roi, self.plan.shape)
         a_lo, a_hi = max(src[axis].start, self.lo), min(src[axis].stop, self.hi)
@@ -244,7 +245,7 @@ class _Buffer:
         rows = slice(a_lo - self.lo, a_hi - self.lo)
         cross = [s for d, s in enumerate(src) if d != axis]
         part = weighted[(slice(None), *win)].movedim(1 + axis, 1)
-        self.scores[(slice(None), rows, *cross)] += part / self.weights[pass_index][(rows, *cross)]
+        self.scores[(slice(None), rows, *cross)] += part.div_(self.weights[pass_index][(rows, *cross)])
 
 
 def _run_windows(plan: SlabPlan, image: torch.Tensor, buffer: _Buffer, before: int) -> None:
@@ -258,16 +259,17 @@ def _run_windows(plan: SlabPlan, image: torch.Tensor, buffer: _Buffer, before: i
         for first in range(p.done, stop, plan.sw_batch_size):
             origins = p.origins[first : min(first + plan.sw_batch_size, stop)]
             batch = torch.stack([_window_input(image, o, p.roi) for o in origins]).to(plan.device)
-            flip = tuple(d + 2 for d in p.flip)
-            if flip:
-                batch = torch.flip(batch, flip)
+            if p.flip:
+                batch = torch.flip(batch, tuple(d + 2 for d in p.flip))
+            flip = tuple(d + 1 for d in p.flip)
             with autocast(plan.device, dtype):
-                out = p.model(batch)
-            out = p.activate((out[0] if isinstance(out, list | tuple) else out).float())
-            if flip:
-                out = torch.flip(out, flip)
-            for scores, origin in zip(out, origins):
-                buffer.accumulate(index, scores, origin, share)
+                logits = p.model(batch)
+            logits = logits[0] if isinstance(logits, list | tuple) else logits
+            del batch
+            for i, origin in enumerate(origins):  # one window's scores at a time: K × window floats
+                scores = p.activate(logits[i : i + 1].float())[0]
+                buffer.accumulate(index, torch.flip(scores, flip) if flip else scores, origin, share)
+            del logits
             if plan.on_windows is not None:
                 plan.on_windows(len(origins))
         p.done = stop
