@@ -26,7 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("fusionseg.cli.ablate", "equal-budget comparison of fusion modules"),
     "export": ("fusionseg.cli.export", "export a checkpoint to TorchScript or ONNX"),
     "import-weights": ("fusionseg.cli.import_weights", "convert an official .pth/.model into a fusionseg checkpoint"),
-    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds-transunet, real-data, train-loop, plug, nnunet, scale"),
+    "bench": (
+        "fusionseg.bench",
+        "benchmarks: modules, dnet, ds-transunet, real-data, train-loop, plug, nnunet, scale, predict",
+    ),
     "nnunet": ("fusionseg.cli.nnunet", "nnU-Net v2 trainers: install | uninstall | list (docs/nnunet.md)"),
 }
 
