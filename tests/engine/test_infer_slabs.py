@@ -177,3 +177,33 @@ def test_validation_scores_from_slabs_equal_the_whole_volume(regions):
         scores = case_scores(model, items, pre, torch.device("cpu"), overlap=0.25, memory=memory)
         np.testing.assert_allclose(scores[0], expected, atol=1e-6)
     assert len(expected) == 2 and expected.std() > 0
+
+
+def test_progress_bar_per_case_and_one_log_line_per_case(tmp_path, capsys, monkeypatch):
+    from fusionseg.engine import infer
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, enabled):
+            self.total, self.desc, self.done, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, n):
+            self.done += n
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(infer, "progress_bar", lambda total, desc, enabled=True: Bar(total, desc, enabled))
+    root = make_phantom_dataset(tmp_path / "ph", spatial_dims=2, num_train=2, num_test=0, size=(40, 32))
+    pre = build_preprocessing(scan_dataset(root), patch_size=(16, 16))
+    cases = find_inputs(root / "images")
+    _, failed = predict_files(_unet(2, 3, 0), pre, cases, tmp_path / "out", tta=True, memory=1)
+    assert not failed
+    assert [b.desc for b in bars] == [cid for cid, _ in cases]
+    assert all(b.closed and b.done == b.total == 3 * 12 for b in bars)  # 3 TTA passes × 4 × 3 windows (40 × 32)
+    log = capsys.readouterr().out.splitlines()
+    assert sum("→" in line and line.endswith(" s)") for line in log) == 2  # one line per case, with its time
+    assert any("memory budget 1 B: 40 slab(s) of 1 of 40 rows" in line and "36 windows" in line for line in log)
+    assert "cases/s" in log[-1] and "windows/s" in log[-1]
