@@ -84,6 +84,7 @@ def build_parser(prog: str = "fusionseg bench predict") -> argparse.ArgumentPars
     p.add_argument("--patch-size", default="128,128,32", help="sliding window (default 128,128,32)")
     p.add_argument("--features", default="8,16,32,64", help="U-Net features per level (default 8,16,32,64)")
     p.add_argument("--fusion", default="dff", help="skip fusion of the U-Net, or none (default dff)")
+    p.add_argument("--overlap", default="0.5", help="--overlap of fusionseg predict (default 0.5)")
     p.add_argument("--memory", default=None, help="--memory of fusionseg predict (default: its default)")
     p.add_argument("--threads", default="auto", help="--threads of fusionseg predict (default auto)")
     p.add_argument("--whole-volume", action="store_true", help="also run the whole-volume path; report agreement")
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
                 for path, extra in paths:
                     out = work / f"pred_{name}_{k}_{path}"
                     cmd = [sys.executable, "-m", "fusionseg", "predict", "--checkpoint", str(ckpt), "--input",
-                           str(image), "--output", str(out), "--threads", args.threads, *extra]  # fmt: skip
+                           str(image), "--output", str(out), "--threads", args.threads, "--overlap", args.overlap,
+                           *extra]  # fmt: skip
                     if args.memory and path == "slabs":
                         cmd += ["--memory", args.memory]
                     wall, peak, log = _run(cmd, env)
