@@ -358,9 +358,13 @@ def predict_files(
         plan = SlabPlan.build(
             models, pres, image.shape[1:], overlap=overlap, tta=tta, sw_batch_size=sw_batch_size, device=device, amp=amp
         )
+        plan.fit_batch(budget)
         layout = slab_layout(plan, meta, budget)
         if progress and not stats["described"]:
-            print(f"{cid}: {layout.describe(tuple(meta['original_shape']))}, {plan.windows} windows")
+            print(
+                f"{cid}: {layout.describe(tuple(meta['original_shape']))}, {plan.windows} windows "
+                f"({plan.sw_batch_size} per pass)"
+            )
             stats["described"] = True
         with _case_bar(plan, cid, progress), _scratch(output, cid, plan, meta, bool(prob_path)) as scratch:
             labels = predict_label_map(plan, image, meta, layout, scratch)

@@ -150,6 +150,14 @@ class SlabPlan:
         """Most rows one window spans along the slab axis (the buffer's extra rows)."""
         return max(p.roi[self.axis] for p in self.passes)
 
+    def fit_batch(self, budget: int) -> int:
+        """Fewer windows per forward pass when their class scores (K × window floats each) would take more than
+        a quarter of ``budget`` bytes (many classes); at least one → the windows per pass now."""
+        window = max(math.prod(p.roi) for p in self.passes)
+        fits = budget // (4 * 4 * self.num_classes * window)
+        self.sw_batch_size = int(max(1, min(self.sw_batch_size, fits)))
+        return self.sw_batch_size
+
     def rows_within(self, budget: int) -> int:
         """Rows per slab (at least 1) whose buffer, halo included, and one copy of the slab fit ``budget`` bytes."""
         cross = math.prod(self.shape) // self.shape[self.axis]
@@ -200,9 +208,9 @@ class _Buffer:
         """Drop rows below ``lo`` (final and handed out, or never asked for)."""
         if lo <= self.lo:
             return
-        cut = min(lo, self.hi) - self.lo
-        self.scores = self.scores[:, cut:].clone()
-        self.weights = [w[cut:].clone() for w in self.weights]
+        cut = min(lo, self.hi) - self.lo  # views: the memory goes at the next extension's copy
+        self.scores = self.scores[:, cut:]
+        self.weights = [w[cut:] for w in self.weights]
         self.lo = lo
         self.hi = max(self.hi, lo)
 

@@ -44,7 +44,8 @@ class SlabLayout:
     def describe(self, shape: tuple[int, ...]) -> str:
         return (
             f"memory budget {format_bytes(self.budget)}: {len(self.slabs)} slab(s) of {self.thickness} of "
-            f"{shape[self.axis]} rows along axis {self.axis} (about {format_bytes(self.estimate)})"
+            f"{shape[self.axis]} rows along axis {self.axis} (working set about {format_bytes(self.estimate)}"
+            + ("; one row is the least, above the budget)" if self.estimate > self.budget else ")")
         )
 
 

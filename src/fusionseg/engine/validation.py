@@ -70,7 +70,9 @@ def predicted_masks(
         pred = np.zeros((plan.num_classes, *spatial), dtype=bool)
     else:
         pred = np.zeros(spatial, dtype=label_dtype(plan.num_classes - 1))
-    rows = plan.rows_within(memory if memory is not None else default_memory_budget())
+    budget = memory if memory is not None else default_memory_budget()
+    plan.fit_batch(budget)
+    rows = plan.rows_within(budget)
     for lo, hi, scores in blended_slabs(plan, image.float(), plan.ranges(rows)):
         index = [slice(None)] * len(spatial)
         index[plan.axis] = slice(lo, hi)
