@@ -207,3 +207,18 @@ def test_progress_bar_per_case_and_one_log_line_per_case(tmp_path, capsys, monke
     assert sum("→" in line and line.endswith(" s)") for line in log) == 2  # one line per case, with its time
     assert any("memory budget 1 B: 40 slab(s) of 1 of 40 rows" in line and "36 windows" in line for line in log)
     assert "cases/s" in log[-1] and "windows/s" in log[-1]
+
+
+def test_predict_cli_memory_option(tmp_path, capsys):
+    from fusionseg.cli import predict as predict_cli
+    from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
+
+    root = make_phantom_dataset(tmp_path / "ph", spatial_dims=2, num_train=1, num_test=0, size=(32, 32))
+    pre = build_preprocessing(scan_dataset(root), patch_size=(16, 16))
+    ckpt = save_checkpoint(tmp_path / "ck.pt", build_checkpoint(_unet(2, 3, 0), preprocessing=pre, rng=False))
+    argv = ["--checkpoint", str(ckpt), "--input", str(root / "images"), "--output", str(tmp_path / "out")]
+    assert predict_cli.main([*argv, "--memory", "1M", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "memory budget 1.0 MiB (--memory)" in out and "slab(s) of" in out
+    with pytest.raises(InputError, match="--memory"):
+        predict_cli.main([*argv, "--memory", "lots"])
