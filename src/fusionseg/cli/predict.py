@@ -51,6 +51,11 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
         "takes shard RANK/WORLD_SIZE. Finished cases are skipped, so reruns pick up those of a killed process",
     )  # fmt: skip
     p.add_argument(
+        "--no-prefetch", dest="prefetch", action="store_false",
+        help="read the next case only after the current one is written (lowest peak memory; default: read it "
+        "in the background while the current one is predicted)",
+    )  # fmt: skip
+    p.add_argument(
         "--whole-volume", action="store_true",
         help="hold each case's whole class map instead of slabs (the reference path; needs much more memory)",
     )  # fmt: skip
@@ -107,6 +112,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
         progress=args.progress,
         memory=memory,
         whole_volume=args.whole_volume,
+        prefetch=args.prefetch,
     )
     print(f"wrote {len(written)} prediction(s) to {args.output}")
     if failed:

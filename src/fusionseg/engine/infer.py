@@ -37,6 +37,7 @@ from fusionseg.data.formats import split_extension as _split_ext
 from fusionseg.data.transforms import write_input_grid_labels, write_input_grid_probabilities
 from fusionseg.engine.memory_budget import default_memory_budget
 from fusionseg.engine.predictors import predictor_for
+from fusionseg.engine.prefetch import CasePrefetcher
 from fusionseg.engine.progress import progress_bar
 from fusionseg.engine.runtime import amp_dtype, autocast
 from fusionseg.engine.slab_inference import SlabPlan, window_size
@@ -301,6 +302,7 @@ def predict_files(
     progress: bool = True,
     memory: int | None = None,
     whole_volume: bool = False,
+    prefetch: bool = True,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case → (written label files, [(case_id, error message)] of the cases that failed).
 
@@ -312,6 +314,8 @@ def predict_files(
     Cases are predicted slab by slab within ``memory`` bytes (default
     :func:`~fusionseg.engine.memory_budget.default_memory_budget`; :mod:`fusionseg.engine.slab_predict`);
     ``whole_volume`` holds each case's whole class map instead (the reference the slabs are tested against).
+    With ``prefetch`` the next case is read and preprocessed in a background thread while one is predicted
+    (:class:`~fusionseg.engine.prefetch.CasePrefetcher`; two images in memory).
     """
     from fusionseg.data import load_for_inference
 
@@ -341,7 +345,7 @@ def predict_files(
 
     def predict_case(cid: str, images: list[Path]) -> Path:
         out_path, *prob_path = outputs(cid, images)
-        image, meta = load_for_inference(list(images), pres[0])
+        image, meta = loader.get(cid, images)
         binary_as_255 = bool(pres[0].get("binary_as_255", False))
         if whole_volume:
             probs = predict_ensemble(
@@ -382,7 +386,13 @@ def predict_files(
         return paths[0] if resumable.done(*paths) else None
 
     start = time.perf_counter()
-    written, failed = for_each_case(cases, predict_case, progress, already_done)
+    loader = CasePrefetcher(
+        cases if prefetch else [],
+        lambda cid, images: load_for_inference(list(images), pres[0]),
+        skip=lambda cid, images: already_done(cid, images) is not None,
+    )
+    with loader:
+        written, failed = for_each_case(cases, predict_case, progress, already_done)
     elapsed = time.perf_counter() - start
     if progress and stats["windows"]:
         ran = len(cases) - len(failed)
