@@ -152,9 +152,9 @@ class SlabPlan:
 
     def fit_batch(self, budget: int) -> int:
         """Fewer windows per forward pass when their class scores (K × window floats each) would take more than
-        a quarter of ``budget`` bytes (many classes); at least one → the windows per pass now."""
+        an eighth of ``budget`` bytes (many classes); at least one → the windows per pass now."""
         window = max(math.prod(p.roi) for p in self.passes)
-        fits = budget // (4 * 4 * self.num_classes * window)
+        fits = budget // (8 * 4 * self.num_classes * window)
         self.sw_batch_size = int(max(1, min(self.sw_batch_size, fits)))
         return self.sw_batch_size
 
@@ -196,37 +196,55 @@ def _window_input(image: torch.Tensor, origin: Sequence[int], roi: Sequence[int]
 
 
 class _Buffer:
-    """Scores (K, rows, ...) and per-pass weight sums of rows ``[lo, hi)`` along ``axis`` (moved first)."""
+    """Scores (K, rows, ...) and per-pass weight sums of rows ``[lo, hi)`` along ``axis`` (moved first).
+
+    The rows live at the start of one allocation that only grows (to the most rows ever open at once):
+    dropping rows moves the kept ones down, row by row, instead of copying the buffer.
+    """
 
     def __init__(self, plan: SlabPlan) -> None:
         self.plan, self.lo, self.hi = plan, 0, 0
-        cross = tuple(s for d, s in enumerate(plan.shape) if d != plan.axis)
-        self.scores = torch.zeros((plan.num_classes, 0, *cross), device=plan.device)
-        self.weights = [torch.zeros((0, *cross), device=plan.device) for _ in plan.passes]
+        self.cross = tuple(s for d, s in enumerate(plan.shape) if d != plan.axis)
+        self._scores = torch.zeros((plan.num_classes, 0, *self.cross), device=plan.device)
+        self._weights = torch.zeros((len(plan.passes), 0, *self.cross), device=plan.device)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self._scores[:, : self.hi - self.lo]
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._weights[:, : self.hi - self.lo]
 
     def keep_from(self, lo: int) -> None:
         """Drop rows below ``lo`` (final and handed out, or never asked for)."""
         if lo <= self.lo:
             return
-        cut = min(lo, self.hi) - self.lo  # views: the memory goes at the next extension's copy
-        self.scores = self.scores[:, cut:]
-        self.weights = [w[cut:] for w in self.weights]
-        self.lo = lo
-        self.hi = max(self.hi, lo)
+        cut, kept = min(lo, self.hi) - self.lo, max(self.hi - lo, 0)
+        for row in range(kept):  # one row at a time: source and destination never overlap
+            self._scores[:, row].copy_(self._scores[:, row + cut])
+            self._weights[:, row].copy_(self._weights[:, row + cut])
+        self.lo, self.hi = lo, max(self.hi, lo)
 
     def extend_to(self, hi: int) -> None:
         """Add zero rows up to ``hi``; their weight sums come from every window of each pass touching them."""
         if hi <= self.hi:
             return
         plan, axis, old = self.plan, self.plan.axis, self.hi
-        zeros = self.scores.new_zeros((plan.num_classes, hi - old, *self.scores.shape[2:]))
-        self.scores = torch.cat([self.scores, zeros], 1)
+        rows = hi - self.lo
+        if rows > self._scores.shape[1]:  # grow (the first slabs only)
+            kept = self.hi - self.lo
+            scores = self._scores.new_empty((plan.num_classes, rows, *self.cross))
+            weights = self._weights.new_empty((len(plan.passes), rows, *self.cross))
+            scores[:, :kept], weights[:, :kept] = self._scores[:, :kept], self._weights[:, :kept]
+            self._scores, self._weights = scores, weights
+        fresh = slice(old - self.lo, rows)
+        self._scores[:, fresh] = 0
+        self._weights[:, fresh] = 0
         for i, p in enumerate(plan.passes):
-            fresh = self.weights[i].new_zeros((hi - old, *self.weights[i].shape[1:]))
             start, stop = p.origins[:, axis], p.origins[:, axis] + p.roi[axis]
             for origin in p.origins[(start < hi) & (stop > old)]:
-                self._add(fresh, p.weight, origin, old, hi)
-            self.weights[i] = torch.cat([self.weights[i], fresh], 0)
+                self._add(self._weights[i, fresh], p.weight, origin, old, hi)
         self.hi = hi
 
     def _add(self, target: torch.Tensor, weight: torch.Tensor, origin: Sequence[int], lo: int, hi: int) -> None:
