@@ -162,7 +162,8 @@ class SlabPlan:
         """Rows per slab (at least 1) whose buffer, halo included, and one copy of the slab fit ``budget`` bytes."""
         cross = math.prod(self.shape) // self.shape[self.axis]
         per_row = self.bytes_per_row() + 4 * self.num_classes * cross
-        return int(max(1, min(self.shape[self.axis], (budget - self.halo * self.bytes_per_row()) // per_row)))
+        fixed = (self.halo * 5 // 4) * self.bytes_per_row()  # window rows + the buffer's spare
+        return int(max(1, min(self.shape[self.axis], (budget - fixed) // per_row)))
 
     def ranges(self, rows: int) -> list[tuple[int, int]]:
         """Consecutive ``[lo, hi)`` slabs of ``rows`` rows covering the slab axis."""
@@ -198,33 +199,41 @@ def _window_input(image: torch.Tensor, origin: Sequence[int], roi: Sequence[int]
 class _Buffer:
     """Scores (K, rows, ...) and per-pass weight sums of rows ``[lo, hi)`` along ``axis`` (moved first).
 
-    The rows live at the start of one allocation that only grows (to the most rows ever open at once):
-    dropping rows moves the kept ones down, row by row, instead of copying the buffer.
+    The rows live in one allocation with a quarter of the window rows to spare: dropping rows only moves
+    the start; when the spare is used up the open rows are moved down (row by row) to the beginning.
     """
 
     def __init__(self, plan: SlabPlan) -> None:
-        self.plan, self.lo, self.hi = plan, 0, 0
+        self.plan, self.lo, self.hi, self.start = plan, 0, 0, 0
+        self.spare = max(1, plan.halo // 4)
         self.cross = tuple(s for d, s in enumerate(plan.shape) if d != plan.axis)
         self._scores = torch.zeros((plan.num_classes, 0, *self.cross), device=plan.device)
         self._weights = torch.zeros((len(plan.passes), 0, *self.cross), device=plan.device)
 
     @property
     def scores(self) -> torch.Tensor:
-        return self._scores[:, : self.hi - self.lo]
+        return self._scores[:, self.start : self.start + self.hi - self.lo]
 
     @property
     def weights(self) -> torch.Tensor:
-        return self._weights[:, : self.hi - self.lo]
+        return self._weights[:, self.start : self.start + self.hi - self.lo]
 
     def keep_from(self, lo: int) -> None:
         """Drop rows below ``lo`` (final and handed out, or never asked for)."""
         if lo <= self.lo:
             return
-        cut, kept = min(lo, self.hi) - self.lo, max(self.hi - lo, 0)
-        for row in range(kept):  # one row at a time: source and destination never overlap
-            self._scores[:, row].copy_(self._scores[:, row + cut])
-            self._weights[:, row].copy_(self._weights[:, row + cut])
-        self.lo, self.hi = lo, max(self.hi, lo)
+        if lo >= self.hi:
+            self.start, self.lo, self.hi = 0, lo, lo
+            return
+        self.start += lo - self.lo
+        self.lo = lo
+
+    def _compact(self) -> None:
+        """Move the open rows to the beginning of the allocation."""
+        for row in range(self.hi - self.lo):  # one row at a time: source and destination never overlap
+            self._scores[:, row].copy_(self._scores[:, self.start + row])
+            self._weights[:, row].copy_(self._weights[:, self.start + row])
+        self.start = 0
 
     def extend_to(self, hi: int) -> None:
         """Add zero rows up to ``hi``; their weight sums come from every window of each pass touching them."""
@@ -232,13 +241,15 @@ class _Buffer:
             return
         plan, axis, old = self.plan, self.plan.axis, self.hi
         rows = hi - self.lo
+        if self.start + rows > self._scores.shape[1]:
+            self._compact()
         if rows > self._scores.shape[1]:  # grow (the first slabs only)
-            kept = self.hi - self.lo
-            scores = self._scores.new_empty((plan.num_classes, rows, *self.cross))
-            weights = self._weights.new_empty((len(plan.passes), rows, *self.cross))
+            kept, size = self.hi - self.lo, rows + self.spare
+            scores = self._scores.new_empty((plan.num_classes, size, *self.cross))
+            weights = self._weights.new_empty((len(plan.passes), size, *self.cross))
             scores[:, :kept], weights[:, :kept] = self._scores[:, :kept], self._weights[:, :kept]
             self._scores, self._weights = scores, weights
-        fresh = slice(old - self.lo, rows)
+        fresh = slice(self.start + old - self.lo, self.start + rows)
         self._scores[:, fresh] = 0
         self._weights[:, fresh] = 0
         for i, p in enumerate(plan.passes):

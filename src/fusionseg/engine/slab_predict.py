@@ -70,7 +70,9 @@ def slab_layout(plan: SlabPlan, meta: dict, budget: int) -> SlabLayout:
     scale = 1.0 if mapping is None else float(np.linalg.norm(mapping[b, : len(out_shape)]))
     k, cross_out = plan.num_classes, math.prod(out_shape) // out_shape[axis]
     window = max(math.prod(p.roi) for p in plan.passes)
-    fixed = plan.bytes_per_row() * (plan.halo + 2) + 4 * k * window * (plan.sw_batch_size + 3)  # + logits, scores
+    fixed = plan.bytes_per_row() * (plan.halo * 5 // 4 + 2) + 4 * k * window * (
+        plan.sw_batch_size + 3
+    )  # + logits, scores
     per_processed_row = plan.bytes_per_row() + 4 * k * math.prod(plan.shape) // plan.shape[b]  # + resampling input
     per_out_row = cross_out * (4 * k * 2 + 4 * (len(out_shape) + 3) + 8)  # resampled, argmax, grid, labels
     per_row = per_out_row + scale * per_processed_row
