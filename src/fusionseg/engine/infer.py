@@ -7,8 +7,10 @@ are softmax class probabilities, or sigmoid region probabilities for region-base
 (``pre["activation"]``). :func:`load_model` rebuilds model and preprocessing from a checkpoint;
 :func:`resolve_checkpoints` expands a cross-validation run folder into its ``fold_*/best.pt``;
 :func:`predict_files` writes label maps (and optionally probabilities) in each input's own
-geometry via ``data.save_prediction``, averaging the probabilities of several models (an ensemble)
-and applying largest-component postprocessing when asked. Mixed precision follows
+geometry, averaging the probabilities of several models (an ensemble) and applying
+largest-component postprocessing when asked; by default slab by slab within a memory budget
+(:mod:`fusionseg.engine.slab_predict`: the whole K-class map never exists), or holding the whole map
+and writing it via ``data.save_prediction`` (``whole_volume``, the reference). Mixed precision follows
 :func:`fusionseg.engine.runtime.amp_dtype`.
 
 Example:
