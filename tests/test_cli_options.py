@@ -34,6 +34,7 @@ PARSERS = {
     "bench plug": "fusionseg.bench.plug",
     "bench nnunet": "fusionseg.bench.nnunet",
     "bench scale": "fusionseg.bench.scale",
+    "bench predict": "fusionseg.bench.predict",
     "nnunet install": "fusionseg.cli.nnunet",
     "nnunet uninstall": "fusionseg.cli.nnunet",
 }

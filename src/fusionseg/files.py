@@ -278,7 +278,8 @@ class ResumableOutputs:
             elif event is not None and isinstance(event.get("legacy_since"), int):
                 self.legacy_since = event["legacy_since"]
         if len(lines) > 2 * len(self.records) + 64:  # compact a log grown by many reruns
-            self._rewrite()
+            with self._locked_log():
+                self._rewrite()
 
     def done(self, *paths: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> bool:
         """Whether every path was written by a run with this fingerprint from these ``inputs`` and is unchanged."""
@@ -338,22 +339,60 @@ class ResumableOutputs:
                 )
 
     def _append(self, events: list[dict]) -> None:
-        """Add ``events`` to the log (fsynced; a torn last line of a killed writer is skipped when read)."""
-        if not self.marker.exists() or (self.legacy_since is not None and not self.records):
-            self._rewrite()
-        if not events:
-            return
-        with open(self.marker, "a") as f:
-            f.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
-            f.flush()
-            os.fsync(f.fileno())
+        """Add ``events`` to the log (fsynced; a torn last line of a killed writer is skipped when read).
+
+        Several processes of one run (shards, torchrun ranks) may append to one log: each write holds an
+        ``flock`` on the log and checks that the file it locked is still the log (a compaction replaces it).
+        """
+        with self._locked_log() as fd:
+            if os.pread(fd, 1, 0) != b"{":  # a new log, or an older marker (the fingerprint alone) turned into one
+                self._rewrite()
+                if events:
+                    self._append(events)
+                return
+            if events:
+                os.write(fd, "".join(json.dumps(e, sort_keys=True) + "\n" for e in events).encode())
+                os.fsync(fd)
         for event in events:
             self.records[event["name"]] = event
 
+    @contextlib.contextmanager
+    def _locked_log(self) -> Iterator[int]:
+        import fcntl
+
+        while True:
+            fd = os.open(self.marker, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666 & ~_umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_ino == os.stat(self.marker).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            except OSError:  # no flock here: appends of one process at a time still work
+                break
+            os.close(fd)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
     def _rewrite(self) -> None:
+        """Replace the log by a compact one: a header, then the last event of each output (this process's view
+        merged with what other processes appended meanwhile)."""
+        self.records = {**_read_records(self.marker), **self.records}
         header = {"format": "fusionseg-outputs", "version": 2, "legacy_since": self.legacy_since}
         events = [header, *self.records.values()]
         write_text_atomic(self.marker, "".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+
+
+def _read_records(marker: Path) -> dict[str, dict]:
+    """The last event of each output in the log ``marker`` ({} for a missing, legacy or unreadable one)."""
+    try:
+        lines = marker.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    events = [_json_object(line) for line in lines]
+    return {e["name"]: e for e in events if e is not None and isinstance(e.get("name"), str)}
 
 
 def _json_object(line: str) -> dict | None:
@@ -467,9 +506,11 @@ class FolderLock:
 
     NAME = ".fusionseg-lock"
 
-    def __init__(self, folder: str | os.PathLike, what: str = "output folder") -> None:
+    def __init__(self, folder: str | os.PathLike, what: str = "output folder", name: str = NAME) -> None:
+        if not name.startswith(".") or "/" in name:
+            raise ValueError(f"lock name must be a hidden file name like .fusionseg-lock, got {name!r}")
         self.folder, self.what = Path(folder), what
-        self.path = self.folder / self.NAME
+        self.path = self.folder / name
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
@@ -529,6 +570,6 @@ def _describe_holder(fd: int) -> str:
         return "holder unknown"
 
 
-def folder_lock(folder: str | os.PathLike, what: str = "output folder") -> FolderLock:
+def folder_lock(folder: str | os.PathLike, what: str = "output folder", name: str = FolderLock.NAME) -> FolderLock:
     """A :class:`FolderLock` on ``folder`` for a ``with`` block (``with folder_lock(out, "prediction folder"):``)."""
-    return FolderLock(folder, what)
+    return FolderLock(folder, what, name)

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "plug": "plug",
     "nnunet": "nnunet",
     "scale": "scale",
+    "predict": "predict",
 }
 
 

@@ -28,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "relabel": ("fusionseg.cli.relabel", "renumber a dataset's label values to 0..K-1 (mapping kept for predictions)"),
     "export": ("fusionseg.cli.export", "export a checkpoint to TorchScript or ONNX, or as a MONAI bundle"),
     "import-weights": ("fusionseg.cli.import_weights", "convert an official .pth/.model into a fusionseg checkpoint"),
-    "bench": ("fusionseg.bench", "benchmarks: modules, dnet, ds-transunet, real-data, train-loop, plug, nnunet, scale"),
+    "bench": (
+        "fusionseg.bench",
+        "benchmarks: modules, dnet, ds-transunet, real-data, train-loop, plug, nnunet, scale, predict",
+    ),
     "nnunet": ("fusionseg.cli.nnunet", "nnU-Net v2 trainers: install | uninstall | list (docs/nnunet.md)"),
 }
 

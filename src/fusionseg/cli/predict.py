@@ -49,17 +49,40 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
         "--no-postprocess", dest="postprocess", action="store_const", const=False,
         help="do not apply the postprocessing of a cross-validation run folder",
     )  # fmt: skip
+    p.add_argument(
+        "--memory", default=None, metavar="SIZE",
+        help="memory budget of the slabs a case is predicted in, e.g. 2G or 512M (default: a quarter of the "
+        "available RAM, at most 1 GiB); the log names the budget and the slab size",
+    )  # fmt: skip
+    p.add_argument(
+        "--shard", default=None, metavar="I/N",
+        help="predict only shard I of N of the sorted cases (0-based; job arrays); under torchrun each rank "
+        "takes shard RANK/WORLD_SIZE. Finished cases are skipped, so reruns pick up those of a killed process",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-prefetch", dest="prefetch", action="store_false",
+        help="read the next case only after the current one is written (lowest peak memory; default: read it "
+        "in the background while the current one is predicted)",
+    )  # fmt: skip
+    p.add_argument(
+        "--whole-volume", action="store_true",
+        help="hold each case's whole class map instead of slabs (the reference path; needs much more memory)",
+    )  # fmt: skip
     add_runtime_options(p)
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
     from fusionseg.engine.infer import find_inputs, load_models, predict_files, resolve_checkpoints
+    from fusionseg.engine.memory_budget import default_memory_budget, format_bytes, parse_memory
     from fusionseg.engine.postprocess import read_postprocessing
     from fusionseg.engine.precision import choose_inference_amp
     from fusionseg.engine.runtime import pick_device, set_threads
+    from fusionseg.engine.sharding import choose_shard, shard_lock_name, take_shard
 
     args = build_parser(prog).parse_args(argv)
+    memory = parse_memory(args.memory) if args.memory is not None else default_memory_budget()
+    shard = choose_shard(args.shard)
     if not args.checkpoint:
         raise InputError("--checkpoint is required: the best.pt written by `fusionseg train` (or import-weights)")
     if not 0.0 <= args.overlap < 1.0:
@@ -79,9 +102,15 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
     if args.progress and plan is not None:
         kept = ", ".join(e.get("name", str(e["values"])) for e in plan["keep_largest_component"]) or "nothing"
         print(f"postprocessing from {plan_path}: keep the largest component of {kept}")
-    cases = find_inputs(args.input, int(pres[0].get("in_channels", 1)))
-    _check_output_format(args.output_format, cases, plan)
-    with folder_lock(args.output, "prediction folder"):
+    all_cases = find_inputs(args.input, int(pres[0].get("in_channels", 1)))
+    _check_output_format(args.output_format, all_cases, plan)
+    cases = take_shard(all_cases, shard)
+    if args.progress and shard is not None:
+        print(f"shard {shard[0]}/{shard[1]}: {len(cases)} of {len(all_cases)} case(s)")
+    if args.progress and not args.whole_volume:
+        source = "--memory" if args.memory is not None else "default: a quarter of the available RAM, at most 1 GiB"
+        print(f"memory budget {format_bytes(memory)} ({source})")
+    with folder_lock(args.output, "prediction folder", name=shard_lock_name(shard)):
         written, failed = predict_files(
             models,
             pres,
@@ -96,6 +125,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
             amp=amp,
             progress=args.progress,
             output_format=args.output_format,
+            memory=memory,
+            whole_volume=args.whole_volume,
+            prefetch=args.prefetch,
         )
     print(f"wrote {len(written)} prediction(s) to {args.output}")
     if failed:

@@ -73,11 +73,15 @@ __all__ = [
     "case_dict",
     "eval_transforms",
     "geometry_pipeline",
+    "input_grid_mapping",
     "load_for_inference",
     "plain_tensor",
+    "resample_to_input_grid",
     "save_prediction",
     "save_probabilities",
     "train_transforms",
+    "write_input_grid_labels",
+    "write_input_grid_probabilities",
 ]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -321,6 +325,30 @@ def eval_transforms(pre: dict) -> Compose:
 # ------------------------------------------------------------------------------------------ inference
 
 
+def input_grid_mapping(meta: dict) -> np.ndarray | None:
+    """(D+1, D+1) map from input-grid voxels to preprocessed voxels (what resampling back uses); None when
+    the two grids are the same (:func:`save_prediction` then writes the preprocessed grid as is)."""
+    src, dst = np.asarray(meta["affine"]), np.asarray(meta["original_affine"])
+    same = (
+        tuple(meta["processed_shape"]) == tuple(meta["original_shape"])
+        and src.shape == dst.shape
+        and np.allclose(src, dst, atol=1e-5)
+    )
+    return None if same else np.linalg.inv(src) @ dst
+
+
+def resample_to_input_grid(
+    scores: torch.Tensor, src_affine: np.ndarray, dst_affine: np.ndarray, shape: Sequence[int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """Resample (K, *S) ``scores`` with voxel→world ``src_affine`` onto the grid ``dst_affine``/``shape``
+    exactly as :func:`save_prediction` does (MONAI ``SpatialResample``, border padding), e.g. for one slab."""
+    img = MetaTensor(scores, affine=torch.as_tensor(src_affine, dtype=torch.float64))
+    out = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float32)(
+        img, dst_affine=torch.as_tensor(dst_affine, dtype=torch.float64), spatial_size=[int(s) for s in shape]
+    )
+    return out.as_subclass(torch.Tensor)
+
+
 def load_for_inference(images: Sequence[str | Path] | str | Path, pre: dict) -> tuple[torch.Tensor, dict]:
     """Read and preprocess one image (one file per channel) → ``(float32 tensor (C, *S), meta)``.
 
@@ -370,11 +398,7 @@ def _to_input_grid(pred: torch.Tensor, meta: dict, mode: str) -> torch.Tensor:
     )
     if same:
         return pred
-    img = MetaTensor(pred, affine=torch.as_tensor(src, dtype=torch.float64))
-    out = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float32)(
-        img, dst_affine=torch.as_tensor(dst, dtype=torch.float64), spatial_size=list(meta["original_shape"][:dims])
-    )
-    return out.as_subclass(torch.Tensor)
+    return resample_to_input_grid(pred, src, dst, meta["original_shape"][:dims], mode)
 
 
 def _as_tensor(prediction: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -415,6 +439,19 @@ def save_prediction(prediction: np.ndarray | torch.Tensor, meta: dict, out_path:
     reference = dict(meta["reference"])
     label_np = _on_reference_shape(label.to(torch.int64).numpy(), reference, channels=False)
     return write_label(label_np, reference, out_path, binary_as_255=meta.get("binary_as_255", False))
+
+
+def write_input_grid_labels(label_map: np.ndarray, meta: dict, out_path: str | Path) -> Path:
+    """Write a label map already on the input grid (``meta["original_shape"]``, e.g. assembled slab by slab)."""
+    reference = dict(meta["reference"])
+    label_np = _on_reference_shape(np.asarray(label_map), reference, channels=False)
+    return write_label(label_np, reference, out_path, binary_as_255=meta.get("binary_as_255", False))
+
+
+def write_input_grid_probabilities(probabilities: np.ndarray, meta: dict, out_path: str | Path) -> Path:
+    """Write probabilities (K, *S) already on the input grid (a float32 memmap is written without a copy)."""
+    reference = dict(meta["reference"])
+    return write_probabilities(_on_reference_shape(probabilities, reference, channels=True), reference, out_path)
 
 
 def save_probabilities(probabilities: np.ndarray | torch.Tensor, meta: dict, out_path: str | Path) -> Path:

@@ -7,8 +7,10 @@ are softmax class probabilities, or sigmoid region probabilities for region-base
 (``pre["activation"]``). :func:`load_model` rebuilds model and preprocessing from a checkpoint;
 :func:`resolve_checkpoints` expands a cross-validation run folder into its ``fold_*/best.pt``;
 :func:`predict_files` writes label maps (and optionally probabilities) in each input's own
-geometry via ``data.save_prediction``, averaging the probabilities of several models (an ensemble)
-and applying largest-component postprocessing when asked. Mixed precision follows
+geometry, averaging the probabilities of several models (an ensemble) and applying
+largest-component postprocessing when asked; by default slab by slab within a memory budget
+(:mod:`fusionseg.engine.slab_predict`: the whole K-class map never exists), or holding the whole map
+and writing it via ``data.save_prediction`` (``whole_volume``, the reference). Mixed precision follows
 :func:`fusionseg.engine.runtime.amp_dtype`.
 
 Example:
@@ -19,23 +21,32 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from fusionseg.data.formats import IMAGE_EXTENSIONS, probability_extension
 from fusionseg.data.formats import prediction_extension as _output_ext
 from fusionseg.data.formats import split_extension as _split_ext
+from fusionseg.data.transforms import write_input_grid_labels, write_input_grid_probabilities
+from fusionseg.engine.memory_budget import default_memory_budget
 from fusionseg.engine.predictors import predictor_for
+from fusionseg.engine.prefetch import CasePrefetcher
+from fusionseg.engine.progress import progress_bar
 from fusionseg.engine.runtime import amp_dtype, autocast
+from fusionseg.engine.slab_inference import SlabPlan, window_size
+from fusionseg.engine.slab_predict import predict_label_map, slab_layout
 from fusionseg.errors import InputError, for_each_case
 from fusionseg.faults import maybe_fail
 from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir, removed_on_error
-from fusionseg.nets.base import round_up_to_multiple
 
 __all__ = [
     "check_same_preprocessing",
@@ -51,14 +62,6 @@ __all__ = [
 
 # Preprocessing entries that only shape training (a model of an ensemble may differ in them).
 TRAINING_ONLY_KEYS = ("patch_size", "num_samples")
-
-
-def window_size(spatial_shape: Sequence[int], patch_size: Sequence[int] | None, size_multiple: int) -> tuple[int, ...]:
-    """Sliding-window size: the training patch (or the whole image when none) rounded up to ``size_multiple``."""
-    base = patch_size if patch_size else spatial_shape
-    if len(base) != len(spatial_shape):
-        raise InputError(f"patch size {tuple(base)} does not match a {len(spatial_shape)}-D image")
-    return tuple(round_up_to_multiple(s, size_multiple) for s in base)
 
 
 def _flips(spatial_dims: int) -> list[tuple[int, ...]]:
@@ -286,15 +289,21 @@ def _save_label_map(probs: torch.Tensor, meta: dict, out_path: Path, plan: dict 
 
     with atomic_write(out_path) as tmp:
         save_prediction(probs, meta, tmp)
-        if plan is not None:
-            from fusionseg.engine.postprocess import postprocess_label_file
-
-            postprocess_label_file(tmp, plan, binary_as_255=binary_as_255)
-        if meta.get("original_labels"):
-            from fusionseg.data.relabel import restore_original_label_file
-
-            restore_original_label_file(tmp, meta["original_labels"])
+        _finish_label_file(tmp, meta, plan, binary_as_255)
     return out_path
+
+
+def _finish_label_file(path: Path, meta: dict, plan: dict | None, binary_as_255: bool) -> None:
+    """Postprocess a written label file with ``plan`` (when given), then map it back to the dataset's original
+    label values (``meta["original_labels"]``, after ``fusionseg relabel``)."""
+    if plan is not None:
+        from fusionseg.engine.postprocess import postprocess_label_file
+
+        postprocess_label_file(path, plan, binary_as_255=binary_as_255)
+    if meta.get("original_labels"):
+        from fusionseg.data.relabel import restore_original_label_file
+
+        restore_original_label_file(path, meta["original_labels"])
 
 
 def predict_files(
@@ -313,6 +322,9 @@ def predict_files(
     progress: bool = True,
     output_format: str = "auto",
     original_labels: bool = True,
+    memory: int | None = None,
+    whole_volume: bool = False,
+    prefetch: bool = True,
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case → (written label files, [(case_id, error message)] of the cases that failed).
 
@@ -325,6 +337,12 @@ def predict_files(
     the input grid (argmax, or regions painted in ``regions_class_order``), so it equals that of the
     written probabilities; a ``postprocessing`` plan (:mod:`fusionseg.engine.postprocess`) then cleans the
     label map only.
+
+    Cases are predicted slab by slab within ``memory`` bytes (default
+    :func:`~fusionseg.engine.memory_budget.default_memory_budget`; :mod:`fusionseg.engine.slab_predict`);
+    ``whole_volume`` holds each case's whole class map instead (the reference the slabs are tested against).
+    With ``prefetch`` the next case is read and preprocessed in a background thread while one is predicted
+    (:class:`~fusionseg.engine.prefetch.CasePrefetcher`; two images in memory).
     """
     from fusionseg.data import load_for_inference
 
@@ -351,28 +369,48 @@ def predict_files(
         label = output / f"{cid}{_output_ext(images[0], output_format)}"
         return [label, output / f"{cid}_probabilities{probability_extension(images[0])}"] if probabilities else [label]
 
+    budget = int(memory) if memory is not None else default_memory_budget()
+    stats = {"windows": 0, "described": False}
+
     def predict_case(cid: str, images: list[Path]) -> Path:
         out_path, *prob_path = outputs(cid, images)
-        image, meta = load_for_inference(list(images), pres[0])
+        image, meta = loader.get(cid, images)
         if not original_labels:
             meta["original_labels"] = None
-        probs = predict_ensemble(
-            models,
-            pres,
-            torch.as_tensor(image),
-            overlap=overlap,
-            sw_batch_size=sw_batch_size,
-            tta=tta,
-            device=device,
-            amp=amp,
-        )
         binary_as_255 = bool(pres[0].get("binary_as_255", False))
-        resumable.claim(out_path, *prob_path)
-        _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
-        if prob_path:
-            maybe_fail("predict.probabilities")  # between the two files of a case
-            with removed_on_error(out_path):
-                _save_probabilities(probs, meta, prob_path[0])
+        if whole_volume:
+            probs = predict_ensemble(
+                models, pres, torch.as_tensor(image), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+                device=device, amp=amp,
+            )  # fmt: skip
+            resumable.claim(out_path, *prob_path)
+            _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
+            if prob_path:
+                maybe_fail("predict.probabilities")  # between the two files of a case
+                with removed_on_error(out_path):
+                    _save_probabilities(probs, meta, prob_path[0])
+            resumable.record(out_path, *prob_path, inputs=images)
+            return out_path
+        plan = SlabPlan.build(
+            models, pres, image.shape[1:], overlap=overlap, tta=tta, sw_batch_size=sw_batch_size, device=device, amp=amp
+        )
+        plan.fit_batch(budget)
+        layout = slab_layout(plan, meta, budget)
+        if progress and not stats["described"]:
+            print(
+                f"{cid}: {layout.describe(tuple(meta['original_shape']))}, {plan.windows} windows "
+                f"({plan.sw_batch_size} per pass)"
+            )
+            stats["described"] = True
+        with _case_bar(plan, cid, progress), _scratch(output, cid, plan, meta, bool(prob_path)) as scratch:
+            labels = predict_label_map(plan, image, meta, layout, scratch)
+            stats["windows"] += plan.windows
+            resumable.claim(out_path, *prob_path)
+            _save_input_grid_labels(labels, meta, out_path, postprocessing, binary_as_255)
+            if prob_path:
+                maybe_fail("predict.probabilities")  # between the two files of a case
+                with removed_on_error(out_path), atomic_write(prob_path[0]) as tmp:
+                    write_input_grid_probabilities(scratch, meta, tmp)
         resumable.record(out_path, *prob_path, inputs=images)
         return out_path
 
@@ -381,7 +419,59 @@ def predict_files(
         return paths[0] if resumable.done(*paths, inputs=images) else None
 
     resumable.check_outputs([p for c, i in cases for p in outputs(c, i)], [p for _, i in cases for p in i])
-    return for_each_case(cases, predict_case, progress, already_done)
+    start = time.perf_counter()
+    loader = CasePrefetcher(
+        cases if prefetch else [],
+        lambda cid, images: load_for_inference(list(images), pres[0]),
+        skip=lambda cid, images: already_done(cid, images) is not None,
+    )
+    with loader:
+        written, failed = for_each_case(cases, predict_case, progress, already_done)
+    elapsed = time.perf_counter() - start
+    if progress and stats["windows"]:
+        ran = len(cases) - len(failed)
+        print(
+            f"predicted {ran} case(s) in {elapsed:.1f} s: {ran / elapsed:.3g} cases/s, "
+            f"{stats['windows'] / elapsed:.3g} windows/s"
+        )
+    return written, failed
+
+
+@contextlib.contextmanager
+def _case_bar(plan: SlabPlan, cid: str, progress: bool) -> Iterator[None]:
+    """A terminal bar of the case's windows (done / total, ETA) while it is predicted; nothing in logs."""
+    bar = progress_bar(plan.windows, desc=cid, enabled=progress)
+    plan.on_windows = bar.update if bar is not None else None
+    try:
+        yield
+    finally:
+        plan.on_windows = None
+        if bar is not None:
+            bar.close()
+
+
+@contextlib.contextmanager
+def _scratch(output: Path, cid: str, plan: SlabPlan, meta: dict, wanted: bool) -> Iterator[np.ndarray | None]:
+    """An on-disk float32 array (K, *input shape) the case's probabilities go into slab by slab (None unless wanted)."""
+    if not wanted:
+        yield None
+        return
+    path = output / f".{cid}.probabilities.tmp-{os.getpid()}"
+    shape = (plan.num_classes, *(int(s) for s in meta["original_shape"]))
+    try:
+        yield np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _save_input_grid_labels(
+    labels: np.ndarray, meta: dict, out_path: Path, plan: dict | None, binary_as_255: bool
+) -> Path:
+    """Write a label map on the input grid atomically, postprocessed with ``plan`` when given."""
+    with atomic_write(out_path) as tmp:
+        write_input_grid_labels(labels, meta, tmp)
+        _finish_label_file(tmp, meta, plan, binary_as_255)
+    return out_path
 
 
 def _fingerprint(models: Sequence[nn.Module], pres: Sequence[dict], options: dict) -> str:
