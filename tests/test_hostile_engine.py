@@ -186,3 +186,25 @@ def test_a_fault_variable_naming_no_point_is_one_line():
     proc = subprocess.run([sys.executable, "-m", "fusionseg", "train", "--data", "."], capture_output=True, text=True,
                           env=env, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "names no fault point" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "", "--output", "x"],
+        ["train", "--data", "d", "--cache", ""],
+        ["predict", "--checkpoint", "x.pt", "--input", "in", "--output", ""],
+        ["evaluate", "--pred", "", "--gt", "g"],
+        ["export", "--checkpoint", "x.pt", "--output", ""],
+        ["import-weights", "--weights", "", "--output", "x.pt", "--model", "unet"],
+        ["relabel", "--data", "", "--output", "new"],
+        ["demo", "--output", ""],
+    ],
+    ids=lambda argv: f"{argv[0]}-{argv[argv.index('') - 1]}",
+)
+def test_an_empty_path_is_refused_not_taken_for_the_working_folder(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(argv)
+    assert exit_.value.code == 2 and "expected a path, got an empty string" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

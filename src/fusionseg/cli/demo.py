@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fusionseg.cli.options import add_runtime_options
+from fusionseg.cli.options import add_runtime_options, path
 
 __all__ = ["build_parser", "main"]
 
@@ -18,7 +18,7 @@ def build_parser(prog: str = "fusionseg demo") -> argparse.ArgumentParser:
         description="Train, predict and evaluate on the real nuclei image shipped with fusionseg "
         "(12 training tiles, 4 test tiles), or on synthetic phantoms.",
     )
-    p.add_argument("--output", type=Path, default=Path("fusionseg_demo"), help="folder (default ./fusionseg_demo)")
+    p.add_argument("--output", type=path, default=Path("fusionseg_demo"), help="folder (default ./fusionseg_demo)")
     p.add_argument("--phantoms", action="store_true", help="synthetic phantoms instead of the real nuclei image")
     p.add_argument("--quick", action="store_true", help="tiny smoke run of the same pipeline (seconds)")
     p.add_argument("--fusion", default="dff", help="fusion of the U-Net skips (default dff)")

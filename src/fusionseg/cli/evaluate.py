@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from fusionseg.cli.options import path
 from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
@@ -56,13 +57,13 @@ def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Dice / IoU / HD95 / mean surface distance / normalised surface Dice per case and class.",
     )
-    p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
-    p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps (same file names)")
-    p.add_argument("--images", type=Path, default=None, help="folder of images, for overlay PNGs of best/worst cases")
-    p.add_argument("--output", type=Path, default=None, help="where metrics.csv/summary.json go (default: --pred)")
+    p.add_argument("--pred", required=True, type=path, help="folder of predicted label maps")
+    p.add_argument("--gt", required=True, type=path, help="folder of ground-truth label maps (same file names)")
+    p.add_argument("--images", type=path, default=None, help="folder of images, for overlay PNGs of best/worst cases")
+    p.add_argument("--output", type=path, default=None, help="where metrics.csv/summary.json go (default: --pred)")
     p.add_argument("--labels", default=None, help="comma-separated foreground labels (default: all in the gt)")
     p.add_argument(
-        "--dataset-json", type=Path, default=None, metavar="PATH",
+        "--dataset-json", type=path, default=None, metavar="PATH",
         help="the dataset's dataset.json (or its folder): score its declared classes, or its regions, "
         "and leave out voxels with its ignore label",
     )  # fmt: skip

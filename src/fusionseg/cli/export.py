@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from fusionseg.cli.options import SizesAction, positive_int, sizes
+from fusionseg.cli.options import SizesAction, path, positive_int, sizes
 from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
@@ -20,10 +20,10 @@ def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
         allow_abbrev=False,
         description="Export a fusionseg checkpoint to TorchScript or ONNX, or as a MONAI bundle.",
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="fusionseg checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True, type=path, help="fusionseg checkpoint (.pt)")
     p.add_argument("--format", required=True, choices=(*FORMATS, "bundle"))
     p.add_argument(
-        "--output", required=True, type=Path, help="file to write (.ts / .pt or .onnx), or the bundle's folder"
+        "--output", required=True, type=path, help="file to write (.ts / .pt or .onnx), or the bundle's folder"
     )
     p.add_argument(
         "--patch-size", type=sizes, action=SizesAction, default=None,

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from fusionseg.cli.options import SizesAction, parse_json_object, sizes
+from fusionseg.cli.options import SizesAction, parse_json_object, path, sizes
 from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
@@ -26,8 +26,8 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
         default=None,
         help="registered model, e.g. dnet, dnet_v1, ds_transunet; omit for nnU-Net v2 checkpoints",
     )
-    p.add_argument("--weights", required=True, type=Path, help="official weights file")
-    p.add_argument("--output", required=True, type=Path, help="fusionseg checkpoint to write (.pt)")
+    p.add_argument("--weights", required=True, type=path, help="official weights file")
+    p.add_argument("--output", required=True, type=path, help="fusionseg checkpoint to write (.pt)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's default)")
     p.add_argument("--out-channels", type=int, default=None, help="classes incl. background (default: model's)")
     p.add_argument("--spatial-dims", type=int, default=None, choices=(2, 3), help="2 or 3 (default: model's)")
@@ -36,8 +36,8 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
     ds.add_argument("--no-deep-supervision", dest="deep_supervision", action="store_false")
     p.add_argument("--model-kwargs", default="{}", help="extra model arguments as JSON, e.g. '{\"dim\": 96}'")
     pre = p.add_mutually_exclusive_group()
-    pre.add_argument("--preprocessing", type=Path, default=None, help="JSON file with the preprocessing to embed")
-    pre.add_argument("--data", type=Path, default=None, help="dataset folder: embed its preprocessing (for predict)")
+    pre.add_argument("--preprocessing", type=path, default=None, help="JSON file with the preprocessing to embed")
+    pre.add_argument("--data", type=path, default=None, help="dataset folder: embed its preprocessing (for predict)")
     p.add_argument("--patch-size", type=sizes, action=SizesAction, default=None, help="with --data: the patch size")
     p.add_argument(
         "--strict", action=argparse.BooleanOptionalAction, default=True,

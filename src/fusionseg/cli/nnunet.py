@@ -12,8 +12,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from fusionseg.cli.options import path
 from fusionseg.nnunet.install import SHIM_NAME, install, trainer_listing, uninstall
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +28,7 @@ def build_parser(prog: str = "fusionseg nnunet") -> argparse.ArgumentParser:
         ("uninstall", "remove it again"),
     ):
         p = sub.add_parser(action, help=text, description=text)
-        p.add_argument("--target", type=Path, default=None, help="another folder, to be listed in nnUNet_extTrainer")
+        p.add_argument("--target", type=path, default=None, help="another folder, to be listed in nnUNet_extTrainer")
     sub.add_parser("list", help="the trainers and where nnU-Net finds them")
     return parser
 

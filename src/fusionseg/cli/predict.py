@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from fusionseg.cli.options import add_runtime_options, positive_int
+from fusionseg.cli.options import add_runtime_options, path, positive_int
 from fusionseg.errors import InputError
 from fusionseg.files import check_output_apart, folder_lock
 
@@ -18,12 +17,12 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
         prog=prog, allow_abbrev=False, description="Sliding-window prediction with fusionseg checkpoints."
     )
     p.add_argument(
-        "--checkpoint", type=Path, nargs="+", metavar="CKPT",
+        "--checkpoint", type=path, nargs="+", metavar="CKPT",
         help="checkpoint(s) written by `fusionseg train` (best.pt) or import-weights; several, or a "
         "cross-validation run folder (its fold_*/best.pt), are ensembled by averaging their probabilities",
     )  # fmt: skip
     p.add_argument(
-        "--input", required=True, type=Path,
+        "--input", required=True, type=path,
         help="an image file, a folder of images, or a DICOM series (a folder of slices; a folder of such folders)",
     )  # fmt: skip
     p.add_argument(
@@ -31,7 +30,7 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
         help="label maps as the input's own format (auto; DICOM series: NIfTI), NIfTI, or one DICOM "
         'Segmentation per DICOM series that references it (dicom-seg; pip install "fusionseg[dicom]")',
     )  # fmt: skip
-    p.add_argument("--output", required=True, type=Path, help="folder for the label maps")
+    p.add_argument("--output", required=True, type=path, help="folder for the label maps")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--sw-batch-size", type=positive_int, default=4, help="windows per forward pass (default 4)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (1 + spatial_dims passes)")
@@ -41,7 +40,7 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
     )  # fmt: skip
     post = p.add_mutually_exclusive_group()
     post.add_argument(
-        "--postprocess", type=Path, default=None, metavar="JSON",
+        "--postprocess", type=path, default=None, metavar="JSON",
         help="apply this postprocessing.json (largest connected components, chosen by `train --cross-validate`); "
         "default: the one of a cross-validation run folder given as --checkpoint",
     )  # fmt: skip

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from fusionseg.cli.options import path
 
 __all__ = ["build_parser", "main"]
 
@@ -16,9 +17,9 @@ def build_parser(prog: str = "fusionseg relabel") -> argparse.ArgumentParser:
         "increasing order; dataset.json keeps the mapping, and predictions of a model trained on the result are "
         "written in the original values.",
     )
-    p.add_argument("--data", required=True, type=Path, help="dataset folder (nnU-Net layout, with dataset.json)")
+    p.add_argument("--data", required=True, type=path, help="dataset folder (nnU-Net layout, with dataset.json)")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--output", type=Path, default=None, help="new dataset folder to write (must not exist)")
+    where.add_argument("--output", type=path, default=None, help="new dataset folder to write (must not exist)")
     where.add_argument(
         "--in-place", action="store_true", help="rewrite the dataset's label files and dataset.json themselves"
     )

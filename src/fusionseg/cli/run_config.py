@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fusionseg.cli.options import path
 from fusionseg.errors import InputError
 
 __all__ = ["CONFIG_OPTION", "parse_with_config", "resolve_config_path", "resolved_options"]
@@ -55,7 +56,7 @@ def _value(key: str, action: argparse.Action, value: Any, source: str) -> tuple[
         return action.dest, value
     if value is None:
         return action.dest, None
-    if action.type is Path and not isinstance(value, str):
+    if action.type in (Path, path) and not isinstance(value, str):
         raise InputError(f"{source}: {key.replace('_', '-')} takes one path, got {value!r}")
     if isinstance(value, dict):
         text = json.dumps(value)
@@ -116,7 +117,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     from fusionseg.engine.config import nearest_key, read_run_config
 
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--" + CONFIG_OPTION, type=Path, default=None)
+    pre.add_argument("--" + CONFIG_OPTION, type=path, default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config is not None:
         options = _options(parser)

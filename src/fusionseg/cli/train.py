@@ -8,7 +8,7 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from fusionseg.cli.options import add_runtime_options, parse_json_object, positive_float, positive_int
+from fusionseg.cli.options import add_runtime_options, parse_json_object, path, positive_float, positive_int
 from fusionseg.cli.plan import add_plan_options
 from fusionseg.engine.config import TrainConfig
 from fusionseg.errors import InputError
@@ -41,15 +41,15 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
             p.add_argument(*args, **kwargs)
 
     add(
-        "config", "--config", type=Path, default=None,
+        "config", "--config", type=path, default=None,
         help="run config (YAML or JSON) of option: value; options given here override it. Each run folder gets "
         "config.yaml: --config RUN/config.yaml repeats the run",
     )  # fmt: skip
     p.add_argument(
-        "--data", required=True, type=Path,
+        "--data", required=True, type=path,
         help="dataset folder: nnU-Net/MSD layout, images/ + masks/ (Kvasir-SEG), ISIC 2018 or CVC-ClinicDB as unpacked",
     )  # fmt: skip
-    p.add_argument("--output", type=Path, default=d["output"], help=f"run folder (default {d['output']})")
+    p.add_argument("--output", type=path, default=d["output"], help=f"run folder (default {d['output']})")
     p.add_argument(
         "--model", default=d["model"], help=f"registered model (default {d['model']}): {', '.join(list_models())}"
     )
@@ -128,7 +128,7 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
             help=f"folds made when splits_final.json does not exist yet (default {d['num_folds']})",
         )  # fmt: skip
         p.add_argument(
-            "--splits", type=Path, default=None,
+            "--splits", type=path, default=None,
             help="splits_final.json to read, or to write when absent (default: DATA/splits_final.json)",
         )  # fmt: skip
     p.add_argument("--seed", type=int, default=d["seed"], help=f"random seed (default {d['seed']})")
@@ -137,7 +137,7 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         "overwrite", "--overwrite", action="store_true",
         help="replace the run already in --output (its checkpoints are deleted first); without it train refuses",
     )  # fmt: skip
-    add("init", "--init", type=Path, default=None, help="start from these weights (e.g. from import-weights)")
+    add("init", "--init", type=path, default=None, help="start from these weights (e.g. from import-weights)")
     add(
         "pretrained", "--pretrained", type=parse_pretrained, default=None, metavar="MAIN[,SECOND]",
         help="local ImageNet Swin checkpoint(s) (official/timm layout) for DS-TransUNet's encoders: Swin-B, then "
@@ -148,7 +148,7 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
     )
     p.add_argument(
         "--cache",
-        type=Path,
+        type=path,
         default=None,
         help="cache root for preprocessed data (default $FUSIONSEG_CACHE or ~/.cache/fusionseg/preprocessed)",
     )
