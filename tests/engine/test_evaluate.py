@@ -314,3 +314,11 @@ def test_tables_name_the_classes_of_dataset_json(tmp_path, capsys):
     assert summary["label_names"] == {"1": "nodule", "2": "vessel"}
     rows = (pred_dir / "metrics.csv").read_text().splitlines()
     assert rows[1].startswith("a,1,nodule,1,") and rows[2].startswith("a,2,vessel,1,")
+
+
+def test_dataset_json_nested_too_deeply_is_one_line(tmp_path):
+    from fusionseg.engine.evaluate import read_label_layout
+
+    (tmp_path / "dataset.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match=r"dataset.json: nested too deeply to read; fix the JSON syntax$"):
+        read_label_layout(tmp_path)

@@ -194,16 +194,14 @@ def relabel_dataset(
 ) -> Path:
     """Renumber the labels of the nnU-Net dataset ``source`` to 0..K-1 (see the module docstring) → the
     relabelled dataset's folder: ``output`` (must not exist, or be empty), or ``source`` with ``in_place``."""
+    from fusionseg.data.json_input import read_json_file
     from fusionseg.files import atomic_directory, folder_lock, write_text_atomic
 
     source = Path(source)
     json_path = source / "dataset.json"
     if not json_path.is_file():
         raise InputError(f"{json_path}: missing; relabel works on nnU-Net datasets (dataset.json, labelsTr/)")
-    try:
-        meta = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{json_path}: cannot parse ({' '.join(str(exc).split())}); fix the JSON syntax") from None
+    meta = read_json_file(json_path, "fix the JSON syntax")
     if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict) or not meta["labels"]:
         raise InputError(f'{json_path}: no "labels" object; add one, e.g. {{"background": 0, "tumour": 1}}')
     if (output is None) == (not in_place):

@@ -30,6 +30,7 @@ import numpy as np
 
 from fusionseg.data.formats import LABEL_EXTENSIONS
 from fusionseg.data.formats import strip_extension as _case_id
+from fusionseg.data.json_input import read_json_file
 from fusionseg.data.labels import LabelLayout
 from fusionseg.engine.metrics import DEFAULT_NSD_TOLERANCE, METRICS, case_metrics, summarise
 from fusionseg.errors import InputError
@@ -86,10 +87,7 @@ def read_label_layout(path: str | Path) -> LabelLayout:
     json_path = path / "dataset.json" if path.is_dir() else path
     if not json_path.is_file():
         raise InputError(f"--dataset-json: {json_path} does not exist; pass the dataset's dataset.json or its folder")
-    try:
-        meta = json.loads(json_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{json_path}: cannot parse ({' '.join(str(exc).split())}); fix the JSON syntax") from None
+    meta = read_json_file(json_path, "fix the JSON syntax")
     if not isinstance(meta, dict) or "labels" not in meta:
         raise InputError(f'{json_path}: no "labels" entry; pass the dataset.json of an nnU-Net dataset')
     return LabelLayout.from_dataset_json(meta["labels"], meta.get("regions_class_order"), json_path)
