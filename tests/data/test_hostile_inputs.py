@@ -305,3 +305,28 @@ def test_bundle_refuses_to_write_its_labels_among_the_input_images(tmp_path):
     assert image.read_bytes() == before and sorted(p.name for p in image.parent.iterdir()) == ["c0.png"]
     SaveLabeld("pred", tmp_path / "out")({"pred": label, "case_id": "c0"})
     assert (tmp_path / "out" / "c0.png").is_file()
+
+
+def test_bundle_never_replaces_a_file_it_did_not_write_and_reruns_over_its_own(tmp_path):
+    """`--output_dir` pointing at a copy of the ground truth: the bundle refuses, nothing is replaced."""
+    torch = pytest.importorskip("torch")
+    from monai.data import MetaTensor
+
+    from fusionseg.engine.bundle_components import SaveLabeld
+
+    image = tmp_path / "in" / "c0.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(image)
+    truth = tmp_path / "gt" / "c0.png"
+    truth.parent.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(truth)
+    before = truth.read_bytes()
+    label = MetaTensor(torch.ones((1, 8, 8)), meta={"filename_or_obj": str(image)})
+    with pytest.raises(ValueError, match=r"already holds c0\.png, which no bundle run wrote"):
+        SaveLabeld("pred", truth.parent)({"pred": label, "case_id": "c0"})
+    assert truth.read_bytes() == before
+    out = tmp_path / "out"
+    SaveLabeld("pred", out)({"pred": label, "case_id": "c0"})
+    first = (out / "c0.png").stat().st_mtime_ns
+    SaveLabeld("pred", out)({"pred": label * 0, "case_id": "c0"})  # a rerun replaces its own result
+    assert (out / "c0.png").stat().st_mtime_ns >= first and np.asarray(Image.open(out / "c0.png")).max() == 0

@@ -205,8 +205,12 @@ class SaveLabeld(MapTransform):
     The extension is ``predict``'s for the input (:func:`output_extension`), the geometry the
     input's (MONAI's writers: NIfTI affine; 2D images in the input's row order). With
     ``binary_as_255`` a 2D 0/1 map is stored as 0/255. The file is written under a temporary name
-    and renamed into place; an ``output_dir`` that is the input images' folder is refused (ValueError).
+    and renamed into place; an ``output_dir`` that is the input images' folder is refused (ValueError), and
+    so is an existing file that no bundle run wrote (e.g. ground truth): the names written are kept in
+    ``output_dir/.bundle-outputs``, so a rerun replaces its own results only.
     """
+
+    MANIFEST = ".bundle-outputs"
 
     def __init__(
         self, keys: str | Sequence[str], output_dir: str | Path, binary_as_255: bool = False, case_key: str = "case_id"
@@ -231,6 +235,7 @@ class SaveLabeld(MapTransform):
                 label = label * 255
             self.output_dir.mkdir(parents=True, exist_ok=True)
             final = self.output_dir / f"{d[self.case_key]}{ext}"
+            self._claim(final)
             temporary = self.output_dir / f".{final.name}.tmp-{os.getpid()}"
             saver = SaveImage(output_ext=ext, output_dtype=np.uint8 if float(label.max()) < 256 else np.uint16,
                               resample=False, separate_folder=False, print_log=False)  # fmt: skip
@@ -239,3 +244,22 @@ class SaveLabeld(MapTransform):
             saver(label, filename=str(temporary))
             os.replace(f"{temporary}{ext}", final)
         return d
+
+    def _claim(self, final: Path) -> None:
+        """Record ``final`` as a bundle output before writing it; ValueError if it exists and is not one."""
+        manifest = self.output_dir / self.MANIFEST
+        try:
+            written = set(manifest.read_text().splitlines())
+        except OSError:
+            written = set()
+        if final.name in written:
+            return
+        if final.exists():
+            raise ValueError(
+                f"output_dir {self.output_dir} already holds {final.name}, which no bundle run wrote (ground "
+                "truth?); nothing was replaced, pass an empty or new --output_dir"
+            )
+        with open(manifest, "a") as f:
+            f.write(final.name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
