@@ -138,6 +138,8 @@ def test_predict_cli_keeps_geometry_and_reports_bad_case(tmp_path):
     }
     nrrd.write(str(inputs / "scan.nrrd"), rng.normal(size=(13, 17, 9)).astype(np.float32), header)
     (inputs / "broken.nii.gz").write_bytes(b"not a nifti file at all")
+    (inputs / "not_dicom").mkdir()
+    (inputs / "not_dicom" / "IM0001.dcm").write_bytes(b"named like a slice, not DICOM")  # a case, failing alone
 
     proc = subprocess.run(
         [
@@ -162,7 +164,7 @@ def test_predict_cli_keeps_geometry_and_reports_bad_case(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 1, proc.stderr
-    assert "broken" in proc.stderr and "1 of 3" in proc.stderr
+    assert "broken" in proc.stderr and "not_dicom" in proc.stderr and "2 of 4" in proc.stderr
     assert "Traceback" not in proc.stderr
     names = sorted(os.listdir(out))
     assert names == [

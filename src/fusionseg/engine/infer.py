@@ -252,7 +252,9 @@ def find_inputs(source: Path, in_channels: int = 1) -> list[tuple[str, list[Path
     elif source.is_dir():
         visible = sorted(p for p in source.iterdir() if not p.name.startswith("."))
         files = [p for p in visible if p.is_file() and _split_ext(p)[1] in IMAGE_EXTENSIONS]
-        files += [s for p in visible if p.is_dir() for s in dicom_series(p)]
+        for folder in (p for p in visible if p.is_dir()):
+            # a folder of .dcm files that hold no readable series is a case that fails in one line, not skipped
+            files += dicom_series(folder) or ([folder] if _has_dicom_names(folder) else [])
         if not files:
             raise InputError(
                 f"{source} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) and no folders of DICOM slices"
@@ -271,6 +273,11 @@ def find_inputs(source: Path, in_channels: int = 1) -> list[tuple[str, list[Path
                 f"name them {cid}_0000 ... {cid}_{in_channels - 1:04d}"
             )
     return list(groups.items())
+
+
+def _has_dicom_names(folder: Path) -> bool:
+    """Whether ``folder`` holds a visible file named like a DICOM slice (``.dcm``, ``.dicom``, ``.ima``)."""
+    return any(p.suffix.lower() in (".dcm", ".dicom", ".ima") and not p.name.startswith(".") for p in folder.iterdir())
 
 
 def _case_id(path: Path, strip_any_channel: bool) -> str:
