@@ -60,3 +60,21 @@ def test_lock_on_an_existing_file_is_one_line(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="existing file"):
         FolderLock(tmp_path / "f").acquire()
+
+
+def test_shards_hold_their_own_locks_in_one_folder(tmp_path):
+    from fusionseg.engine.sharding import shard_lock_name
+
+    assert shard_lock_name(None) == FolderLock.NAME and shard_lock_name((1, 4)) == ".fusionseg-lock-shard-1-of-4"
+    with folder_lock(tmp_path, "prediction folder", name=shard_lock_name((0, 2))):
+        with folder_lock(tmp_path, "prediction folder", name=shard_lock_name((1, 2))) as other:
+            assert other.held  # another shard writes the same folder
+        proc = subprocess.run(
+            [sys.executable, "-c", "from fusionseg.files import folder_lock; import sys\n"
+             "folder_lock(sys.argv[1], 'prediction folder', name='.fusionseg-lock-shard-0-of-2').acquire()",
+             str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode != 0 and "is in use by another fusionseg process" in proc.stderr  # the same shard
+    with pytest.raises(ValueError, match="hidden file name"):
+        FolderLock(tmp_path, name="lock/../x")
