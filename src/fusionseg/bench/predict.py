@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from fusionseg.bench.scale import _run, ct_case
+from fusionseg.bench.scale import _run, ct_case, print_row, subprocess_env, work_folder
 
 __all__ = ["build_parser", "main", "write_ct_case"]
 
@@ -102,11 +99,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
     args = build_parser(prog).parse_args(argv)
     sizes = [_ints(s) for s in args.size.split(";") if s.strip()]
     classes = _ints(args.classes)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="fusionseg-bench-predict-"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                         os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = subprocess_env()
     rows = []
-    try:
+    with work_folder(args.workdir, "fusionseg-bench-predict-") as work:
         for shape in sizes:
             name = "x".join(map(str, shape))
             root = write_ct_case(work / f"ct_{name}", shape, _floats(args.spacing))
@@ -131,12 +126,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
                         same = _labels(outputs["slabs"]) == _labels(out / "ct_000.nii.gz")
                         row["agreement"] = float(np.mean(same))
                     rows.append(row)
-                    print(
-                        json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}), flush=True
-                    )
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+                    print_row(row, 5)
     _print_table(rows)
     return 0
 

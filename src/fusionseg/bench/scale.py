@@ -17,6 +17,7 @@ per case for every step, much less generation time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +136,28 @@ def _run(cmd: list[str], env: dict) -> tuple[float, float, str]:
     return wall, peak[0], output
 
 
+@contextlib.contextmanager
+def work_folder(workdir: Path | None, prefix: str) -> Iterator[Path]:
+    """``workdir`` (kept), or a temporary folder removed at the end: where a benchmark writes its cases and runs."""
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def subprocess_env() -> dict:
+    """This environment with this checkout's ``src`` first on PYTHONPATH (the commands run fusionseg from here)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                         os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+
+
+def print_row(row: dict, digits: int) -> None:
+    """One result row as a JSON line (floats rounded to ``digits``), flushed at once."""
+    print(json.dumps({k: round(v, digits) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+
 def build_parser(prog: str = "fusionseg bench scale") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="4,16,64", help="dataset sizes in cases (default 4,16,64)")
@@ -153,13 +177,11 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench scale") -> 
     sizes = [int(n) for n in args.cases.split(",") if n.strip()]
     shape = tuple(int(v) for v in args.size.split(","))
     nnunet = args.nnunet and shutil.which("nnUNetv2_plan_and_preprocess") is not None
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="fusionseg-bench-scale-"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
-                                                         os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = subprocess_env()
     python = [sys.executable, "-m", "fusionseg"]
     features = json.dumps({"features": [int(f) for f in args.features.split(",")]})
     rows = []
-    try:
+    with work_folder(args.workdir, "fusionseg-bench-scale-") as work:
         for i, n in enumerate(sizes):
             name = f"Dataset{960 + i}_Scale{n}"
             root = make_ct_dataset(work / "nnUNet_raw" / name, n, shape)
@@ -186,10 +208,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench scale") -> 
                                             "-np", str(args.workers), "-npfp", str(args.workers)], nn_env)  # fmt: skip
                 row.update(nnunet_preprocess_s=nn_wall, nnunet_preprocess_peak_mb=nn_peak)
             rows.append(row)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+            print_row(row, 3)
     _print_table(rows)
     return 0
 
