@@ -10,7 +10,6 @@ estimates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from careless import SHORT, TINY, snapshot
 from fusionseg.cli import main as cli_main
 from fusionseg.data import make_phantom_dataset
 from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
@@ -29,8 +29,6 @@ from fusionseg.errors import InputError
 from fusionseg.files import folder_lock
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model-kwargs", '{"features": [4, 8]}', "--patch-size", "32,32", "--threads", "1", "--no-progress"]
-SHORT = ["--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +41,6 @@ def world(tmp_path_factory) -> dict[str, Path]:
     gt = shutil.copytree(data / "test" / "masks", root / "gt_copy")
     (root / "a_file").write_text("not a folder\n")
     return {"root": root, "data": data, "run": run, "gt": gt, "images": data / "test" / "images"}
-
-
-def snapshot(*roots: Path) -> dict[str, tuple[str, int]]:
-    """(sha256, mtime_ns) of every file under ``roots``."""
-    files = [p for root in roots for p in ([root] if root.is_file() else sorted(root.rglob("*"))) if p.is_file()]
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files}
 
 
 def _flip_bytes(path: Path, count: int = 64) -> None:

@@ -9,26 +9,17 @@ dataset or the run changed and nothing was written into the dataset folder.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from careless import SHORT, TINY, snapshot
 from fusionseg.cli import main as cli_main
 from fusionseg.cli.options import positive_float
 from fusionseg.cli.plan import _spacing
 from fusionseg.data import make_phantom_dataset
-
-TINY = ["--model-kwargs", '{"features": [4, 8]}', "--patch-size", "32,32", "--threads", "1", "--no-progress"]
-SHORT = ["--epochs", "1", "--iters-per-epoch", "1", "--batch-size", "2"]
-
-
-def snapshot(*roots: Path) -> dict[str, tuple[str, int]]:
-    """(sha256, mtime_ns) of every file under ``roots``."""
-    files = [p for root in roots for p in sorted(root.rglob("*")) if p.is_file()]
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in files}
 
 
 @pytest.fixture(scope="module")
