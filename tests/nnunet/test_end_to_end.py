@@ -195,6 +195,12 @@ def test_trainer_runs_in_nnunet_and_fusionseg_predicts_the_same(project, tmp_pat
     # Same logits, but nnU-Net sums the overlapping windows' logits in fp16 (rounding ≤ 2^-8 per add at
     # |logit| 8–16, a few adds per voxel); a probability moves by ≤ 1/4 of each logit change → a few 1e-3.
     np.testing.assert_allclose(p_ours, p_theirs, atol=5e-3)
+    slabs = tmp_path / "slabs"  # without probabilities: nnU-Net's windows and export slab by slab, 1 MiB at a time
+    assert fusionseg_main(["predict", "--checkpoint", str(model), "--input", str(images), "--output", str(slabs),
+                           "--device", "cpu", "--tta", "--memory", "1M"]) == 0  # fmt: skip
+    sliced = _image(slabs / f"phantom_test_000{ending}")
+    _assert_same_geometry(sliced, source)
+    assert (sliced[0] == theirs[0]).mean() >= 0.999
 
 
 def test_find_best_configuration_ranks_and_ensembles_our_trainers(project):

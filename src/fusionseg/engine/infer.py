@@ -364,7 +364,7 @@ def predict_files(
         return foreign(
             models, pres, cases, output, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
             probabilities=probabilities, postprocessing=postprocessing, device=device, amp=amp, progress=progress,
-            resumable=resumable,
+            resumable=resumable, memory=memory, whole_volume=whole_volume,
         )  # fmt: skip
     ensure_writable_dir(output, "prediction folder")
     options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing, "format": output_format}

@@ -66,7 +66,12 @@ def window_origins(shape: Sequence[int], roi: Sequence[int], overlap: float, fli
 
 @dataclass
 class WindowPass:
-    """One model under one flip: its windows (sorted by start along the slab axis) and Gaussian weight."""
+    """One model under one flip: its windows (sorted by start along the slab axis) and Gaussian weight.
+
+    ``flip`` mirrors the whole image's window grid (MONAI's TTA: a pass over the flipped image);
+    ``mirrors`` are flips inside each window whose raw outputs are averaged with the plain one before
+    ``activate`` (nnU-Net's TTA: e.g. ``((2,), (3,), (2, 3))`` as batch axes).
+    """
 
     model: nn.Module
     activate: Callable[[torch.Tensor], torch.Tensor]
@@ -75,6 +80,7 @@ class WindowPass:
     origins: np.ndarray
     weight: torch.Tensor
     done: int = 0
+    mirrors: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -300,8 +306,11 @@ def _run_windows(plan: SlabPlan, image: torch.Tensor, buffer: _Buffer, before: i
                 batch = torch.flip(batch, tuple(d + 2 for d in p.flip))
             flip = tuple(d + 1 for d in p.flip)
             with autocast(plan.device, dtype):
-                logits = p.model(batch)
-            logits = logits[0] if isinstance(logits, list | tuple) else logits
+                logits = _forward(p.model, batch)
+                for axes in p.mirrors:
+                    logits = logits + torch.flip(_forward(p.model, torch.flip(batch, axes)), axes)
+            if p.mirrors:
+                logits = logits / (len(p.mirrors) + 1)
             del batch
             for i, origin in enumerate(origins):  # one window's scores at a time: K × window floats
                 scores = p.activate(logits[i : i + 1].float())[0]
@@ -310,6 +319,12 @@ def _run_windows(plan: SlabPlan, image: torch.Tensor, buffer: _Buffer, before: i
             if plan.on_windows is not None:
                 plan.on_windows(len(origins))
         p.done = stop
+
+
+def _forward(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The model's (highest-resolution) output for a batch of windows."""
+    logits = model(batch)
+    return logits[0] if isinstance(logits, list | tuple) else logits
 
 
 @torch.no_grad()
