@@ -1,4 +1,4 @@
-"""nnU-Net v2 dataset layouts end to end at the data level: scan → build_preprocessing → train/eval transforms →
+"""nnU-Net v2 dataset layouts end to end at the data level: scan → build_preprocessing → eval transforms →
 prediction/probabilities written back. Regions + ignore label, mixed normalisation over 4 channels, nnU-Net's RGB
 2D layout, MHA/MHD/NRRD/NHDR, 120 classes, and one-line errors for bad dataset.json entries."""
 
@@ -26,7 +26,6 @@ from fusionseg.data import (
     save_prediction,
     save_probabilities,
     scan_dataset,
-    train_transforms,
     validate_dataset,
 )
 from fusionseg.errors import InputError
@@ -78,13 +77,13 @@ def test_regions_and_ignore_label_dataset(tmp_path, make_nnunet):
 
     sample = eval_transforms(pre)(case_dict(info.cases[0]))
     assert np.array_equal(sample["label"][0].numpy(), labels["b0"])  # ignore kept, RAS input unchanged
-    patches = train_transforms(pre)(case_dict(info.cases[1]))
-    batch = torch.stack([p["label"] for p in patches])
+    batch = torch.stack([eval_transforms(pre)(case_dict(case))["label"] for case in info.cases])
     layout = LabelLayout.from_preprocessing(pre)
     targets, valid = layout.targets(batch[:, 0], dim=1)
-    assert targets.shape == (2, 3, 8, 8, 8) and valid.shape == (2, 8, 8, 8)
-    assert set(batch.unique().tolist()) <= {0, 1, 2, 3, 4}
+    assert targets.shape == (2, 3, *shape) and valid.shape == (2, *shape)
+    assert set(batch.unique().tolist()) == {0, 1, 2, 3, 4}
     assert torch.equal(targets[:, 0] > 0, (batch[:, 0] > 0) & (batch[:, 0] != 4))
+    assert torch.equal(valid.bool(), batch[:, 0] != 4)
 
     # Predict: region probabilities → nested label map painted in regions_class_order, on the input grid.
     _, meta = load_for_inference(info.cases[0].images, pre)
@@ -173,8 +172,6 @@ def test_four_channels_with_mixed_normalisation(tmp_path, make_nnunet):
     np.testing.assert_allclose(out[1], np.where(mask, (image[1] - inside.mean()) / inside.std(), 0), atol=1e-4)
     np.testing.assert_array_equal(out[2], image[2])
     np.testing.assert_allclose(out[3], (image[3] - image[3].min()) / (image[3].max() - image[3].min()), atol=1e-6)
-    patches = train_transforms(pre)(case_dict(info.cases[1]))
-    assert [tuple(p["image"].shape) for p in patches] == [(4, 16, 14, 8)]
 
 
 def test_use_mask_for_norm_follows_the_rule_or_dataset_json(tmp_path, make_nnunet):
@@ -224,8 +221,6 @@ def test_nnunet_rgb_2d_layout_one_file_three_channels(tmp_path, make_nnunet, nam
         expected = rgb / 255
     np.testing.assert_allclose(out["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
     assert np.array_equal(out["label"][0].numpy(), labels["road0"])
-    (patch,) = train_transforms(pre)(case_dict(info.cases[1]))
-    assert patch["image"].shape == (3, 16, 24)
     x, meta = load_for_inference(info.cases[0].images, pre)
     assert x.shape == (3, 20, 24)
     written = save_prediction(out["label"][0], meta, tmp_path / f"road0{prediction_extension('road0_0000.png')}")
@@ -298,8 +293,6 @@ def test_120_classes(tmp_path, make_nnunet):
     info = scan_dataset(root)
     pre = build_preprocessing(info, patch_size=(8, 8, 4))
     assert (info.num_classes, pre["num_classes"], pre["out_channels"], pre["activation"]) == (120, 120, 120, "softmax")
-    patches = train_transforms(pre)(case_dict(info.cases[0]))
-    assert all(p["label"].shape == (1, 8, 8, 4) and int(p["label"].max()) < 120 for p in patches)
     sample = eval_transforms(pre)(case_dict(info.cases[1]))
     assert int(sample["label"].max()) == 119
     _, meta = load_for_inference(info.cases[1].images, pre)

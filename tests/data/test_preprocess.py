@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from fusionseg.data import make_phantom_dataset, scan_dataset
-from fusionseg.data.plan import plan_dataset
+from fusionseg.data.plan import foreground_fraction, plan_dataset
 from fusionseg.data.preprocess import cache_folder, default_cache_root, load_case, preprocess_dataset
-from fusionseg.data.streaming import CachedCases, RandPatchd, cut_patch
+from fusionseg.data.streaming import CachedCases, RandPatchd, cut_patch, patch_dataset
 from fusionseg.errors import InputError
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -187,10 +187,23 @@ def test_patches_oversample_the_foreground(tmp_path, dataset):
     cut.set_random_state(0)
     hits = [cut({"case_id": info.cases[0].case_id})["label"].sum() > 0 for _ in range(20)]
     assert all(hits)  # every patch centred on a foreground voxel
-    big = RandPatchd(report.folder, [32, 32, 32])
+    big = RandPatchd(report.folder, [32, 32, 32], foreground_fraction=0.0)
     big.set_random_state(0)
     patch = big({"case_id": info.cases[0].case_id})
     assert patch["image"].shape == (1, 32, 32, 32) and patch["label"].shape == (1, 32, 32, 32)
+
+
+@pytest.mark.parametrize(("num_classes", "fraction"), [(2, 0.5), (3, 0.666667), (4, 0.75), (120, 0.991667)])
+def test_foreground_fraction_is_one_minus_one_over_the_classes(num_classes, fraction):
+    assert foreground_fraction(num_classes) == fraction
+
+
+def test_training_patches_use_the_plans_foreground_fraction(tmp_path, dataset):
+    info, plan = dataset
+    report = _run(info, plan, tmp_path / "cache")
+    assert plan["preprocessing"]["foreground_fraction"] == foreground_fraction(3) == 0.666667
+    cut = patch_dataset(report.folder, [info.cases[0].case_id], plan["preprocessing"]).transform.transforms[0]
+    assert isinstance(cut, RandPatchd) and cut.foreground_fraction == 0.666667
 
 
 def test_worker_processes_write_the_same_cases(dataset, tmp_path):

@@ -19,7 +19,6 @@ from fusionseg.data import (
     load_for_inference,
     save_prediction,
     scan_dataset,
-    train_transforms,
 )
 from fusionseg.data.real import AAL_GROUPS, aal_group_table, build_brain3d, build_nuclei2d, build_nuclei2d_tiles
 from fusionseg.errors import InputError
@@ -36,9 +35,6 @@ def test_nuclei_png_folder_dataset(real_data_dir, tmp_path):
     assert (info.num_classes, info.in_channels, info.modality) == (2, 1, "2d")
     pre = build_preprocessing(info)
     assert pre["patch_size"] == [256, 256] and pre["binary_as_255"]
-    patches = train_transforms(pre)(case_dict(info.cases[0]))
-    assert patches[0]["image"].shape == (1, 256, 256) and set(patches[0]["label"].unique().tolist()) <= {0, 1}
-    assert any(p["label"].sum() > 0 for p in patches)  # class-balanced sampling finds nuclei
     image, meta = load_for_inference(info.cases[0].images, pre)
     label = eval_transforms(pre)(case_dict(info.cases[0]))["label"][0]
     out = save_prediction(label, meta, tmp_path / "pred.png")

@@ -21,7 +21,6 @@ from fusionseg.data import (
     read_label,
     save_prediction,
     scan_dataset,
-    train_transforms,
 )
 from fusionseg.errors import InputError
 
@@ -75,28 +74,6 @@ def test_build_preprocessing_ct_stats_and_spacing(tmp_path, nifti_writer):
         build_preprocessing(info, patch_size=(32, 32))
     with pytest.raises(InputError, match="target_spacing"):
         build_preprocessing(info, target_spacing="auto")
-
-
-@pytest.mark.parametrize("augment", [True, False])
-def test_train_transforms_2d(phantom2d_root, augment):
-    info = scan_dataset(phantom2d_root)
-    pre = build_preprocessing(info, patch_size=(16, 24), num_samples=3)
-    out = train_transforms(pre, augment=augment)(case_dict(info.cases[0]))
-    assert isinstance(out, list) and len(out) == 3
-    for sample in out:
-        assert sample["image"].shape == (1, 16, 24) and sample["image"].dtype == torch.float32
-        assert sample["label"].shape == (1, 16, 24) and sample["label"].dtype == torch.int64
-        assert type(sample["image"]) is torch.Tensor and sample["case_id"] == "phantom_000"
-        assert sample["label"].min() >= 0 and sample["label"].max() <= 2
-
-
-def test_train_transforms_3d_pads_small_volumes(phantom3d_root):
-    info = scan_dataset(phantom3d_root)
-    pre = build_preprocessing(info)  # default patch 32³ > the 24×20×16 volume → padded
-    assert pre["patch_size"] == [32, 32, 32]
-    out = train_transforms(pre)(case_dict(info.cases[1]))
-    assert [tuple(s["image"].shape) for s in out] == [(1, 32, 32, 32)]
-    assert all(s["label"].shape == (1, 32, 32, 32) for s in out)
 
 
 def test_eval_transforms_normalise_and_keep_labels(phantom3d_root):
@@ -221,8 +198,6 @@ def test_multichannel_files_get_per_channel_normalisation(tmp_path, nifti_writer
     assert sample["image"].shape == (2, 16, 16, 8)
     pet = sample["image"][1]
     assert abs(float(pet.mean())) < 1e-4 and abs(float(pet.std(unbiased=False)) - 1) < 1e-3
-    patches = train_transforms(pre)(case_dict(info.cases[1]))
-    assert len(patches) == 1 and patches[0]["image"].shape == (2, 16, 16, 8)
 
 
 def test_rgb_2d_pipeline(tmp_path):
@@ -238,8 +213,6 @@ def test_rgb_2d_pipeline(tmp_path):
     info = scan_dataset(root)
     pre = build_preprocessing(info, size_multiple=16)
     assert pre["in_channels"] == 3 and pre["patch_size"] == [32, 32] and pre["num_classes"] == 2
-    (patch,) = train_transforms(pre)(case_dict(info.cases[0]))
-    assert patch["image"].shape == (3, 32, 32) and set(patch["label"].unique().tolist()) <= {0, 1}
     whole = eval_transforms(pre)(case_dict(info.cases[1]))
     assert whole["image"].shape == (3, 40, 36)
     means = whole["image"].mean(dim=(1, 2))

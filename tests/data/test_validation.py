@@ -15,7 +15,6 @@ from fusionseg.data import (
     find_input_error,
     load_for_inference,
     scan_dataset,
-    train_transforms,
     validate_case,
     validate_dataset,
 )
@@ -75,7 +74,6 @@ def test_bad_3d_inputs_raise_one_line_input_error(problem, copy_dataset, phantom
     for run in (
         lambda: validate_dataset(info, pre),
         lambda: eval_transforms(pre)(case_dict(info.cases[1])),
-        lambda: train_transforms(pre)(case_dict(info.cases[1])),
     ):
         with pytest.raises(InputError, match=pattern) as err:
             run()

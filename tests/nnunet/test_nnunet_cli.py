@@ -12,7 +12,7 @@ pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as
 
 from fusionseg.cli import main as fusionseg_main
 from fusionseg.errors import InputError
-from fusionseg.nnunet.install import SHIM_NAME, default_target, install, uninstall
+from fusionseg.nnunet.install import SHIM_NAME, default_target, install, installed_in, uninstall
 from fusionseg.nnunet.trainers import TRAINERS
 
 
@@ -52,12 +52,15 @@ def test_uninstall_leaves_foreign_files_alone(tmp_path):
 
 
 def test_cli_install_list_uninstall(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    already = installed_in()  # nnU-Net's own folder holds a shim once `fusionseg nnunet install` ran in this venv
     assert fusionseg_main(["nnunet", "install", "--target", str(tmp_path)]) == 0
     assert f"export nnUNet_extTrainer={tmp_path}" in capsys.readouterr().out
     monkeypatch.setenv("nnUNet_extTrainer", str(tmp_path))
     assert fusionseg_main(["nnunet", "list"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in TRAINERS) and f"visible to nnU-Net: {tmp_path / SHIM_NAME}" in out
+    visible = ", ".join(map(str, [*already, tmp_path / SHIM_NAME]))
+    assert all(name in out for name in TRAINERS) and out.endswith(f"visible to nnU-Net: {visible}\n")
     assert fusionseg_main(["nnunet", "uninstall", "--target", str(tmp_path)]) == 0
     assert "removed" in capsys.readouterr().out and not (tmp_path / SHIM_NAME).exists()
 

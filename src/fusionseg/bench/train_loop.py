@@ -3,8 +3,8 @@
 For each case, in one run, with the same model, patch, batch and threads, each arm in a fresh
 process (so its peak resident memory is its own), arms alternating over ``--repeats`` rounds:
 
-- **loop**: the real training loop (:class:`fusionseg.engine.train.Trainer`: cached MONAI dataset,
-  patch sampling, augmentation, loss with deep supervision, optimizer, scheduler, logging) — seconds
+- **loop**: the real training loop (:class:`fusionseg.engine.train.Trainer`: patches streamed from
+  the preprocessed cache, augmentation, loss with deep supervision, optimizer, scheduler, logging) — seconds
   per iteration from one iteration's start to the next's (data loading included);
 - **bare step**: forward + the same loss + backward + the same optimizer step on a random batch of
   the same shape, nothing else — what the model itself costs;

@@ -2,11 +2,16 @@
 normalisation, cross-validation splits, MONAI preprocessing, phantoms, training sets built from the shipped
 real data (``fusionseg.data.real``), input checks.
 
-Example:
-    >>> from fusionseg.data import make_phantom_dataset, scan_dataset, build_preprocessing, train_transforms
-    >>> info = scan_dataset(make_phantom_dataset("/tmp/phantom2d", spatial_dims=2))
-    >>> pre = build_preprocessing(info)
-    >>> batch = train_transforms(pre)(case_dict(info.cases[0]))   # list of num_samples patch dicts
+Example (a labelled case read whole, then a new image read and its labels written back as ``fusionseg predict`` does):
+    >>> from fusionseg import data
+    >>> info = data.scan_dataset(data.make_phantom_dataset("/tmp/phantom2d", spatial_dims=2))
+    >>> pre = data.build_preprocessing(info)                               # plain data, stored in checkpoints
+    >>> sample = data.eval_transforms(pre)(data.case_dict(info.cases[0]))  # a labelled case, whole
+    >>> sample["image"].shape, sample["label"].shape
+    (torch.Size([1, 96, 96]), torch.Size([1, 96, 96]))
+    >>> image, meta = data.load_for_inference(info.cases[0].images, pre)   # a new image: (C, *S) float32
+    >>> data.save_prediction(sample["label"][0], meta, "/tmp/pred.png")    # labels or (K, *S) scores → input grid
+    PosixPath('/tmp/pred.png')
 """
 
 from fusionseg.data.backends.dicom_io import series_paths as dicom_series
@@ -25,7 +30,6 @@ from fusionseg.data.transforms import (
     plain_tensor,
     save_prediction,
     save_probabilities,
-    train_transforms,
 )
 from fusionseg.data.validation import find_input_error, load_checked, validate_case, validate_dataset
 
@@ -61,7 +65,6 @@ __all__ = [
     "save_prediction",
     "save_probabilities",
     "scan_dataset",
-    "train_transforms",
     "valid_mask",
     "validate_case",
     "validate_dataset",

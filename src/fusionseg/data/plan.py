@@ -12,7 +12,8 @@ non-zero box. From the fingerprint it decides, as nnU-Net v2's ``ExperimentPlann
 - **patch size**: the median resampled image shape, capped at 256 (2D) / 128 (3D) per axis,
   rounded down to the model's ``size_multiple``, shrunk on its longest axis (in mm) until
   ``batch_size`` patches fit the memory budget (``memory_gb``, default 8 GiB: a 128³ patch × 2);
-- **normalisation** per ``channel_names`` (:mod:`fusionseg.data.normalization`).
+- **normalisation** per ``channel_names`` (:mod:`fusionseg.data.normalization`);
+- **foreground fraction** of training patches: :func:`foreground_fraction` (not nnU-Net's 1/3).
 
 The plan's ``preprocessing`` entry is the plain-data ``pre`` dict stored in checkpoints and read by
 train, predict, evaluate and cross-validation (:func:`build_preprocessing` returns it alone).
@@ -59,6 +60,7 @@ __all__ = [
     "PLAN_FILE",
     "build_preprocessing",
     "default_cache_root",
+    "foreground_fraction",
     "format_plan",
     "load_plan",
     "nnunet_target_spacing",
@@ -77,6 +79,18 @@ _DEFAULT_MEMORY_GB = 8.0
 # Keys of ``pre`` that change the preprocessed voxels (the cache folder is named after their hash).
 _DATA_KEYS = ("version", "spatial_dims", "in_channels", "channel_normalisation", "orientation", "target_spacing",
               "num_classes", "ignore_label", "labels")  # fmt: skip
+
+
+def foreground_fraction(num_classes: int) -> float:
+    """Share of training patches centred on a foreground voxel: 1 − 1/``num_classes`` (rounded to 6 digits).
+
+    Each label value, background included, is then as likely a patch centre as with MONAI's
+    ``RandCropByLabelClassesd``: 0.5 for one foreground class, 0.75 for three.
+
+    >>> foreground_fraction(3)
+    0.666667
+    """
+    return round(1 - 1 / num_classes, 6)
 
 
 # ------------------------------------------------------------------------------------ fingerprint
@@ -415,8 +429,7 @@ def plan_dataset(
         "target_spacing": None,
         "patch_size": None,
         "num_samples": num_samples,
-        # patch centres: each label value (background included) equally likely, as MONAI's RandCropByLabelClassesd
-        "foreground_fraction": round(1 - 1 / layout.num_classes, 6),
+        "foreground_fraction": foreground_fraction(layout.num_classes),
         "median_shape": [float(s) for s in median_shape],
         "median_spacing": [float(s) for s in median_spacing],
         "binary_as_255": dims == 2 and layout.num_classes == 2 and not layout.has_regions,

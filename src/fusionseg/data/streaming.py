@@ -3,10 +3,9 @@
 :class:`RandPatchd` maps ``{"case_id": str}`` to ``num_samples`` patch dicts ``{"image": (C, *P)
 float32, "label": (1, *P) float32, "case_id"}`` cut from the case's memory-mapped ``.npy`` files:
 with probability ``foreground_fraction`` centred on a sampled voxel of a random foreground label
-value, else anywhere (:func:`patch_dataset` takes ``pre["foreground_fraction"]``: 1 − 1/classes,
-each label value equally likely as with MONAI's ``RandCropByLabelClassesd``; nnU-Net uses 1/3);
-zero-padded where the case is smaller than the patch. Only the patch is read from disk, so memory
-does not depend on the number or size of the cases.
+value, else anywhere (:func:`patch_dataset` takes the plan's ``pre["foreground_fraction"]``, the rule
+of :func:`fusionseg.data.plan.foreground_fraction`); zero-padded where the case is smaller than the
+patch. Only the patch is read from disk, so memory does not depend on the number or size of the cases.
 :func:`patch_dataset` adds the augmentation of :mod:`fusionseg.data.transforms`; a MONAI
 ``DataLoader`` seeds it per worker. :class:`CachedCases` reads whole cases one at a time (validation).
 
@@ -28,9 +27,7 @@ from monai.transforms import Compose, MapTransform, Randomizable
 from fusionseg.data.preprocess import load_case
 from fusionseg.errors import InputError
 
-__all__ = ["FOREGROUND_FRACTION", "CachedCases", "RandPatchd", "cut_patch", "patch_dataset"]
-
-FOREGROUND_FRACTION = 1 / 3
+__all__ = ["CachedCases", "RandPatchd", "cut_patch", "patch_dataset"]
 
 
 def cut_patch(array: np.ndarray, lower: Sequence[int], patch: Sequence[int]) -> np.ndarray:
@@ -48,10 +45,11 @@ def cut_patch(array: np.ndarray, lower: Sequence[int], patch: Sequence[int]) -> 
 
 
 class RandPatchd(Randomizable, MapTransform):
-    """Cut ``num_samples`` random patches of case ``d["case_id"]`` from the preprocessed ``folder``."""
+    """Cut ``num_samples`` random patches of case ``d["case_id"]`` from the preprocessed ``folder``, each
+    centred on a foreground voxel with probability ``foreground_fraction`` (when the case has one)."""
 
-    def __init__(self, folder: str | Path, patch_size: Sequence[int], num_samples: int = 1,
-                 foreground_fraction: float = FOREGROUND_FRACTION) -> None:  # fmt: skip
+    def __init__(self, folder: str | Path, patch_size: Sequence[int], num_samples: int = 1, *,
+                 foreground_fraction: float) -> None:  # fmt: skip
         MapTransform.__init__(self, keys=("case_id",))
         self.folder = Path(folder)
         self.patch = [int(p) for p in patch_size]
@@ -93,8 +91,8 @@ def patch_dataset(folder: str | Path, case_ids: Sequence[str], pre: dict, augmen
 
     if not case_ids:
         raise InputError("no training cases to cut patches from; check the fold (splits_final.json) or the dataset")
-    fraction = float(pre.get("foreground_fraction", FOREGROUND_FRACTION))
-    cut = RandPatchd(folder, pre["patch_size"], int(pre.get("num_samples", 1)), fraction)
+    num_samples = int(pre.get("num_samples", 1))
+    cut = RandPatchd(folder, pre["patch_size"], num_samples, foreground_fraction=float(pre["foreground_fraction"]))
     steps = [cut, augmentation(pre) if augment else ToPlainTensord()]
     return Dataset([{"case_id": c} for c in case_ids], transform=Compose(steps))
 

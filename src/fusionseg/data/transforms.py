@@ -1,9 +1,11 @@
 """Preprocessing and augmentation with MONAI dictionary transforms, and inference I/O.
 
 ``build_preprocessing(info)`` derives a plain-data description (JSON-able, stored in checkpoints);
-``train_transforms(pre)`` / ``eval_transforms(pre)`` turn it into MONAI pipelines mapping
+``eval_transforms(pre)`` turns it into a MONAI pipeline mapping
 ``case_dict(case) = {"image": [paths], "label": path, "case_id": str}`` to
-``{"image": float32 (C, *S), "label": int64 (1, *S), "case_id": str}`` plain tensors.
+``{"image": float32 (C, *S), "label": int64 (1, *S), "case_id": str}`` plain tensors;
+:func:`geometry_pipeline` is its first half (what the preprocessing cache stores after normalisation) and
+:func:`augmentation` the random augmentation of training patches.
 ``load_for_inference`` / ``save_prediction`` read a new image and write a prediction back on the
 input's own grid (orientation and resampling undone, affine/header kept).
 
@@ -11,15 +13,12 @@ Steps: read + validate → orientation RAS (3D) → optional resampling to ``tar
 intensity normalisation per channel following ``channel_names`` as nnU-Net v2 does (CT: clip to
 the training foreground 0.5–99.5 percentiles + z-score with its mean/std; ``noNorm``;
 ``rescale_to_0_1``; ``rgb_to_0_1``; anything else: per-image z-score, inside the non-zero mask
-where nnU-Net would use it — see :mod:`fusionseg.data.normalization`) → [train] pad to the patch,
-class-balanced patch sampling (``RandCropByLabelClassesd``, ``num_samples`` patches per case),
-flips, small rotation/scale, intensity scale/shift, noise.
+where nnU-Net would use it — see :mod:`fusionseg.data.normalization`). Training patches are cut from
+the preprocessed cache by :mod:`fusionseg.data.streaming`, then augmented: flips, small rotation/scale,
+intensity scale/shift, noise.
 
 Labels stay integer label maps through the pipelines (ignore label included); the engine turns
 them into training targets with :class:`~fusionseg.data.labels.LabelLayout` (regions, valid mask).
-
-Training with ``num_samples > 1`` yields a list of patch dicts per case: batch with
-``monai.data.DataLoader`` (its ``list_data_collate`` flattens them).
 
 Example:
     >>> info = scan_dataset(make_phantom_dataset(tmp, spatial_dims=2))
@@ -39,19 +38,15 @@ import numpy as np
 import torch
 from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.transforms import (
-    ClassesToIndicesd,
     Compose,
-    DeleteItemsd,
     MapTransform,
     Orientationd,
     RandAffined,
-    RandCropByLabelClassesd,
     RandGaussianNoised,
     RandomizableTransform,
     RandScaleIntensityd,
     RandShiftIntensityd,
     Spacingd,
-    SpatialPadd,
     SpatialResample,
 )
 
@@ -79,7 +74,6 @@ __all__ = [
     "resample_to_input_grid",
     "save_prediction",
     "save_probabilities",
-    "train_transforms",
     "write_input_grid_labels",
     "write_input_grid_probabilities",
 ]
@@ -223,10 +217,8 @@ class _Pipeline(Compose):
 class _WithoutMetadata(Compose):
     """Run random patch transforms on plain tensors (MONAI metadata tracking off, restored after).
 
-    Training patches carry no geometry that is used later, and tracking it costs more than the crop
-    and the augmentation themselves (a MetaTensor per operation, deep copies of its metadata): about
-    half of the data time per 2D patch. As a Compose it is the first random step, so a CacheDataset
-    caches everything before it.
+    Training patches carry no geometry that is used later, and tracking it (a MetaTensor per operation,
+    copies of its metadata) about doubles the augmentation time of a 2D patch.
     """
 
     def __call__(self, input_, *args, **kwargs):
@@ -281,39 +273,6 @@ def augmentation(pre: dict) -> Compose:
     """The random augmentation of training patches ``{"image": (C, *P), "label": (1, *P) float32}`` → plain
     tensors (label int64), run without MONAI metadata."""
     return _WithoutMetadata([*_augment_steps(pre), ToPlainTensord()])
-
-
-def train_transforms(pre: dict, augment: bool = True) -> Compose:
-    """Training pipeline: load + check, geometry, normalisation, class-balanced patches, augmentation.
-
-    Output per case: a list of ``pre["num_samples"]`` dicts ``{"image": (C, *patch) float32,
-    "label": (1, *patch) int64, "case_id": str}``.
-    """
-    keys = ("image", "label")
-    patch = list(pre["patch_size"])
-    steps = [LoadCased(pre), *_geometry_steps(pre, keys), NormalizeChannelsd(pre), ToPlainTensord(torch.float32)]
-    steps += [
-        SpatialPadd(keys=keys, spatial_size=patch, mode="constant"),
-        # Voxel indices per class: deterministic, so a CacheDataset caches them with the image.
-        ClassesToIndicesd(keys="label", indices_postfix=_INDICES, num_classes=int(pre["num_classes"])),
-        ToPlainTensord(torch.float32),  # cached items: plain tensors (cheap to copy per sample)
-    ]
-    random_steps = [
-        RandCropByLabelClassesd(
-            keys=keys,
-            label_key="label",
-            spatial_size=patch,
-            num_classes=int(pre["num_classes"]),
-            num_samples=int(pre.get("num_samples", 1)),
-            indices_key="label" + _INDICES,
-            warn=False,
-        ),
-        DeleteItemsd(keys="label" + _INDICES),
-    ]
-    if augment:
-        random_steps += _augment_steps(pre)
-    random_steps.append(ToPlainTensord())
-    return _Pipeline([*steps, _WithoutMetadata(random_steps)])
 
 
 def eval_transforms(pre: dict) -> Compose:
