@@ -1,12 +1,14 @@
-"""DFF: shapes, parity of the fast path with the literal spec formulation, gradients, errors, state_dict."""
+"""DFF: shapes, parity of the fused kernel with the plain path (``reference_ops``), gradients, errors, state_dict."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from fusionseg.fusion import DFF
-from fusionseg.fusion.reference import dff_reference
+from fusionseg.kernels import reference_ops, reference_ops_default, set_reference_ops
 from fusionseg.layers import is_channels_last, to_channels_last
 
 # (dim, spatial_dims, input shape)
@@ -25,6 +27,12 @@ def _inputs(shape, channels_last: bool, requires_grad: bool = False):
     return x.requires_grad_(requires_grad), skip.requires_grad_(requires_grad)
 
 
+def _plain(dff: DFF, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """DFF's plain path: the paper's five steps with the module's convolutions."""
+    with reference_ops(dff):
+        return dff(x, skip)
+
+
 def _random_weights(module: torch.nn.Module) -> None:
     # Default init gives small gates; spread the weights so the parity check exercises the maths.
     with torch.no_grad():
@@ -34,14 +42,14 @@ def _random_weights(module: torch.nn.Module) -> None:
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["ncs", "channels_last"])
 @pytest.mark.parametrize(("dim", "spatial_dims", "shape"), CASES)
-def test_forward_matches_reference(dim, spatial_dims, shape, channels_last):
+def test_forward_matches_plain_path(dim, spatial_dims, shape, channels_last):
     dff = DFF(dim, spatial_dims=spatial_dims)
     _random_weights(dff)
     x, skip = _inputs(shape, channels_last)
     out = dff(x, skip)
     assert out.shape == shape
     assert is_channels_last(out) == channels_last
-    torch.testing.assert_close(out, dff_reference(dff, x, skip), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, _plain(dff, x, skip), atol=1e-5, rtol=1e-5)
     with torch.no_grad():  # inference path (no custom autograd Function)
         no_grad_out = dff(x, skip)
     assert is_channels_last(no_grad_out) == channels_last
@@ -50,17 +58,44 @@ def test_forward_matches_reference(dim, spatial_dims, shape, channels_last):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["ncs", "channels_last"])
 @pytest.mark.parametrize(("dim", "spatial_dims", "shape"), CASES)
-def test_backward_matches_reference(dim, spatial_dims, shape, channels_last):
+def test_backward_matches_plain_path(dim, spatial_dims, shape, channels_last):
     dff = DFF(dim, spatial_dims=spatial_dims)
     _random_weights(dff)
     x, skip = _inputs(shape, channels_last, requires_grad=True)
     grad_out = torch.randn(shape)
     wrt = [x, skip, *dff.parameters()]
     fast = torch.autograd.grad(dff(x, skip), wrt, grad_out)
-    plain = torch.autograd.grad(dff_reference(dff, x, skip), wrt, grad_out)
+    plain = torch.autograd.grad(_plain(dff, x, skip), wrt, grad_out)
     names = ["x", "skip", *(n for n, _ in dff.named_parameters())]
     for name, g_fast, g_plain in zip(names, fast, plain):
         torch.testing.assert_close(g_fast, g_plain, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["fused", "plain"])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_hand_computed_output(spatial_dims, reference):
+    # dim 1, x = [1, 3], skip = [2, 2]: means (2, 2); W_a = diag(ln3/2, 0) → a = (σ(ln 3), σ(0)) = (3/4, 1/2);
+    # W_r = [1, 1] → v = 3/4·x + 1/2·skip = [1.75, 3.25]; s = σ(x − skip) = σ([−1, 1]).
+    dff = set_reference_ops(DFF(1, spatial_dims), reference)
+    with torch.no_grad():
+        for p in dff.parameters():
+            p.zero_()
+        dff.conv_atten[0].weight[0, 0] = math.log(3) / 2
+        dff.conv_redu.weight.fill_(1.0)
+        dff.conv1.weight.fill_(1.0)
+        dff.conv2.weight.fill_(-1.0)
+    shape = (1, 1) + (1,) * (spatial_dims - 1) + (2,)
+    x, skip = torch.tensor([1.0, 3.0]).view(shape), torch.tensor([2.0, 2.0]).view(shape)
+    expected = torch.tensor([1.75 * 0.2689414214, 3.25 * 0.7310585786]).view(shape)
+    torch.testing.assert_close(dff(x, skip), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_reference_ops_switch_leaves_weights_alone():
+    dff = DFF(4, spatial_dims=2)
+    keys = list(dff.state_dict())
+    assert dff.reference_ops is reference_ops_default() is False  # the fused kernel by default
+    assert set_reference_ops(dff).reference_ops is True
+    assert list(dff.state_dict()) == keys
 
 
 def test_parameter_count_and_official_names():
@@ -132,7 +167,7 @@ def test_bad_inputs_name_both_shapes(spatial_dims, x_shape, skip_shape):
 
 
 @pytest.mark.parametrize("grad_channels_last", [False, True])
-def test_mixed_layouts_match_reference(grad_channels_last):
+def test_mixed_layouts_match_plain_path(grad_channels_last):
     dff = DFF(8, spatial_dims=3)
     _random_weights(dff)
     x = torch.randn(2, 8, 4, 5, 6).requires_grad_()
@@ -141,9 +176,9 @@ def test_mixed_layouts_match_reference(grad_channels_last):
     if grad_channels_last:
         grad_out = to_channels_last(grad_out)
     out = dff(x, skip)
-    torch.testing.assert_close(out, dff_reference(dff, x, skip), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, _plain(dff, x, skip), atol=1e-5, rtol=1e-5)
     fast = torch.autograd.grad(out, [x, skip], grad_out)
-    plain = torch.autograd.grad(dff_reference(dff, x, skip), [x, skip], grad_out)
+    plain = torch.autograd.grad(_plain(dff, x, skip), [x, skip], grad_out)
     for g_fast, g_plain in zip(fast, plain):
         torch.testing.assert_close(g_fast, g_plain, atol=1e-4, rtol=1e-4)
 

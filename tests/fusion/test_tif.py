@@ -1,4 +1,4 @@
-"""TIF: paired and fused forms against the explicit N×N-attention formulation, gradients, errors."""
+"""TIF: paired and fused forms against the plain path (``reference_ops``: explicit N×N attention), gradients, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 import fusionseg.kernels.attention as attention_kernels
 from fusionseg.fusion import TIF
-from fusionseg.fusion.reference import attention_reference, tif_paired_reference, tif_reference
 from fusionseg.fusion.tif import add_resized
 from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.layers import to_channels_last
@@ -35,6 +34,17 @@ def _make(dim_s, dim_l, spatial_dims, kwargs) -> TIF:
     return tif
 
 
+def _plain(tif: TIF, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """TIF's plain fused form: explicit N×N attention matrices and ``F.interpolate``."""
+    with reference_ops(tif):
+        return tif(e, r)
+
+
+def _plain_paired(tif: TIF, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with reference_ops(tif):
+        return tif.forward_paired(e, r)
+
+
 def _inputs(e_shape, r_shape, channels_last, requires_grad=False):
     e, r = torch.randn(e_shape), torch.randn(r_shape)
     if channels_last:
@@ -44,40 +54,43 @@ def _inputs(e_shape, r_shape, channels_last, requires_grad=False):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["ncs", "channels_last"])
 @pytest.mark.parametrize(("dim_s", "dim_l", "spatial_dims", "e_shape", "r_shape", "kwargs"), CASES)
-def test_forward_matches_reference(dim_s, dim_l, spatial_dims, e_shape, r_shape, kwargs, channels_last):
+def test_forward_matches_plain_path(dim_s, dim_l, spatial_dims, e_shape, r_shape, kwargs, channels_last):
     tif = _make(dim_s, dim_l, spatial_dims, kwargs)
     e, r = _inputs(e_shape, r_shape, channels_last)
     e_out, r_out = tif.forward_paired(e, r)
-    e_ref, r_ref = tif_paired_reference(tif, e, r)
+    e_ref, r_ref = _plain_paired(tif, e, r)
     assert e_out.shape == e_shape and r_out.shape == r_shape
     torch.testing.assert_close(e_out, e_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(r_out, r_ref, atol=1e-5, rtol=1e-5)
     fused = tif(e, r)
     assert fused.shape == e_shape
-    torch.testing.assert_close(fused, tif_reference(tif, e, r), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, _plain(tif, e, r), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("query_chunk", [attention_kernels.QUERY_CHUNK, 16], ids=["default-chunk", "chunk16"])
 @pytest.mark.parametrize(("dim_s", "dim_l", "spatial_dims", "e_shape", "r_shape", "kwargs"), CASES)
-def test_backward_matches_reference(dim_s, dim_l, spatial_dims, e_shape, r_shape, kwargs, query_chunk, monkeypatch):
+def test_backward_matches_plain_path(dim_s, dim_l, spatial_dims, e_shape, r_shape, kwargs, query_chunk, monkeypatch):
     monkeypatch.setattr(attention_kernels, "QUERY_CHUNK", query_chunk)  # 16 → chunked CPU attention backward
     tif = _make(dim_s, dim_l, spatial_dims, kwargs)
     e, r = _inputs(e_shape, r_shape, channels_last=False, requires_grad=True)
     grad_out = torch.randn(e_shape)
     wrt = [e, r, *tif.parameters()]
     fast = torch.autograd.grad(tif(e, r), wrt, grad_out)
-    plain = torch.autograd.grad(tif_reference(tif, e, r), wrt, grad_out)
+    plain = torch.autograd.grad(_plain(tif, e, r), wrt, grad_out)
     names = ["e", "r", *(n for n, _ in tif.named_parameters())]
     for name, g_fast, g_plain in zip(names, fast, plain):
         torch.testing.assert_close(g_fast, g_plain, atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"grad {n}: {m}")
 
 
-def test_attention_module_matches_reference():
-    attn = TIF(16, 16, **SMALL).transformer_s.layers[0][0].fn
+@pytest.mark.parametrize("reference", [False, True], ids=["fast", "explicit"])
+def test_attention_module_is_the_softmax_formula(reference):
+    attn = set_reference_ops(TIF(16, 16, **SMALL).transformer_s.layers[0][0].fn, reference)
     t = torch.randn(2, 30, 16)
-    torch.testing.assert_close(attn(t), attention_reference(attn, t), atol=1e-5, rtol=1e-5)
-    with reference_ops(attn):  # the explicit N×N matrix: the same computation as attention_reference
-        torch.testing.assert_close(attn(t), attention_reference(attn, t), atol=0, rtol=0)
+    b, n, h, dh = 2, 30, attn.heads, attn.dim_head
+    q, k, v = (z.reshape(b, n, h, dh).transpose(1, 2) for z in attn.to_qkv(t).chunk(3, dim=-1))
+    heads = ((q @ k.transpose(-2, -1)) * dh**-0.5).softmax(-1) @ v  # (B, h, N, dh)
+    expected = attn.to_out(heads.transpose(1, 2).reshape(b, n, h * dh))
+    torch.testing.assert_close(attn(t), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("dim_s", "dim_l", "spatial_dims", "e_shape", "r_shape", "kwargs"), CASES[:2] + CASES[-1:])
@@ -88,6 +101,7 @@ def test_reference_ops_switch_gives_same_outputs_and_gradients(dim_s, dim_l, spa
     runs = []
     for reference in (False, True):
         set_reference_ops(tif, reference)
+        assert tif.reference_ops is reference
         assert all(layer[0].fn.reference_ops is reference for layer in tif.transformer_l.layers)
         out = tif(e, r)
         runs.append((out, torch.autograd.grad(out.square().sum(), wrt)))
@@ -101,7 +115,9 @@ def test_dropout_in_reference_attention_is_active_only_in_training():
     e, r = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
     assert not torch.equal(tif(e, r), tif(e, r))
     tif.eval()
-    torch.testing.assert_close(tif(e, r), tif_reference(tif, e, r), atol=1e-5, rtol=1e-5)
+    with reference_ops(tif, False):
+        fast = tif(e, r)
+    torch.testing.assert_close(tif(e, r), fast, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -127,7 +143,7 @@ def test_dropout_is_active_only_in_training():
     e, r = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
     assert not torch.equal(tif(e, r), tif(e, r))
     tif.eval()
-    torch.testing.assert_close(tif(e, r), tif_reference(tif, e, r), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tif(e, r), _plain(tif, e, r), atol=1e-5, rtol=1e-5)
 
 
 def test_parameter_count_from_the_layer_list():

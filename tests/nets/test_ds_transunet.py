@@ -146,7 +146,8 @@ def test_deprecated_attention_impl_maps_to_the_switch():
     with pytest.warns(DeprecationWarning, match="set_reference_ops"):
         net = create_model("ds_transunet_small", attention_impl="explicit", **TINY)
     flags = [m.reference_ops for m in net.modules() if hasattr(m, "reference_ops")]
-    assert len(flags) == 4 + 4 + 3 * 2 + 4 * 2 and all(flags)  # Swin blocks (2 encoders, 3 decoders), 4 TIFs × 2
+    # Swin blocks (2 encoders, 3 decoders), 4 TIFs × (the TIF, its 2 attentions)
+    assert len(flags) == 4 + 4 + 3 * 2 + 4 * 3 and all(flags)
     with pytest.warns(DeprecationWarning):
         set_attention_impl(net, "sdpa")
     assert not any(m.reference_ops for m in net.modules() if hasattr(m, "reference_ops"))

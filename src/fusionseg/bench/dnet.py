@@ -26,7 +26,6 @@ from torch import nn
 
 from fusionseg.bench.common import format_table, gemm_gflops, peak_memory_mb, time_call
 from fusionseg.engine.runtime import NO_BF16_NOTE, amp_dtype, set_threads
-from fusionseg.fusion import DFF
 from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.nets.dnet import DNet, bf16_autocast
 
@@ -37,11 +36,10 @@ _CONV_TS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of all convolutions, transposed convolutions, linear layers and DFFs in ``model(x)``.
+    """Multiply-accumulates of all convolutions, transposed convolutions and linear layers in ``model(x)``.
 
-    Counted with forward hooks on a reference-ops forward (so every 1×1 conv is a module call);
-    DFF computes its 1×1 convs from the weights directly, so it is counted by its own rule.
-    Attention score/value matmuls and elementwise work are not counted.
+    Counted with forward hooks on a reference-ops forward (so every 1×1 conv, DFF's included, is a
+    module call). Attention score/value matmuls and elementwise work are not counted.
     """
     total = 0
 
@@ -55,17 +53,10 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
         else:
             total += out.numel() * k
 
-    def dff_hook(m: DFF, inp: tuple, out: torch.Tensor) -> None:
-        nonlocal total
-        d, voxels = m.dim, out[0, 0].numel() * out.shape[0]
-        total += voxels * (2 * d * d + 2 * d) + out.shape[0] * 4 * d * d
-
     handles = []
     for m in model.modules():
         if isinstance(m, (*_CONVS, *_CONV_TS, nn.Linear)):
             handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, DFF):
-            handles.append(m.register_forward_hook(dff_hook))
     try:
         with reference_ops(model), torch.inference_mode():
             model(x)

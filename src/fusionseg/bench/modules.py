@@ -1,9 +1,9 @@
 """Module benchmark: DFF and TIF fast paths against their plain formulations, measured in the same run.
 
 For every case it times forward (no grad) and forward+backward (gradients of the inputs and of
-every parameter) of the module and of its literal step-by-step formulation in
-``fusionseg.fusion.reference`` (explicit concat / gated copy / NC* 1×1 convs for DFF, explicit
-N×N softmax attention for TIF) on the same weights and inputs, and prints a markdown table
+every parameter) of the module on its fast path and on its plain path (``reference_ops``: the papers'
+steps literally — explicit concat / gated copy / NC* 1×1 convs for DFF, explicit N×N softmax
+attention for TIF) on the same weights and inputs, and prints a markdown table
 with the speedup (plain time / fast time) and the memory ratio (fast peak / plain peak).
 Timings alternate plain and fast runs, so load from other processes hits both alike.
 
@@ -27,7 +27,7 @@ import torch
 
 from fusionseg.bench.common import format_table, peak_memory_mb, time_call
 from fusionseg.fusion import DFF, TIF
-from fusionseg.fusion.reference import dff_reference, tif_paired_reference, tif_reference
+from fusionseg.kernels import reference_ops
 from fusionseg.layers import to_channels_last
 
 __all__ = ["Case", "build_parser", "cases", "main", "run_case"]
@@ -62,6 +62,16 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "×".join(str(s) for s in shape)
 
 
+def _plain(fn: Callable[..., object], module: torch.nn.Module) -> Callable[..., object]:
+    """``fn`` with ``module`` on its plain path (``reference_ops``) during the call."""
+
+    def run(*inputs: torch.Tensor) -> object:
+        with reference_ops(module):
+            return fn(*inputs)
+
+    return run
+
+
 def _dff_case(dim: int, shape: tuple[int, ...], channels_last: bool) -> Case:
     dff = DFF(dim, spatial_dims=len(shape) - 2)
     layout = "channels-last" if channels_last else "NC*"
@@ -70,7 +80,7 @@ def _dff_case(dim: int, shape: tuple[int, ...], channels_last: bool) -> Case:
         f"x, skip {_shape(shape)} {layout}",
         dff,
         dff,
-        lambda x, skip: dff_reference(dff, x, skip),
+        _plain(dff, dff),
         (shape, shape),
         channels_last,
     )
@@ -79,9 +89,10 @@ def _dff_case(dim: int, shape: tuple[int, ...], channels_last: bool) -> Case:
 def _tif_case(dim_s: int, dim_l: int, e_shape: tuple[int, ...], r_shape: tuple[int, ...], paired: bool) -> Case:
     tif = TIF(dim_s, dim_l, spatial_dims=len(e_shape) - 2)
     if paired:
-        fast, plain, form = tif.forward_paired, (lambda e, r: tif_paired_reference(tif, e, r)), "paired"
+        fast, form = tif.forward_paired, "paired"
     else:
-        fast, plain, form = tif, (lambda e, r: tif_reference(tif, e, r)), "fused"
+        fast, form = tif, "fused"
+    plain = _plain(fast, tif)
     description = f"e {_shape(e_shape)}, r {_shape(r_shape)}, {form}"
     return Case(f"TIF({dim_s},{dim_l})", description, tif, fast, plain, (e_shape, r_shape))
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fusionseg.kernels.dff import dff
+from fusionseg.kernels.switch import reference_ops_default
 from fusionseg.layers import check_spatial_dims, conv_type, positive_int
 
 __all__ = ["DFF", "check_same_shape"]
@@ -43,10 +44,11 @@ class DFF(nn.Module):
     5. output ``v ⊙ s`` — no norm, no activation, no residual.
 
     Parameter names follow the official code, so original state_dicts load strictly;
-    ``6·dim² + 2·dim + 2`` parameters. The forward runs :func:`fusionseg.kernels.dff.dff`, which never
-    builds the concat or the gated copy and keeps the input's layout (NC* or channels-last); its
-    literal step-by-step form is :func:`fusionseg.fusion.reference.dff_reference`. DFF has this one
-    implementation (no ``reference_ops`` switch), in every network.
+    ``6·dim² + 2·dim + 2`` parameters. Two implementations, same numbers, chosen by ``reference_ops``
+    (:mod:`fusionseg.kernels.switch`): fast (default) — :func:`fusionseg.kernels.dff.dff`, which never
+    builds the concat or the gated copy, keeps the input's layout (NC* or channels-last) and has a
+    hand-written backward; ``reference_ops = True`` — the five steps above, literally, with the
+    module's convolutions (what the tests compare the fast path against).
 
     Args:
         dim: channels of ``x``, ``skip`` and the output.
@@ -66,19 +68,20 @@ class DFF(nn.Module):
         self.conv_redu = conv(2 * dim, dim, kernel_size=1, bias=False)
         self.conv1 = conv(dim, 1, kernel_size=1, bias=True)
         self.conv2 = conv(dim, 1, kernel_size=1, bias=True)
+        self.reference_ops = reference_ops_default()
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         check_same_shape("DFF", x, skip, self.dim, self.spatial_dims)
-        return dff(
-            x,
-            skip,
-            self.conv_atten[0].weight.flatten(1),
-            self.conv_redu.weight.flatten(1),
-            self.conv1.weight.view(1, self.dim),
-            self.conv1.bias,
-            self.conv2.weight.view(1, self.dim),
-            self.conv2.bias,
-        )
+        if not self.reference_ops:  # fused kernel: no concat, no gated copy, hand-written backward
+            w_atten, w_redu = self.conv_atten[0].weight.flatten(1), self.conv_redu.weight.flatten(1)
+            w1, w2 = self.conv1.weight.view(1, self.dim), self.conv2.weight.view(1, self.dim)
+            return dff(x, skip, w_atten, w_redu, w1, self.conv1.bias, w2, self.conv2.bias)
+        # D-Net's DFF, steps 1–5 of the class docstring
+        u = torch.cat([x, skip], 1)  # 1. (B, 2·dim, *S)
+        a = self.conv_atten(u.mean(dim=tuple(range(2, u.ndim)), keepdim=True))  # 2. channel gate (B, 2·dim, 1…)
+        v = self.conv_redu(u * a)  # 3. (B, dim, *S)
+        s = torch.sigmoid(self.conv1(x) + self.conv2(skip))  # 4. spatial gate (B, 1, *S)
+        return v * s  # 5.
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, spatial_dims={self.spatial_dims}"

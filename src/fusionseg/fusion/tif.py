@@ -2,7 +2,7 @@
 
 Two branches exchange one global token each, then each runs one pre-norm transformer layer
 with global self-attention over all of its tokens (:func:`fusionseg.kernels.attention.scaled_dot_product_attention`,
-O(N) memory; with ``reference_ops`` the explicit N×N matrix of the original).
+O(N) memory; with ``reference_ops`` the explicit N×N matrix of the original and ``F.interpolate``).
 
 Example:
     >>> tif = TIF(dim_s=96, dim_l=128, spatial_dims=2)
@@ -83,10 +83,10 @@ class Attention(nn.Module):
         # (B, N, 3·h·dh) → three (B, h, N, dh) strided views; SDPA reads them without copies.
         q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
-        if self.reference_ops:
-            out = explicit_attention(q, k, v, self.scale, dropout_p=p)
-        else:
+        if not self.reference_ops:
             out = scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
+        else:  # softmax(q·kᵀ·scale)·v with the (B, heads, N, N) matrix
+            out = explicit_attention(q, k, v, self.scale, dropout_p=p)
         return self.to_out(out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head))
 
 
@@ -150,6 +150,12 @@ class TIF(nn.Module):
     Outputs are channels-last tensors (views of the token sequences). 2D and 3D: TIF has no
     convolutions, so it takes its dimensionality from its inputs (the seed's ``TIF(dim_s, dim_l)`` call).
 
+    Two implementations, same numbers, chosen by ``reference_ops`` (set on TIF and its attention
+    modules at once with :func:`fusionseg.kernels.set_reference_ops`): fast (default) — exact attention
+    in O(N) memory and the integer-factor resize as a broadcast add; ``reference_ops = True`` — the
+    explicit (N × N) attention matrix and ``F.interpolate``, the steps above literally (what the
+    tests compare the fast path against).
+
     Networks fuse TIF at their deepest skip only unless told otherwise (:attr:`default_skip_levels`).
 
     Args:
@@ -208,6 +214,7 @@ class TIF(nn.Module):
         self.norm_l = nn.LayerNorm(dim_l)
         self.linear_s = nn.Linear(dim_s, dim_l)
         self.linear_l = nn.Linear(dim_l, dim_s)
+        self.reference_ops = reference_ops_default()
 
     @classmethod
     def for_skip(cls, dim: int, spatial_dims: int | None = None, **kwargs) -> TIF:
@@ -226,27 +233,25 @@ class TIF(nn.Module):
                 f"TIF needs the same batch size for e and r; got e {tuple(e.shape)} and r {tuple(r.shape)}"
             )
 
-    def _paired_tokens(self, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Steps 1–3: token outputs (B, N_e, dim_l) and (B, N_r, dim_s)."""
-        self._check(e, r)
-        te, tr = to_tokens(e), to_tokens(r)
-        g_e = self.linear_l(self.norm_l(te).mean(1, keepdim=True))  # (B, 1, dim_s)
-        g_r = self.linear_s(self.norm_s(tr).mean(1, keepdim=True))  # (B, 1, dim_l)
-        r_out = self.transformer_s(torch.cat([g_e, tr], 1))[:, 1:]
-        e_out = self.transformer_l(torch.cat([g_r, te], 1))[:, 1:]
-        return e_out, r_out
-
     def forward_paired(self, e: torch.Tensor, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(e (B, dim_l, *S_e), r (B, dim_s, *S_r)) → (e', r') with the same shapes (channels-last)."""
-        e_out, r_out = self._paired_tokens(e, r)
-        return from_tokens(e_out, e.shape[2:]), from_tokens(r_out, r.shape[2:])
+        self._check(e, r)
+        # DS-TransUNet's TIF, steps 1–4 of the class docstring
+        te, tr = to_tokens(e), to_tokens(r)  # 1. (B, N_e, dim_l), (B, N_r, dim_s)
+        g_e = self.linear_l(self.norm_l(te).mean(1, keepdim=True))  # 2. (B, 1, dim_s)
+        g_r = self.linear_s(self.norm_s(tr).mean(1, keepdim=True))  #    (B, 1, dim_l)
+        r_out = self.transformer_s(torch.cat([g_e, tr], 1))[:, 1:]  # 3.
+        e_out = self.transformer_l(torch.cat([g_r, te], 1))[:, 1:]
+        return from_tokens(e_out, e.shape[2:]), from_tokens(r_out, r.shape[2:])  # 4.
 
     def forward(self, e: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Fused form: ``e' + nearest_resize(proj(r'))`` → (B, dim_l, *S_e), channels-last."""
-        e_out, r_out = self._paired_tokens(e, r)
-        if self.dim_s != self.dim_l:
-            r_out = self.linear_s(r_out)  # per voxel, before resizing: nearest resize commutes with it
-        return add_resized(from_tokens(e_out, e.shape[2:]), from_tokens(r_out, r.shape[2:]))
+        e_out, r_out = self.forward_paired(e, r)
+        if self.dim_s != self.dim_l:  # per voxel, before resizing: nearest resize commutes with it
+            r_out = self.linear_s(r_out.movedim(1, -1)).movedim(-1, 1)
+        if not self.reference_ops:
+            return add_resized(e_out, r_out)  # integer factors: a broadcast add, no upsampled copy
+        return e_out + F.interpolate(r_out, size=e_out.shape[2:], mode="nearest")
 
     def extra_repr(self) -> str:
         return f"dim_s={self.dim_s}, dim_l={self.dim_l}, spatial_dims={self.spatial_dims}"
