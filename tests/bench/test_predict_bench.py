@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fusionseg.bench.predict import main
 
 
@@ -14,3 +16,15 @@ def test_slabs_and_whole_volume_agree_and_the_rows_are_printed(tmp_path, capsys)
     assert [(r["path"], r["classes"]) for r in rows] == [("slabs", 3), ("whole-volume", 3)]
     assert rows[1]["agreement"] == 1.0 and all(r["peak_mib"] > 0 and r["wall_s"] > 0 for r in rows)
     assert (tmp_path / "pred_48x48x16_3_slabs" / "ct_000.nii.gz").is_file()  # --workdir is kept
+
+
+def test_one_nnunet_checkpoint_by_nnunet_and_by_fusionseg(tmp_path, capsys):
+    pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as docs/nnunet.md says)")
+    argv = ["--size", "40,40,12", "--classes", "3", "--nnunet", "--patch-size", "32,32,8", "--features", "4,8,16",
+            "--threads", "1", "--workdir", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["path"] for r in rows] == ["slabs", "nnU-Net", "fusionseg"]
+    assert rows[2]["agreement"] >= 0.999 and all(r["peak_mib"] > 0 for r in rows)
+    assert "fusionseg / nnU-Net time" in out

@@ -6,8 +6,10 @@ the prediction back), and per class count a checkpoint of a small U-Net with DFF
 weights: only memory, time and agreement are measured). Each prediction runs as a separate
 ``fusionseg predict`` process; its peak memory is that of the whole process tree (RssAnon + RssShmem,
 sampled every 50 ms, as ``bench scale``). With ``--whole-volume`` the same case is also predicted by the
-whole-volume path (the K-class map held) and the share of equal labels is reported. The last lines print
-the ratio of the largest to the smallest class count's peak (slabs).
+whole-volume path (the K-class map held) and the share of equal labels is reported; with ``--nnunet`` one
+nnU-Net checkpoint per class count is predicted by nnU-Net's own predictor and by ``fusionseg predict``
+(:mod:`fusionseg.bench.predict_nnunet`). The last lines print the ratio of the largest to the smallest
+class count's peak (slabs), and fusionseg's time and memory against nnU-Net's.
 
 Example:
     fusionseg bench predict --size 288,288,160 --classes 4,64 --whole-volume --threads 2
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionseg.bench.predict_nnunet import nnunet_rows
 from fusionseg.bench.scale import _run, ct_case, print_row, subprocess_env, work_folder
 
 __all__ = ["build_parser", "main", "write_ct_case"]
@@ -85,6 +88,9 @@ def build_parser(prog: str = "fusionseg bench predict") -> argparse.ArgumentPars
     p.add_argument("--memory", default=None, help="--memory of fusionseg predict (default: its default)")
     p.add_argument("--threads", default="auto", help="--threads of fusionseg predict (default auto)")
     p.add_argument("--whole-volume", action="store_true", help="also run the whole-volume path; report agreement")
+    p.add_argument(
+        "--nnunet", action="store_true", help="also predict one nnU-Net checkpoint with nnU-Net's predictor and ours"
+    )
     p.add_argument("--workdir", type=Path, default=None, help="where volumes and predictions go (default: temp)")
     return p
 
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
                         row["agreement"] = float(np.mean(same))
                     rows.append(row)
                     print_row(row, 5)
+                if args.nnunet:
+                    rows += nnunet_rows(args, work, name, image.parent, k, env, _floats, _ints)
     _print_table(rows)
     return 0
 
@@ -141,3 +149,9 @@ def _print_table(rows: list[dict]) -> None:
         if len(slabs) > 1:
             ratio = slabs[-1]["peak_mib"] / slabs[0]["peak_mib"]
             print(f"{size}: peak with {slabs[-1]['classes']} classes / {slabs[0]['classes']} classes = {ratio:.2f}")
+    for theirs, ours in zip(*([r for r in rows if r["path"] == p] for p in ("nnU-Net", "fusionseg"))):
+        time_ratio, memory_ratio = ours["wall_s"] / theirs["wall_s"], ours["peak_mib"] / theirs["peak_mib"]
+        print(
+            f"{ours['size']}, {ours['classes']} classes: fusionseg / nnU-Net time {time_ratio:.2f}, "
+            f"peak memory {memory_ratio:.2f}, labels equal {ours['agreement']:.5f}"
+        )
