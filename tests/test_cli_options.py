@@ -1,6 +1,8 @@
 """docs/cli.md is true: its table of options × commands equals what every command's parser accepts.
 
-Options have no hidden old spellings (tests/test_cli.py checks that renamed ones are gone).
+One concept has one option name in every command (``ONE_NAME``); a renamed option's old spelling is
+hidden and sets the same value as the new one, with one line on stderr (``RENAMED``). Spellings
+removed before that rule are gone (tests/test_cli.py).
 """
 
 from __future__ import annotations
@@ -124,3 +126,76 @@ def test_top_level_help_says_what_the_commands_do(capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert "real nuclei image" in lines["demo"] and "synthetic phantoms" not in lines["demo"].split("(")[0]
     assert "MONAI bundle" in lines["export"] and "relabel" in lines
+
+
+# concept → (its option name, spellings no command shows); every command's visible options are checked.
+ONE_NAME = {
+    "processes that read and preprocess data": ("--workers", ("--num-workers", "--da-workers", "--jobs", "-j")),
+    "CPU threads": ("--threads", ("--num-threads", "--cpu-threads")),
+    "device": ("--device", ("--gpu", "--devices")),
+    "preprocessed-data cache": ("--cache", ("--cache-dir", "--cache-root")),
+    "a benchmark's folder of generated data": ("--workdir", ("--work", "--work-dir")),
+    "where results go": ("--output", ("--out", "--output-dir", "--out-dir", "-o")),
+    "training iterations per epoch": ("--iters-per-epoch", ("--iterations-per-epoch", "--num-iterations")),
+    "spacing to resample to": ("--target-spacing", ("--plan-spacing", "--resample-spacing")),
+    "memory budget": ("--memory", ("--max-memory", "--memory-budget")),
+    "no progress output": ("--no-progress", ("--quiet", "--silent", "--progress")),
+    "random seed": ("--seed", ("--random-seed", "--rng-seed")),
+}
+
+# (command, old spelling, option, a value, arguments the command requires): the old spelling still works.
+RENAMED = [
+    ("train", "--num-workers", "--workers", "3", ["--data", "d"]),
+    ("ablate", "--num-workers", "--workers", "3", ["--data", "d"]),
+    ("bench scale", "--num-workers", "--train-workers", "3", []),
+    ("bench nnunet", "--da-workers", "--workers", "3", []),
+    ("bench nnunet", "--iterations", "--iters-per-epoch", "7", []),
+    ("bench nnunet", "--work", "--workdir", "some/folder", []),
+    ("bench predict", "--plan-spacing", "--target-spacing", "1,1,2", []),
+]
+
+
+@pytest.mark.parametrize("concept", sorted(ONE_NAME))
+def test_one_option_name_per_concept(concept):
+    name, others = ONE_NAME[concept]
+    users = sorted(command for command in PARSERS if name in parser_options(command))
+    assert users, f"no command has {name} ({concept})"
+    shown = {command: sorted(parser_options(command) & set(others)) for command in PARSERS}
+    assert not any(shown.values()), f"{concept} is {name}: { ({c: o for c, o in shown.items() if o}) }"
+
+
+@pytest.mark.parametrize(("command", "old", "new", "value", "required"), RENAMED, ids=lambda v: str(v))
+def test_old_spelling_sets_the_same_value(command, old, new, value, required, capsys):
+    parser = _parser(command)
+    assert old not in parser_options(command) and new in parser_options(command)
+    expected = parser.parse_args([*required, new, value])
+    assert capsys.readouterr().err == ""
+    assert parser.parse_args([*required, old, value]) == expected
+    err = capsys.readouterr().err
+    assert err == f"fusionseg {command}: note: {old} is now {new} (the old name still works)\n"
+    assert help_options(parser.format_help()) == documented_options()[command]  # the old spelling stays hidden
+
+
+def test_old_spelling_in_a_run_config(tmp_path, capsys):
+    """A run config (the config.yaml of a run folder) naming an old option still sets the option."""
+    from fusionseg.cli.run_config import parse_with_config
+    from fusionseg.cli.train import build_parser, config_from_args
+
+    config = tmp_path / "config.yaml"
+    config.write_text("data: d\nnum-workers: 2\nepochs: 3\n")
+    args = parse_with_config(build_parser(), ["--config", str(config)])
+    assert (config_from_args(args).workers, args.epochs) == (2, 3)
+    assert capsys.readouterr().err == (
+        f"fusionseg train: note: --config {config}: num-workers is now workers (the old name still works)\n"
+    )
+    assert parse_with_config(build_parser(), ["--config", str(config), "--workers", "1"]).workers == 1
+
+
+def test_saved_train_args_use_todays_field_names():
+    from dataclasses import fields
+
+    from fusionseg.engine.config import RENAMED_FIELDS, TrainConfig, current_field_names
+
+    names = {f.name for f in fields(TrainConfig)}
+    assert set(RENAMED_FIELDS.values()) <= names and not set(RENAMED_FIELDS) & names
+    assert current_field_names({"num_workers": 2, "epochs": 5}) == {"workers": 2, "epochs": 5}

@@ -45,7 +45,7 @@ def _kwargs(text: str) -> tuple[str, str]:
 # (id, argv from (world, tmp_path), words the one line must hold)
 HOSTILE: list[tuple[str, Callable[[dict, Path], list[str]], str]] = [
     ("train-a-million-threads", lambda w, t: _train(w, t / "r", "--threads", "1000000"), "per core"),
-    ("train-a-million-workers", lambda w, t: _train(w, t / "r", "--num-workers", "1000000"), "per core"),
+    ("train-a-million-workers", lambda w, t: _train(w, t / "r", "--workers", "1000000"), "per core"),
     ("train-seed-beyond-64-bits", lambda w, t: _train(w, t / "r", "--seed", "99999999999999999999"), "--seed must"),
     ("train-huge-lr", lambda w, t: _train(w, t / "r", "--lr", "1e300"), "--lr must be ≤"),
     ("train-huge-weight-decay", lambda w, t: _train(w, t / "r", "--weight-decay", "1e300"), "--weight-decay must be ≤"),

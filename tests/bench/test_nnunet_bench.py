@@ -14,8 +14,8 @@ from fusionseg.errors import InputError
 def test_bench_nnunet_prints_epoch_times_against_the_default_trainer(tmp_path, capsys, monkeypatch):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA"):
         monkeypatch.setenv(name, "unset-after-test")  # main() overwrites them; monkeypatch restores them afterwards
-    args = ["--iterations", "1", "--val-iterations", "1", "--only", "nnUNetTrainerDSTransUNetSmall"]
-    assert bench.main([*args, "--work", str(tmp_path)]) == 0
+    args = ["--iters-per-epoch", "1", "--val-iterations", "1", "--only", "nnUNetTrainerDSTransUNetSmall"]
+    assert bench.main([*args, "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| nnUNetTrainer")]
     assert [r.split(" | ")[0:2] for r in rows] == [["| nnUNetTrainer", "2d"], ["| nnUNetTrainerDSTransUNetSmall", "2d"]]
@@ -26,4 +26,4 @@ def test_bench_nnunet_prints_epoch_times_against_the_default_trainer(tmp_path, c
 
 def test_bench_nnunet_rejects_unknown_trainers(tmp_path):
     with pytest.raises(InputError, match="--only takes trainer names among nnUNetTrainerDNetSmall"):
-        bench.main(["--only", "nnUNetTrainerNope", "--work", str(tmp_path)])
+        bench.main(["--only", "nnUNetTrainerNope", "--workdir", str(tmp_path)])

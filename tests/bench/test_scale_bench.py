@@ -31,7 +31,7 @@ def test_tree_memory_counts_this_process():
 @pytest.mark.slow
 def test_smoke_run_prints_the_table(tmp_path, capsys):
     argv = ["--cases", "2,4", "--size", "40,40,12", "--iters-per-epoch", "2", "--patch-size", "16,16,8",
-            "--features", "4,8", "--num-workers", "0", "--workers", "0", "--no-nnunet",
+            "--features", "4,8", "--train-workers", "0", "--workers", "0", "--no-nnunet",
             "--workdir", str(tmp_path)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out

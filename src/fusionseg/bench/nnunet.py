@@ -1,14 +1,14 @@
-"""nnU-Net epoch benchmark: ``fusionseg bench nnunet [--iterations 250 --val-iterations 50] [--quick]``.
+"""nnU-Net epoch benchmark: ``fusionseg bench nnunet [--iters-per-epoch 250 --val-iterations 50] [--quick]``.
 
 Times one nnU-Net v2 epoch of each fusionseg trainer next to nnU-Net's default ``nnUNetTrainer``
 on the same configuration, in one run: phantom datasets in nnU-Net's raw layout (3D 32³ NIfTI and
 2D 64² PNG, 5 training cases each) are planned and preprocessed by ``nnUNetv2_plan_and_preprocess``
 (not timed), then every trainer is set up as ``nnUNetv2_train`` would (``on_train_start``), warmed
-up with 2 training iterations, and its epoch — ``iterations`` train steps (forward, Dice+CE on
+up with 2 training iterations, and its epoch — ``iters-per-epoch`` train steps (forward, Dice+CE on
 every deep-supervision output, backward, SGD step) plus ``val-iterations`` validation steps, with
 nnU-Net's own data loading and augmentation — is timed. An epoch in nnU-Net is 250 + 50 iterations
 (the defaults here). Augmentation runs in this process (``nnUNet_n_proc_DA=0``) unless
-``--da-workers`` says otherwise. Needs nnunetv2 (docs/nnunet.md).
+``--workers`` says otherwise. Needs nnunetv2 (docs/nnunet.md).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from fusionseg.bench.common import format_table
+from fusionseg.cli.options import add_old_spelling
 from fusionseg.errors import InputError
 
 __all__ = ["main"]
@@ -110,13 +111,17 @@ def _epoch(name: str, dims: int, configuration: str, work: Path, iterations: int
 def build_parser(prog: str = "fusionseg bench nnunet") -> argparse.ArgumentParser:
     """The options of ``fusionseg bench nnunet``."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=250, help="training iterations per epoch (nnU-Net: 250)")
+    parser.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (nnU-Net: 250)")
     parser.add_argument("--val-iterations", type=int, default=50, help="validation iterations (nnU-Net: 50)")
     parser.add_argument("--quick", action="store_true", help="10 + 2 iterations (a smoke run, not the README numbers)")
-    parser.add_argument("--da-workers", type=int, default=0, help="nnU-Net augmentation workers (0: in process)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="nnU-Net's data-loading and augmentation processes (0: this one)"
+    )
     parser.add_argument("--only", nargs="+", default=None, help="trainers to run (with their configuration's baseline)")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the datasets (default: a temp folder)")
+    parser.add_argument("--workdir", type=Path, default=None, help="folder for the datasets (default: a temp folder)")
     parser.add_argument("--threads", default="auto", help="CPU threads: auto (idle cores, default) or a number")
+    for old, new in (("--iterations", "--iters-per-epoch"), ("--da-workers", "--workers"), ("--work", "--workdir")):
+        add_old_spelling(parser, old, new)
     return parser
 
 
@@ -128,9 +133,9 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench nnunet") ->
 
     require_nnunetv2("fusionseg bench nnunet")
     if args.quick:
-        args.iterations, args.val_iterations = 10, 2
-    if args.iterations < 1 or args.val_iterations < 0:
-        raise InputError("--iterations must be ≥ 1 and --val-iterations ≥ 0")
+        args.iters_per_epoch, args.val_iterations = 10, 2
+    if args.iters_per_epoch < 1 or args.val_iterations < 0:
+        raise InputError("--iters-per-epoch must be ≥ 1 and --val-iterations ≥ 0")
     threads, reason = set_threads(args.threads)
     chosen = [r for r in RUNS if r[0] != "nnUNetTrainer" and (args.only is None or r[0] in args.only)]
     if args.only is not None and len(chosen) != len(set(args.only)):
@@ -139,21 +144,21 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench nnunet") ->
     configurations = {r[2] for r in chosen}
     runs = [r for r in RUNS if r in chosen or (r[0] == "nnUNetTrainer" and r[2] in configurations)]
     with tempfile.TemporaryDirectory(prefix="fusionseg_bench_nnunet_") as tmp:
-        work = (args.work or Path(tmp)).resolve()
+        work = (args.workdir or Path(tmp)).resolve()
         for key, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
             os.environ[key] = str(work / sub)
-        os.environ["nnUNet_n_proc_DA"] = str(args.da_workers)  # noqa: SIM112 (nnU-Net's name)
+        os.environ["nnUNet_n_proc_DA"] = str(args.workers)  # noqa: SIM112 (nnU-Net's name)
         print(
             f"torch {torch.__version__}, {threads} threads ({reason}), device cpu; one nnU-Net epoch = "
-            f"{args.iterations} train + {args.val_iterations} validation iterations, "
-            f"augmentation workers {args.da_workers}",
+            f"{args.iters_per_epoch} train + {args.val_iterations} validation iterations, "
+            f"augmentation workers {args.workers}",
             flush=True,
         )
         _prepare(work, {r[1] for r in runs})
         results, rows = {}, []
         for name, dims, configuration in runs:
             results[name, configuration] = r = _epoch(
-                name, dims, configuration, work, args.iterations, args.val_iterations
+                name, dims, configuration, work, args.iters_per_epoch, args.val_iterations
             )
             base = results[("nnUNetTrainer", configuration)]["epoch_s"]
             rows.append([

@@ -1,7 +1,7 @@
 """Prediction memory and time at CT scale: ``fusionseg bench predict [--size 288,288,160] [--classes 4,64]``.
 
 Writes one CT-like volume per size (int16 HU, ``--spacing`` mm, a body and three blob organs), a
-preprocessing planned at ``--plan-spacing`` (CT normalisation; the case is resampled to the plan and
+preprocessing planned at ``--target-spacing`` (CT normalisation; the case is resampled to the plan and
 the prediction back), and per class count a checkpoint of a small U-Net with DFF skips (random
 weights: only memory, time and agreement are measured). Each prediction runs as a separate
 ``fusionseg predict`` process; its peak memory is that of the whole process tree (RssAnon + RssShmem,
@@ -26,6 +26,7 @@ import numpy as np
 
 from fusionseg.bench.predict_nnunet import nnunet_rows
 from fusionseg.bench.scale import _run, ct_case, print_row, subprocess_env, work_folder
+from fusionseg.cli.options import add_old_spelling
 
 __all__ = ["build_parser", "main", "write_ct_case"]
 
@@ -54,7 +55,7 @@ def _checkpoint(root: Path, classes: int, args: argparse.Namespace, path: Path) 
     from fusionseg.nets.registry import create_model
 
     pre = build_preprocessing(
-        scan_dataset(root), target_spacing=_floats(args.plan_spacing), patch_size=_ints(args.patch_size)
+        scan_dataset(root), target_spacing=_floats(args.target_spacing), patch_size=_ints(args.patch_size)
     )
     names = {"background": 0, **{f"class{k}": k for k in range(1, classes)}}
     pre.update(LabelLayout.from_dataset_json(names).to_preprocessing())
@@ -80,7 +81,7 @@ def build_parser(prog: str = "fusionseg bench predict") -> argparse.ArgumentPars
     )
     p.add_argument("--classes", default="4,64", help="class counts (default 4,64)")
     p.add_argument("--spacing", default="0.7,0.7,2", help="voxel size of the volumes in mm (default 0.7,0.7,2)")
-    p.add_argument("--plan-spacing", default="0.8,0.8,2.5", help="the model's spacing in mm (default 0.8,0.8,2.5)")
+    p.add_argument("--target-spacing", default="0.8,0.8,2.5", help="the model's spacing in mm (default 0.8,0.8,2.5)")
     p.add_argument("--patch-size", default="128,128,32", help="sliding window (default 128,128,32)")
     p.add_argument("--features", default="8,16,32,64", help="U-Net features per level (default 8,16,32,64)")
     p.add_argument("--fusion", default="dff", help="skip fusion of the U-Net, or none (default dff)")
@@ -92,6 +93,7 @@ def build_parser(prog: str = "fusionseg bench predict") -> argparse.ArgumentPars
         "--nnunet", action="store_true", help="also predict one nnU-Net checkpoint with nnU-Net's predictor and ours"
     )
     p.add_argument("--workdir", type=Path, default=None, help="where volumes and predictions go (default: temp)")
+    add_old_spelling(p, "--plan-spacing", "--target-spacing")
     return p
 
 

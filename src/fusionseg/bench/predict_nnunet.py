@@ -82,7 +82,7 @@ def nnunet_rows(args, work: Path, name: str, images: Path, classes: int, env: di
     if command is None:
         raise SystemExit(f"{NNUNET_COMMAND} is not installed: install the nnunet extra (docs/nnunet.md)")
     folder = work / f"nnunet_{name}_{classes}"
-    checkpoint = nnunet_model_folder(folder, classes, floats(args.plan_spacing), ints(args.patch_size),
+    checkpoint = nnunet_model_folder(folder, classes, floats(args.target_spacing), ints(args.patch_size),
                                      ints(args.features))  # fmt: skip
     imported = work / f"imported_{name}_{classes}.pt"
     fusionseg = [sys.executable, "-m", "fusionseg"]

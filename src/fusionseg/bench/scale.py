@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusionseg.cli.options import add_old_spelling
+
 __all__ = ["build_parser", "ct_case", "main", "make_ct_dataset", "tree_memory_mb"]
 
 SPACING = (0.8, 0.8, 2.5)
@@ -163,7 +165,8 @@ def build_parser(prog: str = "fusionseg bench scale") -> argparse.ArgumentParser
     p.add_argument("--cases", default="4,16,64", help="dataset sizes in cases (default 4,16,64)")
     p.add_argument("--size", default="512,512,96", help="voxels per case, x,y,z (default 512,512,96)")
     p.add_argument("--workers", type=int, default=2, help="preprocessing processes, ours and nnU-Net's (default 2)")
-    p.add_argument("--num-workers", type=int, default=1, help="training data-loading processes (default 1)")
+    p.add_argument("--train-workers", type=int, default=1, help="--workers of the training runs (default 1)")
+    add_old_spelling(p, "--num-workers", "--train-workers")
     p.add_argument("--iters-per-epoch", type=int, default=10, help="training iterations per size (default 10)")
     p.add_argument("--patch-size", default="64,64,32", help="training patch (default 64,64,32: CPU-sized)")
     p.add_argument("--features", default="8,16,32,64", help="U-Net features per level (default 8,16,32,64)")
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench scale") -> 
             train_wall, train_peak, _ = _run(
                 [*python, "train", "--data", str(root), "--cache", str(cache), "--output", str(out), "--epochs", "1",
                  "--iters-per-epoch", str(args.iters_per_epoch), "--val-fraction", "0", "--patch-size", args.patch_size,
-                 "--model-kwargs", features, "--num-workers", str(args.num_workers), "--no-progress", "--device",
+                 "--model-kwargs", features, "--workers", str(args.train_workers), "--no-progress", "--device",
                  "cpu"], env)  # fmt: skip
             summary = json.loads((out / "train_summary.json").read_text())
             s_per_it = summary["train_time_s"] / max(summary["steps"], 1)

@@ -3,7 +3,8 @@
 Every command builds its parser from these helpers, so ``--threads``, ``--device``, ``--amp``,
 ``--no-progress``, ``--checkpoint``, ``--patch-size``, ``--time-budget``, ``--seed`` (a value) /
 ``--num-seeds`` (a count) mean the same thing in every command that has them (the table is in
-docs/cli.md). Options have no hidden old spellings (and commands no abbreviations).
+docs/cli.md). A renamed option keeps its old spelling as a hidden alias (:func:`add_old_spelling`:
+same value, one line on stderr naming the new name); commands take no abbreviations.
 
 Example:
     >>> p = argparse.ArgumentParser()
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from fusionseg.errors import InputError
 
 __all__ = [
+    "OldSpelling",
     "SizesAction",
+    "add_old_spelling",
     "add_runtime_options",
     "boolean",
     "floats",
@@ -140,3 +144,39 @@ def add_runtime_options(
         )
     if progress:
         parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
+
+
+class OldSpelling(argparse.Action):
+    """A renamed option's old spelling: does what the option ``new`` does, after one line on stderr naming it."""
+
+    def __init__(self, option_strings, dest, new: argparse.Action, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    @property
+    def new_name(self) -> str:
+        return self.new.option_strings[0]
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(
+            f"{parser.prog}: note: {option_string} is now {self.new_name} (the old name still works)", file=sys.stderr
+        )
+        self.new(parser, namespace, values, self.new_name)
+
+
+def add_old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Keep ``old`` working as a hidden alias of the option ``new`` (added before): same dest, type and value.
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="fusionseg train")
+        >>> p.add_argument("--workers", type=int, default=0)
+        >>> add_old_spelling(p, "--num-workers", "--workers")
+        >>> p.parse_args(["--num-workers", "2"]).workers  # stderr: ...: note: --num-workers is now --workers
+        2
+    """
+    target = parser._option_string_actions[new]
+    parser.add_argument(
+        old, action=OldSpelling, new=target, dest=target.dest, nargs=target.nargs, const=target.const,
+        type=target.type, choices=target.choices, metavar=target.metavar,
+        default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+    )  # fmt: skip

@@ -2,7 +2,8 @@
 
 Keys are option names without ``--`` (``iters-per-epoch`` or ``iters_per_epoch``); on/off switches
 take true/false under their positive name (``augment: false``) or the option as written
-(``no-augment: true``). An unknown key is a one-line error naming the nearest valid key.
+(``no-augment: true``). A renamed option's old name still works (``num-workers``: ``workers``; one line on
+stderr says the new name). An unknown key is a one-line error naming the nearest valid key.
 :func:`resolved_options` is what ``config.yaml`` in a run folder holds; its paths are absolute, so
 ``--config RUN/config.yaml`` repeats the run from any directory.
 
@@ -20,17 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fusionseg.cli.options import path
+from fusionseg.cli.options import OldSpelling, path
 from fusionseg.errors import InputError
 
 __all__ = ["CONFIG_OPTION", "parse_with_config", "resolve_config_path", "resolved_options"]
 
 CONFIG_OPTION = "config"
 _SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)
+
+
+def _key(option: str) -> str:
+    """``--num-workers`` → ``num_workers``: an option as a config key."""
+    return option.lstrip("-").replace("-", "_")
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -41,8 +48,18 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
             continue
         by_key.setdefault(action.dest, action)
         for spelling in action.option_strings:
-            by_key.setdefault(spelling.lstrip("-").replace("-", "_"), action)
+            by_key.setdefault(_key(spelling), action)
     return by_key
+
+
+def _renamed(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Old option names → today's, as config keys: ``{"num_workers": "workers"}``."""
+    return {
+        _key(spelling): _key(action.new_name)
+        for action in parser._actions
+        if isinstance(action, OldSpelling)
+        for spelling in action.option_strings
+    }
 
 
 def _value(key: str, action: argparse.Action, value: Any, source: str) -> tuple[str, Any]:
@@ -123,7 +140,12 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
         options = _options(parser)
         values = read_run_config(known.config)
         origin = _run_origin(known.config, values.get("output"))
+        renamed = _renamed(parser)
         for key, value in values.items():
+            if key in renamed:
+                old, key = key.replace("_", "-"), renamed[key]
+                note = f"--config {known.config}: {old} is now {key.replace('_', '-')} (the old name still works)"
+                print(f"{parser.prog}: note: {note}", file=sys.stderr)
             action = options.get(key)
             if action is None:
                 valid = {a.dest for a in options.values()}

@@ -8,7 +8,14 @@ import os
 from dataclasses import fields
 from pathlib import Path
 
-from fusionseg.cli.options import add_runtime_options, parse_json_object, path, positive_float, positive_int
+from fusionseg.cli.options import (
+    add_old_spelling,
+    add_runtime_options,
+    parse_json_object,
+    path,
+    positive_float,
+    positive_int,
+)
 from fusionseg.cli.plan import add_plan_options
 from fusionseg.engine.config import TrainConfig
 from fusionseg.errors import InputError
@@ -144,8 +151,10 @@ def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **de
         "optionally Swin-T for the second branch",
     )  # fmt: skip
     p.add_argument(
-        "--num-workers", type=int, default=d["num_workers"], help="data-loading and preprocessing processes (default 0)"
-    )
+        "--workers", type=int, default=d["workers"],
+        help=f"processes that load patches and preprocess the cases the cache lacks (default {d['workers']}: this one)",
+    )  # fmt: skip
+    add_old_spelling(p, "--num-workers", "--workers")
     p.add_argument(
         "--cache",
         type=path,

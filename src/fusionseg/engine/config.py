@@ -22,12 +22,30 @@ from typing import Any
 from fusionseg.engine.optim import OPTIMIZERS
 from fusionseg.errors import InputError
 
-__all__ = ["RUN_CONFIG_FILE", "TrainConfig", "nearest_key", "parse_fold", "read_run_config", "write_run_config"]
+__all__ = [
+    "RENAMED_FIELDS",
+    "RUN_CONFIG_FILE",
+    "TrainConfig",
+    "current_field_names",
+    "nearest_key",
+    "parse_fold",
+    "read_run_config",
+    "write_run_config",
+]
 
 RUN_CONFIG_FILE = "config.yaml"
 MAX_RUN_CONFIG_BYTES = 1 << 20  # a run's config.yaml is about 1 kB
 MAX_RATE = 1e3  # --lr / --weight-decay above this overflow the optimizer's float32 arithmetic long before 1e38
-MAX_WORKERS_PER_CORE = 4  # --num-workers beyond this only exhausts memory (a process each)
+MAX_WORKERS_PER_CORE = 4  # --workers beyond this only exhausts memory (a process each)
+
+
+# Old names of TrainConfig fields → today's, for the ``train_args`` of checkpoints written before a rename.
+RENAMED_FIELDS = {"num_workers": "workers"}
+
+
+def current_field_names(saved: dict[str, Any]) -> dict[str, Any]:
+    """Saved ``train_args`` under today's field names: ``{"num_workers": 2}`` → ``{"workers": 2}``."""
+    return {RENAMED_FIELDS.get(key, key): value for key, value in saved.items()}
 
 
 def parse_fold(value: int | str) -> int | str:
@@ -76,7 +94,7 @@ class TrainConfig:
     overwrite: bool = False  # replace the run already in ``output`` (without it, train refuses to)
     init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
     pretrained: tuple[Path, ...] | None = None  # local ImageNet Swin checkpoints for the encoders (DS-TransUNet)
-    num_workers: int = 0
+    workers: int = 0  # processes that load patches and preprocess the cases the cache lacks (0: this one)
     cache: Path | None = None  # root of the preprocessed-data cache (None: $FUSIONSEG_CACHE or ~/.cache/...)
     device: str = "auto"
     threads: str | int | None = None  # CPU intra-op threads: None = leave as is, "auto" = idle usable cores, a count
@@ -107,11 +125,11 @@ class TrainConfig:
             raise InputError(f"--seed must be an integer between -2**63 and 2**63 - 1, got {self.seed!r}; e.g. 0")
         if str(self.optimizer).lower() not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.num_workers < 0:
-            raise InputError(f"--num-workers must be ≥ 0, got {self.num_workers}")
-        if self.num_workers > (limit := MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)):
+        if self.workers < 0:
+            raise InputError(f"--workers must be ≥ 0, got {self.workers}")
+        if self.workers > (limit := MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)):
             raise InputError(
-                f"--num-workers {self.num_workers} is more processes than this machine can run ({limit} at most: "
+                f"--workers {self.workers} is more processes than this machine can run ({limit} at most: "
                 f"{MAX_WORKERS_PER_CORE} per core); pass about the number of cores, or 0"
             )
         if not Path(self.data).is_dir():

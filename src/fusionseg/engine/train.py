@@ -64,7 +64,7 @@ from fusionseg.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from fusionseg.engine.config import TrainConfig
+from fusionseg.engine.config import TrainConfig, current_field_names
 from fusionseg.engine.losses import loss_for_labels
 from fusionseg.engine.optim import build_optimizer, poly_lr_lambda
 from fusionseg.engine.precision import choose_amp
@@ -85,7 +85,7 @@ BUDGET_FIRST_GUESS = 0.1  # share kept back for validation before its cost has b
 CURVE_POINTS_PER_EPOCH = 10  # learning-curve points of the training loss per epoch (short runs get a curve too)
 CSV_FIELDS = ("epoch", "step", "train_loss", "val_dice", "lr", "train_time_s", "epoch_time_s")
 # Settings a resumed run may change without changing its results.
-_NOT_COMPARED = ("data", "output", "resume", "overwrite", "stop_after", "init", "num_workers", "cache", "device",
+_NOT_COMPARED = ("data", "output", "resume", "overwrite", "stop_after", "init", "workers", "cache", "device",
                  "threads", "progress")  # fmt: skip
 
 
@@ -229,7 +229,7 @@ class Trainer:
 
         c = self.config
         if self.info.is_main:
-            report = preprocess_dataset(self.dataset, self.plan, c.cache, c.num_workers, c.progress, self.log)
+            report = preprocess_dataset(self.dataset, self.plan, c.cache, c.workers, c.progress, self.log)
             report.check_complete([case.case_id for case in train_cases + val_cases])
         distributed.barrier(self.info)
         folder = cache_folder(self.plan, c.cache)
@@ -380,7 +380,7 @@ class Trainer:
             patch_size=list(c.patch_size) if c.patch_size else None,
             batch_size=c.batch_size,
             cache=c.cache,
-            workers=c.num_workers,
+            workers=c.workers,
         )
         self.pre = self.plan["preprocessing"]
         self.layout = data.LabelLayout.from_preprocessing(self.pre)
@@ -507,7 +507,7 @@ class Trainer:
             self.train_ds,
             batch_size=self.cases_per_batch,
             sampler=indices[info.rank :: info.world_size],
-            num_workers=c.num_workers,
+            num_workers=c.workers,
             generator=torch.Generator().manual_seed(epoch_seed),
         )
 
@@ -696,7 +696,7 @@ class Trainer:
                 f"--resume: {path} holds model {saved_model}, not {self.model.config}; "
                 "use the same --model/--fusion options"
             )
-        saved, current = ckpt.get("train_args", {}), c.plain()
+        saved, current = current_field_names(ckpt.get("train_args") or {}), c.plain()
         for key in sorted(set(saved) & set(current) - set(_NOT_COMPARED)):
             if saved[key] != current[key]:
                 self.log(f"warning: resuming with {key}={current[key]}, but the run used {saved[key]}; results differ")
