@@ -145,7 +145,8 @@ def _print_table(rows: list[dict]) -> None:
     from fusionseg.engine.report import format_table
 
     columns = ["size", "classes", "path", "wall_s", "peak_mib", "agreement"]
-    print(format_table(columns, [[r.get(c, "") for c in columns] for r in rows]))
+    cells = [[f"{r[c]:.5f}" if c == "agreement" and c in r else r.get(c, "") for c in columns] for r in rows]
+    print(format_table(columns, cells))
     for size in dict.fromkeys(r["size"] for r in rows):
         slabs = [r for r in rows if r["size"] == size and r["path"] == "slabs"]
         if len(slabs) > 1:
