@@ -180,7 +180,7 @@ def test_trainer_runs_in_nnunet_and_fusionseg_predicts_the_same(project, tmp_pat
 
     model = tmp_path / "model.pt"
     assert fusionseg_main(["import-weights", "--weights", str(checkpoint), "--output", str(model)]) == 0
-    from fusionseg.engine.checkpoint import load_checkpoint
+    from fusionseg.checkpoints.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(model)
     assert ckpt["model"]["name"] == stored_as and ckpt["preprocessing"]["kind"] == "nnunet"

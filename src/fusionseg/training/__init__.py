@@ -1,0 +1,1 @@
+"""fusionseg.training."""
