@@ -301,7 +301,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--augment", nargs="+", metavar="[DATASET=]BOOL",
-        help="the engine's augmentation (default " + _defaults_text("augment") + "; 3D flips hurt at short budgets)",
+        help="fusionseg's augmentation (default " + _defaults_text("augment") + "; 3D flips hurt at short budgets)",
     )  # fmt: skip
     p.add_argument("--features", type=sizes, default=(16, 32, 64, 128, 256), help="U-Net widths (peer: + first)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="default adamw")
