@@ -19,9 +19,9 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from PIL import Image
 
-from fusionseg.engine.runtime import set_threads
 from fusionseg.plug import describe_plug, plug_fusion
 from fusionseg.resources import real_data_path
+from fusionseg.runtime.devices import set_threads
 
 
 def load_nuclei() -> tuple[torch.Tensor, torch.Tensor]:

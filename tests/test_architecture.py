@@ -2,7 +2,8 @@
 layer above its own.
 
 Layers, bottom to top (docs/architecture.md): version, errors, files, layers → kernels → fusion → plug →
-nets, data → engine → nnunet → cli, bench → the package facade. Every ``import`` counts, also
+nets, data → runtime → checkpoints → inference → evaluation → training, deploy → workflows → nnunet →
+cli, bench → the package facade. Every ``import`` counts, also
 those inside functions (a lazy import still makes the lower layer depend on the upper one).
 """
 
@@ -28,12 +29,18 @@ LAYERS = {
     "fusionseg.plug": 3,
     "fusionseg.nets": 4,
     "fusionseg.data": 4,
-    "fusionseg.engine": 5,
-    "fusionseg.nnunet": 6,
-    "fusionseg.cli": 7,
-    "fusionseg.bench": 7,
-    "fusionseg.__main__": 8,
-    "fusionseg": 8,
+    "fusionseg.runtime": 5,
+    "fusionseg.checkpoints": 6,
+    "fusionseg.inference": 7,
+    "fusionseg.evaluation": 8,
+    "fusionseg.training": 9,
+    "fusionseg.deploy": 9,
+    "fusionseg.workflows": 10,
+    "fusionseg.nnunet": 11,
+    "fusionseg.cli": 12,
+    "fusionseg.bench": 12,
+    "fusionseg.__main__": 13,
+    "fusionseg": 13,
 }
 
 

@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from careless import SHORT, TINY, snapshot
+from fusionseg.checkpoints.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 from fusionseg.cli import main as cli_main
 from fusionseg.data import make_phantom_dataset
-from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 from fusionseg.errors import InputError
 from fusionseg.files import folder_lock
 
@@ -294,8 +294,8 @@ def test_bundle_re_export_keeps_files_the_user_added(world, tmp_path):
 
 @pytest.mark.parametrize("entry", [None, "x", {"fp32_s": "fast"}, {"fp32_s": -1.0, "amp_s": 1.0}, {"amp_s": 1.0}])
 def test_bad_precision_cache_entries_are_measured_again(tmp_path, monkeypatch, entry):
-    from fusionseg.engine import precision
     from fusionseg.nets.registry import create_model
+    from fusionseg.runtime import precision
 
     model = create_model("unet", spatial_dims=2, features=[4, 8])
     shape, device = (1, 1, 16, 16), torch.device("cpu")
@@ -311,8 +311,8 @@ def test_bad_precision_cache_entries_are_measured_again(tmp_path, monkeypatch, e
 
 
 def test_memory_estimate_scales_with_batch_and_refuses_what_cannot_fit():
-    from fusionseg.engine.memory import check_fits, training_memory
     from fusionseg.nets.registry import create_model
+    from fusionseg.runtime.memory import check_fits, training_memory
 
     def build():
         return create_model("unet", spatial_dims=2, features=[4, 8])

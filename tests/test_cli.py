@@ -311,7 +311,7 @@ def _train_predict_evaluate(root: Path, work: Path, train_args: list[str], proba
     assert cli_main([*map(str, argv), *(["--probabilities"] if probabilities else [])]) == 0
     argv = ["evaluate", "--pred", pred, "--gt", root / "labelsTr", "--dataset-json", root, "--output", ev]
     assert cli_main([*map(str, argv), "--num-overlays", "0"]) == 0
-    from fusionseg.engine.checkpoint import load_checkpoint
+    from fusionseg.checkpoints.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run / "best.pt")
     return {
@@ -369,7 +369,7 @@ def _png(path: Path) -> np.ndarray:
 def test_cross_validation_ensemble_and_postprocessing(tmp_path, capsys):
     """train --cross-validate (2 folds) → fold runs on splits_final.json, mean ± std, postprocessing.json; predict with
     a run folder = the fold ensemble (mean probabilities) + its postprocessing; mismatched models are refused."""
-    from fusionseg.engine.postprocess import apply_postprocessing
+    from fusionseg.inference.postprocess import apply_postprocessing
 
     root, patch = _layout_dataset(tmp_path / "Dataset_cv", "ignore", num_cases=4)
     run = tmp_path / "cv"
@@ -432,7 +432,7 @@ def test_cross_validation_ensemble_and_postprocessing(tmp_path, capsys):
     assert cli_main([*map(str, argv), *tiny, "--cross-validate", "0"]) == 2  # fold 0 is trained: not replaced
     assert "already holds a run (fold_0/last.pt, finished)" in capsys.readouterr().err
 
-    from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
+    from fusionseg.checkpoints.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 
     ckpt = load_checkpoint(run / "fold_1" / "best.pt")
     pre = {**ckpt["preprocessing"], "channel_normalisation": [{"scheme": "noNorm"}]}

@@ -194,7 +194,7 @@ def test_old_spelling_in_a_run_config(tmp_path, capsys):
 def test_saved_train_args_use_todays_field_names():
     from dataclasses import fields
 
-    from fusionseg.engine.config import RENAMED_FIELDS, TrainConfig, current_field_names
+    from fusionseg.training.config import RENAMED_FIELDS, TrainConfig, current_field_names
 
     names = {f.name for f in fields(TrainConfig)}
     assert set(RENAMED_FIELDS.values()) <= names and not set(RENAMED_FIELDS) & names

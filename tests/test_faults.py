@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from fusionseg import cli
+from fusionseg.checkpoints import checkpoint as ckpt_mod
+from fusionseg.checkpoints.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 from fusionseg.data.validation import check_channels
-from fusionseg.engine import checkpoint as ckpt_mod
-from fusionseg.engine.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 from fusionseg.errors import InputError
 from fusionseg.files import atomic_write, ensure_file, ensure_writable_dir, is_temporary
 from fusionseg.nets import registry
@@ -182,7 +182,7 @@ def test_disk_full_during_save_is_an_input_error_and_old_file_survives(tmp_path,
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from fusionseg.engine.checkpoint import save_checkpoint
+    from fusionseg.checkpoints.checkpoint import save_checkpoint
     path, i = sys.argv[1], 0
     while True:
         i += 1
@@ -279,7 +279,7 @@ def test_wrong_channel_count_for_checkpoint(tmp_path):
 
 def test_predict_with_wrong_channel_count_fails_cleanly_and_writes_nothing(tmp_path, capsys, tiny_phantom_2d):
     """Cross-stream: a 3-channel checkpoint given 1-channel images (engine predict + data loading)."""
-    pytest.importorskip("fusionseg.engine.infer")
+    pytest.importorskip("fusionseg.inference.predict_files")
     data = tiny_phantom_2d
     from fusionseg.data import build_preprocessing, scan_dataset
 
@@ -455,7 +455,7 @@ def test_train_killed_before_its_first_checkpoint_resumes_to_identical_weights(p
 
 
 def _train_config(data: Path, output: Path, **kw):
-    from fusionseg.engine.config import TrainConfig
+    from fusionseg.training.config import TrainConfig
 
     base = dict(model="unet", model_kwargs={"features": [4, 8]}, epochs=2, iters_per_epoch=2, batch_size=2,
                 patch_size=(32, 32), val_fraction=0.25, device="cpu", seed=7, lr=0.01, progress=False)  # fmt: skip
@@ -463,7 +463,7 @@ def _train_config(data: Path, output: Path, **kw):
 
 
 def test_train_resume_starts_afresh_or_falls_back_to_best_pt(phantoms, tmp_path, one_thread):
-    from fusionseg.engine.train import Trainer, train
+    from fusionseg.training.trainer import Trainer, train
 
     train(_train_config(phantoms, tmp_path / "full"))
     run, lines = tmp_path / "run", []
@@ -525,8 +525,8 @@ def test_export_killed_while_writing_leaves_no_file_and_reruns(reference_run, tm
 
 def test_cross_validation_rerun_continues_with_the_unfinished_fold(phantoms, tmp_path, monkeypatch, one_thread):
     """Killed in fold 1 (an exception stands for the kill: the train test above covers SIGKILL), then resumed."""
-    from fusionseg.engine.crossval import run_cross_validation
-    from fusionseg.engine.train import Trainer
+    from fusionseg.training.trainer import Trainer
+    from fusionseg.workflows.crossval import run_cross_validation
 
     cv, lines = tmp_path / "cv", []
     config = _train_config(phantoms, cv, epochs=1, num_folds=2, splits=tmp_path / "splits.json")
@@ -553,7 +553,7 @@ def test_cross_validation_rerun_continues_with_the_unfinished_fold(phantoms, tmp
 
 
 def test_ablate_rerun_scores_finished_runs_without_training_them_again(phantoms, tmp_path, one_thread):
-    from fusionseg.engine.ablate import run_ablation
+    from fusionseg.workflows.ablate import run_ablation
 
     base = _train_config(phantoms, tmp_path, epochs=1000, val_every=1000)
     first = run_ablation(base, ["concat"], [0], 0.3, tmp_path)
@@ -603,8 +603,8 @@ def test_outputs_of_other_settings_never_count_as_done(tmp_path):
 def test_temporary_files_are_never_taken_for_data_or_results(tmp_path):
     """Leftovers of a killed writer (a torn PNG under a temporary name) in a dataset, inputs and predictions."""
     from fusionseg.data import make_phantom_dataset, scan_dataset
-    from fusionseg.engine.evaluate import label_files
-    from fusionseg.engine.infer import find_inputs
+    from fusionseg.evaluation.evaluate import label_files
+    from fusionseg.inference.inputs import find_inputs
 
     data = make_phantom_dataset(tmp_path / "data", spatial_dims=2, num_train=2, num_test=1, size=(32, 32), seed=0)
     for folder in (data / "images", data / "masks", data / "test" / "images"):

@@ -63,7 +63,7 @@ def test_lock_on_an_existing_file_is_one_line(tmp_path):
 
 
 def test_shards_hold_their_own_locks_in_one_folder(tmp_path):
-    from fusionseg.engine.sharding import shard_lock_name
+    from fusionseg.inference.sharding import shard_lock_name
 
     assert shard_lock_name(None) == FolderLock.NAME and shard_lock_name((1, 4)) == ".fusionseg-lock-shard-1-of-4"
     with folder_lock(tmp_path, "prediction folder", name=shard_lock_name((0, 2))):

@@ -15,7 +15,7 @@ import signal
 
 __all__ = ["FAULT_POINTS", "check_environment", "maybe_fail"]
 
-# Every point fusionseg calls maybe_fail at (tests/test_hostile_engine.py checks the list against the sources).
+# Every point fusionseg calls maybe_fail at (tests/test_hostile_stages.py checks the list against the sources).
 FAULT_POINTS = (
     "checkpoint.write", "files.write", "predict.probabilities", "preprocess.case_written", "preprocess.mid_case",
     "train.build_model", "train.checkpoint", "train.load_data", "train.step",

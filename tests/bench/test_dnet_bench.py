@@ -7,7 +7,7 @@ import contextlib
 import pytest
 
 from fusionseg.bench import dnet as dnet_bench
-from fusionseg.engine.runtime import cpu_has_native_bf16
+from fusionseg.runtime.devices import cpu_has_native_bf16
 
 _REAL_NATIVE_BF16 = cpu_has_native_bf16()
 
@@ -21,7 +21,7 @@ def _rows(out: str, first_cell: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
-    monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr("fusionseg.runtime.devices.cpu_has_native_bf16", lambda: native_bf16)
     monkeypatch.setattr(dnet_bench, "gemm_gflops", lambda dtype: 100.0)  # an emulated bf16 GEMM takes minutes
     if native_bf16 and not _REAL_NATIVE_BF16:  # emulated bf16 3D convolutions take minutes: compute the row in fp32
         monkeypatch.setattr(dnet_bench, "bf16_autocast", lambda device, enabled=True: contextlib.nullcontext())
@@ -47,7 +47,7 @@ def test_bf16_rows_follow_the_cpu_rule(native_bf16, monkeypatch, capsys):
 
 def test_rows_report_their_share_of_the_gemm_rate(monkeypatch, capsys):
     """The last two columns: 2·MACs / time / GEMM rate, from figures printed in the same run."""
-    monkeypatch.setattr("fusionseg.engine.runtime.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("fusionseg.runtime.devices.cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(dnet_bench, "gemm_gflops", lambda dtype: 100.0)
     assert dnet_bench.main(ARGS) == 0
     out = capsys.readouterr().out

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from fusionseg.bench import real_data, real_data_stats
+from fusionseg.checkpoints.checkpoint import load_checkpoint
 from fusionseg.data.real import AAL_GROUPS
-from fusionseg.engine.checkpoint import load_checkpoint
 from fusionseg.errors import InputError
 
 

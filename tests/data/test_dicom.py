@@ -14,8 +14,8 @@ import SimpleITK as sitk
 from dicom_series import brain_crop, write_series
 from extras import NEEDS_HIGHDICOM, has
 from fusionseg.data import dicom_series, format_of, read_dicom_seg, read_image, scan_dataset, write_label
-from fusionseg.engine.infer import find_inputs
 from fusionseg.errors import InputError
+from fusionseg.inference.inputs import find_inputs
 
 UID = "1.2.826.0.1.3680043.9.7.3"
 

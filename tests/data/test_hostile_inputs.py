@@ -293,7 +293,7 @@ def test_bundle_refuses_to_write_its_labels_among_the_input_images(tmp_path):
     torch = pytest.importorskip("torch")
     from monai.data import MetaTensor
 
-    from fusionseg.engine.bundle_components import SaveLabeld
+    from fusionseg.deploy.bundle_components import SaveLabeld
 
     image = tmp_path / "in" / "c0.png"
     image.parent.mkdir()
@@ -312,7 +312,7 @@ def test_bundle_never_replaces_a_file_it_did_not_write_and_reruns_over_its_own(t
     torch = pytest.importorskip("torch")
     from monai.data import MetaTensor
 
-    from fusionseg.engine.bundle_components import SaveLabeld
+    from fusionseg.deploy.bundle_components import SaveLabeld
 
     image = tmp_path / "in" / "c0.png"
     image.parent.mkdir()

@@ -70,7 +70,7 @@ def test_relabel_in_place_needs_the_flag_and_rewrites_the_labels(tmp_path, capsy
 def test_predictions_of_a_relabelled_dataset_go_back_to_the_original_values(tmp_path):
     from fusionseg.data import load_for_inference
     from fusionseg.data.plan import plan_dataset
-    from fusionseg.engine.infer import _save_label_map
+    from fusionseg.inference.predict_files import _save_label_map
 
     source, target = tmp_path / "atlas", tmp_path / "relabelled"
     maps = _atlas(source, affine=np.eye(4))  # RAS, 1 mm: the preprocessed grid is the input grid

@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as docs/nnunet.md says)")
 
-from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
+from fusionseg.checkpoints.checkpoint import load_checkpoint, rebuild_model
 from fusionseg.errors import InputError
 from fusionseg.nnunet.importer import import_nnunet_checkpoint, is_nnunet_checkpoint
 from fusionseg.nnunet.trainers import TRAINERS

@@ -97,8 +97,9 @@ def test_labels_by_slabs_equal_nnunets_predictor(tmp_path, monkeypatch, configur
         for m in net.modules():
             if isinstance(m, torch.nn.Conv3d | torch.nn.Conv2d) and m.out_channels == heads:
                 m.weight *= 5
+    mirror_axes = [0, 1, 2] if configuration == "3d_fullres" else [0, 1]
     pre = {"plans": plans, "configuration": configuration, "dataset_json": copy.deepcopy(dataset),
-           "trainer": "nnUNetTrainer", "mirror_axes": [0, 1, 2] if configuration == "3d_fullres" else [0, 1]}  # fmt: skip
+           "trainer": "nnUNetTrainer", "mirror_axes": mirror_axes}  # fmt: skip
     predictor = make_predictor(net, pre, tta=tta)
     pm, cm = predictor.plans_manager, predictor.configuration_manager
     data, _, props = cm.preprocessor_class(verbose=False).run_case(

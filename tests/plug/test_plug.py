@@ -284,7 +284,7 @@ def test_nnunet_deep_supervision_outputs_are_kept():
 @pytest.mark.parametrize(("name", "fusion"), [("BasicUNet", "dff"), ("DynUNet", "tif"), ("SwinUNETR", "dff"),
                                               ("PlainConvUNet", "dff"), ("ResidualEncoderUNet", "tif")])  # fmt: skip
 def test_torchscript_export_reproduces_eager(name, fusion, tmp_path):
-    from fusionseg.engine.export import export_model
+    from fusionseg.deploy.export import export_model
 
     net = plug_fusion(_build(name, 2), fusion).eval()
     info = export_model(net, _input(name, 2, batch=1), "torchscript", tmp_path / "net.pt")
@@ -294,7 +294,7 @@ def test_torchscript_export_reproduces_eager(name, fusion, tmp_path):
 @pytest.mark.parametrize(("name", "dims"), [("BasicUNet", 2), ("PlainConvUNet", 3)])
 def test_onnx_export_reproduces_eager(name, dims, tmp_path):
     pytest.importorskip("onnxruntime")
-    from fusionseg.engine.export import export_model
+    from fusionseg.deploy.export import export_model
 
     net = plug_fusion(_build(name, dims), "dff").eval()
     info = export_model(net, _input(name, dims, batch=1), "onnx", tmp_path / "net.onnx", onnx_exporter="legacy")
@@ -307,7 +307,7 @@ def test_ddp_round_trip(name, tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from fusionseg.engine.distributed import unwrap_model
+    from fusionseg.runtime.distributed import unwrap_model
 
     net = plug_fusion(_build(name, 2), "dff")
     reference = copy.deepcopy(net)

@@ -117,8 +117,8 @@ def test_importing_the_registry_imports_neither_monai_nor_nnunet():
 
 
 def test_train_cli_monai_basicunet_dff_end_to_end(tiny_phantom_2d, tmp_path, capsys):
+    from fusionseg.checkpoints.checkpoint import load_checkpoint, rebuild_model
     from fusionseg.cli import main
-    from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
 
     run = tmp_path / "run"
     argv = ["train", "--data", str(tiny_phantom_2d), "--output", str(run), "--model", "monai_basicunet"]

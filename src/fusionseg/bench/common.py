@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from fusionseg.engine.report import format_table
-from fusionseg.engine.runtime import tune_cpu_allocator
+from fusionseg.evaluation.report import format_table
+from fusionseg.runtime.devices import tune_cpu_allocator
 
 __all__ = ["format_table", "gemm_gflops", "measure", "peak_memory_mb", "time_call"]
 

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionseg.bench.common import format_table, gemm_gflops, peak_memory_mb, time_call
-from fusionseg.engine.runtime import NO_BF16_NOTE, amp_dtype, set_threads
 from fusionseg.fusion import DFF
 from fusionseg.kernels import reference_ops, set_reference_ops
 from fusionseg.nets.dnet import DNet, bf16_autocast
+from fusionseg.runtime.devices import NO_BF16_NOTE, amp_dtype, set_threads
 
 __all__ = ["build_parser", "count_macs", "main"]
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
                 p.fill_(0.1)
     print(f"torch {torch.__version__}, {threads} threads ({reason}); D-Net v2 in 1, out {k}, deep supervision")
 
-    # bf16 only where this CPU computes it natively (fusionseg.engine.runtime's rule for --amp): elsewhere it
+    # bf16 only where this CPU computes it natively (fusionseg.runtime.devices's rule for --amp): elsewhere it
     # is emulated, many times slower than fp32, and a timing of the emulation would mislead.
     bf16_native = amp_dtype("cpu", amp=True) == torch.bfloat16
     if not bf16_native:

@@ -166,7 +166,7 @@ def build_parser(prog: str = "fusionseg bench ds-transunet") -> argparse.Argumen
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg bench ds-transunet") -> int:
-    from fusionseg.engine.runtime import set_threads
+    from fusionseg.runtime.devices import set_threads
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench modules") -
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1, --warmup >= 0")
-    from fusionseg.engine.runtime import set_threads
+    from fusionseg.runtime.devices import set_threads
 
     previous_threads = torch.get_num_threads()
     threads, reason = set_threads(args.threads)

@@ -126,7 +126,7 @@ def build_parser(prog: str = "fusionseg bench nnunet") -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg bench nnunet") -> int:
-    from fusionseg.engine.runtime import set_threads
+    from fusionseg.runtime.devices import set_threads
 
     args = build_parser(prog).parse_args(argv)
     from fusionseg.nnunet import require_nnunetv2

@@ -49,9 +49,9 @@ def write_ct_case(folder: Path, shape: tuple[int, int, int], spacing: tuple[floa
 
 def _checkpoint(root: Path, classes: int, args: argparse.Namespace, path: Path) -> Path:
     """A fusionseg checkpoint of a small DFF U-Net with ``classes`` outputs and the dataset's CT preprocessing."""
+    from fusionseg.checkpoints.checkpoint import build_checkpoint, save_checkpoint
     from fusionseg.data import build_preprocessing, scan_dataset
     from fusionseg.data.labels import LabelLayout
-    from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
     from fusionseg.nets.registry import create_model
 
     pre = build_preprocessing(
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
 
 
 def _print_table(rows: list[dict]) -> None:
-    from fusionseg.engine.report import format_table
+    from fusionseg.evaluation.report import format_table
 
     columns = ["size", "classes", "path", "wall_s", "peak_mib", "agreement"]
     cells = [[f"{r[c]:.5f}" if c == "agreement" and c in r else r.get(c, "") for c in columns] for r in rows]

@@ -9,9 +9,9 @@ Two tasks are built from the real data shipped with the package (:mod:`fusionseg
   2 mm by the training pipeline; train on the left hemisphere, test on the right hemisphere mirrored
   onto the left one's grid; score = mean Dice over the 7 classes.
 
-Every (dataset, seed, model) run trains with :func:`fusionseg.engine.train.train` for the same
+Every (dataset, seed, model) run trains with :func:`fusionseg.training.trainer.train` for the same
 training-time budget (the LR schedule ends at the budget; data loading counts, checkpoint writes do
-not) and is scored with sliding-window inference and :func:`fusionseg.engine.metrics.dice_iou`.
+not) and is scored with sliding-window inference and :func:`fusionseg.evaluation.metrics.dice_iou`.
 The peer, MONAI ``BasicUNet``, is the registered model ``monai_basicunet`` (``fusionseg.nets.external``), so it
 goes through exactly the same loop, loss, optimiser and evaluation; ``basicunet+dff`` is the same network with
 its skips fused by DFF (``fusionseg.plug``). Seeds run outside, models inside, so a change of machine load
@@ -121,9 +121,10 @@ def _score(best: Path, data_dir: Path, device: str, overlap: float) -> tuple[flo
     from monai.data import Dataset
 
     from fusionseg import data
-    from fusionseg.engine.infer import load_model, predict_volume
-    from fusionseg.engine.metrics import dice_iou
-    from fusionseg.engine.runtime import pick_device
+    from fusionseg.checkpoints.loading import load_model
+    from fusionseg.evaluation.metrics import dice_iou
+    from fusionseg.inference.sliding_window import predict_volume
+    from fusionseg.runtime.devices import pick_device
 
     model, pre, _ = load_model(best, pick_device(device))
     info = data.scan_dataset(data_dir)
@@ -147,7 +148,7 @@ def label_copy_dice(data_dir: Path, pre: dict) -> float:
     for what copying the mirrored training hemisphere would score.
     """
     from fusionseg import data
-    from fusionseg.engine.metrics import dice_iou
+    from fusionseg.evaluation.metrics import dice_iou
 
     info = data.scan_dataset(data_dir)
     transform = data.eval_transforms(pre)
@@ -170,9 +171,9 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
 
     Returns one record per run, and brain3d's :func:`label_copy_dice` (``{"brain3d": dice}``).
     """
-    from fusionseg.engine.config import TrainConfig
-    from fusionseg.engine.runtime import set_threads
-    from fusionseg.engine.train import train
+    from fusionseg.runtime.devices import set_threads
+    from fusionseg.training.config import TrainConfig
+    from fusionseg.training.trainer import train
 
     root = Path(args.data_root)
     output = Path(args.output)
@@ -239,7 +240,7 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
                 records.append(record)
                 print(f"   Dice {dice:.4f} after {summary['steps']} iterations ({record['wall_s']:.0f} s wall)")
         if dataset == "brain3d":
-            from fusionseg.engine.checkpoint import load_checkpoint
+            from fusionseg.checkpoints.checkpoint import load_checkpoint
 
             copy_dice[dataset] = label_copy_dice(data_dir, load_checkpoint(best)["preprocessing"])
     return records, copy_dice
@@ -300,7 +301,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--augment", nargs="+", metavar="[DATASET=]BOOL",
-        help="the engine's augmentation (default " + _defaults_text("augment") + "; 3D flips hurt at short budgets)",
+        help="fusionseg's augmentation (default " + _defaults_text("augment") + "; 3D flips hurt at short budgets)",
     )  # fmt: skip
     p.add_argument("--features", type=sizes, default=(16, 32, 64, 128, 256), help="U-Net widths (peer: + first)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="default adamw")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fusionseg.engine.report import format_table
+from fusionseg.evaluation.report import format_table
 
 __all__ = ["PEER", "baseline_of", "format_pairs", "format_tables", "paired_differences", "paired_verdict", "summarise"]
 

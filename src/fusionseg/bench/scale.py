@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench scale") -> 
 
 
 def _print_table(rows: list[dict]) -> None:
-    from fusionseg.engine.report import format_table
+    from fusionseg.evaluation.report import format_table
 
     columns = ["cases", "preprocess_s", "cases_per_s", "nnunet_preprocess_s", "preprocess_peak_mb",
                "train_peak_mb", "s_per_it", "startup_s"]  # fmt: skip

@@ -3,12 +3,12 @@
 For each case, in one run, with the same model, patch, batch and threads, each arm in a fresh
 process (so its peak resident memory is its own), arms alternating over ``--repeats`` rounds:
 
-- **loop**: the real training loop (:class:`fusionseg.engine.train.Trainer`: patches streamed from
+- **loop**: the real training loop (:class:`fusionseg.training.trainer.Trainer`: patches streamed from
   the preprocessed cache, augmentation, loss with deep supervision, optimizer, scheduler, logging) — seconds
   per iteration from one iteration's start to the next's (data loading included);
 - **bare step**: forward + the same loss + backward + the same optimizer step on a random batch of
   the same shape, nothing else — what the model itself costs;
-- **bare, glibc default**: the bare step without :func:`fusionseg.engine.runtime.tune_cpu_allocator`
+- **bare, glibc default**: the bare step without :func:`fusionseg.runtime.devices.tune_cpu_allocator`
   (the allocator policy ``train`` applies), to show what that policy is worth.
 
 Printed: median seconds per iteration of each arm (first iterations skipped as warm-up), peak
@@ -107,8 +107,8 @@ def _make_dataset(case: Case, root: Path) -> Path:
 
 
 def _worker_loop(case: Case, data: Path, iterations: int, threads: int) -> dict:
-    from fusionseg.engine.config import TrainConfig
-    from fusionseg.engine.train import Trainer
+    from fusionseg.training.config import TrainConfig
+    from fusionseg.training.trainer import Trainer
 
     starts: list[float] = []
 
@@ -149,10 +149,10 @@ def _worker_loop(case: Case, data: Path, iterations: int, threads: int) -> dict:
 def _worker_bare(case: Case, shape: list[int], iterations: int, threads: int, tune: bool) -> dict:
     import torch
 
-    from fusionseg.engine.losses import DeepSupervisedDiceCE
-    from fusionseg.engine.optim import build_optimizer
-    from fusionseg.engine.runtime import tune_cpu_allocator
     from fusionseg.nets.registry import create_model
+    from fusionseg.runtime.devices import tune_cpu_allocator
+    from fusionseg.training.losses import DeepSupervisedDiceCE
+    from fusionseg.training.optim import build_optimizer
 
     torch.set_num_threads(threads)
     if tune:
@@ -273,8 +273,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench train-loop"
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--worker":
         return _worker(argv[1:])
-    from fusionseg.engine.report import format_table
-    from fusionseg.engine.runtime import choose_threads
+    from fusionseg.evaluation.report import format_table
+    from fusionseg.runtime.devices import choose_threads
 
     parser = build_parser(prog)
     args = parser.parse_args(argv)

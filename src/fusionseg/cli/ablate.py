@@ -41,10 +41,10 @@ def build_parser(prog: str = "fusionseg ablate") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
     from dataclasses import replace
 
-    from fusionseg.engine.ablate import format_ablation_table, run_ablation, write_ablation
-    from fusionseg.engine.runtime import set_threads
     from fusionseg.files import folder_lock
     from fusionseg.fusion import list_fusions
+    from fusionseg.runtime.devices import set_threads
+    from fusionseg.workflows.ablate import format_ablation_table, run_ablation, write_ablation
 
     args = build_parser(prog).parse_args(argv)
     fusions = [f.strip().lower() for f in args.fusions.split(",") if f.strip()]

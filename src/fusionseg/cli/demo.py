@@ -51,9 +51,9 @@ def check_demo_folder(output: Path) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg demo") -> int:
-    from fusionseg.engine.demo import demo_settings, run_demo
-    from fusionseg.engine.runtime import set_threads
     from fusionseg.files import folder_lock
+    from fusionseg.runtime.devices import set_threads
+    from fusionseg.workflows.demo import demo_settings, run_demo
 
     args = build_parser(prog).parse_args(argv)
     settings = demo_settings(phantoms=args.phantoms, quick=args.quick)

@@ -76,7 +76,7 @@ def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg evaluate") -> int:
-    from fusionseg.engine.evaluate import format_summary_table, read_label_layout, run_evaluation
+    from fusionseg.evaluation.evaluate import format_summary_table, read_label_layout, run_evaluation
 
     args = build_parser(prog).parse_args(argv)
     labels = None

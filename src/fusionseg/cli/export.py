@@ -13,7 +13,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser(prog: str = "fusionseg export") -> argparse.ArgumentParser:
-    from fusionseg.engine.export import FORMATS
+    from fusionseg.deploy.export import FORMATS
 
     p = argparse.ArgumentParser(
         prog=prog,
@@ -100,10 +100,10 @@ def check_replaceable(output: Path, format: str) -> None:
 def _export_file(args) -> int:
     import torch
 
-    from fusionseg.engine.checkpoint import load_checkpoint, rebuild_model
-    from fusionseg.engine.export import example_shape, export_model
-    from fusionseg.engine.memory import check_fits, training_memory
+    from fusionseg.checkpoints.checkpoint import load_checkpoint, rebuild_model
+    from fusionseg.deploy.export import example_shape, export_model
     from fusionseg.nets.registry import create_model
+    from fusionseg.runtime.memory import check_fits, training_memory
 
     ckpt = load_checkpoint(args.checkpoint)
     model = rebuild_model(ckpt)
@@ -127,7 +127,7 @@ def _model_config(ckpt: dict) -> dict:
 
 
 def _export_bundle(args) -> int:
-    from fusionseg.engine.bundle import export_bundle
+    from fusionseg.deploy.bundle import export_bundle
 
     window = list(args.patch_size) if args.patch_size else None
     result = export_bundle(args.checkpoint, args.output, window=window, atol=args.atol)

@@ -47,7 +47,7 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") -> int:
-    from fusionseg.engine.checkpoint import check_fields, import_weights
+    from fusionseg.checkpoints.checkpoint import check_fields, import_weights
     from fusionseg.files import ensure_file
 
     args = build_parser(prog).parse_args(argv)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") 
 def check_replaceable(output: Path) -> None:
     """:class:`InputError` when ``output`` exists and is not a checkpoint import-weights wrote (a trained
     checkpoint, dataset.json, ...): import-weights replaces only its own output."""
-    from fusionseg.engine.checkpoint import load_checkpoint
+    from fusionseg.checkpoints.checkpoint import load_checkpoint
 
     if not output.is_file():
         return

@@ -72,12 +72,15 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
-    from fusionseg.engine.infer import find_inputs, load_models, predict_files, resolve_checkpoints
-    from fusionseg.engine.memory_budget import default_memory_budget, format_bytes, parse_memory
-    from fusionseg.engine.postprocess import read_postprocessing
-    from fusionseg.engine.precision import choose_inference_amp
-    from fusionseg.engine.runtime import pick_device, set_threads
-    from fusionseg.engine.sharding import choose_shard, shard_lock_name, take_shard
+    from fusionseg.checkpoints.loading import load_models
+    from fusionseg.inference.inputs import find_inputs
+    from fusionseg.inference.postprocess import read_postprocessing
+    from fusionseg.inference.predict_files import predict_files
+    from fusionseg.inference.run_checkpoints import resolve_checkpoints
+    from fusionseg.inference.sharding import choose_shard, shard_lock_name, take_shard
+    from fusionseg.runtime.devices import pick_device, set_threads
+    from fusionseg.runtime.memory_budget import default_memory_budget, format_bytes, parse_memory
+    from fusionseg.runtime.precision import choose_inference_amp
 
     args = build_parser(prog).parse_args(argv)
     memory = parse_memory(args.memory) if args.memory is not None else default_memory_budget()

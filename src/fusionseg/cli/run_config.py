@@ -131,7 +131,7 @@ def _resolved_paths(value: Any, config_path: Path, origin: Path | None) -> Any:
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) taken from the file."""
-    from fusionseg.engine.config import nearest_key, read_run_config
+    from fusionseg.training.config import nearest_key, read_run_config
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--" + CONFIG_OPTION, type=path, default=None)

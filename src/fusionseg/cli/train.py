@@ -17,9 +17,9 @@ from fusionseg.cli.options import (
     positive_int,
 )
 from fusionseg.cli.plan import add_plan_options
-from fusionseg.engine.config import TrainConfig
 from fusionseg.errors import InputError
 from fusionseg.nets.swin_pretrained import parse_pretrained
+from fusionseg.training.config import TrainConfig
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -176,10 +176,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
     from fusionseg.cli.run_config import parse_with_config, resolved_options
-    from fusionseg.engine.config import RUN_CONFIG_FILE, write_run_config
-    from fusionseg.engine.crossval import parse_folds
-    from fusionseg.engine.train import claim_run_folder
     from fusionseg.files import folder_lock
+    from fusionseg.training.config import RUN_CONFIG_FILE, write_run_config
+    from fusionseg.training.run_folder import claim_run_folder
+    from fusionseg.workflows.crossval import parse_folds
 
     parser = build_parser(prog)
     args = parse_with_config(parser, argv)
@@ -199,13 +199,13 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
             claim_run_folder(config.output, resume=args.resume, overwrite=args.overwrite, folds=folds)
             write_run_config(config.output / RUN_CONFIG_FILE, resolved_options(parser, args, INVOCATION_ONLY))
         if args.cross_validate is not None:
-            from fusionseg.engine.crossval import run_cross_validation
+            from fusionseg.workflows.crossval import run_cross_validation
 
             summary = run_cross_validation(config, parse_folds(args.cross_validate))
             if summary:
                 print(f"wrote {config.output / 'crossval_summary.json'} and {config.output / 'postprocessing.json'}")
             return 0
-        from fusionseg.engine.train import train
+        from fusionseg.training.trainer import train
 
         best = train(config)
     if is_main:

@@ -9,7 +9,7 @@ when predictions are turned back into a label map — later regions overwrite ea
 ``"ignore": K`` marks voxels without annotation; K must be the highest value (max label + 1).
 It is allowed in label maps, excluded from the class count, from losses and from metrics.
 
-The engine uses one :class:`LabelLayout` (``LabelLayout.from_preprocessing(pre)``):
+Training and prediction use one :class:`LabelLayout` (``LabelLayout.from_preprocessing(pre)``):
 
 - ``out_channels``, ``activation`` ("softmax" | "sigmoid"): the network head;
 - ``targets(label)``: training targets and the valid-voxel mask;

@@ -17,7 +17,7 @@ where nnU-Net would use it — see :mod:`fusionseg.data.normalization`). Trainin
 the preprocessed cache by :mod:`fusionseg.data.streaming`, then augmented: flips, small rotation/scale,
 intensity scale/shift, noise.
 
-Labels stay integer label maps through the pipelines (ignore label included); the engine turns
+Labels stay integer label maps through the pipelines (ignore label included); training turns
 them into training targets with :class:`~fusionseg.data.labels.LabelLayout` (regions, valid mask).
 
 Example:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fusionseg.engine.predictors import register_predictor
 from fusionseg.errors import InputError
+from fusionseg.inference.predictors import register_predictor
 from fusionseg.nnunet import models  # noqa: F401  (registers the nnU-Net models)
 from fusionseg.nnunet.requirements import require_nnunetv2
 from fusionseg.plug.core import register_adapter

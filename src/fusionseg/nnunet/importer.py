@@ -24,7 +24,7 @@ from typing import Any
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from fusionseg.engine.checkpoint import build_checkpoint, save_checkpoint
+from fusionseg.checkpoints.checkpoint import build_checkpoint, save_checkpoint
 from fusionseg.errors import InputError
 from fusionseg.nets.registry import create_model
 from fusionseg.nets.weights import LoadReport, load_pretrained, read_weights_file

@@ -27,10 +27,10 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from fusionseg.engine.memory_budget import default_memory_budget, format_bytes
 from fusionseg.errors import InputError, for_each_case
 from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir, removed_on_error
 from fusionseg.nnunet.slabs import Resampling, predict_labels
+from fusionseg.runtime.memory_budget import default_memory_budget, format_bytes
 
 __all__ = ["make_predictor", "predict_files"]
 
@@ -88,7 +88,7 @@ def predict_files(
     ``tta`` is nnU-Net's mirroring over the axes the model was trained with; ``probabilities``
     also writes ``CASE_probabilities.npz`` (key ``probabilities``, (K, *S) in the input's array
     order, as nnU-Net's ``--save_probabilities``). Slabs fit ``memory`` bytes (default
-    :func:`~fusionseg.engine.memory_budget.default_memory_budget`) and run ``sw_batch_size`` windows per
+    :func:`~fusionseg.runtime.memory_budget.default_memory_budget`) and run ``sw_batch_size`` windows per
     forward pass; ``amp`` does not apply (nnU-Net autocasts on CUDA itself). Cases whose files an
     interrupted run with the same model and options wrote (``resumable``) are skipped.
     """

@@ -3,7 +3,7 @@
 ``nnUNetPredictor`` holds the logits of a whole case on the preprocessed grid (float16) and its export
 resamples all of them to the input grid at once (float64 per class), so memory grows with classes ×
 voxels. Here the same steps run on one slab of rows along one axis at a time
-(:func:`~fusionseg.engine.slab_inference.blended_slabs`):
+(:func:`~fusionseg.inference.slab_inference.blended_slabs`):
 
 - windows: nnU-Net's positions (``compute_steps_for_sliding_window`` on the image padded to the patch),
   Gaussian (``compute_gaussian``, σ = patch / 8) and mirroring (all combinations of the trained axes,
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.engine.progress import progress_bar
-from fusionseg.engine.slab_inference import SlabPlan, WindowPass, blended_slabs
+from fusionseg.inference.slab_inference import SlabPlan, WindowPass, blended_slabs
+from fusionseg.runtime.progress import progress_bar
 
 __all__ = ["Resampling", "predict_labels", "window_plan"]
 

@@ -1,0 +1,5 @@
+"""Models leaving fusionseg: ONNX and TorchScript exports, MONAI bundles that run without fusionseg.
+
+- :mod:`.export`: ONNX / TorchScript with a parity check; :mod:`.bundle`: a MONAI bundle folder;
+  :mod:`.bundle_components`: the code copied into bundles (no fusionseg import).
+"""

@@ -1,0 +1,5 @@
+"""Multi-run workflows built on the stages: the demo, fusion ablations, k-fold cross-validation.
+
+- :mod:`.demo` (``fusionseg demo``), :mod:`.ablate` (``fusionseg ablate``: the same backbone with each
+  fusion, equal budget), :mod:`.crossval` (``fusionseg train --folds``: folds, ensemble, postprocessing).
+"""
