@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TypeVar
 
 from fusionseg.errors import InputError
 
@@ -71,7 +72,11 @@ def floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def _positive(text: str, number: type, what: str) -> int | float:
+_Number = TypeVar("_Number", int, float)
+
+
+def _positive(text: str, number: type[_Number], what: str) -> _Number:
+    value: _Number | None
     try:
         value = number(text)
     except ValueError:
