@@ -82,12 +82,13 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        reason = {
+        reasons: dict[int | None, str] = {
             errno.EACCES: "permission denied",
             errno.EPERM: "permission denied",
             errno.EROFS: "read-only file system",
             errno.ENOSPC: "no space left on device",
-        }.get(err.errno, err.strerror or type(err).__name__)
+        }
+        reason = reasons.get(err.errno, err.strerror or type(err).__name__)
         raise InputError(f"cannot write to {what} {path} ({reason}); choose a writable directory") from None
     return path
 
@@ -129,12 +130,12 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return bool(_TEMP_NAME.match(Path(path).name))
 
 
-def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files in ``folder`` of writers that died (e.g. SIGKILL during a save) → their paths.
 
     A temp file whose writer process is still alive (another job writing there) is kept.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -180,12 +181,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         _swept_folders.add(key)
     suffix = "".join(path.suffixes) or ".tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix, dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=suffix, dir=folder)
     except OSError:
         ensure_writable_dir(folder)  # raises the InputError that names the reason
         raise
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(tmp_name)
     _own_temp_files.add(str(tmp))
     try:
         yield tmp

@@ -34,10 +34,22 @@ __all__ = [
     "to_channels_last",
 ]
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-_MAXPOOL = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_CONV: dict[int, type[nn.Conv1d | nn.Conv2d | nn.Conv3d]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T: dict[int, type[nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d]] = {
+    1: nn.ConvTranspose1d,
+    2: nn.ConvTranspose2d,
+    3: nn.ConvTranspose3d,
+}
+_BN: dict[int, type[nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d]] = {
+    1: nn.BatchNorm1d,
+    2: nn.BatchNorm2d,
+    3: nn.BatchNorm3d,
+}
+_MAXPOOL: dict[int, type[nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d]] = {
+    1: nn.MaxPool1d,
+    2: nn.MaxPool2d,
+    3: nn.MaxPool3d,
+}
 
 
 def positive_int(name: str, value: object) -> int:
@@ -66,22 +78,22 @@ def check_spatial_dims(spatial_dims: int, allowed: tuple[int, ...] = (2, 3)) -> 
     return int(spatial_dims)
 
 
-def conv_type(spatial_dims: int) -> type[nn.Module]:
+def conv_type(spatial_dims: int) -> type[nn.Conv1d | nn.Conv2d | nn.Conv3d]:
     """``nn.Conv2d`` or ``nn.Conv3d``."""
     return _CONV[check_spatial_dims(spatial_dims, (1, 2, 3))]
 
 
-def conv_transpose_type(spatial_dims: int) -> type[nn.Module]:
+def conv_transpose_type(spatial_dims: int) -> type[nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d]:
     """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
     return _CONV_T[check_spatial_dims(spatial_dims, (1, 2, 3))]
 
 
-def batch_norm_type(spatial_dims: int) -> type[nn.Module]:
+def batch_norm_type(spatial_dims: int) -> type[nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d]:
     """``nn.BatchNorm2d`` or ``nn.BatchNorm3d``."""
     return _BN[check_spatial_dims(spatial_dims, (1, 2, 3))]
 
 
-def max_pool_type(spatial_dims: int) -> type[nn.Module]:
+def max_pool_type(spatial_dims: int) -> type[nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d]:
     """``nn.MaxPool2d`` or ``nn.MaxPool3d``."""
     return _MAXPOOL[check_spatial_dims(spatial_dims, (1, 2, 3))]
 

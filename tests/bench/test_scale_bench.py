@@ -22,6 +22,13 @@ def test_dataset_links_beyond_four_cases(tmp_path):
     assert info.cases[5].images[0].stat().st_ino == info.cases[1].images[0].stat().st_ino
 
 
+@pytest.mark.parametrize("size", ["40,40", "40,40,12,2"])
+def test_size_takes_three_voxel_counts(size, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--size", size])
+    assert err.value.code == 2 and "--size takes three voxel counts x,y,z" in capsys.readouterr().err
+
+
 def test_tree_memory_counts_this_process():
     import os
 

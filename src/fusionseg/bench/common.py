@@ -92,9 +92,9 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device | None = None)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current resident size
-        base = _proc_status_mb("VmRSS")
+        resident = _proc_status_mb("VmRSS")
         fn()
-        return _proc_status_mb("VmHWM") - base
+        return _proc_status_mb("VmHWM") - resident
     finally:
         tune_cpu_allocator(WARM_MMAP_THRESHOLD)
 

@@ -19,10 +19,13 @@ import argparse
 import math
 import statistics
 from collections.abc import Callable
+from types import EllipsisType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.bench.common import format_table, gemm_gflops, peak_memory_mb, time_call
 from fusionseg.fusion import DFF
@@ -44,7 +47,7 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     """
     total = 0
 
-    def conv_hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+    def conv_hook(m: _ConvNd | nn.Linear, inp: tuple, out: torch.Tensor) -> None:
         nonlocal total
         k = m.weight[0].numel()  # C_in/groups · prod(kernel) for convs
         if isinstance(m, _CONV_TS):  # weight (C_in, C_out/groups, *k): each input voxel feeds C_out·prod(k)
@@ -84,11 +87,12 @@ def _loss(out, target: torch.Tensor) -> torch.Tensor:
         if out.ndim == 6
         else [out]
     )
-    total = 0.0
+    total: torch.Tensor | float = 0.0
     for o in outs:
         step = target.shape[-1] // o.shape[-1]
-        t = target[(..., *(slice(None, None, step),) * (target.ndim - 1))]
-        total = total + F.cross_entropy(o.float(), t)
+        grid: tuple[EllipsisType | slice, ...] = (..., *(slice(None, None, step),) * (target.ndim - 1))
+        total = total + F.cross_entropy(o.float(), target[grid])
+    assert isinstance(total, torch.Tensor)  # a model has at least one head
     return total
 
 
@@ -138,7 +142,9 @@ def _peers(out_channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
         try:
             return SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=48, spatial_dims=3)
         except TypeError:  # older MONAI needs img_size
-            return SwinUNETR(img_size=(size,) * 3, in_channels=1, out_channels=out_channels, feature_size=48)
+            return SwinUNETR(  # type: ignore[call-arg]  # dropped from newer MONAI's signature
+                img_size=(size,) * 3, in_channels=1, out_channels=out_channels, feature_size=48
+            )
 
     def dyn() -> nn.Module:  # nnU-Net 3d_fullres-like: 32…320 filters, downsample to ≥ 4³, deep supervision
         n = max(d for d in range(1, 6) if size // 2**d >= 4)
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
         x = torch.randn(1, 1, size, size, size)
         target = torch.randint(0, k, (1, size, size, size))
         macs = count_macs(dnet, x) / 1e9
-        variants: list[tuple[str, Callable[[], nn.Module], bool, bool]] = [
+        variants: list[tuple[str, Callable[[], nn.Module], bool | None, bool]] = [
             ("D-Net v2 plain (original layout)", lambda: dnet, False, False),
             ("D-Net v2 fast (channels-last)", lambda: dnet, True, False),
         ]
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench dnet") -> i
 
         # Build every variant, warm it up, then time them interleaved (round-robin, median of
         # ``repeats`` rounds) so that load from other processes hits all variants alike.
-        runs = []
+        runs: list[dict[str, Any]] = []
         for name, make, fast, bf16 in variants:
             model = make()
             model_macs = macs if fast is not None else count_macs(model.eval(), x) / 1e9

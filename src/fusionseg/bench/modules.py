@@ -152,9 +152,9 @@ def _passes(case: Case) -> dict[str, tuple[Callable[[], object], Callable[[], ob
     }
 
 
-def run_case(case: Case, repeats: int = 3, warmup: int = 1) -> list[dict[str, object]]:
+def run_case(case: Case, repeats: int = 3, warmup: int = 1) -> list[dict[str, str | float]]:
     """Measure one case; returns one result dict per pass (forward, forward+backward)."""
-    results = []
+    results: list[dict[str, str | float]] = []
     for name, (plain, fast) in _passes(case).items():
         for _ in range(warmup):
             plain()
@@ -209,7 +209,7 @@ def sgemm_gflops(tokens: int, dim_head: int, repeats: int = 5) -> float:
     return best
 
 
-def tif_floor_note(results: list[dict[str, object]]) -> str | None:
+def tif_floor_note(results: list[dict[str, str | float]]) -> str | None:
     """Lower bound on TIF(96,128) forward+backward time at 128² tokens from the attention matmuls alone."""
     row = next((r for r in results if r["module"] == "TIF(96,128)" and r["pass"] == "forward+backward"), None)
     if row is None:
@@ -227,7 +227,7 @@ def tif_floor_note(results: list[dict[str, object]]) -> str | None:
     )
 
 
-def _row(r: dict[str, object]) -> list[object]:
+def _row(r: dict[str, str | float]) -> list[object]:
     return [
         r["module"],
         r["input"],

@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 from collections.abc import Sequence
 
+from fusionseg.plug.core import PlugRecord
 from fusionseg.plug.describe import change_text, markdown_table
 
 __all__ = ["PLUG_MODELS", "build_parser", "main", "parameter_table"]
@@ -36,7 +37,8 @@ def parameter_table(dims: Sequence[int] = (2, 3), models: Sequence[str] = PLUG_M
             counts, skips = {}, 0
             for fusion in fusions:
                 net = create_model(name, in_channels=1, out_channels=2, spatial_dims=d, fusion=fusion)
-                counts[fusion], skips = net.fusion_plug.params_after, net.fusion_plug.num_sites
+                record: PlugRecord = net.fusion_plug  # type: ignore[assignment]  # set by plug_fusion
+                counts[fusion], skips = record.params_after, record.num_sites
             base = counts["concat"]
             rows.append([name, f"{d}D", f"{base:,}", *(change_text(base, counts[f]) for f in fusions[1:]), skips])
     deepest_only = [f for f in fusions[1:] if len(default_fusion_levels(f, (0, 1))) == 1]

@@ -131,7 +131,8 @@ def _score(best: Path, data_dir: Path, device: str, overlap: float) -> tuple[flo
     cases = [c for c in info.test_cases if c.label is not None]
     names = {int(k): v for k, v in pre["labels"].items()}
     per_class: dict[str, list[float]] = {names[k]: [] for k in range(1, int(pre["num_classes"]))}
-    for item in Dataset([data.case_dict(c) for c in cases], data.eval_transforms(pre)):
+    dataset = Dataset([data.case_dict(c) for c in cases], data.eval_transforms(pre))
+    for item in dataset:  # type: ignore[attr-defined]  # no __iter__: iterated by __getitem__
         pred = predict_volume(model, item["image"], pre, overlap=overlap).argmax(0).numpy()
         label = np.asarray(item["label"])[0]
         for k in range(1, int(pre["num_classes"])):

@@ -176,9 +176,12 @@ def build_parser(prog: str = "fusionseg bench scale") -> argparse.ArgumentParser
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg bench scale") -> int:
-    args = build_parser(prog).parse_args(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
     sizes = [int(n) for n in args.cases.split(",") if n.strip()]
     shape = tuple(int(v) for v in args.size.split(","))
+    if len(shape) != 3:
+        parser.error(f"--size takes three voxel counts x,y,z, got {args.size}")
     nnunet = args.nnunet and shutil.which("nnUNetv2_plan_and_preprocess") is not None
     env = subprocess_env()
     python = [sys.executable, "-m", "fusionseg"]

@@ -42,8 +42,8 @@ def main(argv: list[str], prog: str = "fusionseg nnunet") -> int:
             print(f"now run: export nnUNet_extTrainer={path.parent}")
         print("e.g. nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerDNet  (`fusionseg nnunet list` shows all)")
     elif args.action == "uninstall":
-        path = uninstall(args.target)
-        print(f"removed {path}" if path else f"nothing to remove: no {SHIM_NAME} there")
+        removed = uninstall(args.target)
+        print(f"removed {removed}" if removed else f"nothing to remove: no {SHIM_NAME} there")
     else:
         print(trainer_listing())
     return 0

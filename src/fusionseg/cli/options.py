@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 from fusionseg.errors import InputError
 
@@ -75,7 +76,11 @@ def floats(text: str) -> tuple[float, ...]:
     return values
 
 
-def _positive(text: str, number: type, what: str) -> int | float:
+_Number = TypeVar("_Number", int, float)
+
+
+def _positive(text: str, number: type[_Number], what: str) -> _Number:
+    value: _Number | None
     try:
         value = number(text)
     except ValueError:

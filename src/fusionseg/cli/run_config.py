@@ -84,6 +84,7 @@ def _value(key: str, action: argparse.Action, value: Any, source: str) -> tuple[
     if action.type is None:
         converted: Any = text
     else:
+        assert callable(action.type)  # functions here, never names registered with argparse
         try:
             converted = action.type(text)
         except (argparse.ArgumentTypeError, ValueError, TypeError) as err:

@@ -9,8 +9,11 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.kernels.dff import dff
 from fusionseg.kernels.switch import reference_ops_default
@@ -73,9 +76,12 @@ class DFF(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         check_same_shape("DFF", x, skip, self.dim, self.spatial_dims)
         if not self.reference_ops:  # fused kernel: no concat, no gated copy, hand-written backward
-            w_atten, w_redu = self.conv_atten[0].weight.flatten(1), self.conv_redu.weight.flatten(1)
+            w_atten = cast(_ConvNd, self.conv_atten[0]).weight.flatten(1)  # nn.Sequential items are nn.Module
+            w_redu = self.conv_redu.weight.flatten(1)
             w1, w2 = self.conv1.weight.view(1, self.dim), self.conv2.weight.view(1, self.dim)
-            return dff(x, skip, w_atten, w_redu, w1, self.conv1.bias, w2, self.conv2.bias)
+            b1, b2 = self.conv1.bias, self.conv2.bias
+            assert b1 is not None and b2 is not None  # conv1 and conv2 are built with bias=True
+            return dff(x, skip, w_atten, w_redu, w1, b1, w2, b2)
         # D-Net's DFF, steps 1–5 of the class docstring
         u = torch.cat([x, skip], 1)  # 1. (B, 2·dim, *S)
         a = self.conv_atten(u.mean(dim=tuple(range(2, u.ndim)), keepdim=True))  # 2. channel gate (B, 2·dim, 1…)

@@ -15,6 +15,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,7 +122,7 @@ class Transformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for attn, ff in self.layers:
+        for attn, ff in cast("Iterable[nn.ModuleList]", self.layers):  # its items are typed nn.Module
             x = x + attn(x)
             x = x + ff(x)
         return x

@@ -24,7 +24,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.layers import to_channels_last
 
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 
-def pointwise(x: torch.Tensor, conv: nn.Module, residual: torch.Tensor | None = None) -> torch.Tensor:
+def pointwise(x: torch.Tensor, conv: _ConvNd, residual: torch.Tensor | None = None) -> torch.Tensor:
     """A 1×1 ``conv`` applied to (B, C, *S) ``x`` as one matmul over the channels-last view (+ ``residual``).
 
     The output (B, C_out, *S) is channels-last. No copy when ``x`` is channels-last.
@@ -117,7 +118,8 @@ def _from_phases(y: torch.Tensor, dil: int, sizes: tuple[int, ...]) -> torch.Ten
     z = z.permute(0, *[v for a in range(n) for v in (1 + n + a, 1 + a)], 2 * n + 1)
     z = z.reshape(b, *(g * dil for g in grid), c)
     if any(g * dil != s for g, s in zip(grid, sizes)):
-        z = z[(slice(None), *(slice(0, s) for s in sizes))].contiguous()
+        crop = (slice(None), *(slice(0, s) for s in sizes))
+        z = z[crop].contiguous()
     return z.movedim(-1, 1)
 
 
@@ -128,7 +130,7 @@ def _same_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return fn(x, weight, bias, padding=pad, groups=groups)
 
 
-def depthwise(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+def depthwise(x: torch.Tensor, conv: _ConvNd) -> torch.Tensor:
     """A stride-1 "same" ``conv`` (depthwise, or dense C → C) on channels-last ``x``, fast forward and backward.
 
     A dilated depthwise conv runs as an undilated one on the dilation^n interleaved sub-grids
@@ -138,7 +140,7 @@ def depthwise(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     k, dil, pad = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
     uniform = len(set(conv.kernel_size)) == len(set(conv.dilation)) == len(set(conv.padding)) == 1
     same = uniform and conv.stride[0] == 1 and pad == dil * (k - 1) // 2 and x.ndim in (4, 5)
-    if not same or conv.groups not in (1, x.shape[1]):
+    if not same or isinstance(pad, str) or conv.groups not in (1, x.shape[1]):
         return conv(x)
     if dil > 1 and conv.groups == x.shape[1]:
         z, sizes = _to_phases(x, dil)
@@ -148,7 +150,7 @@ def depthwise(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
     return _same_conv(x, conv.weight, conv.bias, pad, conv.groups)
 
 
-def upsample2x(x: torch.Tensor, conv_t: nn.Module) -> torch.Tensor:
+def upsample2x(x: torch.Tensor, conv_t: _ConvNd) -> torch.Tensor:
     """A kernel-2 stride-2 transposed conv as one matmul plus one interleaving copy, channels-last out.
 
     Each input voxel emits a 2×…×2 block: ``y[b, 2d+i, 2h+j, 2w+k, :] = x[b, d, h, w, :] · W[:, :, i, j, k] + bias``.
@@ -166,7 +168,7 @@ def upsample2x(x: torch.Tensor, conv_t: nn.Module) -> torch.Tensor:
 
 
 def conv_few_channels(
-    conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    conv: _ConvNd, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor | None:
     """A dense ``conv`` (its stride and padding; ``weight``/``bias`` may be BN-folded) on an input with
     few channels, as one matmul over im2col columns; channels-last out. None when it does not apply.
@@ -176,20 +178,21 @@ def conv_few_channels(
     (no gradients): in training the columns would be kept for the backward, more memory than the builtin.
     """
     n, c_in = x.ndim - 2, x.shape[1]
-    k, stride, pad = conv.kernel_size, conv.stride, conv.padding
+    kernel, stride, pad = conv.kernel_size, conv.stride, conv.padding
+    if isinstance(pad, str):  # "same" / "valid": the builtin
+        return None
     fits = (
         not torch.is_grad_enabled()
         and n in (2, 3)
         and c_in <= 4
         and conv.groups == 1
         and conv.dilation == (1,) * n
-        and isinstance(pad, tuple)
-        and len(set(k)) == len(set(stride)) == len(set(pad)) == 1
-        and c_in * math.prod(k) <= 512
+        and len(set(kernel)) == len(set(stride)) == len(set(pad)) == 1
+        and c_in * math.prod(kernel) <= 512
     )
     if not fits:
         return None
-    k, s, p = k[0], stride[0], pad[0]
+    k, s, p = kernel[0], stride[0], pad[0]
     xp = F.pad(x, (p, p) * n) if p else x
     out = [(size + 2 * p - k) // s + 1 for size in x.shape[2:]]
     st = xp.stride()
@@ -200,7 +203,7 @@ def conv_few_channels(
 
 
 def conv_channels_last(
-    conv: nn.Module, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    conv: _ConvNd, x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``conv`` on ``x`` with ``weight``/``bias`` (default: the module's), channels-last out.
 
@@ -212,20 +215,21 @@ def conv_channels_last(
     return to_channels_last(conv._conv_forward(x, weight, bias)) if y is None else y
 
 
-def bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+def bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Eval-mode BatchNorm as ``x·scale + shift`` per channel, or None when it uses batch statistics."""
-    if bn.training or bn.running_mean is None:
+    mean, var = bn.running_mean, bn.running_var  # buffers: None without running statistics
+    if bn.training or not isinstance(mean, torch.Tensor) or not isinstance(var, torch.Tensor):
         return None
-    scale = torch.rsqrt(bn.running_var + bn.eps)
+    scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
-    shift = -bn.running_mean * scale
+    shift = -mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
     return scale, shift
 
 
-def conv_bn_channels_last(conv: nn.Module, bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def conv_bn_channels_last(conv: _ConvNd, bn: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``, channels-last; in eval mode the BN is folded into the conv weights (one pass fewer)."""
     affine = bn_affine(bn)
     if affine is None:

@@ -14,7 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.layers import is_channels_last
 
@@ -30,8 +30,8 @@ def mlp_in_slabs(
     x: torch.Tensor,
     fc1_weight: torch.Tensor,
     fc1_bias: torch.Tensor | None,
-    dwconv: nn.Module,
-    fc2: nn.Module,
+    dwconv: _ConvNd,
+    fc2: _ConvNd,
     residual: bool = False,
 ) -> torch.Tensor | None:
     """No-grad ``fc2(GELU(dwconv(fc1(x)))) (+ x)`` on channels-last ``x``, slab by slab along the first spatial axis.
@@ -75,4 +75,5 @@ def mlp_in_slabs(
         if out is None:
             out = xs.new_empty((*xs.shape[:-1], y.shape[-1]), dtype=y.dtype)
         out[:, d0:d1] = y
+    assert out is not None  # depth > 2·slab: the loop ran
     return out.movedim(-1, 1)

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import EllipsisType
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +93,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant", valu
 
 def crop_to(y: torch.Tensor, crop_info: dict) -> torch.Tensor:
     """Crop the trailing spatial dims of ``y`` back to ``crop_info["spatial"]`` (from :func:`pad_to_multiple`)."""
-    spatial = crop_info["spatial"]
-    return y[(..., *(slice(0, s) for s in spatial))]
+    crop: tuple[EllipsisType | slice, ...] = (..., *(slice(0, s) for s in crop_info["spatial"]))
+    return y[crop]
 
 
 class SegmentationNet(nn.Module):

@@ -22,9 +22,12 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.kernels.conv import depthwise, pointwise
 from fusionseg.kernels.mlp import mlp_in_slabs
@@ -95,14 +98,14 @@ class DLKLayer(nn.Module):
         a2 = depthwise(a1, self.att_conv2)
         u = torch.cat([a1.movedim(1, -1), a2.movedim(1, -1)], dim=-1)  # (B, *S, 2·inner) contiguous
         m = torch.stack([u.mean(-1), u.amax(-1)], dim=-1).movedim(-1, 1)  # (B, 2, *S) channels-last
-        w = torch.sigmoid(depthwise(m, self.spatial_se[0]))
+        w = torch.sigmoid(depthwise(m, cast(_ConvNd, self.spatial_se[0])))  # nn.Sequential items are nn.Module
         if self.version == 1:
             return (a1 * w[:, 0:1] + x).addcmul_(a2, w[:, 1:2])
         s = (w[:, 0] + w[:, 1]).unsqueeze(-1)  # u·w0 + u·w1 = u·(w0 + w1), (B, *S, 1)
         # Channel gate on mean_S(u·s) = sᵀu / N, a batched matmul: u·s is never stored for it.
         b, c = x.shape[:2]
         mean_us = torch.bmm(s.reshape(b, 1, -1), u.reshape(b, -1, c)).squeeze(1) / s[0].numel()
-        gate = torch.sigmoid(F.linear(mean_us, self.conv_atten[0].weight.flatten(1)))  # (B, C)
+        gate = torch.sigmoid(F.linear(mean_us, cast(_ConvNd, self.conv_atten[0]).weight.flatten(1)))  # (B, C)
         scale = s * gate.view(b, *(1,) * self.spatial_dims, c)  # (B, *S, C): s ⊗ gate
         return torch.addcmul(x.movedim(1, -1), u, scale).movedim(-1, 1)
 

@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.fusion import DFF
 from fusionseg.kernels.conv import (
@@ -77,21 +80,22 @@ def _check_sequence(name: str, values: Sequence[int], length: int, minimum: int)
 
 class _ChannelsLastOps:
     """The three ops of D-Net's containers that have two implementations, chosen by ``self.reference_ops``:
-    the module itself on the caller's layout (reference), or a channels-last kernel (fast)."""
+    the module itself on the caller's layout (reference), or a channels-last kernel (fast).
+    The convs come from ``nn.ModuleList``s, typed ``nn.Module``: hence the casts."""
 
     reference_ops: bool
 
     def _conv(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A dense conv (few input channels without gradients: one im2col matmul)."""
-        return conv(x) if self.reference_ops else conv_channels_last(conv, x)
+        return conv(x) if self.reference_ops else conv_channels_last(cast(_ConvNd, conv), x)
 
     def _up(self, conv_t: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A kernel-2 stride-2 transposed conv (fast: one matmul plus one interleaving copy)."""
-        return conv_t(x) if self.reference_ops else upsample2x(x, conv_t)
+        return conv_t(x) if self.reference_ops else upsample2x(x, cast(_ConvNd, conv_t))
 
     def _head(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """A 1×1 segmentation head (fast: a matmul on the channels-last view)."""
-        return conv(x) if self.reference_ops else pointwise(x, conv)
+        return conv(x) if self.reference_ops else pointwise(x, cast(_ConvNd, conv))
 
 
 def _conv_norm_act(conv: type[nn.Module], bn: type[nn.Module], c_in: int, c_out: int) -> nn.Sequential:
@@ -119,8 +123,8 @@ class DNetConvBlock(nn.Module):
         return self.conv2(self.conv1(x))
 
     def _forward_fast(self, x: torch.Tensor) -> torch.Tensor:
-        for conv, norm, act in (self.conv1, self.conv2):
-            x = act(conv_bn_channels_last(conv, norm, x))
+        for conv, norm, act in (self.conv1, self.conv2):  # nn.Sequential items are typed nn.Module
+            x = act(conv_bn_channels_last(cast(_ConvNd, conv), cast(_BatchNorm, norm), x))
         return x
 
 
@@ -149,6 +153,7 @@ class Saliency(nn.Module):
             h = pointwise(self.norm_layer(x), mlp.fc1)
         else:  # eval: fold the second use of the BN into fc1, W·(x·s + t) + b = (W·diag(s))·x + (W·t + b)
             w1 = mlp.fc1.weight.flatten(1)
+            assert mlp.fc1.bias is not None  # DLKMlp's convs have biases
             w1, b1 = w1 * affine[0], mlp.fc1.bias + w1 @ affine[1]
             y = mlp_in_slabs(x, w1, b1, mlp.dwconv, mlp.fc2, residual=True)
             if y is not None:
@@ -407,6 +412,8 @@ class _BottleneckV1(_ChannelsLastOps, nn.Module):
 
 
 class _DecoderV1(_ChannelsLastOps, nn.Module):
+    seg_layers: nn.ModuleList  # the deep-supervision heads, added by DNetV1
+
     def __init__(self, dims, depths, spatial_dims, rates) -> None:
         super().__init__()
         conv_t = conv_transpose_type(spatial_dims)

@@ -50,7 +50,7 @@ def _no_deep_supervision(name: str, deep_supervision: bool) -> None:
 
 
 def _check_input_hook(module: nn.Module, args: tuple) -> None:
-    module.check_input(args[0])
+    module.check_input(args[0])  # type: ignore[operator]  # set by with_fusion_and_contract
 
 
 def _list_to_tuple(module: nn.Module, args: tuple, output):
@@ -75,11 +75,11 @@ def with_fusion_and_contract(
         kwargs["in_channels"],
         kwargs["out_channels"],
     )
-    model.size_multiple = size_multiple
-    model.check_input = partial(
+    model.size_multiple = size_multiple  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module
+    model.check_input = partial(  # type: ignore[assignment]
         check_input_size,
-        in_channels=model.in_channels,
-        spatial_dims=model.spatial_dims,
+        in_channels=kwargs["in_channels"],
+        spatial_dims=kwargs["spatial_dims"],
         multiple=size_multiple,
         name=name,
     )

@@ -82,7 +82,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
             f"model {key!r} ({type(model).__name__}) lacks {', '.join(missing)}; a registered model must have "
             f"{', '.join(MODEL_ATTRIBUTES)} (derive from fusionseg.nets.base.SegmentationNet or set them)"
         )
-    model.config = config
+    model.config = config  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module only
     return model
 
 

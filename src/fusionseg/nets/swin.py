@@ -102,7 +102,8 @@ def shifted_window_mask(
         (slice(0, -w), slice(-w, -s), slice(-s, None)) if s > 0 else (slice(None),) for w, s in zip(window, shift)
     ]
     for cnt, region in enumerate(itertools.product(*slices)):
-        img[(slice(None), *region, slice(None))] = cnt
+        index = (slice(None), *region, slice(None))
+        img[index] = cnt
     ids = window_partition(img, window).squeeze(-1)  # (nW, N)
     diff = ids[:, None, :] - ids[:, :, None]
     return torch.zeros_like(diff).masked_fill_(diff != 0, _MASK_VALUE)
@@ -120,6 +121,8 @@ class WindowAttention(nn.Module):
         >>> WindowAttention(32, (7, 7), num_heads=2)(torch.randn(4, 49, 32)).shape
         torch.Size([4, 49, 32])
     """
+
+    relative_position_index: torch.Tensor  # a buffer (registered in __init__)
 
     def __init__(
         self,
@@ -236,7 +239,8 @@ class SwinBlock(nn.Module):
         if self.shifted:
             y = torch.roll(y, list(self.shift_size), dims)
         if any(pads):
-            y = y[(slice(None), *(slice(0, s) for s in spatial))]
+            crop = (slice(None), *(slice(0, s) for s in spatial))
+            y = y[crop]
         x = x + self.drop_path(y)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 

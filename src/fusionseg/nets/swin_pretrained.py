@@ -215,9 +215,9 @@ def load_swin_pretrained(
             report.adapted[key] = how
             continue
         if key.endswith("relative_position_bias_table"):
-            new = _adapt_bias_table(value, dest.shape)
-            if new is not None:
-                dest.copy_(new)
+            table = _adapt_bias_table(value, dest.shape)
+            if table is not None:
+                dest.copy_(table)
                 report.adapted[key] = f"bias table {tuple(value.shape)} → {tuple(dest.shape)} (bicubic)"
                 continue
         report.skipped[key] = f"shape {tuple(value.shape)} does not fit the encoder's {tuple(dest.shape)}"

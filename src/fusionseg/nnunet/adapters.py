@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from fusionseg.nets.dnet import DNet
@@ -55,6 +57,9 @@ class _DecoderSwitchMixin:
     The wrapped constructors assign ``self.deep_supervision`` before any decoder exists; that first
     value is kept aside and moved onto the decoder by :meth:`_attach_switch`.
     """
+
+    _modules: dict[str, Any]  # nn.Module's, from the network class this is mixed into
+    decoder: Any  # the network's decoder, or a DeepSupervisionSwitch where it has none
 
     @property
     def deep_supervision(self) -> bool:
@@ -111,6 +116,7 @@ def adapt_for_nnunet(net: nn.Module) -> nn.Module:
         )
     net.__dict__["_initial_deep_supervision"] = net.__dict__.pop("deep_supervision")
     net.__class__ = cls
+    assert isinstance(net, _DecoderSwitchMixin)
     net._attach_switch()
     return net
 
@@ -127,7 +133,7 @@ def build_fusionseg_network(
         raise ValueError(f"no nnU-Net adapter for {name!r}; choose one of {', '.join(NETWORKS)}")
     kwargs = {"in_channels": in_channels, "out_channels": out_channels, "spatial_dims": spatial_dims}
     net = adapt_for_nnunet(create_model(name, **kwargs, deep_supervision=deep_supervision))
-    net.config = {"name": name, "kwargs": {**kwargs, "deep_supervision": False}}
+    net.config = {"name": name, "kwargs": {**kwargs, "deep_supervision": False}}  # type: ignore[assignment]
     return net
 
 

@@ -84,7 +84,8 @@ def import_nnunet_checkpoint(
     kwargs = dict(plans=init["plans"], configuration=configuration, in_channels=pre["in_channels"])
     kwargs["out_channels"] = pre["num_classes"]
     model = network_from_trainer(trainer, **kwargs)
-    if model.config["name"] == "nnunet_planned":  # not a fusionseg network: rebuilt through the trainer
+    # not a fusionseg network: rebuilt through the trainer (config: recorded by create_model)
+    if model.config["name"] == "nnunet_planned":  # type: ignore[index]
         model = create_model("nnunet_planned", trainer=trainer, **kwargs)
     report = load_pretrained(model, ckpt["network_weights"], strict=strict)
     train_args = {"imported_from": str(weights) if not isinstance(weights, Mapping) else "nnU-Net checkpoint"}

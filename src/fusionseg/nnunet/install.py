@@ -41,6 +41,7 @@ def default_target() -> Path:
     """nnU-Net's own trainer folder ``.../nnunetv2/training/nnUNetTrainer`` (found without importing nnunetv2)."""
     require_nnunetv2("fusionseg nnunet")
     spec = importlib.util.find_spec("nnunetv2")
+    assert spec is not None and spec.submodule_search_locations is not None  # a package: require_nnunetv2 found it
     return Path(next(iter(spec.submodule_search_locations))) / "training" / "nnUNetTrainer"
 
 

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from torch import nn
@@ -45,7 +47,7 @@ class FusedUNetDecoder(UNetDecoder):
 
 def find_sites(model: nn.Module) -> list[Site]:
     """Every decoder stage of a ``PlainConvUNet`` / ``ResidualEncoderUNet``, highest resolution first."""
-    decoder = getattr(model, "decoder", None)
+    decoder: Any = getattr(model, "decoder", None)  # dynamic_network_architectures ships no types
     if type(decoder) is not UNetDecoder:
         raise ValueError(
             f"{type(model).__name__}.decoder is a {type(decoder).__name__}, not UNetDecoder; plug_fusion supports "

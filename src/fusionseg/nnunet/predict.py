@@ -98,7 +98,7 @@ def predict_files(
     ending = dataset_json["file_ending"]
     ensure_writable_dir(output, "prediction folder")
     budget = int(memory) if memory is not None else default_memory_budget()
-    described = []
+    described: list[bool] = []
 
     def predict_case(cid: str, images: list[Path]) -> Path:
         out_path = output / f"{cid}{ending}"

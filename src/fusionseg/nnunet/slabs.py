@@ -195,7 +195,7 @@ def predict_labels(
     before = [s.start or 0 for s in unpad[1:]]
     axis = slab_axis(resampling, tuple(cm.patch_size))
     plan = window_plan(predictor, tuple(padded.shape[1:]), axis, sw_batch_size)
-    progress = progress_bar(plan.windows, desc=bar, enabled=bar is not None)
+    progress = progress_bar(plan.windows, desc=bar or "", enabled=bar is not None)
     plan.on_windows = progress.update if progress is not None else None
     thickness = _thickness(plan, resampling, axis, budget)
     size = resampling.target[axis]
@@ -220,7 +220,8 @@ def _write_slabs(slabs, rows, slab_scores, labels, resampling, axis, box, cross,
     for (lo, hi), (first, _), (_, _, scores) in zip(slabs, rows, slab_scores):
         index = list(cross)
         index[axis] = slice(None)
-        slab = resampling.resample(scores[(slice(None), *index)], axis, lo, hi, first)
+        window = (slice(None), *index)
+        slab = resampling.resample(scores[window], axis, lo, hi, first)
         target = list(box)
         target[axis] = slice(box[axis].start + lo, box[axis].start + hi)
         segmentation = label_manager.convert_logits_to_segmentation(slab)

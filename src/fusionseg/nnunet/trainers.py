@@ -256,7 +256,7 @@ TRAINERS: dict[str, type[FusionsegTrainerBase]] = {
 }
 
 
-def find_trainer(name: str) -> type:
+def find_trainer(name: str) -> type[nnUNetTrainer]:
     """The nnU-Net trainer class called ``name``: ours first, then wherever nnU-Net itself looks."""
     cls = globals().get(name)
     if isinstance(cls, type) and issubclass(cls, nnUNetTrainer):

@@ -30,9 +30,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.fusion import create_fusion, default_fusion_levels, list_fusions
 
@@ -79,7 +81,7 @@ class Site:
     up_width: int
     skip_width: int
     upsampler: nn.Module
-    readers: tuple[nn.Module, ...]
+    readers: tuple[_ConvNd, ...]
     owner: nn.Module
     fused_class: type
     key: str | None = None
@@ -129,7 +131,7 @@ def conv_like(conv: nn.Module, in_channels: int | None = None, out_channels: int
     """A fresh conv of ``conv``'s type and settings (kernel, stride, padding, bias, device, dtype) with new widths."""
     if not isinstance(conv, _CONVS) or conv.groups != 1:
         raise ValueError(f"cannot rebuild {conv!r}: only ungrouped Conv2d/3d and ConvTranspose2d/3d are supported")
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         kernel_size=conv.kernel_size,
         stride=conv.stride,
         padding=conv.padding,
@@ -143,7 +145,7 @@ def conv_like(conv: nn.Module, in_channels: int | None = None, out_channels: int
         kwargs["output_padding"] = conv.output_padding
     new = type(conv)(in_channels or conv.in_channels, out_channels or conv.out_channels, **kwargs)
     if conv.weight.is_contiguous(memory_format=_channels_last(conv.weight.ndim)):
-        new.to(memory_format=_channels_last(conv.weight.ndim))
+        new.to(memory_format=_channels_last(conv.weight.ndim))  # type: ignore[call-overload]  # not in torch's stubs
     return new
 
 
@@ -230,8 +232,9 @@ def plug_fusion(
         raise ValueError(f"plug_fusion needs an nn.Module instance, got {type(model).__name__}; supported: {SUPPORTED}")
     adapter = _find_adapter(model)
     network = type(model).__name__
-    if getattr(model, "fusion_plug", None) is not None:
-        raise ValueError(f"this {network} is already plugged ({model.fusion_plug.fusion}); build a fresh instance")
+    plugged = getattr(model, "fusion_plug", None)
+    if plugged is not None:
+        raise ValueError(f"this {network} is already plugged ({plugged.fusion}); build a fresh instance")
     sites = adapter.find_sites(model)
     spatial_dims = sites[0].readers[0].weight.ndim - 2
     if spatial_dims not in (2, 3):
@@ -240,13 +243,13 @@ def plug_fusion(
     before = count_parameters(model)
     record = PlugRecord(network, key, chosen, len(sites), before, before)
     if key == "concat":  # the network's own concatenation: nothing to change
-        model.fusion_plug = record
+        model.fusion_plug = record  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module only
         return model
     init = adapter.init_function(model)
     for site in (s for s in sites if s.level in chosen):
         record.changes.append(_plug_site(model, site, key, spatial_dims, init, fusion_kwargs))
     record.params_after = count_parameters(model)
-    model.fusion_plug = record
+    model.fusion_plug = record  # type: ignore[assignment]
     return model
 
 
@@ -272,8 +275,9 @@ def _plug_site(model, site: Site, fusion: str, spatial_dims: int, init, fusion_k
     if site.key is None:
         owner.fusion = module
     else:
-        if not isinstance(getattr(owner, "fusion", None), nn.ModuleDict):
-            owner.fusion = nn.ModuleDict()
-        owner.fusion[site.key] = module
+        fusions = getattr(owner, "fusion", None)
+        if not isinstance(fusions, nn.ModuleDict):
+            fusions = owner.fusion = nn.ModuleDict()
+        fusions[site.key] = module
     owner.__class__ = site.fused_class  # same object, same submodules; only forward differs
     return SiteChange(site.name, site.level, width, count_parameters(module), reader_delta, rebuilt, up_delta)

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from monai.networks.blocks.dynunet_block import UnetUpBlock
 from monai.networks.blocks.unetr_block import UnetrUpBlock
@@ -24,6 +26,7 @@ from monai.networks.nets.basic_unet import BasicUNet, UpCat
 from monai.networks.nets.dynunet import DynUNet
 from monai.networks.nets.swin_unetr import SwinUNETR
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.plug.core import Site
 
@@ -51,6 +54,8 @@ class _TransposedUpFusion:
     """``conv_block(fusion(transp_conv(inp), skip))`` in place of ``conv_block(cat([transp_conv(inp), skip]))``."""
 
     fusion: nn.Module
+    conv_block: Any  # the MONAI block's own: UnetBasicBlock (UnetUpBlock) or UnetResBlock (UnetrUpBlock)
+    transp_conv: Any
 
     def forward(self, inp: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv_block(self.fusion(self.transp_conv(inp), skip))
@@ -77,23 +82,29 @@ def _fused_class(name: str, block: nn.Module) -> type:
     return fused
 
 
+def _conv(block: nn.Module, path: str) -> _ConvNd:
+    """The convolution at dotted ``path`` in ``block`` (MONAI's ``Convolution`` keeps it as ``.conv``)."""
+    return cast(_ConvNd, block.get_submodule(path))
+
+
 def _transposed_site(name: str, level: int, block: nn.Module) -> Site:
-    readers = [block.conv_block.conv1.conv]
+    readers = [_conv(block, "conv_block.conv1.conv")]
     if hasattr(block.conv_block, "conv3"):  # UnetResBlock: 1×1 residual shortcut from the concatenation
-        readers.append(block.conv_block.conv3.conv)
-    up = block.transp_conv.conv.out_channels
+        readers.append(_conv(block, "conv_block.conv3.conv"))
+    up = _conv(block, "transp_conv.conv").out_channels
     skip = readers[0].in_channels - up
-    return Site(name, level, up, skip, block.transp_conv, tuple(readers), block, _fused_class(name, block))
+    upsampler = block.get_submodule("transp_conv")
+    return Site(name, level, up, skip, upsampler, tuple(readers), block, _fused_class(name, block))
 
 
 def _basic_unet_sites(model: BasicUNet) -> list[Site]:
-    skips = [model.conv_0, model.down_1.convs, model.down_2.convs, model.down_3.convs]  # x0 … x3 (TwoConv)
+    skips = ["conv_0", "down_1.convs", "down_2.convs", "down_3.convs"]  # x0 … x3 (TwoConv)
     sites = []
-    for level, skip_block in enumerate(skips):
+    for level, skip_path in enumerate(skips):
         name = f"upcat_{level + 1}"
         block = getattr(model, name)
-        reader = block.convs.conv_0.conv
-        skip = skip_block.conv_1.conv.out_channels
+        reader = _conv(block, "convs.conv_0.conv")
+        skip = _conv(model, f"{skip_path}.conv_1.conv").out_channels
         up = reader.in_channels - skip
         sites.append(Site(name, level, up, skip, block.upsample, (reader,), block, _fused_class(name, block)))
     return sites
