@@ -1,7 +1,7 @@
 """Dimension-generic building blocks shared by every module and network.
 
 Everything here is pure PyTorch and picks its 2D or 3D variant from ``spatial_dims``; the argument
-checks every module shares (:func:`check_spatial_dims`, :func:`positive_int`, :func:`int_list`) live here too.
+checks every module shares (:func:`check_spatial_dims`, :func:`check_positive_int`, :func:`int_list`) live here too.
 
 Example:
     >>> conv = conv_type(3)(8, 16, kernel_size=3, padding=1)
@@ -23,13 +23,13 @@ __all__ = [
     "LayerNormChannels",
     "batch_norm_type",
     "channels_last_format",
+    "check_positive_int",
     "check_spatial_dims",
     "conv_transpose_type",
     "conv_type",
     "int_list",
     "is_channels_last",
     "max_pool_type",
-    "positive_int",
     "spatial_mean",
     "to_channels_last",
 ]
@@ -52,7 +52,7 @@ _MAXPOOL: dict[int, type[nn.MaxPool1d | nn.MaxPool2d | nn.MaxPool3d]] = {
 }
 
 
-def positive_int(name: str, value: object) -> int:
+def check_positive_int(name: str, value: object) -> int:
     """``value`` if it is an int ≥ 1 (not a bool); ValueError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -308,6 +308,29 @@ def test_import_weights_cli_errors_are_input_errors(tmp_path):
     assert main(["--model", "_toy_ckpt", "--no-strict", *base], "p") == 0  # head re-initialised, rest loaded
 
 
+def test_import_weights_without_model_goes_to_the_registered_importer(tmp_path, capsys, monkeypatch):
+    """No --model: the importer fusionseg.nnunet registered for "nnunet" checkpoints writes the file (layers
+    below nnunet reach it through the registry only); one importer per kind."""
+    import fusionseg  # noqa: F401  (the facade registers the nnU-Net importer)
+    from fusionseg.checkpoints import importers
+
+    calls = []
+
+    def fake(weights, output, strict=True):
+        calls.append((weights, output, strict))
+        return output, LoadReport("checkpoint_final.pth", loaded=["w"]), {"name": "nnunet_planned"}
+
+    assert importers.importer_for("nnunet") is not None
+    with pytest.raises(ValueError, match="already registered"):
+        importers.register_importer("nnunet", fake)
+    monkeypatch.setitem(importers._IMPORTERS, "nnunet", fake)
+    weights, output = tmp_path / "checkpoint_final.pth", tmp_path / "ck.pt"
+    weights.write_bytes(b"x")
+    assert main(["--weights", str(weights), "--output", str(output), "--no-strict"], "p") == 0
+    assert calls == [(weights, output, False)]
+    assert f"wrote {output} (model nnunet_planned, nnU-Net preprocessing)" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------------------------- official listings
 def _random_state_dict(listing: Path) -> dict[str, torch.Tensor]:
     sd = {}

@@ -292,7 +292,7 @@ def test_predict_volume_activation_follows_the_preprocessing():
 
 
 def test_resolve_checkpoints(tmp_path):
-    from fusionseg.inference.run_checkpoints import resolve_checkpoints
+    from fusionseg.inference.checkpoint_files import resolve_checkpoints
 
     cv = tmp_path / "cv"
     for k in (0, 1, 10, 2):

@@ -35,6 +35,23 @@ def test_window_origins_are_monai_windows():
     assert window_origins((5,), (8,), 0.5)[:, 0].tolist() == [-1]
 
 
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("path", ["slabs", "whole volume"])
+def test_the_amp_dtype_given_is_the_one_the_windows_run_in(amp_dtype, path, monkeypatch):
+    """The dtype --amp resolved to reaches the autocast as it is: no second reading of the device rule
+    (it would say float32 here: this CPU is made to report no native bf16)."""
+    monkeypatch.setattr("fusionseg.runtime.devices.cpu_has_native_bf16", lambda: False)
+    model, pre, image = _unet(2, 3, 0), {"patch_size": (16, 16), "num_classes": 3}, torch.randn(1, 24, 20)
+    dtypes = []
+    model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    if path == "slabs":
+        plan = SlabPlan.build([model], [pre], image.shape[1:], amp_dtype=amp_dtype)
+        list(blended_slabs(plan, image, [(0, 24)]))
+    else:
+        predict_ensemble([model], [pre], image, amp_dtype=amp_dtype)
+    assert dtypes and set(dtypes) == {amp_dtype or torch.float32}
+
+
 @pytest.mark.parametrize(
     ("shape", "patches", "tta"),
     [

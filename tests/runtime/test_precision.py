@@ -97,7 +97,19 @@ def test_inference_choice_uses_the_training_window(tmp_path, monkeypatch):
     timer, calls = _timer({None: 1.0, torch.bfloat16: 0.5})
     model = create_model("unet", in_channels=3, out_channels=2, spatial_dims=2, features=[4, 8, 16])
     pre = {"patch_size": [30, 33], "in_channels": 3}
-    assert precision.choose_inference_amp(model, pre, "cpu", True, 2, log=lambda _: None, cache=False, timer=timer)
+    dtype = precision.choose_inference_amp(model, pre, "cpu", True, 2, log=lambda _: None, cache=False, timer=timer)
+    assert dtype is torch.bfloat16
     multiple = model.size_multiple
     window = tuple(-(-p // multiple) * multiple for p in (30, 33))
     assert calls[0] == ((2, 3, *window), None, "infer")
+
+
+@pytest.mark.parametrize(("native", "requested", "expected"), [(True, True, torch.bfloat16), (False, True, None),
+                                                               (True, False, None)])  # fmt: skip
+def test_inference_choice_without_a_window_is_the_untimed_rule(native, requested, expected, monkeypatch):
+    """Whole-image windows (no training patch): the dtype of the device rule, nothing timed."""
+    monkeypatch.setattr("fusionseg.runtime.devices.cpu_has_native_bf16", lambda: native)
+    model = create_model("unet", in_channels=1, out_channels=2, spatial_dims=2, features=[4, 8])
+    timer, calls = _timer({None: 1.0, torch.bfloat16: 0.5})
+    dtype = precision.choose_inference_amp(model, {"in_channels": 1}, "cpu", requested, log=lambda _: None, timer=timer)
+    assert dtype is expected and calls == []

@@ -7,8 +7,7 @@ A fusionseg checkpoint is a plain dict of tensors and plain data (no pickled obj
      "preprocessing": {...},                          # plain data used by predict
      "state_dict": {...}, "optimizer": {...}, "epoch": 3, "rng": capture_rng_state(), ...}
 
-:func:`import_weights` turns an official D-Net / DS-TransUNet ``.pth``/``.model`` file (or an
-nnU-Net ``checkpoint_final.pth``) into a fusionseg checkpoint (``fusionseg import-weights``).
+Weights of other code bases become such checkpoints in :mod:`fusionseg.checkpoints.importers`.
 
 Example:
     >>> save_checkpoint("run/last.pt", {"format": "fusionseg", "version": 1, "state_dict": {}})
@@ -32,7 +31,7 @@ from torch import nn
 from fusionseg.errors import InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.files import atomic_write
-from fusionseg.nets.weights import LoadReport, one_line, read_weights_file
+from fusionseg.nets.weights import one_line, read_weights_file
 from fusionseg.runtime.distributed import unwrap_model
 
 __all__ = [
@@ -41,7 +40,6 @@ __all__ = [
     "build_checkpoint",
     "capture_rng_state",
     "check_fields",
-    "import_weights",
     "load_checkpoint",
     "rebuild_model",
     "restore_rng_state",
@@ -284,37 +282,3 @@ def restore_rng_state(state: dict[str, Any] | None) -> None:
     if py is not None:
         version, internal, gauss = py
         random.setstate((version, tuple(internal), gauss))
-
-
-# --------------------------------------------------------------------------------------------- import
-def import_weights(
-    model_name: str,
-    weights: str | os.PathLike,
-    output: str | os.PathLike,
-    model_kwargs: dict[str, Any] | None = None,
-    preprocessing: dict | None = None,
-    strict: bool = True,
-) -> tuple[nn.Module, LoadReport]:
-    """Build registered ``model_name`` with ``model_kwargs``, load official ``weights`` into it, save a checkpoint.
-
-    ``preprocessing`` (e.g. from ``data.build_preprocessing``) is embedded for ``predict``. Returns
-    (model, load report); with ``strict`` every tensor must match by name and shape.
-    """
-    from fusionseg.nets.registry import create_model, list_models
-    from fusionseg.nets.weights import load_pretrained
-
-    kwargs = dict(model_kwargs or {})
-    if str(model_name).lower() not in list_models():
-        raise InputError(f"unknown model {model_name!r}; choose one of {', '.join(list_models())}")
-    try:
-        model = create_model(model_name, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"cannot build {model_name} with {kwargs}: {one_line(str(err), 160)}") from None
-    report = load_pretrained(model, weights, strict=strict)
-    if not report.loaded:  # --no-strict that fits nothing would save an untrained model as "imported"
-        raise InputError(
-            f"no tensor of {weights} fits {model_name} ({report.summary()}); check --model and --model-kwargs"
-        )
-    ckpt = build_checkpoint(model, preprocessing=preprocessing, rng=False, train_args={"imported_from": str(weights)})
-    save_checkpoint(output, ckpt)
-    return model, report

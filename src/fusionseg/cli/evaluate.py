@@ -1,10 +1,11 @@
-"""``fusionseg evaluate``: Dice / IoU / HD95 / mean surface distance / NSD of predicted label maps."""
+"""``fusionseg evaluate``: Dice / IoU / HD95 / mean surface distance / NSD of predicted label maps.
+
+Parsing only; the work is :func:`fusionseg.evaluation.run.run_evaluation`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 
 from fusionseg.cli.options import path
 from fusionseg.errors import InputError
@@ -35,20 +36,17 @@ def _count(text: str) -> int:
 MAX_LABEL = 65535  # label maps are at most uint16; a larger value only makes scipy allocate per label
 
 
-def check_folders(pred: Path, gt: Path, output: Path) -> None:
-    """:class:`InputError` when ``pred`` is ``gt`` (a perfect score of nothing) or ``output`` lies in ``gt``."""
-    if not Path(gt).is_dir() or Path(output).is_file():
-        return  # run_evaluation names the missing folder or the file in the way
-    real_gt = Path(os.path.realpath(gt))
-    if Path(os.path.realpath(pred)) == real_gt:
-        raise InputError(
-            f"--pred {pred} is --gt {gt}: that scores the ground truth against itself; pass the predictions folder"
-        )
-    real_out = Path(os.path.realpath(output))
-    if real_out == real_gt or real_gt in real_out.parents:
-        raise InputError(
-            f"--output {output} lies inside --gt {gt}; the ground truth is only read: pass another --output"
-        )
+def foreground_labels(text: str | None) -> list[int] | None:
+    """``--labels 1,2`` → [1, 2] (None when not given); InputError for anything but values 1..MAX_LABEL."""
+    if not text:
+        return None
+    try:
+        labels = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--labels must be comma-separated integers, got {text!r}") from None
+    if not all(1 <= label <= MAX_LABEL for label in labels):
+        raise InputError(f"--labels are foreground values 1..{MAX_LABEL}, got {text!r}; e.g. --labels 1,2")
+    return labels
 
 
 def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
@@ -76,26 +74,7 @@ def build_parser(prog: str = "fusionseg evaluate") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg evaluate") -> int:
-    from fusionseg.evaluation.evaluate import format_summary_table, read_label_layout, run_evaluation
+    from fusionseg.evaluation.run import EvaluationOptions, run_evaluation
 
     args = build_parser(prog).parse_args(argv)
-    labels = None
-    if args.labels:
-        try:
-            labels = [int(v) for v in args.labels.split(",") if v.strip()]
-        except ValueError:
-            raise InputError(f"--labels must be comma-separated integers, got {args.labels!r}") from None
-        if not all(1 <= label <= MAX_LABEL for label in labels):
-            raise InputError(f"--labels are foreground values 1..{MAX_LABEL}, got {args.labels!r}; e.g. --labels 1,2")
-    layout = read_label_layout(args.dataset_json) if args.dataset_json is not None else None
-    output = args.output or args.pred
-    check_folders(args.pred, args.gt, output)
-    summary = run_evaluation(
-        args.pred, args.gt, output, args.images, labels, args.num_overlays, layout=layout,
-        nsd_tolerance=args.nsd_tolerance,
-    )  # fmt: skip
-    print(format_summary_table(summary))
-    if summary["missing"]:
-        print(f"warning: {len(summary['missing'])} case(s) without a prediction scored as empty: {summary['missing']}")
-    print(f"wrote {output / 'metrics.csv'} and {output / 'summary.json'}")
-    return 0
+    return run_evaluation(EvaluationOptions(**{**vars(args), "labels": foreground_labels(args.labels)}))

@@ -1,14 +1,13 @@
-"""``fusionseg import-weights``: official D-Net / DS-TransUNet weights → a fusionseg checkpoint."""
+"""``fusionseg import-weights``: official D-Net / DS-TransUNet weights → a fusionseg checkpoint.
+
+Parsing only; the work is :func:`fusionseg.checkpoints.run.run_import_weights`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-from pathlib import Path
 
 from fusionseg.cli.options import SizesAction, parse_json_object, path, sizes
-from fusionseg.errors import InputError
 
 __all__ = ["build_parser", "main"]
 
@@ -47,67 +46,8 @@ def build_parser(prog: str = "fusionseg import-weights") -> argparse.ArgumentPar
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg import-weights") -> int:
-    from fusionseg.checkpoints.checkpoint import check_fields, import_weights
-    from fusionseg.files import ensure_file
+    from fusionseg.checkpoints.run import ImportOptions, run_import_weights
 
     args = build_parser(prog).parse_args(argv)
-    if os.path.realpath(args.output) == os.path.realpath(args.weights):
-        raise InputError(f"--output {args.output} would replace --weights {args.weights}; choose another output file")
-    if args.output.is_dir():
-        example = args.output / "best.pt"
-        raise InputError(f"--output {args.output} is a folder; pass the checkpoint file to write, e.g. {example}")
-    check_replaceable(args.output)
-    if args.model is None:  # an nnU-Net v2 checkpoint_final.pth carries network, plans and preprocessing itself
-        return _import_nnunet(args)
-    kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
-    for key in ("in_channels", "out_channels", "spatial_dims", "deep_supervision"):
-        if getattr(args, key) is not None:
-            kwargs[key] = getattr(args, key)
-    preprocessing = None
-    if args.preprocessing is not None:
-        try:
-            preprocessing = json.loads(ensure_file(args.preprocessing, "preprocessing file").read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(f"preprocessing file {args.preprocessing} is not valid JSON ({err.msg})") from None
-        except (RecursionError, UnicodeDecodeError):
-            raise InputError(f"preprocessing file {args.preprocessing} is not a plain UTF-8 JSON object") from None
-        check_fields({"preprocessing": preprocessing}, f"preprocessing file {args.preprocessing}")
-    if args.data is not None:
-        from fusionseg.data import build_preprocessing, scan_dataset
-
-        patch = list(args.patch_size) if args.patch_size else None
-        preprocessing = build_preprocessing(scan_dataset(args.data), patch_size=patch)
-    model, report = import_weights(args.model, args.weights, args.output, kwargs, preprocessing, strict=args.strict)
-    print(report.summary())
-    print(f"wrote {args.output} (model {args.model}, {sum(p.numel() for p in model.parameters()):,} parameters)")
-    return 0
-
-
-def check_replaceable(output: Path) -> None:
-    """:class:`InputError` when ``output`` exists and is not a checkpoint import-weights wrote (a trained
-    checkpoint, dataset.json, ...): import-weights replaces only its own output."""
-    from fusionseg.checkpoints.checkpoint import load_checkpoint
-
-    if not output.is_file():
-        return
-    try:
-        imported = "imported_from" in (load_checkpoint(output).get("train_args") or {})
-    except (InputError, AttributeError, TypeError):
-        imported = False
-    if not imported:
-        raise InputError(
-            f"--output {output} exists and was not written by import-weights (a trained checkpoint or another "
-            "file); choose a new file name"
-        )
-
-
-def _import_nnunet(args: argparse.Namespace) -> int:
-    from fusionseg.nnunet import require_nnunetv2
-
-    require_nnunetv2("import-weights without --model (an nnU-Net v2 checkpoint)")
-    from fusionseg.nnunet.importer import import_nnunet_checkpoint
-
-    path, report, model = import_nnunet_checkpoint(args.weights, args.output, strict=args.strict)
-    print(report.summary())
-    print(f"wrote {path} (model {model['name']}, nnU-Net preprocessing): fusionseg predict --checkpoint {path}")
-    return 0
+    model_kwargs = parse_json_object(args.model_kwargs, "--model-kwargs", '{"dim": 96}')
+    return run_import_weights(ImportOptions(**{**vars(args), "model_kwargs": model_kwargs}))

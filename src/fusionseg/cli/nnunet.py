@@ -1,6 +1,6 @@
 """``fusionseg nnunet install | uninstall | list``: make fusionseg's trainers visible to nnU-Net v2's commands.
 
-Parsing only; the work is :mod:`fusionseg.nnunet.install` (docs/nnunet.md).
+Parsing only; the work is :func:`fusionseg.nnunet.install.run_nnunet_command` (docs/nnunet.md).
 
 Example::
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 
 from fusionseg.cli.options import path
-from fusionseg.nnunet.install import SHIM_NAME, install, trainer_listing, uninstall
 
 __all__ = ["build_parser", "main"]
 
@@ -34,16 +33,7 @@ def build_parser(prog: str = "fusionseg nnunet") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str], prog: str = "fusionseg nnunet") -> int:
+    from fusionseg.nnunet.install import run_nnunet_command
+
     args = build_parser(prog).parse_args(argv)
-    if args.action == "install":
-        path = install(args.target)
-        print(f"wrote {path}")
-        if args.target is not None:
-            print(f"now run: export nnUNet_extTrainer={path.parent}")
-        print("e.g. nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerDNet  (`fusionseg nnunet list` shows all)")
-    elif args.action == "uninstall":
-        removed = uninstall(args.target)
-        print(f"removed {removed}" if removed else f"nothing to remove: no {SHIM_NAME} there")
-    else:
-        print(trainer_listing())
-    return 0
+    return run_nnunet_command(**vars(args))

@@ -1,4 +1,7 @@
-"""``fusionseg plan`` and ``fusionseg preprocess``: plan a dataset once, preprocess it to the cache."""
+"""``fusionseg plan`` (and the parser of ``fusionseg preprocess``): plan a dataset once, preprocess it to the cache.
+
+Parsing only; the work is :func:`fusionseg.data.run.run_plan` (:func:`~fusionseg.data.run.run_preprocess`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 
 from fusionseg.cli.options import SizesAction, floats, path, positive_int, sizes
 
-__all__ = ["build_parser", "main", "preprocess_main"]
+__all__ = ["add_plan_options", "build_parser", "main"]
 
 
 def _spacing(text: str) -> tuple[float, ...] | str:
@@ -54,41 +57,8 @@ def build_parser(prog: str = "fusionseg plan", preprocess: bool = False) -> argp
     return p
 
 
-def _plan(args: argparse.Namespace):
-    from fusionseg.data import scan_dataset
-    from fusionseg.data.plan import plan_dataset
-
-    info = scan_dataset(args.data)
-    if info.mask_rule:
-        print(f"note: masks ({info.layout}): {info.mask_rule}")
-    workers = getattr(args, "workers", 0)
-    plan = plan_dataset(info, args.target_spacing, args.patch_size, args.batch_size, cache=args.cache, workers=workers)
-    return info, plan
-
-
 def main(argv: list[str] | None = None, prog: str = "fusionseg plan") -> int:
-    from fusionseg.data.plan import PLAN_FILE, format_plan, save_plan
-    from fusionseg.data.preprocess import cache_folder
-    from fusionseg.files import ensure_writable_dir
+    from fusionseg.data.run import run_plan
 
     args = build_parser(prog).parse_args(argv)
-    _, plan = _plan(args)
-    print(format_plan(plan))
-    path = save_plan(plan, ensure_writable_dir(cache_folder(plan, args.cache), "cache folder") / PLAN_FILE)
-    print(f"wrote {path}")
-    return 0
-
-
-def preprocess_main(argv: list[str] | None = None, prog: str = "fusionseg preprocess") -> int:
-    from fusionseg.data.plan import format_plan
-    from fusionseg.data.preprocess import preprocess_dataset
-
-    args = build_parser(prog, preprocess=True).parse_args(argv)
-    if args.workers < 0:
-        from fusionseg.errors import InputError
-
-        raise InputError(f"--workers must be ≥ 0, got {args.workers}")
-    info, plan = _plan(args)  # the voxel statistics are read by the workers too
-    print(format_plan(plan))
-    report = preprocess_dataset(info, plan, args.cache, args.workers, args.progress)
-    return 1 if report.failed else 0
+    return run_plan(**vars(args))

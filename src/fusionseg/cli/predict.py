@@ -1,13 +1,13 @@
-"""``fusionseg predict``: sliding-window prediction of image files with one checkpoint or an ensemble."""
+"""``fusionseg predict``: sliding-window prediction of image files with one checkpoint or an ensemble.
+
+Parsing only; the work is :func:`fusionseg.inference.run.run_prediction`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from fusionseg.cli.options import add_runtime_options, path, positive_int
-from fusionseg.errors import InputError
-from fusionseg.files import check_output_apart, folder_lock
 
 __all__ = ["build_parser", "main"]
 
@@ -72,83 +72,7 @@ def build_parser(prog: str = "fusionseg predict") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg predict") -> int:
-    from fusionseg.checkpoints.loading import load_models
-    from fusionseg.inference.inputs import find_inputs
-    from fusionseg.inference.postprocess import read_postprocessing
-    from fusionseg.inference.predict_files import predict_files
-    from fusionseg.inference.run_checkpoints import resolve_checkpoints
-    from fusionseg.inference.sharding import choose_shard, shard_lock_name, take_shard
-    from fusionseg.runtime.devices import pick_device, set_threads
-    from fusionseg.runtime.memory_budget import default_memory_budget, format_bytes, parse_memory
-    from fusionseg.runtime.precision import choose_inference_amp
+    from fusionseg.inference.run import PredictionOptions, run_prediction
 
     args = build_parser(prog).parse_args(argv)
-    memory = parse_memory(args.memory) if args.memory is not None else default_memory_budget()
-    shard = choose_shard(args.shard)
-    if not args.checkpoint:
-        raise InputError("--checkpoint is required: the best.pt written by `fusionseg train` (or import-weights)")
-    if not 0.0 <= args.overlap < 1.0:
-        raise InputError(f"--overlap must be in [0, 1) (a fraction of the window), got {args.overlap}")
-    check_output_apart(args.output, args.input)
-    checkpoints, run_plan = resolve_checkpoints(args.checkpoint)
-    plan_path = args.postprocess if args.postprocess is not None else run_plan
-    plan = read_postprocessing(plan_path) if plan_path else None
-    threads, reason = set_threads(args.threads)
-    device = pick_device(args.device)
-    if args.progress and device.type == "cpu":
-        print(f"CPU threads: {threads} ({reason})")
-    models, pres = load_models(checkpoints, device)
-    amp = choose_inference_amp(models[0], pres[0], device, args.amp, args.sw_batch_size)
-    if args.progress and len(models) > 1:
-        print(f"ensemble of {len(models)} models: {', '.join(map(str, checkpoints))}")
-    if args.progress and plan is not None:
-        kept = ", ".join(e.get("name", str(e["values"])) for e in plan["keep_largest_component"]) or "nothing"
-        print(f"postprocessing from {plan_path}: keep the largest component of {kept}")
-    all_cases = find_inputs(args.input, int(pres[0].get("in_channels", 1)))
-    _check_output_format(args.output_format, all_cases, plan)
-    cases = take_shard(all_cases, shard)
-    if args.progress and shard is not None:
-        print(f"shard {shard[0]}/{shard[1]}: {len(cases)} of {len(all_cases)} case(s)")
-    if args.progress and not args.whole_volume:
-        source = "--memory" if args.memory is not None else "default: a quarter of the available RAM, at most 1 GiB"
-        print(f"memory budget {format_bytes(memory)} ({source})")
-    with folder_lock(args.output, "prediction folder", name=shard_lock_name(shard)):
-        written, failed = predict_files(
-            models,
-            pres,
-            cases,
-            args.output,
-            overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size,
-            tta=args.tta,
-            probabilities=args.probabilities,
-            postprocessing=plan,
-            device=device,
-            amp=amp,
-            progress=args.progress,
-            output_format=args.output_format,
-            memory=memory,
-            whole_volume=args.whole_volume,
-            prefetch=args.prefetch,
-        )
-    print(f"wrote {len(written)} prediction(s) to {args.output}")
-    if failed:
-        print(f"{prog}: {len(failed)} of {len(cases)} case(s) failed:", file=sys.stderr)
-        for cid, message in failed:
-            print(f"  {cid}: {message}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _check_output_format(output_format: str, cases: list, plan: dict | None) -> None:
-    """One InputError line before any prediction when a case cannot be written as ``output_format``."""
-    from fusionseg.data.formats import prediction_extension
-
-    for _, images in cases:
-        prediction_extension(images[0], output_format)
-    if output_format == "dicom-seg":
-        from fusionseg.data.backends.dicom_seg import highdicom_module
-
-        highdicom_module()
-        if plan is not None:
-            raise InputError("--output-format dicom-seg writes no postprocessed maps yet; add --no-postprocess")
+    return run_prediction(PredictionOptions(**vars(args)))

@@ -1,4 +1,7 @@
-"""``fusionseg relabel``: renumber a dataset's label values to 0..K-1 (mapping kept in dataset.json)."""
+"""``fusionseg relabel``: renumber a dataset's label values to 0..K-1 (mapping kept in dataset.json).
+
+Parsing only; the work is :func:`fusionseg.data.run.run_relabel`.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +30,7 @@ def build_parser(prog: str = "fusionseg relabel") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg relabel") -> int:
-    from fusionseg.data.relabel import relabel_dataset
+    from fusionseg.data.run import run_relabel
 
     args = build_parser(prog).parse_args(argv)
-    relabel_dataset(args.data, args.output, in_place=args.in_place)
-    return 0
+    return run_relabel(**vars(args))

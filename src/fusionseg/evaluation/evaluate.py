@@ -1,4 +1,4 @@
-"""Scoring folders of predicted label maps against ground truth (``fusionseg evaluate``).
+"""Scoring folders of predicted label maps against ground truth (what ``fusionseg evaluate`` runs).
 
 Pairs files by case id, checks that each prediction lies on its ground truth's grid (shape,
 spacing, origin and direction), scores every case and foreground class — or region — with
@@ -48,7 +48,7 @@ __all__ = [
     "label_names",
     "match_cases",
     "read_label_layout",
-    "run_evaluation",
+    "write_evaluation",
     "write_metrics_csv",
 ]
 
@@ -304,7 +304,7 @@ def _pm(mean: float, std: float) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean:.4f} ± {std:.4f}"
 
 
-def run_evaluation(
+def write_evaluation(
     pred_dir: Path,
     gt_dir: Path,
     output: Path,

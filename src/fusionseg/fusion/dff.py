@@ -17,7 +17,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from fusionseg.kernels.dff import dff
 from fusionseg.kernels.switch import reference_ops_default
-from fusionseg.layers import check_spatial_dims, conv_type, positive_int
+from fusionseg.layers import check_positive_int, check_spatial_dims, conv_type
 
 __all__ = ["DFF", "check_same_shape"]
 
@@ -64,7 +64,7 @@ class DFF(nn.Module):
 
     def __init__(self, dim: int, spatial_dims: int = 3) -> None:
         super().__init__()
-        self.dim = positive_int("DFF dim", dim)  # channels of x and skip
+        self.dim = check_positive_int("DFF dim", dim)  # channels of x and skip
         self.spatial_dims = check_spatial_dims(spatial_dims)
         conv = conv_type(spatial_dims)
         self.conv_atten = nn.Sequential(conv(2 * dim, 2 * dim, kernel_size=1, bias=False), nn.Sigmoid())

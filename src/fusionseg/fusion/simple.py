@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fusionseg.fusion.dff import check_same_shape
-from fusionseg.layers import check_spatial_dims, conv_type, positive_int
+from fusionseg.layers import check_positive_int, check_spatial_dims, conv_type
 
 __all__ = ["AddFusion", "ConcatFusion"]
 
@@ -21,7 +21,7 @@ class _SkipFusion(nn.Module):
 
     def __init__(self, dim: int, spatial_dims: int = 3) -> None:
         super().__init__()
-        self.dim = positive_int(f"{type(self).__name__} dim", dim)
+        self.dim = check_positive_int(f"{type(self).__name__} dim", dim)
         self.spatial_dims = check_spatial_dims(spatial_dims)
 
     def check(self, x: torch.Tensor, skip: torch.Tensor) -> None:

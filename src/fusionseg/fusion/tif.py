@@ -24,7 +24,7 @@ from torch import nn
 
 from fusionseg.kernels.attention import explicit_attention, scaled_dot_product_attention
 from fusionseg.kernels.switch import reference_ops_default
-from fusionseg.layers import check_spatial_dims, positive_int
+from fusionseg.layers import check_positive_int, check_spatial_dims
 
 __all__ = [
     "TIF",
@@ -206,7 +206,7 @@ class TIF(nn.Module):
             depth=depth,
         )
         for name, value in sizes.items():
-            positive_int(f"TIF {name}", value)
+            check_positive_int(f"TIF {name}", value)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"TIF dropout must be in [0, 1), got {dropout}")
         self.dim_s, self.dim_l = dim_s, dim_l

@@ -4,6 +4,6 @@
 - :mod:`.predict_files`: a folder of cases with one model or an ensemble (resumable, prefetching);
 - :mod:`.slab_inference` / :mod:`.slab_predict`: the bounded-memory sliding window, slab by slab;
 - :mod:`.sliding_window`: the whole-image reference (MONAI's sliding window);
-- :mod:`.inputs`, :mod:`.run_checkpoints`: which cases, which checkpoints;
+- :mod:`.inputs`, :mod:`.checkpoint_files`: which cases, which checkpoints;
 - :mod:`.postprocess`, :mod:`.sharding`, :mod:`.prefetch`, :mod:`.predictors` (other frameworks' checkpoints).
 """

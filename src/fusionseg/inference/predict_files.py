@@ -1,22 +1,17 @@
-"""Sliding-window inference: one image, a folder of cases, one checkpoint or an ensemble (``fusionseg predict``).
+"""A folder of cases with one checkpoint or an ensemble → label maps (and probabilities) in each input's geometry.
 
-:func:`predict_volume` runs MONAI's Gaussian-weighted sliding window over one preprocessed image,
-with optional flip test-time augmentation; the window is rounded up to the network's
-``size_multiple`` and images smaller than it are padded (and cropped back) automatically. Outputs
-are softmax class probabilities, or sigmoid region probabilities for region-based models
-(``pre["activation"]``). :func:`load_model` rebuilds model and preprocessing from a checkpoint;
-:func:`resolve_checkpoints` expands a cross-validation run folder into its ``fold_*/best.pt``;
-:func:`predict_files` writes label maps (and optionally probabilities) in each input's own
-geometry, averaging the probabilities of several models (an ensemble) and applying
-largest-component postprocessing when asked; by default slab by slab within a memory budget
-(:mod:`fusionseg.inference.slab_predict`: the whole K-class map never exists), or holding the whole map
-and writing it via ``data.save_prediction`` (``whole_volume``, the reference). Mixed precision follows
-:func:`fusionseg.runtime.devices.amp_dtype`.
+:func:`predict_files` averages the probabilities of several models (an ensemble), applies
+largest-component postprocessing when asked and writes label maps in the dataset's original label
+values; by default slab by slab within a memory budget (:mod:`fusionseg.inference.slab_predict`: the
+whole K-class map never exists), or holding the whole map from
+:func:`fusionseg.inference.sliding_window.predict_ensemble` and writing it via ``data.save_prediction``
+(``whole_volume``, the reference). Finished cases are skipped on a rerun with the same models and
+options; checkpoints of another framework go to its registered predictor
+(:mod:`fusionseg.inference.predictors`). ``amp_dtype`` is the autocast dtype of the windows (None:
+float32), as :func:`fusionseg.runtime.precision.choose_inference_amp` chose it.
 
 Example:
-    >>> probs = predict_volume(model, image, pre, overlap=0.5)   # image (C, *S) → probs (K, *S)
-    >>> label_map = probs.argmax(0)
-    >>> checkpoints, plan = resolve_checkpoints([Path("runs/cv")])   # fold_0/best.pt ... + postprocessing.json
+    >>> written, failed = predict_files(models, pres, [("case1", [Path("case1.nii.gz")])], Path("preds"))
 """
 
 from __future__ import annotations
@@ -86,7 +81,7 @@ def predict_files(
     probabilities: bool = False,
     postprocessing: dict | None = None,
     device: str | torch.device = "cpu",
-    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
     progress: bool = True,
     output_format: str = "auto",
     original_labels: bool = True,
@@ -124,11 +119,12 @@ def predict_files(
         resumable = ResumableOutputs(output, _fingerprint(models, pres, {"overlap": overlap, "tta": tta}))
         return foreign(
             models, pres, cases, output, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
-            probabilities=probabilities, postprocessing=postprocessing, device=device, amp=amp, progress=progress,
-            resumable=resumable, memory=memory, whole_volume=whole_volume,
+            probabilities=probabilities, postprocessing=postprocessing, device=device, amp_dtype=amp_dtype,
+            progress=progress, resumable=resumable, memory=memory, whole_volume=whole_volume,
         )  # fmt: skip
     ensure_writable_dir(output, "prediction folder")
-    options = {"overlap": overlap, "tta": tta, "amp": amp, "postprocessing": postprocessing, "format": output_format}
+    options = {"overlap": overlap, "tta": tta, "postprocessing": postprocessing, "format": output_format}
+    options["amp"] = amp_dtype is not None  # a bool: the fingerprint does not depend on the device's dtype
     if not original_labels:
         options["original_labels"] = False
     resumable = ResumableOutputs(output, _fingerprint(models, pres, options))
@@ -149,7 +145,7 @@ def predict_files(
         if whole_volume:
             probs = predict_ensemble(
                 models, pres, torch.as_tensor(image), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
-                device=device, amp=amp,
+                device=device, amp_dtype=amp_dtype,
             )  # fmt: skip
             resumable.claim(out_path, *prob_path)
             _save_label_map(probs, meta, out_path, postprocessing, binary_as_255)
@@ -160,8 +156,9 @@ def predict_files(
             resumable.record(out_path, *prob_path, inputs=images)
             return out_path
         plan = SlabPlan.build(
-            models, pres, image.shape[1:], overlap=overlap, tta=tta, sw_batch_size=sw_batch_size, device=device, amp=amp
-        )
+            models, pres, image.shape[1:], overlap=overlap, tta=tta, sw_batch_size=sw_batch_size, device=device,
+            amp_dtype=amp_dtype,
+        )  # fmt: skip
         plan.fit_batch(budget)
         layout = slab_layout(plan, meta, budget)
         if progress and not stats["described"]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from fusionseg.errors import InputError
 from fusionseg.nets.base import round_up_to_multiple
-from fusionseg.runtime.devices import amp_dtype, autocast
+from fusionseg.runtime.devices import autocast
 
 __all__ = ["SlabPlan", "WindowPass", "blended_slabs", "window_origins", "window_size"]
 
@@ -93,7 +93,7 @@ class SlabPlan:
     num_classes: int
     sw_batch_size: int = 4
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False
+    amp_dtype: torch.dtype | None = None
     on_windows: Callable[[int], None] | None = None
 
     @classmethod
@@ -107,7 +107,7 @@ class SlabPlan:
         tta: bool = False,
         sw_batch_size: int = 4,
         device: str | torch.device | None = None,
-        amp: bool = False,
+        amp_dtype: torch.dtype | None = None,
         axis: int | None = None,
         num_classes: int | None = None,
     ) -> SlabPlan:
@@ -144,7 +144,7 @@ class SlabPlan:
         k = int(num_classes) if num_classes is not None else int(pres[0]["num_classes"])
         if pres[0].get("regions"):
             k = len(pres[0]["regions"])
-        return cls(passes, shape, int(axis), k, int(sw_batch_size), device, bool(amp))
+        return cls(passes, shape, int(axis), k, int(sw_batch_size), device, amp_dtype)
 
     @property
     def windows(self) -> int:
@@ -294,7 +294,6 @@ class _Buffer:
 def _run_windows(plan: SlabPlan, image: torch.Tensor, buffer: _Buffer, before: int) -> None:
     """Run, in batches, every window not yet run whose start along the axis is below ``before``."""
     share = 1.0 / len(plan.passes)
-    dtype = amp_dtype(plan.device, plan.amp)
     for index, p in enumerate(plan.passes):
         stop = p.done
         while stop < len(p.origins) and p.origins[stop, plan.axis] < before:
@@ -305,7 +304,7 @@ def _run_windows(plan: SlabPlan, image: torch.Tensor, buffer: _Buffer, before: i
             if p.flip:
                 batch = torch.flip(batch, tuple(d + 2 for d in p.flip))
             flip = tuple(d + 1 for d in p.flip)
-            with autocast(plan.device, dtype):
+            with autocast(plan.device, plan.amp_dtype):
                 logits = _forward(p.model, batch)
                 for axes in p.mirrors:
                     logits = logits + torch.flip(_forward(p.model, torch.flip(batch, axes)), axes)

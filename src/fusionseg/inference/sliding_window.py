@@ -17,7 +17,7 @@ from torch import nn
 
 from fusionseg.errors import InputError
 from fusionseg.inference.slab_inference import window_size
-from fusionseg.runtime.devices import amp_dtype, autocast
+from fusionseg.runtime.devices import autocast
 
 __all__ = ["predict_ensemble", "predict_volume"]
 
@@ -37,7 +37,7 @@ def predict_volume(
     sw_batch_size: int = 4,
     tta: bool = False,
     device: str | torch.device | None = None,
-    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
     roi_size: Sequence[int] | None = None,
     activation: str | None = None,
 ) -> torch.Tensor:
@@ -51,7 +51,8 @@ def predict_volume(
         sw_batch_size: windows per forward pass.
         tta: average over flips of each spatial axis (1 + spatial_dims passes).
         device: where the network runs (default: the model's device); blending happens there too.
-        amp: mixed precision where it is fast (fp16 on CUDA, bf16 on CPUs with native bf16; else fp32).
+        amp_dtype: autocast dtype of the forward passes (e.g. from
+            :func:`~fusionseg.runtime.precision.choose_inference_amp`), or None for float32.
         roi_size: explicit window size (overrides ``pre``); rounded up to ``model.size_multiple``.
         activation: ``"softmax"`` or ``"sigmoid"`` (default: ``pre["activation"]``, else softmax).
 
@@ -76,12 +77,11 @@ def predict_volume(
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
-    dtype = amp_dtype(device, amp)
     was_training = model.training
     model.eval()
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, dtype):
+        with autocast(device, amp_dtype):
             out = model(x)
         if isinstance(out, list | tuple):
             out = out[0]

@@ -7,7 +7,7 @@ a tuple of logits, full resolution first. ``model.config = {"name", "kwargs"}`` 
 registry. Inputs are checked with :func:`check_input_size`; the nearest valid size is
 :func:`nearest_valid_size` (:func:`nearest_multiple` per side). The two size-rounding rules
 (:func:`nearest_multiple`, :func:`round_up_to_multiple`) live here, once; the integer argument checks
-are :func:`fusionseg.layers.positive_int` and :func:`fusionseg.layers.int_list`.
+are :func:`fusionseg.layers.check_positive_int` and :func:`fusionseg.layers.int_list`.
 
 Example:
     >>> nearest_valid_size((33, 80, 20), 32)
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusionseg.errors import InputError
-from fusionseg.layers import check_spatial_dims, positive_int
+from fusionseg.layers import check_positive_int, check_spatial_dims
 
 __all__ = [
     "SegmentationNet",
@@ -114,10 +114,10 @@ class SegmentationNet(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, spatial_dims: int, size_multiple: int = 1) -> None:
         super().__init__()
-        self.in_channels = positive_int("in_channels", in_channels)
-        self.out_channels = positive_int("out_channels", out_channels)
+        self.in_channels = check_positive_int("in_channels", in_channels)
+        self.out_channels = check_positive_int("out_channels", out_channels)
         self.spatial_dims = check_spatial_dims(spatial_dims)
-        self.size_multiple = positive_int("size_multiple", size_multiple)
+        self.size_multiple = check_positive_int("size_multiple", size_multiple)
 
     def check_input(self, x: torch.Tensor) -> None:
         """:class:`~fusionseg.errors.InputError` naming the fix unless ``x`` fits (see :func:`check_input_size`)."""

@@ -30,7 +30,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from fusionseg.layers import check_spatial_dims, int_list, positive_int
+from fusionseg.layers import check_positive_int, check_spatial_dims, int_list
 from fusionseg.nets.base import check_input_size
 from fusionseg.nets.registry import register_model
 
@@ -39,8 +39,8 @@ __all__ = ["check_io", "monai_basicunet", "monai_dynunet", "monai_swinunetr", "w
 
 def check_io(in_channels: int, out_channels: int, spatial_dims: int) -> None:
     """ValueError naming the fix unless the channels are positive ints and ``spatial_dims`` is 2 or 3."""
-    positive_int("in_channels", in_channels)
-    positive_int("out_channels", out_channels)
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
     check_spatial_dims(spatial_dims)
 
 

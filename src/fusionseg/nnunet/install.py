@@ -6,6 +6,8 @@ module there, ``nnUNetTrainer_fusionseg.py``, that re-exports :mod:`fusionseg.nn
 ``uninstall`` removes it. With a ``folder`` (``--target DIR``) the module goes there instead (e.g. when
 site-packages is read-only), to be named in ``nnUNet_extTrainer``.
 
+:func:`run_nnunet_command` is what ``fusionseg nnunet ACTION`` calls.
+
 Example:
     >>> install()                          # .../nnunetv2/training/nnUNetTrainer/nnUNetTrainer_fusionseg.py
     >>> install(Path("~/nnunet_trainers"))  # then: export nnUNet_extTrainer=~/nnunet_trainers
@@ -21,7 +23,15 @@ from fusionseg.errors import InputError
 from fusionseg.files import atomic_write
 from fusionseg.nnunet.requirements import require_nnunetv2
 
-__all__ = ["SHIM_NAME", "default_target", "install", "installed_in", "trainer_listing", "uninstall"]
+__all__ = [
+    "SHIM_NAME",
+    "default_target",
+    "install",
+    "installed_in",
+    "run_nnunet_command",
+    "trainer_listing",
+    "uninstall",
+]
 
 SHIM_NAME = "nnUNetTrainer_fusionseg.py"  # sorts after nnUNetTrainer.py: nnU-Net's own lookups never import it
 _MARKER = "# fusionseg nnU-Net trainer shim"
@@ -94,3 +104,22 @@ def trainer_listing() -> str:
     found = installed_in()
     where = ", ".join(map(str, found)) if found else "not installed (run `fusionseg nnunet install`)"
     return "\n".join([*lines, "", f"visible to nnU-Net: {where}"])
+
+
+def run_nnunet_command(action: str, target: Path | None = None) -> int:
+    """``fusionseg nnunet ACTION``: ``install`` or ``uninstall`` the shim (in ``target``), or ``list`` the trainers,
+    printing what was done → exit status 0."""
+    if action == "install":
+        path = install(target)
+        print(f"wrote {path}")
+        if target is not None:
+            print(f"now run: export nnUNet_extTrainer={path.parent}")
+        print("e.g. nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerDNet  (`fusionseg nnunet list` shows all)")
+    elif action == "uninstall":
+        removed = uninstall(target)
+        print(f"removed {removed}" if removed else f"nothing to remove: no {SHIM_NAME} there")
+    elif action == "list":
+        print(trainer_listing())
+    else:
+        raise ValueError(f"action must be install, uninstall or list, got {action!r}")
+    return 0

@@ -11,7 +11,7 @@ budget (:mod:`fusionseg.nnunet.slabs`: the case's class map never exists whole);
 default, ``nnUNetPredictor`` and nnU-Net's export do it. Cases run one after another in this process.
 
 Example:
-    >>> written, failed = predict_files(model, pre, [("case1", [Path("case1_0000.nii.gz")])], Path("preds"))
+    >>> written, failed = predict_nnunet_files(model, pre, [("case1", [Path("case1_0000.nii.gz")])], Path("preds"))
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir,
 from fusionseg.nnunet.slabs import Resampling, predict_labels
 from fusionseg.runtime.memory_budget import default_memory_budget, format_bytes
 
-__all__ = ["make_predictor", "predict_files"]
+__all__ = ["make_predictor", "predict_nnunet_files"]
 
 
 def make_predictor(
@@ -66,7 +66,7 @@ def make_predictor(
     return predictor
 
 
-def predict_files(
+def predict_nnunet_files(
     model: nn.Module,
     pre: dict,
     cases: list[tuple[str, list[Path]]],
@@ -89,7 +89,7 @@ def predict_files(
     also writes ``CASE_probabilities.npz`` (key ``probabilities``, (K, *S) in the input's array
     order, as nnU-Net's ``--save_probabilities``). Slabs fit ``memory`` bytes (default
     :func:`~fusionseg.runtime.memory_budget.default_memory_budget`) and run ``sw_batch_size`` windows per
-    forward pass; ``amp`` does not apply (nnU-Net autocasts on CUDA itself). Cases whose files an
+    forward pass; ``amp_dtype`` does not apply (nnU-Net autocasts on CUDA itself). Cases whose files an
     interrupted run with the same model and options wrote (``resumable``) are skipped.
     """
     predictor = make_predictor(model, pre, overlap=overlap, tta=tta, device=device)

@@ -152,7 +152,7 @@ def window_plan(predictor, shape: tuple[int, ...], axis: int, sw_batch_size: int
     origins = origins[np.argsort(origins[:, axis], kind="stable")]
     pass_ = WindowPass(network, lambda logits: logits, roi, (), origins, weight.reshape(roi), mirrors=mirrors)
     heads = int(predictor.label_manager.num_segmentation_heads)
-    return SlabPlan([pass_], tuple(shape), axis, heads, sw_batch_size, torch.device(device), False)
+    return SlabPlan([pass_], tuple(shape), axis, heads, sw_batch_size, torch.device(device), None)
 
 
 def slab_axis(resampling: Resampling, patch: tuple[int, ...]) -> int:

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from fusionseg.errors import InputError
+from fusionseg.runtime.memory_budget import format_bytes
 
-__all__ = ["MemoryNeed", "check_fits", "device_memory", "format_bytes", "training_memory"]
+__all__ = ["MemoryNeed", "check_fits", "device_memory", "training_memory"]
 
 OPTIMIZER_COPIES = 4  # weights, gradients and two moments (AdamW; SGD with momentum keeps one)
 
@@ -38,15 +39,6 @@ class MemoryNeed:
     @property
     def total(self) -> int:
         return self.weights + (self.activations or 0)
-
-
-def format_bytes(count: float) -> str:
-    """``1.5e9`` → ``"1.4 GiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(count) < 1024 or unit == "PiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} PiB"
 
 
 def training_memory(build: Callable[[], nn.Module], shape: Sequence[int]) -> MemoryNeed | None:

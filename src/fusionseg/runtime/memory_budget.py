@@ -57,9 +57,9 @@ def default_memory_budget() -> int:
 
 
 def format_bytes(size: float) -> str:
-    """``1536 << 20`` → ``"1.5 GiB"``."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
+    """``1536 << 20`` → ``"1.5 GiB"`` (B, KiB, ... PiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    return f"{size:.1f} GiB"
+    return f"{size:.1f} PiB"

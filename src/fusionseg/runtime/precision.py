@@ -36,7 +36,7 @@ from torch import nn
 from fusionseg.files import write_text_atomic
 from fusionseg.runtime.devices import autocast, resolve_amp
 
-__all__ = ["AMP_MARGIN", "amp_pays", "choose_amp", "precision_cache_path", "time_step"]
+__all__ = ["AMP_MARGIN", "amp_pays", "choose_amp", "choose_inference_amp", "precision_cache_path", "time_step"]
 
 # The reduced dtype is kept when its step takes at most this fraction of the float32 step.
 AMP_MARGIN = 0.95
@@ -216,16 +216,17 @@ def choose_amp(
 
 def choose_inference_amp(
     model: nn.Module, pre: dict, device: torch.device | str, requested: bool, sw_batch_size: int = 4, **kwargs
-) -> bool:
-    """:func:`choose_amp` for sliding-window inference with the training window of ``pre`` → use autocast?
+) -> torch.dtype | None:
+    """:func:`choose_amp` for sliding-window inference with the training window of ``pre`` → the autocast dtype
+    of the windows, or None (float32).
 
     Without a training patch size (whole-image windows) the size is unknown in advance: the rule of
     :func:`~fusionseg.runtime.devices.amp_dtype` applies untimed.
     """
     patch = pre.get("patch_size")
     if not patch:
-        return resolve_amp(device, requested, kwargs.get("log", print)) is not None
+        return resolve_amp(device, requested, kwargs.get("log", print))
     multiple = int(getattr(model, "size_multiple", 1))
     window = [-(-int(p) // multiple) * multiple for p in patch]
     shape = (sw_batch_size, int(pre.get("in_channels", 1)), *window)
-    return choose_amp(model, shape, device, requested, "infer", **kwargs) is not None
+    return choose_amp(model, shape, device, requested, "infer", **kwargs)

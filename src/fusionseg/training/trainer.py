@@ -312,7 +312,7 @@ class Trainer:
         """Mean validation Dice of the current weights (None without validation cases); sets ``val_per_class``."""
         if not self.val_items:
             return None
-        amp = self.amp_dtype is not None
+        amp = self.amp_dtype
         items = self.val_items
         if self.state.epoch < self.config.epochs and len(items) > VAL_CASES_PER_EPOCH:
             items = items[:VAL_CASES_PER_EPOCH]  # the same cases every epoch; all of them at the end
@@ -323,7 +323,7 @@ class Trainer:
             return mean
         return self._validate_within_budget(items, amp)
 
-    def _validate_within_budget(self, items: Any, amp: bool) -> float | None:
+    def _validate_within_budget(self, items: Any, amp: torch.dtype | None) -> float | None:
         """Validation Dice of the cases of ``items`` that fit in the time budget (one log line when not all);
         a validation before the last leaves room for another epoch's first iteration and the closing one."""
         budget, scores = self.config.time_budget, []

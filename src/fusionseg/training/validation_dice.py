@@ -58,13 +58,13 @@ def predicted_masks(
     pre: dict,
     device: torch.device,
     overlap: float = 0.25,
-    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
     memory: int | None = None,
 ) -> np.ndarray:
     """Argmax label map (*S), or region masks (R, *S) bool for region models, of a preprocessed image (C, *S),
     predicted slab by slab within ``memory`` bytes."""
     layout = LabelLayout.from_preprocessing(pre)
-    plan = SlabPlan.build([model], [pre], image.shape[1:], overlap=overlap, device=device, amp=amp)
+    plan = SlabPlan.build([model], [pre], image.shape[1:], overlap=overlap, device=device, amp_dtype=amp_dtype)
     spatial = tuple(image.shape[1:])
     if layout.has_regions:
         pred = np.zeros((plan.num_classes, *spatial), dtype=bool)
@@ -102,7 +102,7 @@ def case_scores(
     pre: dict,
     device: torch.device,
     overlap: float = 0.25,
-    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
     memory: int | None = None,
 ) -> list[np.ndarray]:
     """Dice per foreground class / region (:func:`score_names` order) of each preprocessed {"image", "label"} item."""
@@ -110,23 +110,33 @@ def case_scores(
     scores = []
     for item in items:
         image, label = plain_tensor(item["image"]), plain_tensor(item["label"])[0].long()
-        pred = predicted_masks(model, image, pre, device, overlap, amp, memory)
+        pred = predicted_masks(model, image, pre, device, overlap, amp_dtype, memory)
         scores.append(prediction_dice(pred, label, layout))
     return scores
 
 
 def case_dice(
-    model: nn.Module, items: list[dict], pre: dict, device: torch.device, overlap: float = 0.25, amp: bool = False
+    model: nn.Module,
+    items: list[dict],
+    pre: dict,
+    device: torch.device,
+    overlap: float = 0.25,
+    amp_dtype: torch.dtype | None = None,
 ) -> list[float]:
     """Mean foreground Dice (over classes / regions) of each item."""
-    return [float(np.mean(s)) for s in case_scores(model, items, pre, device, overlap, amp)]
+    return [float(np.mean(s)) for s in case_scores(model, items, pre, device, overlap, amp_dtype)]
 
 
 def validation_scores(
-    model: nn.Module, items: list[dict], pre: dict, device: torch.device, overlap: float = 0.25, amp: bool = False
+    model: nn.Module,
+    items: list[dict],
+    pre: dict,
+    device: torch.device,
+    overlap: float = 0.25,
+    amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, dict[str, float]]:
     """(mean Dice over cases and classes / regions, {class or region name: mean Dice over cases}); NaN without cases."""
-    scores = case_scores(model, items, pre, device, overlap, amp)
+    scores = case_scores(model, items, pre, device, overlap, amp_dtype)
     names = score_names(LabelLayout.from_preprocessing(pre))
     if not scores:
         return math.nan, {}
@@ -135,7 +145,12 @@ def validation_scores(
 
 
 def validation_dice(
-    model: nn.Module, items: list[dict], pre: dict, device: torch.device, overlap: float = 0.25, amp: bool = False
+    model: nn.Module,
+    items: list[dict],
+    pre: dict,
+    device: torch.device,
+    overlap: float = 0.25,
+    amp_dtype: torch.dtype | None = None,
 ) -> float:
     """Mean foreground Dice over cases and classes (NaN without cases)."""
-    return validation_scores(model, items, pre, device, overlap, amp)[0]
+    return validation_scores(model, items, pre, device, overlap, amp_dtype)[0]

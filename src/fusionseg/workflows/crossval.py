@@ -66,10 +66,10 @@ def _predict_validation(best: Path, val_cases: list, folder: Path, config: Train
 
     device = pick_device(config.device)
     model, pre, _ = load_model(best, device)
-    amp = choose_inference_amp(model, pre, device, config.amp, log=log)
+    amp_dtype = choose_inference_amp(model, pre, device, config.amp, log=log)
     cases = [(case.case_id, list(case.images)) for case in val_cases]
     _, failed = predict_files(  # scored against the dataset's own (relabelled) values
-        model, pre, cases, folder, device=device, amp=amp, progress=False, original_labels=False
+        model, pre, cases, folder, device=device, amp_dtype=amp_dtype, progress=False, original_labels=False
     )
     if failed:
         cid, message = failed[0]

@@ -27,7 +27,18 @@ from pathlib import Path
 
 from fusionseg.errors import InputError
 
-__all__ = ["NUCLEI", "NUCLEI_QUICK", "PHANTOMS", "PHANTOMS_QUICK", "DemoSettings", "demo_settings", "run_demo"]
+__all__ = [
+    "DEMO_ENTRIES",
+    "NUCLEI",
+    "NUCLEI_QUICK",
+    "PHANTOMS",
+    "PHANTOMS_QUICK",
+    "DemoSettings",
+    "check_demo_folder",
+    "demo_settings",
+    "run_demo",
+    "train_predict_evaluate",
+]
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ class DemoSettings:
 
     ``data``: ``"nuclei"`` (the shipped real image cut into ``tile``×``tile`` tiles) or ``"phantoms"``
     (``num_train`` + ``num_test`` synthetic images of ``size``, 3 classes with background).
-    ``pass_dice``: below this mean test Dice the CLI notes that the machine may have been too busy.
+    ``pass_dice``: below this mean test Dice :func:`run_demo` notes that the machine may have been too busy.
     """
 
     data: str = "nuclei"
@@ -135,6 +146,64 @@ def training_table(summary: dict, time_budget: float) -> str:
 
 
 def run_demo(
+    output: Path = Path("fusionseg_demo"),
+    *,
+    phantoms: bool = False,
+    quick: bool = False,
+    fusion: str = "dff",
+    seed: int = 0,
+    threads: str | int = "auto",
+    device: str = "auto",
+    progress: bool = True,
+) -> int:
+    """``fusionseg demo``: the whole demo in ``output`` (a new folder, or one an earlier demo wrote), its Dice
+    table and timings printed → exit status 0."""
+    from fusionseg.files import folder_lock
+    from fusionseg.runtime.devices import set_threads
+
+    settings = demo_settings(phantoms=phantoms, quick=quick)
+    threads, reason = set_threads(threads)
+    data = "synthetic phantoms" if phantoms else "real nuclei image"
+    run = "quick" if quick else "full"
+    print(f"fusionseg demo → {output} ({data}, {run} run, {threads} CPU thread(s): {reason})")
+    check_demo_folder(output)
+    with folder_lock(output, "demo folder"):
+        result = train_predict_evaluate(output, settings, fusion=fusion, seed=seed, progress=progress, device=device)
+    print()
+    print(result["table"])
+    print(
+        f"\nmean test Dice {result['mean_dice']:.4f} | train {result['train_s']:.0f} s, "
+        f"predict {result['predict_s']:.1f} s, total {result['total_s']:.0f} s | report: {result['report']}"
+    )
+    if not quick and result["mean_dice"] < settings.pass_dice:
+        print(
+            f"note: the mean Dice is below {settings.pass_dice}; the machine may have been too busy for the time budget"
+        )
+    return 0
+
+
+DEMO_ENTRIES = {"data", "run", "predictions", "evaluation", "report.md", ".fusionseg-lock"}
+
+
+def check_demo_folder(output: Path) -> None:
+    """:class:`InputError` when ``output`` holds files an earlier demo did not write (the demo replaces its own)."""
+    if not output.is_dir():
+        return
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in DEMO_ENTRIES)
+    report = output / "report.md"
+    if not foreign and report.is_file():
+        try:
+            foreign = [] if "fusionseg demo" in report.read_text(errors="replace") else ["report.md"]
+        except OSError:
+            foreign = ["report.md"]
+    if foreign:
+        raise InputError(
+            f"--output {output} already holds files the demo did not write ({', '.join(foreign[:3])}); "
+            "pass a new or empty folder"
+        )
+
+
+def train_predict_evaluate(
     output: Path,
     settings: DemoSettings = NUCLEI,
     model: str = "unet",
@@ -145,7 +214,7 @@ def run_demo(
 ) -> dict:
     """Run the whole demo in ``output`` → summary dict (``mean_dice``, timings, paths)."""
     from fusionseg.checkpoints.loading import load_model
-    from fusionseg.evaluation.evaluate import format_summary_table, run_evaluation
+    from fusionseg.evaluation.evaluate import format_summary_table, write_evaluation
     from fusionseg.evaluation.report import write_markdown_report
     from fusionseg.inference.inputs import find_inputs
     from fusionseg.inference.predict_files import predict_files
@@ -188,7 +257,7 @@ def run_demo(
         raise InputError(f"demo prediction failed for {failed}")
     predicted = time.perf_counter()
 
-    summary = run_evaluation(pred_dir, test_labels, output / "evaluation", images=test_images, num_overlays=1)
+    summary = write_evaluation(pred_dir, test_labels, output / "evaluation", images=test_images, num_overlays=1)
     table = format_summary_table(summary)
     mean_dice = float(summary["mean"]["dice"])
     train_summary = json.loads((output / "run" / "train_summary.json").read_text())

@@ -8,14 +8,14 @@ import numpy as np
 
 from fusionseg.errors import InputError
 
-__all__ = ["MAX_VOXELS", "check_file", "corrupt", "meta_dict", "one_line"]
+__all__ = ["MAX_VOXELS", "check_file", "corrupt", "exception_line", "meta_dict"]
 
 MAX_VOXELS = (
     2**31
 )  # voxels × channels a file may claim (8 GiB as float32); more is a corrupt header or no medical image
 
 
-def one_line(exc: BaseException) -> str:
+def exception_line(exc: BaseException) -> str:
     """``"TypeName: message"`` on a single line."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
@@ -30,7 +30,7 @@ def check_file(path: Path) -> None:
 
 def corrupt(path: Path, exc: BaseException) -> InputError:
     """The InputError for a file a library failed to parse."""
-    return InputError(f"{path}: cannot read the file ({one_line(exc)}); it is corrupt or truncated, re-export it")
+    return InputError(f"{path}: cannot read the file ({exception_line(exc)}); it is corrupt or truncated, re-export it")
 
 
 def meta_dict(

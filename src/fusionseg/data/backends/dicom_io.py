@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionseg.data.backends.common import meta_dict, one_line
+from fusionseg.data.backends.common import exception_line, meta_dict
 from fusionseg.data.backends.itk_io import itk_affine, sitk_module
 from fusionseg.errors import InputError
 
@@ -98,7 +98,7 @@ def _check_uniform(path: Path, files: list[str]) -> None:
         try:
             reader.ReadImageInformation()
         except Exception as exc:
-            message = f"{path}: cannot read slice {Path(name).name} ({one_line(exc)}); re-export the series"
+            message = f"{path}: cannot read slice {Path(name).name} ({exception_line(exc)}); re-export the series"
             raise InputError(message) from exc
         info = (tuple(reader.GetSize()[:2]), tuple(np.round(reader.GetDirection(), 4)), reader.GetNumberOfComponents())
         positions.append(np.asarray(reader.GetOrigin(), dtype=np.float64))
@@ -137,7 +137,7 @@ def _read_series(path: Path):
     try:
         image = reader.Execute()
     except Exception as exc:
-        raise InputError(f"{path}: cannot read DICOM series {uid} ({one_line(exc)}); re-export it") from exc
+        raise InputError(f"{path}: cannot read DICOM series {uid} ({exception_line(exc)}); re-export it") from exc
     return image, uid, files
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionseg.data.backends.common import one_line
+from fusionseg.data.backends.common import exception_line
 from fusionseg.errors import InputError
 from fusionseg.version import __version__
 
@@ -78,7 +78,9 @@ def write(array: np.ndarray, meta: dict, path: Path, channels: bool = False) -> 
     try:
         seg = _segmentation(hd, sources, frames, max_label, meta.get("class_names") or {})
     except ValueError as exc:  # e.g. sources without a Frame of Reference UID
-        raise InputError(f"{meta.get('path')}: cannot write a DICOM SEG for this series ({one_line(exc)})") from exc
+        raise InputError(
+            f"{meta.get('path')}: cannot write a DICOM SEG for this series ({exception_line(exc)})"
+        ) from exc
     seg.save_as(str(path))
 
 
