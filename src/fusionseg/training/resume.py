@@ -9,7 +9,7 @@ on resume (:meth:`RunFiles.repair_best`). A resume reads the first readable of `
 
 Example:
     >>> files = RunFiles(Path("runs/x"))
-    >>> ckpt, path = files.newest_checkpoint(log=print)   # (None, None) when neither file is readable
+    >>> ckpt, path = files.newest_checkpoint(log=print)   # None when neither file is readable
     >>> state = restore_training(ckpt, path, model, optimizer, scheduler, scaler, config.definition(), print)
     >>> state.epoch, state.best
     (3, 0.82)
@@ -108,8 +108,8 @@ class RunFiles:
         write_csv_atomic(self.output / "log.csv", state.history, CSV_FIELDS)
         plot_learning_curve(state.history, self.output / "learning_curve.png", curve=state.curve)
 
-    def newest_checkpoint(self, log: Callable[..., None]) -> tuple[dict | None, Path | None]:
-        """The first readable of ``last.pt``, ``best.pt`` → (checkpoint, path); (None, None) when none is.
+    def newest_checkpoint(self, log: Callable[..., None]) -> tuple[dict, Path] | None:
+        """The first readable of ``last.pt``, ``best.pt`` → (checkpoint, path); None when none is.
 
         An unreadable file (torn by a crash of an older writer, emptied by a full disk) is reported in one line.
         """
@@ -122,7 +122,7 @@ class RunFiles:
                 return ckpt, path
             except InputError as err:
                 log(f"warning: --resume: skipping {path}: {err}")
-        return None, None
+        return None
 
     def repair_best(self, ckpt: dict, path: Path) -> None:
         """Write ``best.pt`` from ``last.pt`` (``ckpt``, read from ``path``) when the run was killed between them."""
@@ -144,10 +144,10 @@ def restore_training(
     """Load ``ckpt`` (read from ``path``) into the model, optimizer, scheduler, scaler and the random
     generators → the run's :class:`TrainState`. InputError when it holds another model or optimizer; one
     warning per setting of ``definition`` that differs from the run's (the results will differ)."""
-    saved_model = ckpt.get("model", {})
-    if saved_model.get("name") != model.config["name"] or saved_model.get("kwargs") != model.config["kwargs"]:
+    saved_model, config = ckpt.get("model", {}), model.config
+    if saved_model.get("name") != config["name"] or saved_model.get("kwargs") != config["kwargs"]:  # type: ignore[index]
         raise InputError(
-            f"--resume: {path} holds model {saved_model}, not {model.config}; use the same --model/--fusion options"
+            f"--resume: {path} holds model {saved_model}, not {config}; use the same --model/--fusion options"
         )
     for key, saved, now in definition.changes_from(ckpt.get("train_args") or {}):
         log(f"warning: resuming with {key}={now}, but the run used {saved}; results differ")

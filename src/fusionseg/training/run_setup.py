@@ -210,11 +210,12 @@ class RunSetup:
 
     def _restore(self) -> None:
         """Continue from the newest readable checkpoint of the run folder; without one, start afresh (one note)."""
-        ckpt, path = self.files.newest_checkpoint(self.log)
-        if ckpt is None:
+        newest = self.files.newest_checkpoint(self.log)
+        if newest is None:
             self.log(f"note: no readable last.pt or best.pt in {self.output} to resume from; starting the run afresh")
             load_initial_weights(self.model, self.config, self.log)
             return
+        ckpt, path = newest
         parts = (self.model, self.optimizer, self.scheduler, self.scaler)
         self.state = restore_training(ckpt, path, *parts, self.config.definition(), self.log)
         if self.info.is_main:

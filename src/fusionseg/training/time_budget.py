@@ -47,12 +47,12 @@ class RunClock:
     def fraction_used(self, training_start: float | None) -> float:
         """Share of the budget's training part (after ``training_start``: planning, preprocessing) used so far."""
         start = training_start or 0.0
-        return (self.elapsed() - start) / max(float(self.budget) - start, 1e-9)
+        return (self.elapsed() - start) / max(self._seconds() - start, 1e-9)
 
     def reserve(self, num_val_cases: int) -> float:
         """Seconds kept back for the closing validation of ``num_val_cases`` and the checkpoint write
         (measured, else a share of the budget)."""
-        budget = float(self.budget)
+        budget = self._seconds()
         if not num_val_cases:
             validation = 0.0
         elif self.val_case_s is None:
@@ -72,4 +72,10 @@ class RunClock:
         """Elapsed seconds by which a validation must end: the closing one leaves room for the checkpoint
         write, one before it also for another epoch's first iteration and the closing validation."""
         kept = 0.0 if closing else self.first_step_s + self.reserve(num_val_cases)
-        return self.budget - self.save_s - kept
+        return self._seconds() - self.save_s - kept
+
+    def _seconds(self) -> float:
+        """The budget (asked only of a run that has one)."""
+        if self.budget is None:
+            raise ValueError("RunClock(None) has no time budget; pass the budget's seconds")
+        return float(self.budget)
