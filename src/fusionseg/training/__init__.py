@@ -6,5 +6,5 @@
 - :mod:`.model_setup` (model, first weights), :mod:`.cases` (split, per-epoch order), :mod:`.time_budget`,
   :mod:`.resume` (checkpoints, logs, restore), :mod:`.losses`, :mod:`.optim`, :mod:`.validation_dice`
   (sliding-window Dice of the validation cases), :mod:`.tensorboard_log`, :mod:`.run_folder` (one run per
-  output folder).
+  output folder; its ``config.yaml``).
 """

@@ -1,6 +1,5 @@
 """What a training run is (:class:`RunDefinition`) and how one invocation runs it (:class:`Invocation`);
-:class:`TrainConfig` is both, flat. Run-config files (``fusionseg train --config run.yaml``; every run folder
-gets ``config.yaml``).
+:class:`TrainConfig` is both, flat.
 
 A field's home says what happens to it: a :class:`RunDefinition` field is saved in every checkpoint
 (``train_args``) and in ``config.yaml``, and a resume warns when it changed (unless the field says
@@ -14,17 +13,12 @@ Example:
     >>> config.check()          # InputError naming the option for bad values
     >>> config.definition().plain()["epochs"], config.invocation().device
     (2, 'auto')
-    >>> read_run_config("run.yaml")                 # {"iters_per_epoch": 5, ...}: keys with _ in place of -
-    >>> write_run_config("runs/x/config.yaml", {"data": "phantoms", "epochs": 2})
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -37,20 +31,14 @@ __all__ = [
     "NO_OPTION",
     "ONE_TIME",
     "RENAMED_FIELDS",
-    "RUN_CONFIG_FILE",
     "Invocation",
     "RunDefinition",
     "TrainConfig",
     "current_field_names",
-    "nearest_key",
     "one_time_fields",
     "parse_fold",
-    "read_run_config",
-    "write_run_config",
 ]
 
-RUN_CONFIG_FILE = "config.yaml"
-MAX_RUN_CONFIG_BYTES = 1 << 20  # a run's config.yaml is about 1 kB
 MAX_RATE = 1e3  # --lr / --weight-decay above this overflow the optimizer's float32 arithmetic long before 1e38
 MAX_WORKERS_PER_CORE = 4  # --workers beyond this only exhausts memory (a process each)
 
@@ -245,79 +233,3 @@ def _check_outside_cases(option: str, path: Path | None, data: Path) -> None:
             f"{option} {path} lies in the dataset's own files (--data {data}), which are only read: "
             f"choose a {option} outside them, e.g. {root.parent / 'runs'}"
         )
-
-
-def nearest_key(key: str, valid: Iterable[str]) -> str:
-    """The valid key closest to ``key`` (difflib), for "did you mean" hints."""
-    valid = sorted(valid)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return close[0] if close else valid[0]
-
-
-def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML (``.yaml``/``.yml``) or JSON run-config file → ``{key with _ for -: value}``.
-
-    Raises :class:`InputError` (one line) for a missing or unparsable file or one that is not a mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--config {path} does not exist; pass a YAML or JSON run config (e.g. runs/x/config.yaml)")
-    if path.stat().st_size > MAX_RUN_CONFIG_BYTES:
-        raise InputError(
-            f"--config {path} is {path.stat().st_size:,} bytes, more than a run config needs "
-            f"(limit {MAX_RUN_CONFIG_BYTES:,}); pass the config.yaml of a run or a short file of option: value"
-        )
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"--config {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
-            "save it as UTF-8"
-        ) from None
-    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-    try:
-        values = json.loads(text) if kind == "JSON" else _safe_yaml(text)
-    except RecursionError:
-        raise InputError(f"--config {path} is nested too deeply to be a run config") from None
-    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
-        raise InputError(f"--config {path} is not valid {kind}: {' '.join(str(err).split())[:160]}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise InputError(f"--config {path} must hold a mapping of option: value, got a {type(values).__name__}")
-    return {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in values.items()}
-
-
-def _safe_yaml(text: str) -> Any:
-    """``yaml.safe_load`` without aliases (``*name``): a run config needs none, and nested aliases ("billion
-    laughs") expand a few hundred bytes into gigabytes."""
-    import yaml
-
-    class NoAliases(yaml.SafeLoader):
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                anchor = self.peek_event().anchor
-                raise yaml.YAMLError(f"aliases are not allowed in a run config (found *{anchor}); write values out")
-            return super().compose_node(parent, index)
-
-    return yaml.load(text, Loader=NoAliases)
-
-
-def write_run_config(path: str | os.PathLike, options: dict[str, Any]) -> Path:
-    """Write ``options`` (option name → plain value) to ``path`` as YAML, atomically; keys are written with -."""
-    import yaml
-
-    from fusionseg.files import write_text_atomic
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        return value
-
-    body = {k.replace("_", "-"): plain(v) for k, v in options.items()}
-    header = "# fusionseg train --config this file repeats the run (command-line options override it)\n"
-    return write_text_atomic(path, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))

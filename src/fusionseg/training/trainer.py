@@ -1,32 +1,19 @@
 """The training loop: a :class:`Trainer` built from small overridable hooks, and :func:`train`.
 
-One iteration trains on ``config.batch_size`` patches: the loss of the dataset's labels
-(:func:`~fusionseg.training.losses.loss_for_labels`: softmax Dice + cross-entropy, sigmoid Dice + BCE
-per region, ignore label left out; deep-supervision weights halving per scale), SGD (Nesterov,
-poly LR) or AdamW, optional mixed precision (:mod:`fusionseg.runtime.devices`), patches streamed from
-the preprocessed cache (:mod:`fusionseg.data.streaming`; the plan is saved as ``plans.json``),
-sliding-window validation Dice (per class / region) every ``val_every`` epochs,
-atomic ``best.pt`` / ``last.pt``, ``log.csv``, a learning curve (the training loss every few
-iterations, ``CURVE_POINTS_PER_EPOCH`` points per epoch, so a short run draws a curve) and TensorBoard scalars.
+One iteration trains on ``config.batch_size`` patches streamed from the preprocessed cache: the loss of
+the dataset's labels (:func:`~fusionseg.training.losses.loss_for_labels`), SGD (Nesterov, poly LR) or
+AdamW, optional mixed precision. After every ``val_every`` epochs, the sliding-window validation Dice
+of at most ``VAL_CASES_PER_EPOCH`` cases (every one after the last epoch); then ``last.pt`` / ``best.pt``,
+``log.csv``, a learning curve (``CURVE_POINTS_PER_EPOCH`` points per epoch) and TensorBoard scalars.
 
-Validation: at most ``VAL_CASES_PER_EPOCH`` cases (the first of the validation list, read one at a
-time from the cache) after each epoch, every validation case after the last one. Validation cases:
-a seeded ``val_fraction`` hold-out, or fold ``config.fold`` of nnU-Net's ``splits_final.json``
-(:func:`fusionseg.data.get_fold`; ``"all"`` trains and validates on every case).
+The parts: :mod:`.run_setup` (the ``build_*`` hooks and everything before the first step: plan, model,
+split, datasets), :mod:`.time_budget` (the wall clock of the whole run: training stops, and validation
+scores only the cases that fit, to end inside ``config.time_budget``), :mod:`.resume` (checkpoints,
+logs, restore), :mod:`.cases` (split, per-epoch order), :mod:`.config` (the run and the invocation).
 
-Time budget (``config.time_budget``, :mod:`.time_budget`): the wall clock of the whole run — setup,
-training, validation and checkpoint writes (summed over resumed invocations); a validation that would
-overrun scores only the cases that fit, or none, and the log says so. The LR schedule ends at the budget.
-
-Reproducibility: every epoch reseeds all random generators (model-side torch RNG, case order,
-augmentation) from ``(seed, epoch, rank)`` (:mod:`.cases`), and ``last.pt`` (then ``best.pt``) is written
-at epoch boundaries (:mod:`.resume`). A run killed at any moment and continued with ``resume`` (from
-``last.pt``, else ``best.pt``; afresh when there is neither) ends with exactly the weights of an
-uninterrupted run with the same seed (bit-identical on CPU).
-
-The parts: :mod:`.run_setup` (the ``build_*`` hooks and the setup before the first step), :mod:`.config`
-(the run and the invocation), :mod:`.model_setup` (model, first weights), :mod:`.cases` (split, order),
-:mod:`.time_budget`, :mod:`.resume` (checkpoints, logs, restore).
+Reproducibility: every epoch reseeds all random generators from ``(seed, epoch, rank)``, and ``last.pt``
+is written at epoch boundaries: a run killed at any moment and continued with ``resume`` ends with
+exactly the weights of an uninterrupted run with the same seed (bit-identical on CPU).
 
 Customise a run by overriding hooks (as nnU-Net's trainers do)::
 

@@ -39,8 +39,7 @@ def run_training(
     ``output/fold_N``; ``run_config``: the options written to ``output/config.yaml`` (None: no file).
     """
     from fusionseg.files import folder_lock
-    from fusionseg.training.config import RUN_CONFIG_FILE, write_run_config
-    from fusionseg.training.run_folder import claim_run_folder
+    from fusionseg.training.run_folder import RUN_CONFIG_FILE, claim_run_folder, write_run_config
     from fusionseg.workflows.crossval import parse_folds
 
     config.check()
