@@ -2,7 +2,8 @@
 
 One concept has one option name in every command (``ONE_NAME``); a renamed option's old spelling is
 hidden and sets the same value as the new one, with one line on stderr (``RENAMED``). Spellings
-removed before that rule are gone (tests/test_cli.py).
+removed before that rule are gone (tests/test_cli.py). Every setting of a training run
+(``RunDefinition``, ``Invocation``) is an option of ``fusionseg train`` with a row in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -199,3 +200,46 @@ def test_saved_train_args_use_todays_field_names():
     names = {f.name for f in fields(TrainConfig)}
     assert set(RENAMED_FIELDS.values()) <= names and not set(RENAMED_FIELDS) & names
     assert current_field_names({"num_workers": 2, "epochs": 5}) == {"workers": 2, "epochs": 5}
+
+
+# Options of `fusionseg train` that set no field of the run or the invocation: they choose what the command does.
+TRAIN_COMMAND_ONLY = {"config", "cross_validate"}
+
+
+def test_every_training_setting_is_an_option_with_a_row(capsys):
+    """Each field of RunDefinition and Invocation is an option of `fusionseg train` of the same name (unless its
+    metadata says NO_OPTION), which `--help` lists and docs/cli.md has a row for; each option sets a field."""
+    from dataclasses import fields
+
+    from fusionseg.cli import main as cli
+    from fusionseg.training.config import Invocation, RunDefinition
+
+    spellings: dict[str, list[str]] = {}
+    for action in _parser("train")._actions:
+        if action.option_strings and action.help != argparse.SUPPRESS and not isinstance(action, argparse._HelpAction):
+            spellings.setdefault(action.dest, []).extend(action.option_strings)
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    shown, documented = help_options(capsys.readouterr().out), documented_options()["train"]
+    settings = [f for home in (RunDefinition, Invocation) for f in fields(home)]
+    for setting in settings:
+        options = spellings.get(setting.name, [])
+        if setting.metadata.get("option", True) is False:
+            assert not options, f"{setting.name} is NO_OPTION but `fusionseg train` has {options}"
+            continue
+        assert options, f"{setting.name} has no option of `fusionseg train` (dest {setting.name!r})"
+        assert set(options) <= shown, f"`fusionseg train --help` does not list {options}"
+        assert set(options) <= documented, f"docs/cli.md has no row of {options} for train"
+    assert set(spellings) - {f.name for f in settings} == TRAIN_COMMAND_ONLY
+
+
+def test_one_home_per_training_setting():
+    """A field lives in the run definition or the invocation, and TrainConfig has every one of them."""
+    from dataclasses import fields
+
+    from fusionseg.training.config import Invocation, RunDefinition, TrainConfig, one_time_fields
+
+    run, invocation = {f.name for f in fields(RunDefinition)}, {f.name for f in fields(Invocation)}
+    assert not run & invocation and {f.name for f in fields(TrainConfig)} == run | invocation
+    assert set(one_time_fields()) == {"resume", "overwrite", "stop_after"}
+    assert {f.name for f in fields(RunDefinition) if not f.compare} == {"data", "output", "init"}

@@ -553,13 +553,13 @@ def test_cross_validation_rerun_continues_with_the_unfinished_fold(phantoms, tmp
 
 
 def test_ablate_rerun_scores_finished_runs_without_training_them_again(phantoms, tmp_path, one_thread):
-    from fusionseg.workflows.ablate import run_ablation
+    from fusionseg.workflows.ablate import train_and_score
 
     base = _train_config(phantoms, tmp_path, epochs=1000, val_every=1000)
-    first = run_ablation(base, ["concat"], [0], 0.3, tmp_path)
+    first = train_and_score(base, ["concat"], [0], 0.3, tmp_path)
     last = tmp_path / "runs" / "concat_seed0" / "last.pt"
     written, steps = last.stat().st_mtime_ns, load_checkpoint(last)["step"]
-    assert run_ablation(base, ["concat"], [0], 0.3, tmp_path) == first  # same scores, from the same weights
+    assert train_and_score(base, ["concat"], [0], 0.3, tmp_path) == first  # same scores, from the same weights
     assert last.stat().st_mtime_ns == written and load_checkpoint(last)["step"] == steps >= 1
 
 

@@ -88,7 +88,7 @@ def test_run_config_travels_to_another_directory(tmp_path, monkeypatch):
     parser = build_parser()
     args = parse_with_config(parser, ["--data", "data/ds", "--output", "runs/x", "--init", "w.pt"])
     from fusionseg.cli.run_config import resolved_options
-    from fusionseg.training.config import write_run_config
+    from fusionseg.training.run_folder import write_run_config
 
     write_run_config(tmp_path / "config.yaml", resolved_options(parser, args))
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())

@@ -142,6 +142,34 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(phantoms2d, tmp_p
     assert not all(torch.equal(c["state_dict"][k], a["state_dict"][k]) for k in a["state_dict"])
 
 
+def test_checkpoints_save_the_run_definition_and_resume_compares_it(phantoms2d, tmp_path):
+    """train_args holds the run's definition (not how one invocation ran it); a resume warns about each changed
+    setting of the run only. Older checkpoints hold every setting, flat, some under old names: they resume as well."""
+    from dataclasses import fields, replace
+
+    from fusionseg.checkpoints.checkpoint import save_checkpoint
+    from fusionseg.training.config import RunDefinition
+
+    config = _config(phantoms2d, tmp_path, epochs=3, iters_per_epoch=1, val_fraction=0.0, lr=0.01, stop_after=1)
+    train(config)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert list(ckpt["train_args"]) == [f.name for f in fields(RunDefinition)]
+    assert ckpt["train_args"] == config.definition().plain() and ckpt["train_args"]["lr"] == 0.01
+    older = {**config.plain(), "device": "cuda:1", "resume": False, "cache": "/elsewhere"}  # as written before
+    older["num_workers"] = older.pop("workers")
+    save_checkpoint(tmp_path / "last.pt", {**ckpt, "train_args": older})
+    lines = []
+    invocation = {"device": "cpu", "workers": 0, "stop_after": 1, "resume": True, "output": tmp_path}
+    Trainer(replace(config, **invocation), log=lines.append).run()
+    assert [line for line in lines if "warning" in line] == []
+    Trainer(replace(config, **invocation, lr=0.02, seed=4, init=tmp_path / "x.pt"), log=lines.append).run()
+    assert [line for line in lines if "warning" in line] == [
+        "warning: resuming with lr=0.02, but the run used 0.01; results differ",
+        "warning: resuming with seed=4, but the run used 0; results differ",
+    ]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+
+
 def test_checkpoint_log_and_curve(phantoms2d, tmp_path):
     best = train(_config(phantoms2d, tmp_path, deep_supervision=True, optimizer="adamw", lr=1e-3, val_every=2))
     assert best == tmp_path / "best.pt"

@@ -6,13 +6,17 @@ import argparse
 from pathlib import Path
 
 from fusionseg.cli.options import positive_float, positive_int
-from fusionseg.cli.train import FOLD_OPTIONS, PER_RUN, config_from_args
 from fusionseg.cli.train import build_parser as train_parser
-from fusionseg.errors import InputError
+from fusionseg.cli.train import config_from_args
+from fusionseg.training.config import one_time_fields
 
-__all__ = ["build_parser", "main"]
+__all__ = ["NOT_FROM_TRAIN", "build_parser", "main"]
 
-MAX_SEEDS = 100  # fusions × seeds × --time-budget is the run time: a typo of 10⁸ seeds would never end
+# Options of `fusionseg train` that ablate does not take: it sets them per run (the fusion, its own --time-budget
+# per run), starts every run from scratch (no --init / --pretrained) and scores its own held-out cases (no folds);
+# no run-config file. Nor the one-time actions of an invocation: every run resumes by itself.
+NOT_FROM_TRAIN = ("config", "fusion", "time_budget", "init", "pretrained",
+                  "fold", "cross_validate", "num_folds", "splits")  # fmt: skip
 
 
 def _default_fusions() -> str:
@@ -23,7 +27,8 @@ def _default_fusions() -> str:
 
 
 def build_parser(prog: str = "fusionseg ablate") -> argparse.ArgumentParser:
-    p = train_parser(prog, skip=PER_RUN + FOLD_OPTIONS, output=Path("runs/ablate"), epochs=1000, val_every=1000)
+    skip = NOT_FROM_TRAIN + one_time_fields()
+    p = train_parser(prog, skip=skip, output=Path("runs/ablate"), epochs=1000, val_every=1000)
     p.description = "Equal-budget comparison of skip fusions (trains one model per fusion and seed)."
     default = _default_fusions()
     p.add_argument(
@@ -39,37 +44,9 @@ def build_parser(prog: str = "fusionseg ablate") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg ablate") -> int:
-    from dataclasses import replace
-
-    from fusionseg.files import folder_lock
-    from fusionseg.fusion import list_fusions
-    from fusionseg.runtime.devices import set_threads
-    from fusionseg.workflows.ablate import format_ablation_table, run_ablation, write_ablation
+    from fusionseg.workflows.ablate import run_ablation
 
     args = build_parser(prog).parse_args(argv)
     fusions = [f.strip().lower() for f in args.fusions.split(",") if f.strip()]
-    unknown = [f for f in fusions if f not in list_fusions()]
-    if unknown or not fusions:
-        raise InputError(f"--fusions: unknown {unknown or 'empty list'}; choose from {', '.join(list_fusions())}")
-    twice = sorted({f for f in fusions if fusions.count(f) > 1})
-    if twice:
-        raise InputError(f"--fusions lists {', '.join(twice)} more than once; name each fusion once")
-    if args.num_seeds > MAX_SEEDS:
-        raise InputError(f"--num-seeds {args.num_seeds} is more than a comparison needs (at most {MAX_SEEDS}); e.g. 3")
-    if args.time_budget is None:
-        raise InputError("--time-budget is required: the training seconds every run gets (e.g. --time-budget 60)")
-    threads, reason = set_threads(args.threads)  # once: every run gets the same thread count
-    print(f"CPU threads: {threads} ({reason}), for every run")
-    base = replace(config_from_args(args), time_budget=None, threads=threads)
-    base.check()  # before the folder lock creates --output (e.g. inside --data)
-    seeds = [base.seed + k for k in range(args.num_seeds)]
-    output = Path(args.output)
-    with folder_lock(output, "ablation folder"):
-        rows, records, reference = run_ablation(base, fusions, seeds, args.time_budget, output)
-        table = format_ablation_table(rows, reference, args.time_budget)
-        command = "fusionseg ablate " + " ".join(argv or [])
-        report = f"# Fusion ablation ({base.model})\n\n`{command}`\n\n{table}\n"
-        written = write_ablation(output, rows, records, report)
-    print(table)
-    print(f"wrote {', '.join(map(str, written))}")
-    return 0
+    command = "fusionseg ablate " + " ".join(argv or [])
+    return run_ablation(config_from_args(args), fusions, args.num_seeds, command)

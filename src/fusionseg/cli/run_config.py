@@ -15,23 +15,35 @@ starting directory when it is known, else to the current directory (:func:`resol
 
 Example:
     >>> args = parse_with_config(build_parser(), ["--config", "run.yaml", "--epochs", "3"])   # epochs 3 wins
+    >>> read_run_config("run.yaml")                 # {"iters_per_epoch": 5, ...}: keys with _ in place of -
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fusionseg.cli.options import OldSpelling, path
 from fusionseg.errors import InputError
 
-__all__ = ["CONFIG_OPTION", "parse_with_config", "resolve_config_path", "resolved_options"]
+__all__ = [
+    "CONFIG_OPTION",
+    "nearest_key",
+    "parse_with_config",
+    "read_run_config",
+    "recorded_options",
+    "resolve_config_path",
+    "resolved_options",
+]
 
 CONFIG_OPTION = "config"
+MAX_RUN_CONFIG_BYTES = 1 << 20  # a run's config.yaml is about 1 kB
 _SWITCHES = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)
 
 
@@ -130,10 +142,64 @@ def _resolved_paths(value: Any, config_path: Path, origin: Path | None) -> Any:
     return value
 
 
+def nearest_key(key: str, valid: Iterable[str]) -> str:
+    """The valid key closest to ``key`` (difflib), for "did you mean" hints."""
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return close[0] if close else valid[0]
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML (``.yaml``/``.yml``) or JSON run-config file → ``{key with _ for -: value}``.
+
+    Raises :class:`InputError` (one line) for a missing or unparsable file or one that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--config {path} does not exist; pass a YAML or JSON run config (e.g. runs/x/config.yaml)")
+    if path.stat().st_size > MAX_RUN_CONFIG_BYTES:
+        raise InputError(
+            f"--config {path} is {path.stat().st_size:,} bytes, more than a run config needs "
+            f"(limit {MAX_RUN_CONFIG_BYTES:,}); pass the config.yaml of a run or a short file of option: value"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"--config {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "save it as UTF-8"
+        ) from None
+    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+    try:
+        values = json.loads(text) if kind == "JSON" else _safe_yaml(text)
+    except RecursionError:
+        raise InputError(f"--config {path} is nested too deeply to be a run config") from None
+    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
+        raise InputError(f"--config {path} is not valid {kind}: {' '.join(str(err).split())[:160]}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"--config {path} must hold a mapping of option: value, got a {type(values).__name__}")
+    return {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in values.items()}
+
+
+def _safe_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases (``*name``): a run config needs none, and nested aliases ("billion
+    laughs") expand a few hundred bytes into gigabytes."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                anchor = self.peek_event().anchor
+                raise yaml.YAMLError(f"aliases are not allowed in a run config (found *{anchor}); write values out")
+            return super().compose_node(parent, index)
+
+    return yaml.load(text, Loader=NoAliases)
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` with the defaults of ``--config FILE`` (when given) taken from the file."""
-    from fusionseg.training.config import nearest_key, read_run_config
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--" + CONFIG_OPTION, type=path, default=None)
     known, _ = pre.parse_known_args(argv)
@@ -184,3 +250,11 @@ def resolved_options(
             value = tuple(v.expanduser().absolute() for v in value)
         out[dest] = value
     return out
+
+
+def recorded_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """What a run folder's ``config.yaml`` records: :func:`resolved_options` without the one-time actions
+    (``--resume``, ``--overwrite``, ``--stop-after``), so that the file repeats the run."""
+    from fusionseg.training.config import one_time_fields
+
+    return resolved_options(parser, args, leave_out=one_time_fields())

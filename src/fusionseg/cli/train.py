@@ -1,10 +1,14 @@
-"""``fusionseg train``: train a registered model on a dataset folder."""
+"""``fusionseg train``: train a registered model on a dataset folder.
+
+One option per field of :class:`~fusionseg.training.config.RunDefinition` and
+:class:`~fusionseg.training.config.Invocation` (same name; tests/test_cli_options.py checks), plus ``--config``
+and ``--cross-validate``; :func:`main` parses them and calls
+:func:`~fusionseg.workflows.training_run.run_training`.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,18 +21,10 @@ from fusionseg.cli.options import (
     positive_int,
 )
 from fusionseg.cli.plan import add_plan_options
-from fusionseg.errors import InputError
 from fusionseg.nets.swin_pretrained import parse_pretrained
 from fusionseg.training.config import TrainConfig
 
 __all__ = ["build_parser", "config_from_args", "main"]
-
-# Options `fusionseg ablate` does not offer: it sets them per run itself (no run-config file, no pretrained encoders).
-PER_RUN = ("fusion", "time_budget", "stop_after", "resume", "overwrite", "init", "config", "pretrained")
-# Options about one invocation, not the run: left out of the run folder's config.yaml.
-INVOCATION_ONLY = ("resume", "overwrite", "stop_after")
-# Cross-validation options (`fusionseg ablate` scores its own held-out cases and does not offer them).
-FOLD_OPTIONS = ("fold", "cross_validate", "num_folds", "splits")
 
 
 def build_parser(prog: str = "fusionseg train", skip: tuple[str, ...] = (), **defaults) -> argparse.ArgumentParser:
@@ -175,39 +171,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg train") -> int:
-    from fusionseg.cli.run_config import parse_with_config, resolved_options
-    from fusionseg.files import folder_lock
-    from fusionseg.training.config import RUN_CONFIG_FILE, write_run_config
-    from fusionseg.training.run_folder import claim_run_folder
-    from fusionseg.workflows.crossval import parse_folds
+    from fusionseg.cli.run_config import parse_with_config, recorded_options
+    from fusionseg.workflows.training_run import run_training
 
     parser = build_parser(prog)
     args = parse_with_config(parser, argv)
     config = config_from_args(args)
-    config.check()
-    if args.splits is not None and args.fold is None and args.cross_validate is None:
-        raise InputError(
-            f"--splits {args.splits} is read only with --fold or --cross-validate; add one, or leave --splits out "
-            "(without them the validation cases are a seeded --val-fraction hold-out)"
-        )
-    if args.resume and args.overwrite:
-        raise InputError("--resume and --overwrite exclude each other: continue the run, or replace it")
-    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun the main process holds the lock for all
-    with folder_lock(config.output, "training run") if is_main else contextlib.nullcontext():
-        if is_main:
-            folds = None if args.cross_validate is None else parse_folds(args.cross_validate)
-            claim_run_folder(config.output, resume=args.resume, overwrite=args.overwrite, folds=folds)
-            write_run_config(config.output / RUN_CONFIG_FILE, resolved_options(parser, args, INVOCATION_ONLY))
-        if args.cross_validate is not None:
-            from fusionseg.workflows.crossval import run_cross_validation
-
-            summary = run_cross_validation(config, parse_folds(args.cross_validate))
-            if summary:
-                print(f"wrote {config.output / 'crossval_summary.json'} and {config.output / 'postprocessing.json'}")
-            return 0
-        from fusionseg.training.trainer import train
-
-        best = train(config)
-    if is_main:
-        print(f"best checkpoint: {best}")
-    return 0
+    run_config = recorded_options(parser, args)  # config.yaml: repeats the run
+    return run_training(config, cross_validate=args.cross_validate, run_config=run_config)

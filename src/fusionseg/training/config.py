@@ -1,45 +1,53 @@
-"""The description of a training run (:class:`TrainConfig`), stored in every checkpoint as ``train_args``,
-and run-config files (``fusionseg train --config run.yaml``; every run folder gets ``config.yaml``).
+"""What a training run is (:class:`RunDefinition`) and how one invocation runs it (:class:`Invocation`);
+:class:`TrainConfig` is both, flat.
+
+A field's home says what happens to it: a :class:`RunDefinition` field is saved in every checkpoint
+(``train_args``) and in ``config.yaml``, and a resume warns when it changed (unless the field says
+``compare=False``: where the data lies, the run folder, the first weights); an :class:`Invocation` field is
+never compared nor saved in checkpoints, and a one-time action (``ONE_TIME``: resume, overwrite, stop after)
+stays out of ``config.yaml`` too. Every field is an option of ``fusionseg train`` of the same name (unless
+``NO_OPTION``), with a row in docs/cli.md (tests/test_cli_options.py checks the three agree).
 
 Example:
     >>> config = TrainConfig(data=Path("phantoms"), model="unet", fusion="dff", epochs=2, iters_per_epoch=5)
     >>> config.check()          # InputError naming the option for bad values
-    >>> read_run_config("run.yaml")                 # {"iters_per_epoch": 5, ...}: keys with _ in place of -
-    >>> write_run_config("runs/x/config.yaml", {"data": "phantoms", "epochs": 2})
+    >>> config.definition().plain()["epochs"], config.invocation().device
+    (2, 'auto')
 """
 
 from __future__ import annotations
 
-import difflib
-import json
 import math
 import os
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from fusionseg.errors import InputError
 from fusionseg.training.optim import OPTIMIZERS
 
 __all__ = [
+    "NO_OPTION",
+    "ONE_TIME",
     "RENAMED_FIELDS",
-    "RUN_CONFIG_FILE",
+    "Invocation",
+    "RunDefinition",
     "TrainConfig",
     "current_field_names",
-    "nearest_key",
+    "one_time_fields",
     "parse_fold",
-    "read_run_config",
-    "write_run_config",
 ]
 
-RUN_CONFIG_FILE = "config.yaml"
-MAX_RUN_CONFIG_BYTES = 1 << 20  # a run's config.yaml is about 1 kB
 MAX_RATE = 1e3  # --lr / --weight-decay above this overflow the optimizer's float32 arithmetic long before 1e38
 MAX_WORKERS_PER_CORE = 4  # --workers beyond this only exhausts memory (a process each)
 
+# Field metadata: a setting of the Python API only (no option of `fusionseg train`).
+NO_OPTION = MappingProxyType({"option": False})
+# Field metadata: an action of this invocation (left out of config.yaml: a rerun from it does not repeat it).
+ONE_TIME = MappingProxyType({"one_time": True})
 
-# Old names of TrainConfig fields → today's, for the ``train_args`` of checkpoints written before a rename.
+# Old names of fields → today's, for the ``train_args`` of checkpoints written before a rename.
 RENAMED_FIELDS = {"num_workers": "workers"}
 
 
@@ -58,12 +66,27 @@ def parse_fold(value: int | str) -> int | str:
     return int(text)
 
 
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on. One iteration trains on ``batch_size`` patches."""
+def _plain(value: Any) -> Any:
+    """JSON-able copy: paths → str, tuples → lists (also inside lists and dicts)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(x) for x in value]
+    if isinstance(value, dict):
+        return {k: _plain(x) for k, x in value.items()}
+    return value
 
-    data: Path
-    output: Path = Path("runs/fusionseg")
+
+@dataclass
+class RunDefinition:
+    """What a training run is: its data, model and how it learns. One iteration trains on ``batch_size`` patches.
+
+    Two definitions are equal when they describe the same run: the fields with ``compare=False`` may
+    differ (the data moved, another run folder, the first weights a resume no longer reads).
+    """
+
+    data: Path = field(compare=False)
+    output: Path = field(default=Path("runs/fusionseg"), compare=False)
     model: str = "unet"
     fusion: str | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -71,34 +94,27 @@ class TrainConfig:
     epochs: int = 50
     iters_per_epoch: int = 50
     time_budget: float | None = None  # wall seconds of the whole run (validation and checkpoint writes included)
-    stop_after: int | None = None  # epochs to run in this invocation, then exit (continue with resume)
     batch_size: int = 2
     patch_size: tuple[int, ...] | None = None
     target_spacing: tuple[float, ...] | str | None = None  # mm per axis, "median", "keep", or None (the plan's)
     optimizer: str = "sgd"
     lr: float | None = None  # default 1e-2 (sgd) / 1e-3 (adamw)
     weight_decay: float | None = None  # default 3e-5 (sgd) / 1e-2 (adamw)
-    momentum: float = 0.99
+    momentum: float = field(default=0.99, metadata=NO_OPTION)
     grad_clip: float | None = 12.0
     amp: bool = False
     channels_last: bool = False
     augment: bool = True
     val_every: int = 1
     val_fraction: float = 0.2  # hold-out when no fold is given
-    val_overlap: float = 0.25
+    val_overlap: float = field(default=0.25, metadata=NO_OPTION)
     fold: int | str | None = None  # nnU-Net fold of splits_final.json (0-based), "all" (train on every case), or None
     num_folds: int = 5  # folds made when splits_final.json does not exist yet
     splits: Path | None = None  # splits_final.json to read or write (default: in the dataset folder)
     seed: int = 0
-    resume: bool = False
-    overwrite: bool = False  # replace the run already in ``output`` (without it, train refuses to)
-    init: Path | None = None  # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit
+    # initial weights (fusionseg checkpoint or state_dict), loaded where names/shapes fit; read when the run starts
+    init: Path | None = field(default=None, compare=False)
     pretrained: tuple[Path, ...] | None = None  # local ImageNet Swin checkpoints for the encoders (DS-TransUNet)
-    workers: int = 0  # processes that load patches and preprocess the cases the cache lacks (0: this one)
-    cache: Path | None = None  # root of the preprocessed-data cache (None: $FUSIONSEG_CACHE or ~/.cache/...)
-    device: str = "auto"
-    threads: str | int | None = None  # CPU intra-op threads: None = leave as is, "auto" = idle usable cores, a count
-    progress: bool = True
 
     def check(self) -> None:
         """:class:`InputError` naming the option for values that cannot work."""
@@ -107,8 +123,6 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(self, name)}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise InputError(f"--time-budget must be > 0 seconds, got {self.time_budget}")
-        if self.stop_after is not None and self.stop_after < 1:
-            raise InputError(f"--stop-after must be ≥ 1 epoch, got {self.stop_after}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.fold is not None:
@@ -125,6 +139,48 @@ class TrainConfig:
             raise InputError(f"--seed must be an integer between -2**63 and 2**63 - 1, got {self.seed!r}; e.g. 0")
         if str(self.optimizer).lower() not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if not Path(self.data).is_dir():
+            raise InputError(
+                f"--data {self.data} is not a folder; pass a dataset folder (see `fusionseg train --help`)"
+            )
+        _check_outside_cases("--output", self.output, self.data)
+
+    def plain(self) -> dict[str, Any]:
+        """JSON-able copy of every field (paths → str, tuples → lists)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def changes_from(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(field, saved value, value now) of each compared field that differs from ``saved`` (the ``train_args``
+        of a checkpoint; fields it lacks count as unchanged, old field names as today's), by field name."""
+        saved = current_field_names(saved)
+        changed = []
+        for f in sorted(fields(RunDefinition), key=lambda f: f.name):
+            now = _plain(getattr(self, f.name))
+            if f.compare and f.name in saved and saved[f.name] != now:
+                changed.append((f.name, saved[f.name], now))
+        return changed
+
+
+@dataclass
+class Invocation:
+    """How one invocation runs a training run: this machine's settings and what to do with the run folder now.
+    Results do not depend on them (never compared on resume, not in checkpoints)."""
+
+    device: str = "auto"
+    threads: str | int | None = None  # CPU intra-op threads: None = leave as is, "auto" = idle usable cores, a count
+    progress: bool = True
+    workers: int = 0  # processes that load patches and preprocess the cases the cache lacks (0: this one)
+    cache: Path | None = None  # root of the preprocessed-data cache (None: $FUSIONSEG_CACHE or ~/.cache/...)
+    resume: bool = field(default=False, metadata=ONE_TIME)
+    overwrite: bool = field(default=False, metadata=ONE_TIME)  # replace the run in ``output`` (else train refuses)
+    stop_after: int | None = field(default=None, metadata=ONE_TIME)  # epochs to run now, then exit
+
+    def check(self) -> None:
+        """:class:`InputError` naming the option for values that cannot work."""
+        if self.stop_after is not None and self.stop_after < 1:
+            raise InputError(f"--stop-after must be ≥ 1 epoch, got {self.stop_after}")
+        if self.resume and self.overwrite:
+            raise InputError("--resume and --overwrite exclude each other: continue the run, or replace it")
         if self.workers < 0:
             raise InputError(f"--workers must be ≥ 0, got {self.workers}")
         if self.workers > (limit := MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)):
@@ -132,32 +188,32 @@ class TrainConfig:
                 f"--workers {self.workers} is more processes than this machine can run ({limit} at most: "
                 f"{MAX_WORKERS_PER_CORE} per core); pass about the number of cores, or 0"
             )
-        if not Path(self.data).is_dir():
-            raise InputError(
-                f"--data {self.data} is not a folder; pass a dataset folder (see `fusionseg train --help`)"
-            )
-        data = Path(os.path.realpath(self.data))
-        for option, path in (("--output", self.output), ("--cache", self.cache)):
-            real = None if path is None else Path(os.path.realpath(path))
-            if real is not None and (real == data or (data in real.parents and _in_case_folder(real, data))):
-                raise InputError(
-                    f"{option} {path} lies in the dataset's own files (--data {self.data}), which are only read: "
-                    f"choose a {option} outside them, e.g. {data.parent / 'runs'}"
-                )
 
-    def plain(self) -> dict[str, Any]:
-        """JSON-able copy (paths → str, tuples → lists)."""
 
-        def conv(v):
-            if isinstance(v, Path):
-                return str(v)
-            if isinstance(v, tuple | list):
-                return [conv(x) for x in v]
-            if isinstance(v, dict):
-                return {k: conv(x) for k, x in v.items()}
-            return v
+def one_time_fields() -> tuple[str, ...]:
+    """Names of the :class:`Invocation` fields that are actions of one invocation (``ONE_TIME``)."""
+    return tuple(f.name for f in fields(Invocation) if f.metadata.get("one_time"))
 
-        return {k: conv(v) for k, v in asdict(self).items()}
+
+@dataclass
+class TrainConfig(Invocation, RunDefinition):
+    """A training run and how this invocation runs it: every field of :class:`RunDefinition`, then of
+    :class:`Invocation`, flat (``config.epochs``, ``config.device``); what :class:`~fusionseg.training.trainer.Trainer`
+    takes. :meth:`definition` is what checkpoints save."""
+
+    def check(self) -> None:
+        """:class:`InputError` naming the option for values that cannot work."""
+        RunDefinition.check(self)
+        Invocation.check(self)
+        _check_outside_cases("--cache", self.cache, self.data)
+
+    def definition(self) -> RunDefinition:
+        """The run this config describes (saved in checkpoints as ``train_args``)."""
+        return RunDefinition(**{f.name: getattr(self, f.name) for f in fields(RunDefinition)})
+
+    def invocation(self) -> Invocation:
+        """How this invocation runs it."""
+        return Invocation(**{f.name: getattr(self, f.name) for f in fields(Invocation)})
 
 
 # Folders of a dataset that hold its cases (nnU-Net/MSD, images/ + masks/ layouts): nothing is written there.
@@ -169,77 +225,11 @@ def _in_case_folder(path: Path, data: Path) -> bool:
     return path.relative_to(data).parts[0].lower() in CASE_FOLDERS
 
 
-def nearest_key(key: str, valid: Iterable[str]) -> str:
-    """The valid key closest to ``key`` (difflib), for "did you mean" hints."""
-    valid = sorted(valid)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
-    return close[0] if close else valid[0]
-
-
-def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML (``.yaml``/``.yml``) or JSON run-config file → ``{key with _ for -: value}``.
-
-    Raises :class:`InputError` (one line) for a missing or unparsable file or one that is not a mapping.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--config {path} does not exist; pass a YAML or JSON run config (e.g. runs/x/config.yaml)")
-    if path.stat().st_size > MAX_RUN_CONFIG_BYTES:
+def _check_outside_cases(option: str, path: Path | None, data: Path) -> None:
+    """InputError when ``path`` (given as ``option``) is the dataset folder or lies in its case folders."""
+    real, root = (None if path is None else Path(os.path.realpath(path))), Path(os.path.realpath(data))
+    if real is not None and (real == root or (root in real.parents and _in_case_folder(real, root))):
         raise InputError(
-            f"--config {path} is {path.stat().st_size:,} bytes, more than a run config needs "
-            f"(limit {MAX_RUN_CONFIG_BYTES:,}); pass the config.yaml of a run or a short file of option: value"
+            f"{option} {path} lies in the dataset's own files (--data {data}), which are only read: "
+            f"choose a {option} outside them, e.g. {root.parent / 'runs'}"
         )
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"--config {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
-            "save it as UTF-8"
-        ) from None
-    kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-    try:
-        values = json.loads(text) if kind == "JSON" else _safe_yaml(text)
-    except RecursionError:
-        raise InputError(f"--config {path} is nested too deeply to be a run config") from None
-    except Exception as err:  # json.JSONDecodeError, yaml.YAMLError
-        raise InputError(f"--config {path} is not valid {kind}: {' '.join(str(err).split())[:160]}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise InputError(f"--config {path} must hold a mapping of option: value, got a {type(values).__name__}")
-    return {str(k).strip().lstrip("-").replace("-", "_"): v for k, v in values.items()}
-
-
-def _safe_yaml(text: str) -> Any:
-    """``yaml.safe_load`` without aliases (``*name``): a run config needs none, and nested aliases ("billion
-    laughs") expand a few hundred bytes into gigabytes."""
-    import yaml
-
-    class NoAliases(yaml.SafeLoader):
-        def compose_node(self, parent, index):
-            if self.check_event(yaml.AliasEvent):
-                anchor = self.peek_event().anchor
-                raise yaml.YAMLError(f"aliases are not allowed in a run config (found *{anchor}); write values out")
-            return super().compose_node(parent, index)
-
-    return yaml.load(text, Loader=NoAliases)
-
-
-def write_run_config(path: str | os.PathLike, options: dict[str, Any]) -> Path:
-    """Write ``options`` (option name → plain value) to ``path`` as YAML, atomically; keys are written with -."""
-    import yaml
-
-    from fusionseg.files import write_text_atomic
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        return value
-
-    body = {k.replace("_", "-"): plain(v) for k, v in options.items()}
-    header = "# fusionseg train --config this file repeats the run (command-line options override it)\n"
-    return write_text_atomic(path, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))

@@ -1,22 +1,25 @@
-"""One run per output folder: refuse to start a new run over the checkpoints of another.
+"""One run per output folder: refuse to start a new run over the checkpoints of another; the folder's
+``config.yaml`` (the command's options: ``fusionseg train --config RUN/config.yaml`` repeats the run).
 
 Example:
     >>> claim_run_folder(Path("runs/x"))   # InputError when runs/x holds last.pt or best.pt
+    >>> write_run_config(Path("runs/x") / RUN_CONFIG_FILE, {"data": "phantoms", "epochs": 2})
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-from fusionseg.checkpoints.checkpoint import (
-    load_checkpoint,
-)
+from fusionseg.checkpoints.checkpoint import load_checkpoint
 from fusionseg.errors import InputError
 
-__all__ = ["RUN_CHECKPOINTS", "claim_run_folder"]
+__all__ = ["RUN_CHECKPOINTS", "RUN_CONFIG_FILE", "claim_run_folder", "write_run_config"]
 
 
 RUN_CHECKPOINTS = ("last.pt", "best.pt")
+RUN_CONFIG_FILE = "config.yaml"
 
 
 def claim_run_folder(
@@ -48,3 +51,23 @@ def claim_run_folder(
         f"--output {output} already holds a run ({found[0].relative_to(output)}, {state}); continue it with --resume, "
         "replace it with --overwrite, or choose another --output"
     )
+
+
+def write_run_config(path: str | os.PathLike, options: dict[str, Any]) -> Path:
+    """Write ``options`` (option name → plain value) to ``path`` as YAML, atomically; keys are written with -."""
+    import yaml
+
+    from fusionseg.files import write_text_atomic
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value
+
+    body = {k.replace("_", "-"): plain(v) for k, v in options.items()}
+    header = "# fusionseg train --config this file repeats the run (command-line options override it)\n"
+    return write_text_atomic(path, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None))

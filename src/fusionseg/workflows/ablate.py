@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +30,19 @@ import numpy as np
 
 from fusionseg.errors import InputError
 from fusionseg.files import write_csv_atomic, write_text_atomic
+from fusionseg.training.config import TrainConfig
 
-__all__ = ["compare_paired", "format_ablation_table", "run_ablation", "summarise_ablation", "write_ablation"]
+__all__ = [
+    "MAX_SEEDS",
+    "compare_paired",
+    "format_ablation_table",
+    "run_ablation",
+    "summarise_ablation",
+    "train_and_score",
+    "write_ablation",
+]
+
+MAX_SEEDS = 100  # fusions × seeds × --time-budget is the run time: a typo of 10⁸ seeds would never end
 
 
 def compare_paired(values: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
@@ -128,10 +140,48 @@ def format_ablation_table(rows: list[dict], reference: str, budget: float) -> st
     )
 
 
-def run_ablation(
-    base, fusions: list[str], seeds: list[int], budget: float, output: Path, eval_overlap: float = 0.5
+def run_ablation(config: TrainConfig, fusions: Sequence[str], num_seeds: int, command: str = "") -> int:
+    """``fusionseg ablate``: train ``config`` with each of ``fusions`` for seeds ``config.seed``, ... (``num_seeds``)
+    for ``config.time_budget`` seconds each into ``config.output/runs``, score them and write the tables
+    (module docstring) → exit status 0. ``command``: the command line, quoted in ``ablation.md``."""
+    from fusionseg.files import folder_lock
+    from fusionseg.fusion import list_fusions
+    from fusionseg.runtime.devices import set_threads
+
+    fusions = list(fusions)
+    unknown = [f for f in fusions if f not in list_fusions()]
+    if unknown or not fusions:
+        raise InputError(f"--fusions: unknown {unknown or 'empty list'}; choose from {', '.join(list_fusions())}")
+    twice = sorted({f for f in fusions if fusions.count(f) > 1})
+    if twice:
+        raise InputError(f"--fusions lists {', '.join(twice)} more than once; name each fusion once")
+    if num_seeds > MAX_SEEDS:
+        raise InputError(f"--num-seeds {num_seeds} is more than a comparison needs (at most {MAX_SEEDS}); e.g. 3")
+    budget = config.time_budget
+    if budget is None:
+        raise InputError("--time-budget is required: the training seconds every run gets (e.g. --time-budget 60)")
+    threads, reason = set_threads(config.threads)  # once: every run gets the same thread count
+    print(f"CPU threads: {threads} ({reason}), for every run")
+    base = replace(config, time_budget=None, threads=threads)
+    base.check()  # before the folder lock creates --output (e.g. inside --data)
+    seeds = [base.seed + k for k in range(num_seeds)]
+    output = Path(base.output)
+    with folder_lock(output, "ablation folder"):
+        rows, records, reference = train_and_score(base, fusions, seeds, budget, output)
+        table = format_ablation_table(rows, reference, budget)
+        report = f"# Fusion ablation ({base.model})\n\n`{command}`\n\n{table}\n"
+        written = write_ablation(output, rows, records, report)
+    print(table)
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def train_and_score(
+    base: TrainConfig, fusions: list[str], seeds: list[int], budget: float, output: Path, eval_overlap: float = 0.5
 ) -> tuple[list[dict], list[dict], str]:
-    """Train and score every (fusion, seed) → (rows per fusion, per-case records, reference fusion)."""
+    """Train and score every (fusion, seed) → (rows per fusion, per-case records, reference fusion).
+
+    A run that exists in ``output/runs`` continues (finished: scored only)."""
     from monai.data import Dataset
 
     from fusionseg import data
