@@ -179,8 +179,8 @@ def test_memory_budget_values():
 @pytest.mark.parametrize("regions", [False, True])
 def test_validation_scores_from_slabs_equal_the_whole_volume(regions):
     from fusionseg.data.labels import LabelLayout
+    from fusionseg.evaluation.validation_dice import case_scores, probability_dice
     from fusionseg.inference.sliding_window import predict_volume
-    from fusionseg.training.validation_dice import case_scores, probability_dice
 
     labels = {"background": 0, "whole": [1, 2], "core": 2} if regions else {"background": 0, "a": 1, "b": 2}
     layout = LabelLayout.from_dataset_json(labels, [1, 2] if regions else None)

@@ -450,7 +450,7 @@ def test_build_loss_is_a_hook_and_tensorboard_gets_the_scalars(phantoms2d, tmp_p
 
 
 def test_tensorboard_missing_is_one_log_line(phantoms2d, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("fusionseg.training.tensorboard_log.tensorboard_available", lambda: False)
+    monkeypatch.setattr("fusionseg.runtime.tensorboard_log.tensorboard_available", lambda: False)
     train(_config(phantoms2d, tmp_path, epochs=1, iters_per_epoch=1))
     out = capsys.readouterr().out
     assert out.count("TensorBoard logging skipped") == 1

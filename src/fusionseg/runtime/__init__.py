@@ -5,5 +5,6 @@
 - :mod:`.distributed`: torchrun / DDP process groups and rank-0-only work;
 - :mod:`.memory`: a training step's memory, estimated on the meta device;
 - :mod:`.memory_budget`: ``--memory`` values and the default share of free RAM for prediction;
+- :mod:`.tensorboard_log`: scalars for TensorBoard when it is installed;
 - :mod:`.progress`: bars on terminals only, one line per epoch or case in logs.
 """

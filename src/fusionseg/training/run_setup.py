@@ -30,13 +30,13 @@ from fusionseg.nets.base import round_up_to_multiple
 from fusionseg.runtime import distributed
 from fusionseg.runtime.devices import seed_everything, set_threads, tune_cpu_allocator
 from fusionseg.runtime.precision import choose_amp
+from fusionseg.runtime.tensorboard_log import ScalarLog
 from fusionseg.training.cases import split_cases
 from fusionseg.training.config import TrainConfig
 from fusionseg.training.losses import loss_for_labels
 from fusionseg.training.model_setup import build_model, load_initial_weights
 from fusionseg.training.optim import build_optimizer, poly_lr_lambda
 from fusionseg.training.resume import RunFiles, TrainState, restore_training
-from fusionseg.training.tensorboard_log import ScalarLog
 from fusionseg.training.time_budget import RunClock
 
 __all__ = ["RunSetup"]

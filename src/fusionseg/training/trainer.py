@@ -44,6 +44,7 @@ import torch
 from fusionseg.checkpoints.checkpoint import build_checkpoint, save_checkpoint
 from fusionseg.data.transforms import plain_tensor
 from fusionseg.errors import FusionSegError, InputError
+from fusionseg.evaluation.validation_dice import case_scores, score_names, validation_scores
 from fusionseg.faults import maybe_fail
 from fusionseg.files import write_text_atomic
 from fusionseg.runtime import distributed
@@ -54,7 +55,6 @@ from fusionseg.training.model_setup import build_model
 from fusionseg.training.resume import CSV_FIELDS, TrainState
 from fusionseg.training.run_setup import RunSetup
 from fusionseg.training.time_budget import BUDGET_FIRST_GUESS, BUDGET_VALIDATION_SHARE
-from fusionseg.training.validation_dice import case_scores, score_names, validation_scores
 
 __all__ = [
     "BUDGET_FIRST_GUESS",

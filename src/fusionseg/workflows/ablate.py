@@ -186,9 +186,9 @@ def train_and_score(
 
     from fusionseg import data
     from fusionseg.checkpoints.loading import load_model
+    from fusionseg.evaluation.validation_dice import case_dice
     from fusionseg.runtime.devices import pick_device
     from fusionseg.training.trainer import split_cases, train
-    from fusionseg.training.validation_dice import case_dice
 
     info = data.scan_dataset(base.data)
     labelled_test = [c for c in info.test_cases if c.label is not None]

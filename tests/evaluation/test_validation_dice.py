@@ -8,7 +8,7 @@ import torch
 
 from fusionseg.data.labels import LabelLayout
 from fusionseg.evaluation.metrics import class_dice
-from fusionseg.training.validation_dice import probability_dice, score_names
+from fusionseg.evaluation.validation_dice import probability_dice, score_names
 
 
 def _onehot(label: np.ndarray, k: int) -> torch.Tensor:
