@@ -100,12 +100,18 @@ def build_parser(prog: str = "fusionseg bench predict") -> argparse.ArgumentPars
 def _labels(path: Path) -> np.ndarray:
     import nibabel as nib
 
-    return np.asarray(nib.load(str(path)).dataobj)
+    return np.asarray(nib.load(str(path)).dataobj)  # type: ignore[attr-defined]  # load is typed FileBasedImage
 
 
 def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -> int:
-    args = build_parser(prog).parse_args(argv)
-    sizes = [_ints(s) for s in args.size.split(";") if s.strip()]
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    sizes: list[tuple[int, int, int]] = []
+    for text in (s for s in args.size.split(";") if s.strip()):
+        shape = _ints(text)
+        if len(shape) != 3:
+            parser.error(f"--size takes volumes of three voxel counts x,y,z (separated by ';'), got {text}")
+        sizes.append(shape)
     classes = _ints(args.classes)
     env = subprocess_env()
     rows = []
@@ -116,7 +122,8 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
             image = root / "imagesTr" / "ct_000_0000.nii.gz"
             for k in classes:
                 ckpt = _checkpoint(root, k, args, work / f"ck_{name}_{k}.pt")
-                paths = [("slabs", [])] + ([("whole-volume", ["--whole-volume"])] if args.whole_volume else [])
+                paths: list[tuple[str, list[str]]] = [("slabs", [])]
+                paths += [("whole-volume", ["--whole-volume"])] if args.whole_volume else []
                 outputs = {}
                 for path, extra in paths:
                     out = work / f"pred_{name}_{k}_{path}"

@@ -73,7 +73,7 @@ def _nnunet_command() -> str | None:
 def _labels(path: Path) -> np.ndarray:
     import nibabel as nib
 
-    return np.asarray(nib.load(str(path)).dataobj)
+    return np.asarray(nib.load(str(path)).dataobj)  # type: ignore[attr-defined]  # load is typed FileBasedImage
 
 
 def nnunet_rows(args, work: Path, name: str, images: Path, classes: int, env: dict, floats, ints) -> list[dict]:

@@ -69,7 +69,8 @@ def to_plain_data(obj: Any, where: str = "state") -> Any:
                 raise TypeError(f"checkpoint key {where}[{k!r}] is a {type(k).__name__}; use str or int keys")
             out[k] = to_plain_data(v, f"{where}[{k!r}]")
         if hasattr(obj, "_metadata"):  # state_dict versions, read by some modules' _load_from_state_dict
-            out._metadata = to_plain_data(obj._metadata, f"{where}._metadata")
+            # an attribute torch sets on its state_dict OrderedDicts, which typeshed's OrderedDict does not declare
+            out._metadata = to_plain_data(obj._metadata, f"{where}._metadata")  # type: ignore[attr-defined]
         return out
     if isinstance(obj, list | tuple | set):
         items = [to_plain_data(v, f"{where}[{i}]") for i, v in enumerate(obj)]

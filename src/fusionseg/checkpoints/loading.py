@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ __all__ = ["TRAINING_ONLY_KEYS", "check_same_preprocessing", "load_model", "load
 TRAINING_ONLY_KEYS = ("patch_size", "num_samples")
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """Rebuild the network of a fusionseg checkpoint → (model in eval mode, preprocessing, checkpoint)."""
     from fusionseg.checkpoints.checkpoint import load_checkpoint, rebuild_model
 

@@ -180,8 +180,9 @@ def add_old_spelling(parser: argparse.ArgumentParser, old: str, new: str) -> Non
         2
     """
     target = parser._option_string_actions[new]
+    # target.type may be None, argparse's own default, which typeshed's add_argument does not accept
     parser.add_argument(
         old, action=OldSpelling, new=target, dest=target.dest, nargs=target.nargs, const=target.const,
-        type=target.type, choices=target.choices, metavar=target.metavar,
+        type=target.type, choices=target.choices, metavar=target.metavar,  # type: ignore[arg-type]
         default=argparse.SUPPRESS, help=argparse.SUPPRESS,
     )  # fmt: skip

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 import numpy as np
 import torch
@@ -46,6 +47,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+@overload
+def labels_to_regions(label: torch.Tensor, regions: Sequence[Sequence[int]], dim: int = 0) -> torch.Tensor: ...
+@overload
+def labels_to_regions(label: np.ndarray, regions: Sequence[Sequence[int]], dim: int = 0) -> np.ndarray: ...
 def labels_to_regions(label: Array, regions: Sequence[Sequence[int]], dim: int = 0) -> Array:
     """Label map → one binary mask per region, stacked on ``dim``.
 
@@ -59,6 +64,14 @@ def labels_to_regions(label: Array, regions: Sequence[Sequence[int]], dim: int =
     return np.stack([np.isin(label, list(r)) for r in regions], axis=dim).astype(np.uint8)
 
 
+@overload
+def regions_to_labels(
+    regions: torch.Tensor, regions_class_order: Sequence[int], threshold: float = 0.5, dim: int = 0
+) -> torch.Tensor: ...
+@overload
+def regions_to_labels(
+    regions: np.ndarray, regions_class_order: Sequence[int], threshold: float = 0.5, dim: int = 0
+) -> np.ndarray: ...
 def regions_to_labels(
     regions: Array, regions_class_order: Sequence[int], threshold: float = 0.5, dim: int = 0
 ) -> Array:
@@ -151,6 +164,10 @@ class LabelLayout:
 
     # ----------------------------------------------------------------------------------- conversion
 
+    @overload
+    def valid_mask(self, label: torch.Tensor) -> torch.Tensor | None: ...
+    @overload
+    def valid_mask(self, label: np.ndarray) -> np.ndarray | None: ...
     def valid_mask(self, label: Array) -> Array | None:
         """``label != ignore_label`` (same shape), or None when the dataset has no ignore label."""
         return valid_mask(label, self.ignore_label)

@@ -33,6 +33,7 @@ import torch
 
 from fusionseg.deploy import bundle_components
 from fusionseg.errors import InputError
+from fusionseg.nets.registry import model_attribute
 from fusionseg.version import __version__
 
 __all__ = [
@@ -85,7 +86,7 @@ def _window(model: torch.nn.Module, pre: dict) -> list[int]:
     patch = pre.get("patch_size")
     if not patch:
         raise InputError("the checkpoint's preprocessing has no patch_size; the bundle's sliding window needs one")
-    return [int(s) for s in window_size(list(patch), list(patch), int(model.size_multiple))]
+    return [int(s) for s in window_size(list(patch), list(patch), model_attribute(model, "size_multiple"))]
 
 
 def _output_channel_names(pre: dict) -> dict[str, str]:
@@ -104,10 +105,10 @@ def metadata(ckpt: dict, model: torch.nn.Module, window: list[int]) -> dict[str,
     pre = ckpt["preprocessing"]
     name = ckpt["model"]["name"]
     shape_rule = [int(s) for s in window]  # the TorchScript is traced at the window size
-    in_names = pre.get("channel_names") or [f"channel {i}" for i in range(int(model.in_channels))]
+    in_names = pre.get("channel_names") or [f"channel {i}" for i in range(model_attribute(model, "in_channels"))]
     out_names = _output_channel_names(pre)
     activation = pre.get("activation") or "softmax"
-    dims = int(model.spatial_dims)
+    dims = model_attribute(model, "spatial_dims")
     return {
         "schema": SCHEMA_URL,
         "version": "0.1.0",
@@ -134,7 +135,7 @@ def metadata(ckpt: dict, model: torch.nn.Module, window: list[int]) -> dict[str,
                     "type": "image",
                     "format": "magnitude",
                     "modality": str(pre.get("modality", "unknown")),
-                    "num_channels": int(model.in_channels),
+                    "num_channels": model_attribute(model, "in_channels"),
                     "spatial_shape": shape_rule,
                     "dtype": "float32",
                     "value_range": [],
@@ -146,7 +147,7 @@ def metadata(ckpt: dict, model: torch.nn.Module, window: list[int]) -> dict[str,
                 "pred": {
                     "type": "image",
                     "format": "segmentation",
-                    "num_channels": int(model.out_channels),
+                    "num_channels": model_attribute(model, "out_channels"),
                     "spatial_shape": shape_rule,
                     "dtype": "float32",
                     "value_range": [],
@@ -201,6 +202,7 @@ def inference_config(ckpt: dict, window: list[int], *, overlap: float = 0.5, sw_
         steps.append({"_target_": "Spacingd", "keys": "image", "pixdim": [float(s) for s in pre["target_spacing"]],
                       "mode": "bilinear", "dtype": "$numpy.float32"})  # fmt: skip
     steps.append({"_target_": f"{_SCRIPTS}.NormalizeChannelsd", "keys": "image", "specs": "@channel_normalisation"})
+    to_labels: dict[str, object]
     if pre.get("regions"):
         to_labels = {"_target_": f"{_SCRIPTS}.RegionsToLabelsd", "keys": "pred",
                      "regions_class_order": [int(v) for v in pre["regions_class_order"]]}  # fmt: skip
@@ -325,7 +327,7 @@ python -m monai.bundle run --config_file configs/inference.json --bundle_root . 
 
 def _readme(ckpt: dict, model: torch.nn.Module, window: list[int]) -> str:
     pre = ckpt["preprocessing"]
-    dims = int(model.spatial_dims)
+    dims = model_attribute(model, "spatial_dims")
     geometry = ""
     if pre.get("orientation") and dims == 3:
         geometry += f"`Orientationd` ({pre['orientation']}), "
@@ -338,7 +340,7 @@ def _readme(ckpt: dict, model: torch.nn.Module, window: list[int]) -> str:
         window=window,
         activation=pre.get("activation") or "softmax",
         install=install_line(pre),
-        in_channels=int(model.in_channels),
+        in_channels=model_attribute(model, "in_channels"),
         channels=", ".join(pre.get("channel_names") or []) or "image",
         modality=pre.get("modality", "unknown"),
         files="NIfTI file (`.nii.gz`, `.nii`)" if dims == 3 else "image (`.png`, `.tif`, `.bmp`, `.jpg`)",

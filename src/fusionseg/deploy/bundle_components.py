@@ -93,10 +93,11 @@ def list_cases(dataset_dir: str | Path, in_channels: int = 1) -> list[dict]:
         raise ValueError(f"{source} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     groups: dict[str, list[Path]] = {}
     for path in files:
-        stem = _split(path.name)[0]
-        match = _CHANNEL.match(stem)
-        strip = match is not None and (in_channels > 1 or match["channel"] == "0000")
-        groups.setdefault(match["case"] if strip else stem, []).append(path)
+        case_id = _split(path.name)[0]
+        match = _CHANNEL.match(case_id)
+        if match is not None and (in_channels > 1 or match["channel"] == "0000"):
+            case_id = match["case"]  # without its channel suffix (_0000, _0001, ...)
+        groups.setdefault(case_id, []).append(path)
     cases = []
     for case_id, paths in groups.items():
         if len(paths) not in (1, in_channels):
@@ -224,8 +225,13 @@ class SaveLabeld(MapTransform):
             label = d[key]
             source = label.meta.get("filename_or_obj") if isinstance(label, MetaTensor) else None
             source = source[0] if isinstance(source, list | tuple) else source
+            if not source:
+                raise ValueError(
+                    f"{key}: the label map does not name its input image (MetaTensor meta 'filename_or_obj'), which "
+                    "sets the output format; load the images with LoadImaged and keep the prediction a MetaTensor"
+                )
             ext = output_extension(source)
-            if source and self.output_dir.resolve() == Path(source).resolve().parent:
+            if self.output_dir.resolve() == Path(source).resolve().parent:
                 raise ValueError(
                     f"output_dir {self.output_dir} is the folder of the input images: the label maps would be written "
                     f"among them (replacing {Path(source).name} where names match); pass another --output_dir"

@@ -25,6 +25,7 @@ from torch import nn
 
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.files import atomic_write, ensure_writable_dir
+from fusionseg.nets.registry import model_attribute
 
 __all__ = ["FORMATS", "ExportMismatchError", "InferenceWrapper", "example_shape", "export_model", "run_exported"]
 
@@ -222,7 +223,7 @@ def example_shape(model: nn.Module, pre: dict | None, size: list[int] | None, ba
 
     Raises :class:`InputError` naming the nearest valid size when ``size`` does not fit the model.
     """
-    spatial_dims, multiple = int(model.spatial_dims), int(model.size_multiple)
+    spatial_dims, multiple = model_attribute(model, "spatial_dims"), model_attribute(model, "size_multiple")
     if size is None:
         size = list((pre or {}).get("patch_size") or [2 * multiple] * spatial_dims)
     size = [int(s) for s in size]
@@ -230,6 +231,7 @@ def example_shape(model: nn.Module, pre: dict | None, size: list[int] | None, ba
         size = size * spatial_dims
     if len(size) != spatial_dims:
         raise InputError(f"--patch-size needs {spatial_dims} values (or one) for this {spatial_dims}D model")
-    shape = (int(batch), int(model.in_channels), *size)
-    model.check_input(torch.empty(shape, device="meta"))
+    shape = (int(batch), model_attribute(model, "in_channels"), *size)
+    # check_input is part of the model contract; torch types a module's attributes as Tensor | Module
+    model.check_input(torch.empty(shape, device="meta"))  # type: ignore[operator]
     return shape

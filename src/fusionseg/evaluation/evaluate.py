@@ -168,7 +168,7 @@ def check_same_grid(pred_meta: dict, gt_meta: dict, pred_path: Path, gt_path: Pa
 
 def _scored(layout: LabelLayout | None, labels: Sequence[int] | None) -> Sequence[int] | Mapping | None:
     """What to score: regions {name: values}, the declared classes, or ``labels`` (None: found in the gt)."""
-    if layout is not None and layout.has_regions:
+    if layout is not None and layout.regions is not None:
         if labels is not None:
             raise InputError("--labels cannot select regions; a region dataset is scored on all its regions")
         return dict(zip(layout.output_names, (list(r) for r in layout.regions)))

@@ -174,10 +174,10 @@ def _boxes(label_map: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[slic
 
 
 def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None, ndim: int) -> tuple[slice, ...]:
-    if a is None and b is None:
-        return tuple(slice(0, 0) for _ in range(ndim))
-    if a is None or b is None:
-        return a if b is None else b
+    if a is None:
+        return b if b is not None else tuple(slice(0, 0) for _ in range(ndim))
+    if b is None:
+        return a
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 

@@ -78,9 +78,10 @@ def _savefig(fig, path: Path) -> Path:
 
 def learning_curve_points(
     history: Sequence[dict], curve: Sequence[dict] | None = None
-) -> tuple[str, list[tuple[float, float]], list[tuple[float, float]]]:
+) -> tuple[str, list[tuple[float, float | None]], list[tuple[float, float]]]:
     """(x-axis name, [(x, train loss)], [(x, val Dice)]): per iteration from ``curve`` (points of the
-    training loss every few iterations) when it has more points than ``history`` (one row per epoch).
+    training loss every few iterations) when it has more points than ``history`` (one row per epoch;
+    a row without a loss gives None, a gap in the plot).
 
     Example:
         >>> learning_curve_points([{"epoch": 1, "step": 4, "train_loss": 0.8, "val_dice": 0.5}],
@@ -89,7 +90,7 @@ def learning_curve_points(
     """
     val_rows = [r for r in history if r.get("val_dice") not in (None, "")]
     if curve and len(curve) > len(history) and all("step" in r for r in history):
-        loss = [(r["step"], float(r["train_loss"])) for r in curve]
+        loss: list[tuple[float, float | None]] = [(r["step"], float(r["train_loss"])) for r in curve]
         return "iteration", loss, [(r["step"], float(r["val_dice"])) for r in val_rows]
     loss = [(r["epoch"], r.get("train_loss")) for r in history]
     return "epoch", loss, [(r["epoch"], float(r["val_dice"])) for r in val_rows]

@@ -77,7 +77,8 @@ def predicted_masks(
         index = [slice(None)] * len(spatial)
         index[plan.axis] = slice(lo, hi)
         if layout.has_regions:
-            pred[(slice(None), *index)] = (scores > 0.5).cpu().numpy()
+            every_region = (slice(None), *index)
+            pred[every_region] = (scores > 0.5).cpu().numpy()
         else:
             pred[tuple(index)] = scores.argmax(0).cpu().numpy()
     return pred
@@ -87,7 +88,7 @@ def prediction_dice(pred: np.ndarray, label: torch.Tensor, layout: LabelLayout) 
     """Dice per foreground class / region of a label map (*S) or region masks (R, *S) against a label map → (N,)."""
     label_np = plain_tensor(label).long().numpy()
     valid = layout.valid_mask(label_np)
-    if not layout.has_regions:
+    if layout.regions is None:
         return class_dice(pred, label_np, layout.num_classes, valid)
     gt = labels_to_regions(label_np, layout.regions).astype(bool)
     if valid is not None:

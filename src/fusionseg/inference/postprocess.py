@@ -91,7 +91,7 @@ def postprocess_label_file(path: str | Path, plan: dict, binary_as_255: bool = F
 
 
 def _targets(layout: LabelLayout) -> list[tuple[str, tuple[int, ...]]]:
-    if layout.has_regions:
+    if layout.regions is not None:
         return list(zip(layout.output_names, layout.regions))
     return [(layout.names[k], (k,)) for k in range(1, layout.num_classes)]
 
@@ -108,13 +108,14 @@ def _case_scores(pred: np.ndarray, gt: np.ndarray, layout: LabelLayout) -> tuple
     """
     valid = layout.valid_mask(gt)
     targets = _targets(layout)
-    if layout.has_regions:
-        gt_masks = labels_to_regions(gt, layout.regions).astype(bool)
+    regions = layout.regions
+    if regions is not None:
+        gt_masks = labels_to_regions(gt, regions).astype(bool)
         if valid is not None:
             gt_masks &= valid
 
         def region_dices(label_map: np.ndarray) -> np.ndarray:
-            masks = labels_to_regions(label_map, layout.regions).astype(bool)
+            masks = labels_to_regions(label_map, regions).astype(bool)
             if valid is not None:
                 masks &= valid
             return np.array([_dice(p, g) for p, g in zip(masks, gt_masks)])
@@ -122,15 +123,16 @@ def _case_scores(pred: np.ndarray, gt: np.ndarray, layout: LabelLayout) -> tuple
         before = region_dices(pred)
         after = np.array([region_dices(keep_largest_component(pred, values)).mean() for _, values in targets])
         return before, np.concatenate([[before.mean()], after])
-    before, after = [], []
+    class_before: list[float] = []
+    class_after: list[float] = []
     for _, (value,) in targets:
         p, g = pred == value, gt == value
         if valid is not None:
             p, g = p & valid, g & valid
         removed = _removed_components(pred == value) & (valid if valid is not None else True)
-        before.append(_dice(p, g))
-        after.append(_dice(p & ~removed, g) if removed.any() else before[-1])
-    return np.array(before), np.array(after)
+        class_before.append(_dice(p, g))
+        class_after.append(_dice(p & ~removed, g) if removed.any() else class_before[-1])
+    return np.array(class_before), np.array(class_after)
 
 
 def determine_postprocessing(pairs: Sequence[tuple[str, Path, Path]], layout: LabelLayout) -> dict:

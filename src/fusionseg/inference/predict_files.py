@@ -173,6 +173,7 @@ def predict_files(
             resumable.claim(out_path, *prob_path)
             _save_input_grid_labels(labels, meta, out_path, postprocessing, binary_as_255)
             if prob_path:
+                assert scratch is not None  # _scratch gives the array whenever probabilities are wanted
                 maybe_fail("predict.probabilities")  # between the two files of a case
                 with removed_on_error(out_path), atomic_write(prob_path[0]) as tmp:
                     write_input_grid_probabilities(scratch, meta, tmp)

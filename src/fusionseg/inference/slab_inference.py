@@ -29,6 +29,7 @@ from torch import nn
 
 from fusionseg.errors import InputError
 from fusionseg.nets.base import round_up_to_multiple
+from fusionseg.nets.registry import model_attribute
 from fusionseg.runtime.devices import autocast
 
 __all__ = ["SlabPlan", "WindowPass", "blended_slabs", "window_origins", "window_size"]
@@ -130,7 +131,7 @@ class SlabPlan:
         for model, pre in zip(models, pres):
             act = pre.get("activation") or "softmax"
             activate = torch.sigmoid if act == "sigmoid" else (lambda logits: torch.softmax(logits, 1))
-            roi = window_size(shape, pre.get("patch_size"), int(model.size_multiple))
+            roi = window_size(shape, pre.get("patch_size"), model_attribute(model, "size_multiple"))
             weight = compute_importance_map(roi, mode="gaussian", sigma_scale=SIGMA_SCALE, device=device)
             for flip in flips:
                 passes.append(
@@ -195,10 +196,11 @@ def _clip(origin: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> t
 def _window_input(image: torch.Tensor, origin: Sequence[int], roi: Sequence[int]) -> torch.Tensor:
     """Image content (C, *roi) of a window, zero outside the image (MONAI's constant padding)."""
     src, dst = _clip(origin, roi, image.shape[1:])
+    image_part, window_part = (slice(None), *src), (slice(None), *dst)
     if all(d.start == 0 and d.stop == r for d, r in zip(dst, roi)):
-        return image[(slice(None), *src)]
+        return image[image_part]
     out = image.new_zeros((image.shape[0], *roi))
-    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    out[window_part] = image[image_part]
     return out
 
 
@@ -272,7 +274,8 @@ class _Buffer:
         if a_lo < a_hi:
             win[axis] = slice(win[axis].start + a_lo - src[axis].start, win[axis].stop - (src[axis].stop - a_hi))
             cross = [s for d, s in enumerate(src) if d != axis]
-            target[(slice(a_lo - lo, a_hi - lo), *cross)] += weight[tuple(win)].movedim(axis, 0)
+            region = (slice(a_lo - lo, a_hi - lo), *cross)
+            target[region] += weight[tuple(win)].movedim(axis, 0)
 
     def accumulate(self, pass_index: int, scores: torch.Tensor, origin: Sequence[int], share: float) -> None:
         """Add a window's scores (K, *roi), Gaussian-weighted and divided by its pass's weight sums (in place:
@@ -287,8 +290,10 @@ class _Buffer:
         win[axis] = slice(win[axis].start + a_lo - src[axis].start, win[axis].stop - (src[axis].stop - a_hi))
         rows = slice(a_lo - self.lo, a_hi - self.lo)
         cross = [s for d, s in enumerate(src) if d != axis]
-        part = weighted[(slice(None), *win)].movedim(1 + axis, 1)
-        self.scores[(slice(None), rows, *cross)] += part.div_(self.weights[pass_index][(rows, *cross)])
+        window_part, region = (slice(None), *win), (rows, *cross)  # region: axis rows first, then the others
+        every_class = (slice(None), *region)
+        part = weighted[window_part].movedim(1 + axis, 1)
+        self.scores[every_class] += part.div_(self.weights[pass_index][region])
 
 
 def _run_windows(plan: SlabPlan, image: torch.Tensor, buffer: _Buffer, before: int) -> None:

@@ -104,7 +104,7 @@ def predict_label_map(
     out_shape = tuple(int(s) for s in meta["original_shape"])
     order = meta.get("regions_class_order")
     top = max(int(c) for c in order) if order else plan.num_classes - 1
-    labels = np.zeros(out_shape, dtype=label_dtype(top))
+    labels: np.ndarray = np.zeros(out_shape, dtype=label_dtype(top))
     ranges = [(rows_lo, rows_hi) for _, _, rows_lo, rows_hi in layout.slabs]
     for (lo, hi, rows_lo, _), (_, _, scores) in zip(layout.slabs, blended_slabs(plan, image, ranges)):
         if mapping is not None:
@@ -122,5 +122,6 @@ def predict_label_map(
         slab_labels = regions_to_labels(scores, order) if order else scores.argmax(0)
         labels[tuple(index)] = slab_labels.numpy()
         if probabilities is not None:
-            probabilities[(slice(None), *index)] = scores.numpy()
+            every_class = (slice(None), *index)
+            probabilities[every_class] = scores.numpy()
     return labels

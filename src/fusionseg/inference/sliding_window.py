@@ -17,6 +17,7 @@ from torch import nn
 
 from fusionseg.errors import InputError
 from fusionseg.inference.slab_inference import window_size
+from fusionseg.nets.registry import model_attribute
 from fusionseg.runtime.devices import autocast
 
 __all__ = ["predict_ensemble", "predict_volume"]
@@ -70,7 +71,7 @@ def predict_volume(
         raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
     activate = torch.sigmoid if activation == "sigmoid" else (lambda logits: torch.softmax(logits, 1))
     spatial = tuple(image.shape[1:])
-    multiple = int(model.size_multiple)
+    multiple = model_attribute(model, "size_multiple")
     patch = roi_size if roi_size is not None else (pre or {}).get("patch_size")
     roi = window_size(spatial, patch, multiple)
     if device is None:
@@ -89,25 +90,28 @@ def predict_volume(
 
     x = image[None].float().to(device)
     flips = _flips(len(spatial)) if tta else [()]
-    probs = None
+    probs: torch.Tensor | None = None
     try:
         for dims in flips:
             xi = torch.flip(x, dims) if dims else x
-            p = sliding_window_inference(
+            blended = sliding_window_inference(
                 xi, roi, sw_batch_size, predictor, overlap=overlap, mode="gaussian", device=device, sw_device=device
             )
-            p = torch.as_tensor(p)  # drop MetaTensor
+            p = torch.as_tensor(blended)  # drop MetaTensor
             p = torch.flip(p, dims) if dims else p
             probs = p if probs is None else probs + p
     finally:
         model.train(was_training)
+    assert probs is not None  # flips holds at least the unflipped pass
     return (probs / len(flips))[0].float().cpu()
 
 
 def predict_ensemble(models: Sequence[nn.Module], pres: Sequence[dict], image: torch.Tensor, **kwargs) -> torch.Tensor:
     """Mean of :func:`predict_volume` over ``models`` (each with its own window) → probabilities (K, *S)."""
-    total = None
+    total: torch.Tensor | None = None
     for model, pre in zip(models, pres):
         probs = predict_volume(model, image, pre, **kwargs)
         total = probs if total is None else total.add_(probs)
+    if total is None:
+        raise ValueError("predict_ensemble needs at least one model and its preprocessing dict")
     return total / len(models) if len(models) > 1 else total

@@ -18,12 +18,23 @@ from __future__ import annotations
 import importlib
 import numbers
 from collections.abc import Callable, Mapping
+from typing import Literal, get_args
 
 from torch import nn
 
-__all__ = ["MODEL_ATTRIBUTES", "create_inference_model", "create_model", "list_models", "register_model"]
+__all__ = [
+    "MODEL_ATTRIBUTES",
+    "ModelAttribute",
+    "create_inference_model",
+    "create_model",
+    "list_models",
+    "model_attribute",
+    "model_config",
+    "register_model",
+]
 
-MODEL_ATTRIBUTES = ("spatial_dims", "in_channels", "out_channels", "size_multiple")
+ModelAttribute = Literal["spatial_dims", "in_channels", "out_channels", "size_multiple"]
+MODEL_ATTRIBUTES: tuple[ModelAttribute, ...] = get_args(ModelAttribute)
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -84,6 +95,22 @@ def create_model(name: str, **kwargs) -> nn.Module:
         )
     model.config = config  # type: ignore[assignment]  # nn.Module.__setattr__ is typed Tensor | Module only
     return model
+
+
+def model_attribute(model: nn.Module, name: ModelAttribute) -> int:
+    """``int(model.<name>)``, one integer of the model contract (networks of other libraries get theirs set at
+    runtime, so to a type checker an ``nn.Module`` attribute is only ``Tensor | Module``)."""
+    return int(getattr(model, name))
+
+
+def model_config(model: nn.Module) -> dict:
+    """``model.config`` recorded by :func:`create_model`: ``{"name": ..., "kwargs": {...}}``."""
+    config = model.config
+    if not isinstance(config, dict):
+        raise TypeError(
+            f"{type(model).__name__}.config is not the dict create_model records; build it with create_model"
+        )
+    return config
 
 
 def _first_output(module: nn.Module, inputs: tuple, output: object) -> object:

@@ -55,15 +55,14 @@ class DeepSupervised(nn.Module):
         super().__init__()
         from monai.losses import DeepSupervisionLoss
 
-        self.loss = DeepSupervisionLoss(loss, weight_mode="exp")
+        # MONAI annotates _Loss; it only calls the module, and the masked / region losses here are plain modules
+        self.loss = DeepSupervisionLoss(loss, weight_mode="exp")  # type: ignore[arg-type]
 
     def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         if isinstance(outputs, list | tuple):
             self.loss.weights = deep_supervision_weights(len(outputs))
-            outputs = [o.float() for o in outputs]
-        else:
-            outputs = outputs.float()
-        return self.loss(outputs, target.float())
+            return self.loss([o.float() for o in outputs], target.float())
+        return self.loss(outputs.float(), target.float())
 
 
 class DeepSupervisedDiceCE(DeepSupervised):
@@ -142,7 +141,7 @@ class RegionDiceBCE(nn.Module):
 def loss_for_labels(layout: LabelLayout) -> nn.Module:
     """The training loss of ``layout``: regions → :class:`RegionDiceBCE`, an ignore label →
     :class:`MaskedDiceCE`, else :class:`DeepSupervisedDiceCE` — each over deep-supervision tuples."""
-    if layout.has_regions:
+    if layout.regions is not None:
         return DeepSupervised(RegionDiceBCE(layout.regions, layout.ignore_label))
     if layout.ignore_label is not None:
         return DeepSupervised(MaskedDiceCE(layout.ignore_label))

@@ -27,6 +27,7 @@ from torch import nn
 from fusionseg.errors import InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.nets.base import round_up_to_multiple
+from fusionseg.nets.registry import model_attribute
 from fusionseg.runtime import distributed
 from fusionseg.runtime.devices import seed_everything, set_threads, tune_cpu_allocator
 from fusionseg.runtime.precision import choose_amp
@@ -159,7 +160,7 @@ class RunSetup:
         self.layout = data.LabelLayout.from_preprocessing(self.pre)
         self._check_memory()
         self.model = self.build_model(self.pre)
-        self._fit_patch_size(int(self.model.size_multiple))
+        self._fit_patch_size(model_attribute(self.model, "size_multiple"))
         self.plan["patch_size"] = self.pre["patch_size"]
         if self.info.is_main:
             save_plan(self.plan, self.output / PLAN_FILE)
@@ -173,7 +174,9 @@ class RunSetup:
         if c.channels_last:
             from fusionseg.layers import channels_last_format
 
-            self.model = self.model.to(memory_format=channels_last_format(int(self.pre["spatial_dims"]) + 2))
+            memory_format = channels_last_format(int(self.pre["spatial_dims"]) + 2)
+            # Module.to takes memory_format, which torch's stubs leave out
+            self.model = self.model.to(memory_format=memory_format)  # type: ignore[call-overload]
         self.net = distributed.wrap_model(self.model, self.info)
         self.loss = self.build_loss()
         self.optimizer = self.build_optimizer()

@@ -47,6 +47,7 @@ from fusionseg.errors import FusionSegError, InputError
 from fusionseg.evaluation.validation_dice import case_scores, score_names, validation_scores
 from fusionseg.faults import maybe_fail
 from fusionseg.files import write_text_atomic
+from fusionseg.nets.registry import model_attribute, model_config
 from fusionseg.runtime import distributed
 from fusionseg.runtime.devices import autocast, seed_everything
 from fusionseg.training.cases import epoch_indices, epoch_seed, split_cases
@@ -109,9 +110,10 @@ class Trainer(RunSetup):
                 if "more than 1 spatial element" not in str(err):
                     raise
                 patch = ",".join(map(str, self.pre["patch_size"]))
+                smallest = 2 * model_attribute(self.model, "size_multiple")
                 raise InputError(
                     f"--patch-size {patch} is too small for {c.model} with these features: its deepest level holds one "
-                    f"voxel; pass a larger --patch-size (e.g. {2 * int(self.model.size_multiple)} per axis) or fewer "
+                    f"voxel; pass a larger --patch-size (e.g. {smallest} per axis) or fewer "
                     "features"
                 ) from None
         loss = self.loss(outputs, label)
@@ -188,15 +190,16 @@ class Trainer(RunSetup):
             if self.state.training_start is None:
                 self.state.training_start = self.elapsed()
             params = sum(p.numel() for p in self.model.parameters()) / 1e6
+            name = model_config(self.model)["name"]
             self.log(
-                f"training {self.model.config['name']} ({params:.2f} M parameters) on {len(self.train_cases)} cases "
+                f"training {name} ({params:.2f} M parameters) on {len(self.train_cases)} cases "
                 f"(+{len(self.val_cases)} validation), patch {tuple(self.pre['patch_size'])}, batch {c.batch_size}, "
                 f"{c.epochs} epochs × {c.iters_per_epoch} iterations, device {self.device}"
                 + (f", {self.info.world_size} processes" if self.info.enabled else "")
             )
-            spent = self.state.budget_spent is not None and c.time_budget is not None
-            out_of_time = c.time_budget is not None and (
-                self.state.run_time >= c.time_budget or (spent and c.time_budget <= self.state.budget_spent)
+            budget, spent = c.time_budget, self.state.budget_spent
+            out_of_time = budget is not None and (
+                self.state.run_time >= budget or (spent is not None and budget <= spent)
             )
             epochs_this_run = 0
             while self.state.epoch < c.epochs and not out_of_time:
@@ -299,9 +302,9 @@ class Trainer(RunSetup):
         if self.info.is_main and (state.epoch % c.val_every == 0 or finished):
             self._closing = finished
             val_dice = self.validate()
-        improved = val_dice is not None and val_dice > state.best_metric
-        if improved:
-            state.best_metric = val_dice
+        improved = False
+        if val_dice is not None and val_dice > state.best_metric:
+            state.best_metric, improved = val_dice, True
         state.history.append(
             {
                 "epoch": state.epoch,

@@ -204,7 +204,8 @@ def train_and_score(
             eval_cases = labelled_test or split_cases(list(info.cases), base.val_fraction, seed)[1]
             if not eval_cases:
                 raise InputError(f"{base.data} has no labelled test cases and too few cases for a validation split")
-            items = list(Dataset([data.case_dict(c) for c in eval_cases], data.eval_transforms(pre)))
+            dataset = Dataset([data.case_dict(c) for c in eval_cases], data.eval_transforms(pre))
+            items = [dataset[i] for i in range(len(dataset))]
             scores = case_dice(model, items, pre, next(model.parameters()).device, overlap=eval_overlap)
             for case, score in zip(eval_cases, scores):
                 records.append({"fusion": fusion, "seed": seed, "case": case.case_id, "dice": score})

@@ -28,6 +28,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -51,6 +52,12 @@ def parse_folds(text: str | Sequence[int]) -> list[int] | str:
             raise InputError(f"--cross-validate must be 'all' or fold numbers like 0,1,2, got {text!r}")
         return sorted({int(p) for p in parts})
     return sorted({int(k) for k in text})
+
+
+class TrainingRun(Protocol):
+    """What cross-validation needs of a trainer: ``run()`` trains and returns the best checkpoint's path."""
+
+    def run(self) -> str | os.PathLike: ...
 
 
 def _fold_dir(output: Path, fold: int) -> Path:
@@ -81,7 +88,7 @@ def run_cross_validation(
     config: TrainConfig,
     folds: Sequence[int] | str = "all",
     *,
-    trainer: Callable[..., object] | None = None,
+    trainer: Callable[..., TrainingRun] | None = None,
     log: Callable[..., None] = print,
 ) -> dict:
     """Train ``folds`` (``"all"`` = every fold of the splits) into ``config.output/fold_k``, predict and score
@@ -99,7 +106,8 @@ def run_cross_validation(
     output = Path(config.output)
     info = data.scan_dataset(config.data)
     splits = data.load_or_create_splits(info, config.splits, config.num_folds)
-    chosen = list(range(len(splits))) if folds == "all" else parse_folds(folds)
+    parsed = parse_folds(folds)
+    chosen = list(range(len(splits))) if isinstance(parsed, str) else parsed  # a str is "all"
     bad = [k for k in chosen if not 0 <= k < len(splits)]
     if bad:
         raise InputError(f"--cross-validate: fold(s) {bad} do not exist; the splits have folds 0..{len(splits) - 1}")
