@@ -106,12 +106,12 @@ def nnunet_dataset(
     return root
 
 
-def check_written_probabilities(pred_dir: Path, pre: dict) -> int:
+def check_written_probabilities(pred_dir: Path, pre) -> int:
     """Read every written probability file back: sums to 1 (softmax) or lies in [0, 1] (sigmoid), and its
     argmax / region painting is exactly the written label map. Returns how many were checked."""
-    from fusionseg.data import LabelLayout, read_image, read_label
+    from fusionseg.data import read_image, read_label
 
-    layout = LabelLayout.from_preprocessing(pre)
+    layout = pre.label_layout  # of the model's Preprocessing
     checked = 0
     for prob_path in sorted(pred_dir.glob("*_probabilities.*")):
         cid = prob_path.name.split("_probabilities")[0]

@@ -24,7 +24,7 @@ import torch
 from careless import SHORT, TINY, snapshot
 from fusionseg.checkpoints.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 from fusionseg.cli import main as cli_main
-from fusionseg.data import make_phantom_dataset
+from fusionseg.data import Preprocessing, make_phantom_dataset
 from fusionseg.errors import InputError
 from fusionseg.files import folder_lock
 
@@ -258,7 +258,10 @@ def test_weights_of_import_weights_resume_with_a_fresh_optimizer(world, tmp_path
     ckpt = load_checkpoint(world["run"] / "best.pt")
     model = rebuild_model(ckpt)
     run = tmp_path / "imported"
-    save_checkpoint(run / "best.pt", build_checkpoint(model, preprocessing=ckpt["preprocessing"], rng=False))
+    save_checkpoint(
+        run / "best.pt",
+        build_checkpoint(model, preprocessing=Preprocessing.from_dict(ckpt["preprocessing"]), rng=False),
+    )
     assert load_checkpoint(run / "best.pt")["optimizer"] is None  # what import-weights writes
     assert cli_main(_train(world, run, "--resume")) == 0
     assert "no optimizer state" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ import pytest
 
 from dataset_builders import OBLIQUE_3D, check_written_probabilities, nnunet_dataset
 from fusionseg.cli import main as cli_main
-from fusionseg.data import make_phantom_dataset
+from fusionseg.data import Preprocessing, make_phantom_dataset
+from fusionseg.data.normalization import ChannelNormalisation
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model-kwargs", '{"features": [4, 8]}', "--patch-size", "32,32", "--threads", "1", "--no-progress"]
@@ -317,7 +319,7 @@ def _train_predict_evaluate(root: Path, work: Path, train_args: list[str], proba
     return {
         "run": run,
         "pred": pred,
-        "pre": ckpt["preprocessing"],
+        "pre": Preprocessing.from_dict(ckpt["preprocessing"]),
         "out_channels": ckpt["model"]["kwargs"]["out_channels"],
         "summary": json.loads((ev / "summary.json").read_text()),
         "rows": list(csv.DictReader((ev / "metrics.csv").read_text().splitlines())),
@@ -341,14 +343,14 @@ def test_nnunet_layouts_train_predict_evaluate(kind, activation, out_channels, s
     root, patch = _layout_dataset(tmp_path / f"Dataset_{kind}", kind)
     result = _train_predict_evaluate(root, tmp_path, [*patch, *extra])
     pre, summary = result["pre"], result["summary"]
-    assert pre["activation"] == activation and pre["out_channels"] == result["out_channels"] == out_channels
+    assert pre.activation == activation and pre.out_channels == result["out_channels"] == out_channels
     assert summary["labels"] == scored and summary["num_cases"] == 3 and summary["missing"] == []
     assert len(result["rows"]) == 3 * len(scored)
     assert all(0.0 <= float(r["dice"]) <= 1.0 and 0.0 <= float(r["nsd"]) <= 1.0 for r in result["rows"])
     if kind == "ignore":
-        assert summary["ignore_label"] == 3 and pre["ignore_label"] == 3
+        assert summary["ignore_label"] == 3 and pre.label_layout.ignore_label == 3
     if kind == "channels4":
-        schemes = [c["scheme"] for c in pre["channel_normalisation"]]
+        schemes = [c.scheme for c in pre.channel_normalisation]
         assert schemes == ["ct", "noNorm", "rescale_to_0_1", "zscore"]
     assert check_written_probabilities(result["pred"], pre) == 3
     out = capsys.readouterr().out
@@ -435,7 +437,9 @@ def test_cross_validation_ensemble_and_postprocessing(tmp_path, capsys):
     from fusionseg.checkpoints.checkpoint import build_checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 
     ckpt = load_checkpoint(run / "fold_1" / "best.pt")
-    pre = {**ckpt["preprocessing"], "channel_normalisation": [{"scheme": "noNorm"}]}
+    pre = replace(
+        Preprocessing.from_dict(ckpt["preprocessing"]), channel_normalisation=(ChannelNormalisation("noNorm"),)
+    )
     other = save_checkpoint(tmp_path / "other.pt", build_checkpoint(rebuild_model(ckpt), preprocessing=pre, rng=False))
     capsys.readouterr()
     argv = ["predict", "--checkpoint", run / "fold_0" / "best.pt", other, "--input", root, "--output", tmp_path / "x"]

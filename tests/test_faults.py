@@ -281,11 +281,13 @@ def test_predict_with_wrong_channel_count_fails_cleanly_and_writes_nothing(tmp_p
     """Cross-stream: a 3-channel checkpoint given 1-channel images (engine predict + data loading)."""
     pytest.importorskip("fusionseg.inference.predict_files")
     data = tiny_phantom_2d
+    from dataclasses import replace
+
     from fusionseg.data import build_preprocessing, scan_dataset
 
     pre = build_preprocessing(scan_dataset(data))
-    pre["in_channels"] = 3
-    model = Faulty(in_channels=3, out_channels=int(pre["num_classes"]))
+    pre = replace(pre, in_channels=3, channel_normalisation=pre.channel_normalisation * 3)
+    model = Faulty(in_channels=3, out_channels=pre.num_classes)
     ck = save_checkpoint(tmp_path / "c3.pt", build_checkpoint(model, preprocessing=pre, rng=False))
     image = sorted((data / "images").iterdir())[0] if (data / "images").is_dir() else None
     if image is None:

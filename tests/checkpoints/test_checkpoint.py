@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from fusionseg.checkpoints.checkpoint import (
     to_plain_data,
 )
 from fusionseg.cli.import_weights import main
+from fusionseg.data import Preprocessing
 from fusionseg.errors import InputError
 from fusionseg.nets import registry
 from fusionseg.nets.registry import create_model, list_models
@@ -91,8 +93,9 @@ def test_contract_checkpoint_round_trip_rebuilds_identical_model(tmp_path, spati
     x = torch.randn(2, 2, *([4] * spatial_dims))
     model(x)[0].sum().backward()
     opt.step()
+    pre = Preprocessing.from_dict({"spatial_dims": spatial_dims, "in_channels": 2, "num_classes": 3})
     ckpt = build_checkpoint(
-        model, optimizer=opt, epoch=3, step=12, best_metric=0.5, preprocessing={"spatial_dims": spatial_dims},
+        model, optimizer=opt, epoch=3, step=12, best_metric=0.5, preprocessing=pre,
         train_args={"data": Path("/data/x"), "patch": (4, 4)},
     )  # fmt: skip
     path = save_checkpoint(tmp_path / "run" / "last.pt", ckpt)
@@ -101,6 +104,7 @@ def test_contract_checkpoint_round_trip_rebuilds_identical_model(tmp_path, spati
     assert loaded["epoch"] == 3 and loaded["step"] == 12 and loaded["best_metric"] == 0.5
     assert loaded["train_args"] == {"data": "/data/x", "patch": (4, 4)}  # Path stored as plain str
     assert loaded["model"] == model.config
+    assert loaded["preprocessing"] == pre.to_dict() and Preprocessing.from_dict(loaded["preprocessing"]) == pre
     rebuilt = rebuild_model(loaded)
     assert not rebuilt.training and _equal_state(rebuilt, model)
     model.eval()
@@ -281,7 +285,7 @@ def test_import_weights_cli_writes_checkpoint_usable_by_rebuild(tmp_path, capsys
     source = _toy(in_channels=2, out_channels=3, seed=5)
     torch.save({"network_weights": {"module." + k: v for k, v in source.state_dict().items()}}, tmp_path / "o.pth")
     pre = tmp_path / "pre.json"
-    pre.write_text('{"spatial_dims": 2, "in_channels": 2}')
+    pre.write_text('{"spatial_dims": 2, "in_channels": 2, "num_classes": 3, "patch_size": [16, 16]}')
     rc = main(
         ["--model", "_toy_ckpt", "--weights", str(tmp_path / "o.pth"), "--output", str(tmp_path / "ck.pt"),
          "--in-channels", "2", "--out-channels", "3", "--preprocessing", str(pre)],
@@ -291,8 +295,17 @@ def test_import_weights_cli_writes_checkpoint_usable_by_rebuild(tmp_path, capsys
     out = capsys.readouterr().out
     assert "loaded 9/9 tensors from o.pth" in out and "wrote" in out
     ckpt = load_checkpoint(tmp_path / "ck.pt")
-    assert ckpt["preprocessing"] == {"spatial_dims": 2, "in_channels": 2}
+    assert ckpt["preprocessing"] == Preprocessing.from_dict(json.loads(pre.read_text())).to_dict()  # completed
+    assert ckpt["preprocessing"]["channel_normalisation"] == [{"scheme": "zscore"}] * 2
     assert _equal_state(rebuild_model(ckpt), source)
+    for body, match in [
+        ('{"spatial_dims": 2, "in_channels": 2}', r"pre\.json: preprocessing\.num_classes is missing"),
+        ('{"spatial_dims": 2, "in_channels": 2, "num_classes": 3, "patch": 16}', "unknown entries patch "),
+    ]:
+        pre.write_text(body)
+        with pytest.raises(InputError, match=match):
+            main(["--model", "_toy_ckpt", "--weights", str(tmp_path / "o.pth"), "--output", str(tmp_path / "ck.pt"),
+                  "--in-channels", "2", "--out-channels", "3", "--preprocessing", str(pre)], "p")  # fmt: skip
 
 
 def test_import_weights_cli_errors_are_input_errors(tmp_path):
@@ -375,5 +388,5 @@ def test_import_weights_cli_embeds_dataset_preprocessing(tmp_path):
     torch.save(_toy(in_channels=1, out_channels=3).state_dict(), tmp_path / "o.pth")
     args = ["--model", "_toy_ckpt", "--weights", str(tmp_path / "o.pth"), "--output", str(tmp_path / "ck.pt")]
     assert main([*args, "--out-channels", "3", "--data", str(root), "--patch-size", "16", "16"], "p") == 0
-    pre = load_checkpoint(tmp_path / "ck.pt")["preprocessing"]
-    assert pre["spatial_dims"] == 2 and pre["num_classes"] == 3 and list(pre["patch_size"]) == [16, 16]
+    pre = Preprocessing.from_dict(load_checkpoint(tmp_path / "ck.pt")["preprocessing"])
+    assert pre.spatial_dims == 2 and pre.num_classes == 3 and pre.patch_size == (16, 16)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from fusionseg.data import (
-    LabelLayout,
+    Preprocessing,
     build_preprocessing,
     case_dict,
     eval_transforms,
@@ -28,6 +28,7 @@ from fusionseg.data import (
     scan_dataset,
     validate_dataset,
 )
+from fusionseg.data.normalization import ChannelNormalisation
 from fusionseg.errors import InputError
 
 BRATS_LABELS = {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing": 3, "ignore": 4}
@@ -66,19 +67,19 @@ def test_regions_and_ignore_label_dataset(tmp_path, make_nnunet):
     assert info.regions == [(1, 2, 3), (2, 3), (3,)] and info.regions_class_order == [1, 2, 3]
     assert (info.num_classes, info.ignore_label) == (4, 4)
     pre = build_preprocessing(info, patch_size=(8, 8, 8), num_samples=2)
-    assert json.loads(json.dumps(pre)) == pre
-    assert (pre["num_classes"], pre["out_channels"], pre["activation"], pre["ignore_label"]) == (4, 3, "sigmoid", 4)
-    assert pre["regions"] == [[1, 2, 3], [2, 3], [3]] and pre["region_names"] == [
+    assert Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre
+    assert (pre.num_classes, pre.out_channels, pre.activation, pre.label_layout.ignore_label) == (4, 3, "sigmoid", 4)
+    assert pre.label_layout.regions == ((1, 2, 3), (2, 3), (3,)) and pre.label_layout.region_names == (
         "whole tumor",
         "tumor core",
         "enhancing",
-    ]
+    )
     assert validate_dataset(info, pre) == 2  # the ignore value is allowed in label maps
 
     sample = eval_transforms(pre)(case_dict(info.cases[0]))
     assert np.array_equal(sample["label"][0].numpy(), labels["b0"])  # ignore kept, RAS input unchanged
     batch = torch.stack([eval_transforms(pre)(case_dict(case))["label"] for case in info.cases])
-    layout = LabelLayout.from_preprocessing(pre)
+    layout = pre.label_layout
     targets, valid = layout.targets(batch[:, 0], dim=1)
     assert targets.shape == (2, 3, *shape) and valid.shape == (2, *shape)
     assert set(batch.unique().tolist()) == {0, 1, 2, 3, 4}
@@ -152,20 +153,20 @@ def test_four_channels_with_mixed_normalisation(tmp_path, make_nnunet):
     )
     info = scan_dataset(root)
     pre = build_preprocessing(info, patch_size=(16, 14, 8))
-    assert pre["median_relative_size_after_cropping"] == pytest.approx(8 * 7 * 6 / np.prod(shape))
-    assert pre["use_mask_for_norm"] is True
-    specs = pre["channel_normalisation"]
-    assert [s["scheme"] for s in specs] == ["ct", "zscore", "noNorm", "rescale_to_0_1"]
-    assert specs[1]["use_mask"] is True and "use_mask" not in specs[0]
+    assert pre.median_relative_size_after_cropping == pytest.approx(8 * 7 * 6 / np.prod(shape))
+    assert pre.use_mask_for_norm is True
+    specs = pre.channel_normalisation
+    assert [s.scheme for s in specs] == ["ct", "zscore", "noNorm", "rescale_to_0_1"]
+    assert specs[1].use_mask is True and specs[0].use_mask is None
     # CT statistics: the training foreground (label > 0) of both cases, exactly (fewer than 20000 voxels).
     fg = np.concatenate([img[0][lab > 0] for img, lab in cases.values()]).astype(np.float64)
-    np.testing.assert_allclose(specs[0]["clip"], np.percentile(fg, [0.5, 99.5]), rtol=1e-6)
-    np.testing.assert_allclose([specs[0]["mean"], specs[0]["std"]], [fg.mean(), fg.std()], rtol=1e-6)
+    np.testing.assert_allclose(specs[0].clip, np.percentile(fg, [0.5, 99.5]), rtol=1e-6)
+    np.testing.assert_allclose([specs[0].mean, specs[0].std], [fg.mean(), fg.std()], rtol=1e-6)
 
     image, _ = cases["m0"]
     out = eval_transforms(pre)(case_dict(info.cases[0]))["image"].numpy()
     assert out.shape == (4, *shape)
-    lo, hi = specs[0]["clip"]
+    lo, hi = specs[0].clip
     np.testing.assert_allclose(out[0], (np.clip(image[0], lo, hi) - fg.mean()) / fg.std(), rtol=1e-4, atol=1e-4)
     mask = np.any(image != 0, axis=0)  # a box: no holes to fill
     inside = image[1][mask].astype(np.float64)
@@ -182,11 +183,12 @@ def test_use_mask_for_norm_follows_the_rule_or_dataset_json(tmp_path, make_nnune
         tmp_path / "full", images, labels, ".nii.gz", channel_names={"0": "MR"}, labels={"background": 0, "x": 1}
     )
     pre = build_preprocessing(scan_dataset(root))
-    assert pre["use_mask_for_norm"] is False and pre["median_relative_size_after_cropping"] == 1.0
+    assert pre.use_mask_for_norm is False and pre.median_relative_size_after_cropping == 1.0
     meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps({**meta, "use_mask_for_norm": True}))
     pre = build_preprocessing(scan_dataset(root))
-    assert pre["use_mask_for_norm"] is True and pre["channel_normalisation"] == [{"scheme": "zscore", "use_mask": True}]
+    assert pre.use_mask_for_norm is True
+    assert pre.channel_normalisation == (ChannelNormalisation("zscore", use_mask=True),)
 
 
 # ---------------------------------------------------------------------------------- nnU-Net's RGB 2D
@@ -262,7 +264,7 @@ def test_itk_and_nrrd_datasets_end_to_end(tmp_path, make_nnunet, ext):
     info = scan_dataset(root)
     assert (info.file_ending, info.spatial_dims, len(info.cases), info.modality) == (ext, 3, 2, "MRI")
     pre = build_preprocessing(info, target_spacing="median", patch_size=(8, 8, 8))
-    np.testing.assert_allclose(pre["target_spacing"], [0.8, 0.9, 2.0], rtol=1e-6)  # RAS order, median of the cases
+    np.testing.assert_allclose(pre.target_spacing, [0.8, 0.9, 2.0], rtol=1e-6)  # RAS order, median of the cases
     case = info.cases[0]
     sample = eval_transforms(pre)(case_dict(case))
     assert sample["image"].shape == (1, 12, 10, 8) and sample["label"].shape == (1, 12, 10, 8)
@@ -292,7 +294,7 @@ def test_120_classes(tmp_path, make_nnunet):
     root = make_nnunet(tmp_path / "atlas", images, labels, ".nii.gz", channel_names={"0": "T1"}, labels=names)
     info = scan_dataset(root)
     pre = build_preprocessing(info, patch_size=(8, 8, 4))
-    assert (info.num_classes, pre["num_classes"], pre["out_channels"], pre["activation"]) == (120, 120, 120, "softmax")
+    assert (info.num_classes, pre.num_classes, pre.out_channels, pre.activation) == (120, 120, 120, "softmax")
     sample = eval_transforms(pre)(case_dict(info.cases[1]))
     assert int(sample["label"].max()) == 119
     _, meta = load_for_inference(info.cases[1].images, pre)

@@ -8,6 +8,7 @@ import torch
 from scipy import ndimage
 
 from fusionseg.data.normalization import (
+    ChannelNormalisation,
     nonzero_mask,
     normalise,
     relative_size_after_cropping,
@@ -54,12 +55,12 @@ def test_normalise_matches_numpy_formulas():
     rgb = (rng.integers(0, 256, (16, 14, 10)) * head).astype(np.float32)
     image = np.stack([ct, brain[0], brain[1], (brain[1] * 3 - 7) * head, rgb, brain[0]])
     specs = [
-        {"scheme": "ct", "clip": [-300.0, 500.0], "mean": 40.0, "std": 250.0},
-        {"scheme": "zscore", "use_mask": True},
-        {"scheme": "zscore", "use_mask": False},
-        {"scheme": "rescale_to_0_1"},
-        {"scheme": "rgb_to_0_1"},
-        {"scheme": "noNorm"},
+        ChannelNormalisation("ct", clip=(-300.0, 500.0), mean=40.0, std=250.0),
+        ChannelNormalisation("zscore", use_mask=True),
+        ChannelNormalisation("zscore", use_mask=False),
+        ChannelNormalisation("rescale_to_0_1"),
+        ChannelNormalisation("rgb_to_0_1"),
+        ChannelNormalisation("noNorm"),
     ]
     out = normalise(torch.from_numpy(image), specs).numpy()
     mask = ndimage.binary_fill_holes(np.any(image != 0, axis=0))
@@ -82,7 +83,7 @@ def test_mask_comes_from_all_channels_before_normalising():
     image = np.zeros((2, 6, 6), np.float32)
     image[0, 1:3, 1:3] = 5.0
     image[1, 3:5, 3:5] = [[1.0, 2.0], [3.0, 4.0]]  # non-zero where channel 0 is zero
-    out = normalise(torch.from_numpy(image), [{"scheme": "zscore", "use_mask": True}] * 2).numpy()
+    out = normalise(torch.from_numpy(image), [ChannelNormalisation("zscore", use_mask=True)] * 2).numpy()
     mask = np.any(image != 0, axis=0)
     values = image[1][mask].astype(np.float64)
     np.testing.assert_allclose(out[1][mask], (values - values.mean()) / values.std(), rtol=1e-5)
@@ -90,7 +91,7 @@ def test_mask_comes_from_all_channels_before_normalising():
 
 def test_older_channel_scheme_is_a_plain_zscore():
     x = torch.arange(12, dtype=torch.float32).reshape(1, 3, 4)
-    out = normalise(x, [{"scheme": "channel"}])
+    out = normalise(x, [ChannelNormalisation("channel")])
     torch.testing.assert_close(out, (x - x.mean()) / x.std(unbiased=False))
 
 
@@ -108,6 +109,41 @@ def test_relative_size_and_mask_rule():
 
 def test_rgb_scheme_rejects_values_outside_0_255():
     with pytest.raises(InputError, match=r"channel 0 holds values -3\.\.10, outside 0\.\.255 of \"rgb_to_0_1\""):
-        normalise(torch.tensor([[[-3.0, 10.0]]]), [{"scheme": "rgb_to_0_1"}])
+        normalise(torch.tensor([[[-3.0, 10.0]]]), [ChannelNormalisation("rgb_to_0_1")])
     with pytest.raises(InputError, match="image has 1 channels but the preprocessing expects 2"):
-        normalise(torch.zeros(1, 2, 2), [{"scheme": "noNorm"}] * 2)
+        normalise(torch.zeros(1, 2, 2), [ChannelNormalisation("noNorm")] * 2)
+    with pytest.raises(ValueError, match='"ct" without its statistics'):
+        normalise(torch.zeros(1, 2, 2), [ChannelNormalisation("ct")])
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"scheme": "ct", "clip": [-300.0, 500.0], "mean": 40.0, "std": 250.0},
+        {"scheme": "zscore", "use_mask": True},
+        {"scheme": "zscore"},  # version 1: no use_mask
+        {"scheme": "channel"},  # the oldest checkpoints
+        {"scheme": "rgb_to_0_1"},
+    ],
+)
+def test_channel_normalisation_dict_round_trip(stored):
+    spec = ChannelNormalisation.from_dict(stored)
+    assert spec.to_dict() == stored and list(spec.to_dict()) == list(stored)  # same entries, same order
+
+
+@pytest.mark.parametrize(
+    ("stored", "match"),
+    [
+        ({"scheme": "median"}, r"channel_normalisation is \{'scheme': 'median'\}, expected a mapping with a scheme"),
+        ({"scheme": "ct", "clip": [0.0, 1.0]}, 'clip, mean and std for a "ct" channel'),
+        ({"scheme": "ct", "clip": "0,1", "mean": 0, "std": 1}, r"channel_normalisation\.clip is '0,1', expected two"),
+        ({"scheme": "zscore", "use_mask": "yes"}, r"\.use_mask is 'yes', expected true or false"),
+        ({"scheme": "zscore", "mask": True}, r"expected only scheme, clip, mean, std and use_mask \(not mask\)"),
+        (["zscore"], "expected a mapping"),
+    ],
+)
+def test_channel_normalisation_bad_dicts_name_the_entry(stored, match):
+    with pytest.raises(InputError, match=match):
+        ChannelNormalisation.from_dict(stored)
+    with pytest.raises(ValueError, match="scheme 'median' is none of ct, zscore"):
+        ChannelNormalisation("median")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -89,23 +90,24 @@ def test_target_spacing_equals_nnunet_planner(tmp_path, spacings):
     planner.overwrite_target_spacing = None
     expected = planner.determine_fullres_target_spacing()[::-1]  # SimpleITK order (z, y, x) → RAS (x, y, z)
     plan = plan_dataset(info)
-    np.testing.assert_allclose(plan["target_spacing"], expected, rtol=1e-6)
-    assert plan["preprocessing"]["target_spacing"] == plan["target_spacing"]
+    np.testing.assert_allclose(plan.target_spacing, expected, rtol=1e-6)
+    stored = plan.to_dict()  # plans.json shows the spacing beside the preprocessing that holds it
+    assert stored["preprocessing"]["target_spacing"] == stored["target_spacing"] == list(plan.target_spacing)
     if spacings is ANISOTROPIC:
-        assert plan["target_spacing"][2] == pytest.approx(2.7)  # not the median 4.0
+        assert plan.target_spacing[2] == pytest.approx(2.7)  # not the median 4.0
 
 
 def test_patch_fits_the_memory_budget_and_overrides_win(tmp_path):
     root = _ct_dataset(tmp_path / "ds", [(1.0, 1.0, 1.0)] * 3, shape=(40, 40, 40))
     info = scan_dataset(root)
     plan = plan_dataset(info, size_multiple=8)
-    assert plan["patch_size"] == [40, 40, 40] and plan["batch_size"] == 2
+    assert plan.patch_size == (40, 40, 40) and plan.batch_size == 2
     small = plan_dataset(info, size_multiple=8, memory_gb=64**3 * 2 / 2**19 / 4)  # room for 2 × 32,32,32
-    assert np.prod(small["patch_size"]) * 2 <= 64**3 * 2 / 4 and min(small["patch_size"]) >= 8
+    assert np.prod(small.patch_size) * 2 <= 64**3 * 2 / 4 and min(small.patch_size) >= 8
     fixed = plan_dataset(info, target_spacing=(2.0, 2.0, 2.0), patch_size=(16, 16, 8), batch_size=4)
-    assert fixed["target_spacing"] == [2.0, 2.0, 2.0] and fixed["patch_size"] == [16, 16, 8]
-    assert fixed["batch_size"] == 4 and fixed["hash"] != plan["hash"]
-    assert plan_dataset(info, target_spacing="keep")["target_spacing"] is None
+    assert fixed.target_spacing == (2.0, 2.0, 2.0) and fixed.patch_size == (16, 16, 8)
+    assert fixed.batch_size == 4 and fixed.hash != plan.hash
+    assert plan_dataset(info, target_spacing="keep").target_spacing is None
     with pytest.raises(InputError, match="target_spacing"):
         plan_dataset(info, target_spacing="auto")
 
@@ -114,19 +116,26 @@ def test_plan_round_trip_table_and_hash(tmp_path):
     root = _ct_dataset(tmp_path / "ds", ISOTROPIC[:3])
     plan = plan_dataset(scan_dataset(root), size_multiple=8)
     path = save_plan(plan, tmp_path / "plans.json")
-    assert load_plan(path) == json.loads(json.dumps(plan))
-    assert plan["hash"] == plan_hash(plan["preprocessing"]) and len(plan["hash"]) == 12
+    assert load_plan(path) == plan and path.read_text() == json.dumps(plan.to_dict(), indent=2) + "\n"
+    assert plan.hash == plan_hash(plan.preprocessing) and len(plan.hash) == 12
     table = format_plan(plan)
-    assert "target spacing (mm)" in table and "ct clip" in table and plan["hash"] in table
-    other = dict(plan["preprocessing"], patch_size=[8, 8, 8])  # the patch does not change the cached voxels
-    assert plan_hash(other) == plan["hash"]
+    assert "target spacing (mm)" in table and "ct clip" in table and plan.hash in table
+    fitted = plan.with_patch_size((8, 8, 8))  # the patch does not change the cached voxels
+    assert fitted.patch_size == fitted.preprocessing.patch_size == (8, 8, 8) and fitted.hash == plan.hash
+    assert replace(plan.preprocessing, target_spacing=(2.0, 2.0, 2.0)) != plan.preprocessing
+    assert plan_hash(replace(plan.preprocessing, target_spacing=(2.0, 2.0, 2.0))) != plan.hash
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match="rerun `fusionseg plan`"):
         load_plan(tmp_path / "bad.json")
+    stored = plan.to_dict()
+    for key, value in (("patch_size", [8, 8, 8]), ("hash", "0" * 12)):  # edited beside the preprocessing
+        (tmp_path / "edited.json").write_text(json.dumps({**stored, key: value}))
+        with pytest.raises(InputError, match=f"the plan's {key} do not match its preprocessing"):
+            load_plan(tmp_path / "edited.json")
 
 
 def test_second_plan_of_unchanged_data_reads_no_voxels(tmp_path, monkeypatch):
-    import fusionseg.data.plan as plan_module
+    import fusionseg.data.fingerprint as fingerprint_module
 
     root = _ct_dataset(tmp_path / "ds", ANISOTROPIC)  # CT statistics and cropped shapes both need voxels
     info = scan_dataset(root)
@@ -135,7 +144,7 @@ def test_second_plan_of_unchanged_data_reads_no_voxels(tmp_path, monkeypatch):
     def no_reads(*args, **kwargs):
         raise AssertionError("read voxels")
 
-    monkeypatch.setattr(plan_module, "load_checked", no_reads)
+    monkeypatch.setattr(fingerprint_module, "load_checked", no_reads)
     assert plan_dataset(info, cache=tmp_path / "cache") == first
     path = info.cases[0].images[0]
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
@@ -150,5 +159,5 @@ def test_statistics_read_by_worker_processes_are_the_same(tmp_path):
     info = scan_dataset(root)
     single = plan_dataset(info, cache=tmp_path / "a")
     pooled = plan_dataset(info, cache=tmp_path / "b", workers=2)
-    assert pooled["preprocessing"]["channel_normalisation"] == single["preprocessing"]["channel_normalisation"]
-    assert single["preprocessing"]["channel_normalisation"][0]["scheme"] == "ct"
+    assert pooled.preprocessing.channel_normalisation == single.preprocessing.channel_normalisation
+    assert single.preprocessing.channel_normalisation[0].scheme == "ct"

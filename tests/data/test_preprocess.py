@@ -71,7 +71,7 @@ def test_cached_case_matches_the_whole_image_pipeline(dataset, tmp_path):
     info, plan = dataset
     report = _run(info, plan, tmp_path / "cache")
     case = load_case(report.folder, info.cases[0].case_id)
-    reference = eval_transforms(plan["preprocessing"])(case_dict(info.cases[0]))
+    reference = eval_transforms(plan.preprocessing)(case_dict(info.cases[0]))
     assert isinstance(case["image"], np.memmap)
     np.testing.assert_allclose(case["image"], reference["image"].numpy(), atol=1e-6)
     np.testing.assert_array_equal(case["label"], reference["label"][0].numpy())
@@ -103,13 +103,13 @@ def test_sigkill_mid_case_then_rerun_completes_with_nothing_corrupt(dataset, tmp
     info, plan = dataset
     code = (
         "import json, sys; from fusionseg.data import scan_dataset; from fusionseg.data.preprocess import "
-        "preprocess_dataset; plan = json.loads(sys.argv[2]); "
+        "preprocess_dataset; from fusionseg.data.plan import Plan; plan = Plan.from_dict(json.loads(sys.argv[2])); "
         "preprocess_dataset(scan_dataset(sys.argv[1]), plan, sys.argv[3], progress=False)"
     )
     import json
 
     env = {**os.environ, "PYTHONPATH": str(SRC), "FUSIONSEG_FAULT": "preprocess.mid_case:3"}
-    args = [sys.executable, "-c", code, str(info.root), json.dumps(plan), str(tmp_path / "cache")]
+    args = [sys.executable, "-c", code, str(info.root), json.dumps(plan.to_dict()), str(tmp_path / "cache")]
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == -9, result.stderr  # SIGKILL inside the third case
     folder = cache_folder(plan, tmp_path / "cache")
@@ -201,8 +201,8 @@ def test_foreground_fraction_is_one_minus_one_over_the_classes(num_classes, frac
 def test_training_patches_use_the_plans_foreground_fraction(tmp_path, dataset):
     info, plan = dataset
     report = _run(info, plan, tmp_path / "cache")
-    assert plan["preprocessing"]["foreground_fraction"] == foreground_fraction(3) == 0.666667
-    cut = patch_dataset(report.folder, [info.cases[0].case_id], plan["preprocessing"]).transform.transforms[0]
+    assert plan.preprocessing.foreground_fraction == foreground_fraction(3) == 0.666667
+    cut = patch_dataset(report.folder, [info.cases[0].case_id], plan.preprocessing).transform.transforms[0]
     assert isinstance(cut, RandPatchd) and cut.foreground_fraction == 0.666667
 
 

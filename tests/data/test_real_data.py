@@ -34,7 +34,7 @@ def test_nuclei_png_folder_dataset(real_data_dir, tmp_path):
     info = scan_dataset(root)
     assert (info.num_classes, info.in_channels, info.modality) == (2, 1, "2d")
     pre = build_preprocessing(info)
-    assert pre["patch_size"] == [256, 256] and pre["binary_as_255"]
+    assert pre.patch_size == (256, 256) and pre.binary_as_255
     image, meta = load_for_inference(info.cases[0].images, pre)
     label = eval_transforms(pre)(case_dict(info.cases[0]))["label"][0]
     out = save_prediction(label, meta, tmp_path / "pred.png")
@@ -55,7 +55,7 @@ def test_brain_atlas_nnunet_dataset_resampled_roundtrip(real_data_dir, tmp_path)
     info = scan_dataset(root)
     assert (info.num_classes, info.modality) == (117, "MRI")
     pre = build_preprocessing(info, target_spacing=(2.0, 2.0, 2.0))
-    assert pre["normalisation"] == "zscore" and pre["patch_size"] == [64, 96, 64]
+    assert pre.normalisation == "zscore" and pre.patch_size == (64, 96, 64)
     image, meta = load_for_inference(info.cases[0].images, pre)
     assert image.shape == (1, 91, 109, 91)
     atlas_2mm = eval_transforms(pre)(case_dict(info.cases[0]))["label"][0]

@@ -75,8 +75,8 @@ def test_predictions_of_a_relabelled_dataset_go_back_to_the_original_values(tmp_
     source, target = tmp_path / "atlas", tmp_path / "relabelled"
     maps = _atlas(source, affine=np.eye(4))  # RAS, 1 mm: the preprocessed grid is the input grid
     relabel_dataset(source, target, log=lambda *a: None)
-    pre = plan_dataset(scan_dataset(target), cache=tmp_path / "cache")["preprocessing"]
-    assert pre["original_labels"] == [0, 17, 2001, 4000]
+    pre = plan_dataset(scan_dataset(target), cache=tmp_path / "cache").preprocessing
+    assert pre.original_labels == (0, 17, 2001, 4000)
     image, meta = load_for_inference([target / "imagesTr" / "a_0000.nii.gz"], pre)
     relabelled, _ = read_label(target / "labelsTr" / "a.nii.gz")
     classes = np.where(relabelled == 3, 0, relabelled).astype(np.int64)  # the ignore voxel predicted as background

@@ -13,6 +13,7 @@ from PIL import Image
 
 from fusionseg.data import (
     Case,
+    Preprocessing,
     build_preprocessing,
     case_dict,
     eval_transforms,
@@ -22,6 +23,7 @@ from fusionseg.data import (
     save_prediction,
     scan_dataset,
 )
+from fusionseg.data.normalization import ChannelNormalisation
 from fusionseg.errors import InputError
 
 # Non-RAS (x and y flipped, axes permuted), anisotropic: exercises orientation and resampling.
@@ -48,28 +50,30 @@ def _ct_dataset(root, nifti_writer, affine=LPS_PERMUTED, n=2, size=(28, 24, 12))
 
 def test_build_preprocessing_2d(phantom2d_root):
     pre = build_preprocessing(scan_dataset(phantom2d_root))
-    assert json.loads(json.dumps(pre)) == pre  # JSON-able
-    assert pre["spatial_dims"] == 2 and pre["in_channels"] == 1 and pre["num_classes"] == 3
-    assert pre["normalisation"] == "zscore" and pre["orientation"] is None and pre["patch_size"] == [32, 32]
-    assert pre["channel_normalisation"] == [{"scheme": "zscore", "use_mask": False}]
-    assert pre["ignore_label"] is None and pre["regions"] is None and pre["out_channels"] == 3
-    assert pre["num_samples"] == 1  # every patch of a batch from its own case
-    assert pre["labels"] == {"0": "background", "1": "class1", "2": "class2"}
+    assert Preprocessing.from_dict(json.loads(json.dumps(pre.to_dict()))) == pre  # JSON-able
+    assert pre.spatial_dims == 2 and pre.in_channels == 1 and pre.num_classes == 3
+    assert pre.normalisation == "zscore" and pre.orientation is None and pre.patch_size == (32, 32)
+    assert pre.channel_normalisation == (ChannelNormalisation("zscore", use_mask=False),)
+    assert pre.label_layout.ignore_label is None and pre.label_layout.regions is None and pre.out_channels == 3
+    assert pre.num_samples == 1  # every patch of a batch from its own case
+    assert pre.label_layout.names == {0: "background", 1: "class1", 2: "class2"}
+    stored = pre.to_dict()  # what checkpoints hold
+    assert stored["labels"] == {"0": "background", "1": "class1", "2": "class2"} and stored["normalisation"] == "zscore"
 
 
 def test_build_preprocessing_ct_stats_and_spacing(tmp_path, nifti_writer):
     info = scan_dataset(_ct_dataset(tmp_path / "ct", nifti_writer))
     pre = build_preprocessing(info, target_spacing="median", size_multiple=8)
-    assert pre["modality"] == "CT" and pre["normalisation"] == "ct"
+    assert pre.modality == "CT" and pre.normalisation == "ct"
     # RAS order of the permuted affine: world x ← voxel axis 1 (1.2 mm, 24 voxels), y ← axis 0 (0.8 mm, 28).
-    np.testing.assert_allclose(pre["median_spacing"], [1.2, 0.8, 2.0], rtol=1e-6)
-    assert pre["median_shape"] == [24.0, 28.0, 12.0] and pre["patch_size"] == [24, 24, 8]
-    stats = pre["channel_normalisation"][0]
+    np.testing.assert_allclose(pre.median_spacing, [1.2, 0.8, 2.0], rtol=1e-6)
+    assert pre.median_shape == (24.0, 28.0, 12.0) and pre.patch_size == (24, 24, 8)
+    stats = pre.channel_normalisation[0]
     fg = np.concatenate(
         [nib.load(str(c.images[0])).get_fdata()[nib.load(str(c.label)).get_fdata() > 0] for c in info.cases]
     )
-    assert stats["scheme"] == "ct" and abs(stats["mean"] - fg.mean()) < 0.02 * fg.std()
-    assert stats["clip"][0] < stats["mean"] < stats["clip"][1]
+    assert stats.scheme == "ct" and abs(stats.mean - fg.mean()) < 0.02 * fg.std()
+    assert stats.clip[0] < stats.mean < stats.clip[1]
     with pytest.raises(InputError, match="patch_size must be 3"):
         build_preprocessing(info, patch_size=(32, 32))
     with pytest.raises(InputError, match="target_spacing"):
@@ -91,10 +95,10 @@ def test_eval_transforms_normalise_and_keep_labels(phantom3d_root):
 def test_ct_normalisation_uses_dataset_statistics(tmp_path, nifti_writer):
     info = scan_dataset(_ct_dataset(tmp_path / "ct", nifti_writer))
     pre = build_preprocessing(info)
-    spec = pre["channel_normalisation"][0]
+    spec = pre.channel_normalisation[0]
     image = eval_transforms(pre)(case_dict(info.cases[0]))["image"]
-    raw = np.clip(nib.load(str(info.cases[0].images[0])).get_fdata(), *spec["clip"])
-    expected = (raw - spec["mean"]) / spec["std"]
+    raw = np.clip(nib.load(str(info.cases[0].images[0])).get_fdata(), *spec.clip)
+    expected = (raw - spec.mean) / spec.std
     np.testing.assert_allclose(np.sort(image.numpy().ravel()), np.sort(expected.ravel()), rtol=1e-4, atol=1e-4)
 
 
@@ -136,14 +140,9 @@ def test_inference_nrrd_input_and_output(tmp_path):
         "space origin": np.array([5.0, -3.0, 2.0]),
     }
     nrrd.write(str(tmp_path / "img.nrrd"), image, header)
-    pre = {
-        "spatial_dims": 3,
-        "in_channels": 1,
-        "num_classes": 3,
-        "orientation": "RAS",
-        "target_spacing": None,
-        "channel_normalisation": [{"scheme": "zscore"}],
-    }
+    pre = Preprocessing.from_dict(  # a hand-written preprocessing: the rest takes its defaults
+        {"spatial_dims": 3, "in_channels": 1, "num_classes": 3, "orientation": "RAS", "target_spacing": None}
+    )
     x, meta = load_for_inference(tmp_path / "img.nrrd", pre)
     assert x.shape == (1, 20, 18, 16)
     ras = np.flip(image, (0, 1))  # LPS file → RAS grid flips x and y
@@ -193,7 +192,7 @@ def test_multichannel_files_get_per_channel_normalisation(tmp_path, nifti_writer
     (root / "dataset.json").write_text(json.dumps(meta))
     info = scan_dataset(root)
     pre = build_preprocessing(info, patch_size=(16, 16, 8))
-    assert [s["scheme"] for s in pre["channel_normalisation"]] == ["ct", "zscore"]
+    assert [s.scheme for s in pre.channel_normalisation] == ["ct", "zscore"]
     sample = eval_transforms(pre)(case_dict(info.cases[0]))
     assert sample["image"].shape == (2, 16, 16, 8)
     pet = sample["image"][1]
@@ -212,7 +211,7 @@ def test_rgb_2d_pipeline(tmp_path):
         Image.fromarray(label * np.uint8(255)).save(root / "masks" / f"im{i}.png")
     info = scan_dataset(root)
     pre = build_preprocessing(info, size_multiple=16)
-    assert pre["in_channels"] == 3 and pre["patch_size"] == [32, 32] and pre["num_classes"] == 2
+    assert pre.in_channels == 3 and pre.patch_size == (32, 32) and pre.num_classes == 2
     whole = eval_transforms(pre)(case_dict(info.cases[1]))
     assert whole["image"].shape == (3, 40, 36)
     means = whole["image"].mean(dim=(1, 2))

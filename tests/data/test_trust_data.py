@@ -105,7 +105,7 @@ def test_different_data_with_the_same_name_never_shares_the_cache(tmp_path):
     _, plan_a, report_a = _preprocess(a, cache)
     voxels_a = np.array(load_case(report_a.folder, "case0")["image"])
     _, plan_b, report_b = _preprocess(b, cache)
-    assert plan_a["hash"] == plan_b["hash"] and plan_a["data_key"] != plan_b["data_key"]
+    assert plan_a.hash == plan_b.hash and plan_a.data_key != plan_b.data_key
     assert report_a.folder != report_b.folder and report_b.done and not report_b.reused
     # a training on A reading its cache after B was preprocessed still sees A's voxels
     np.testing.assert_array_equal(load_case(cache_folder(plan_a, cache), "case0")["image"], voxels_a)
@@ -144,7 +144,7 @@ def test_a_damaged_cache_array_is_reported_then_redone(tmp_path, damage):
         (report.folder / "case1.json").write_text("{not json")
     with pytest.raises(InputError, match=r"case case1 in .*(damaged|cannot be read).*run `fusionseg preprocess`"):
         load_case(report.folder, "case1")
-    ds = patch_dataset(report.folder, ["case1"], plan["preprocessing"], augment=False)
+    ds = patch_dataset(report.folder, ["case1"], plan.preprocessing, augment=False)
     with pytest.raises(Exception) as raised:  # MONAI wraps it; the CLI prints the InputError as one line
         ds[0]  # a training reading the case stops instead of using other voxels
     assert "case case1" in str(find_input_error(raised.value))

@@ -215,7 +215,7 @@ def test_bundle_normalisation_equals_fusionseg_normalisation():
     """The bundle's copy of the per-channel normalisation computes what `predict` computes, scheme by scheme."""
     import torch
 
-    from fusionseg.data.normalization import normalise
+    from fusionseg.data.normalization import ChannelNormalisation, normalise
     from fusionseg.deploy.bundle_components import NormalizeChannelsd
 
     gen = torch.Generator().manual_seed(0)
@@ -229,13 +229,13 @@ def test_bundle_normalisation_equals_fusionseg_normalisation():
         {"scheme": "rescale_to_0_1"},
         {"scheme": "noNorm"},
     ]
-    want = normalise(image, specs)
+    want = normalise(image, [ChannelNormalisation.from_dict(s) for s in specs])  # the bundle holds the dicts
     got = NormalizeChannelsd("image", specs)({"image": image.clone()})["image"]
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     assert float(want[1, :3].abs().max()) == 0 and float(want[1].std()) > 0.5  # the mask was used
     rgb = torch.randint(0, 256, (3, 8, 8), generator=gen).float()
     torch.testing.assert_close(NormalizeChannelsd("image", [{"scheme": "rgb_to_0_1"}] * 3)({"image": rgb})["image"],
-                               normalise(rgb, [{"scheme": "rgb_to_0_1"}] * 3))  # fmt: skip
+                               normalise(rgb, [ChannelNormalisation("rgb_to_0_1")] * 3))  # fmt: skip
 
 
 def test_bundle_region_painting_equals_fusionseg():

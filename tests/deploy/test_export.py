@@ -10,6 +10,7 @@ from torch import nn
 
 from fusionseg.checkpoints.checkpoint import build_checkpoint, save_checkpoint
 from fusionseg.cli.export import main
+from fusionseg.data import Preprocessing
 from fusionseg.deploy.export import ExportMismatchError, InferenceWrapper, export_model, run_exported
 from fusionseg.errors import InputError
 from fusionseg.fusion import DFF, TIF
@@ -162,7 +163,7 @@ def test_export_rejects_unknown_format_and_unwritable_destination(tmp_path):
 def toy_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = create_model("_toy_export", in_channels=2, out_channels=3, spatial_dims=2)
-    pre = {"spatial_dims": 2, "in_channels": 2, "patch_size": [8, 12]}
+    pre = Preprocessing.from_dict({"spatial_dims": 2, "in_channels": 2, "num_classes": 3, "patch_size": [8, 12]})
     return save_checkpoint(tmp_path / "ck.pt", build_checkpoint(model, preprocessing=pre, rng=False)), model
 
 
@@ -184,7 +185,11 @@ def test_export_cli_uses_patch_size_and_embeds_metadata(tmp_path, toy_checkpoint
         import onnx
 
         meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["fusionseg"])
-    assert meta["model"] == model.config and meta["preprocessing"]["patch_size"] == [8, 12]
+    assert (
+        meta["model"] == model.config
+        and meta["preprocessing"] == Preprocessing.from_dict(meta["preprocessing"]).to_dict()
+    )
+    assert meta["preprocessing"]["patch_size"] == [8, 12]
 
 
 def test_export_cli_bad_inputs_are_one_line_errors(tmp_path, toy_checkpoint):

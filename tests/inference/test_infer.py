@@ -18,7 +18,7 @@ from torch import nn
 from fusionseg.checkpoints import loading as infer
 from fusionseg.checkpoints.checkpoint import build_checkpoint, save_checkpoint
 from fusionseg.cli import predict as predict_cli
-from fusionseg.data import build_preprocessing, make_phantom_dataset, scan_dataset
+from fusionseg.data import Preprocessing, build_preprocessing, make_phantom_dataset, scan_dataset
 from fusionseg.errors import InputError
 from fusionseg.inference.inputs import find_inputs
 from fusionseg.inference.slab_inference import window_size
@@ -68,7 +68,10 @@ def test_window_size():
 def test_predict_volume_matches_plain_forward(spatial, patch, multiple, tta, ds):
     model = Pointwise(len(spatial), multiple, ds).eval()
     image = torch.randn(2, *spatial)
-    probs = predict_volume(model, image, {"patch_size": patch}, overlap=0.5, sw_batch_size=3, tta=tta)
+    pre = Preprocessing.from_dict(
+        {"spatial_dims": len(spatial), "in_channels": 2, "num_classes": 3, "patch_size": patch}
+    )
+    probs = predict_volume(model, image, pre, overlap=0.5, sw_batch_size=3, tta=tta)
     with torch.no_grad():
         ref = torch.softmax(model.conv(image[None]), 1)[0]
     assert probs.shape == (3, *spatial) and probs.dtype == torch.float32
@@ -264,8 +267,8 @@ def test_probabilities_read_back_match_the_label_map_after_resampling(labels, or
         OBLIQUE_3D, **entries,
     )  # fmt: skip
     pre = build_preprocessing(scan_dataset(root), target_spacing=(1.5, 1.5, 1.5), patch_size=(8, 8, 8))
-    assert pre["activation"] == activation
-    model = create_model("unet", in_channels=1, out_channels=pre["out_channels"], spatial_dims=3, features=(4, 8))
+    assert pre.activation == activation
+    model = create_model("unet", in_channels=1, out_channels=pre.out_channels, spatial_dims=3, features=(4, 8))
     ckpt = save_checkpoint(tmp_path / "ck.pt", build_checkpoint(model, preprocessing=pre, rng=False))
     out = tmp_path / "out"
     argv = ["--checkpoint", str(ckpt), "--input", str(root / "imagesTr"), "--output", str(out), "--probabilities"]
@@ -274,7 +277,7 @@ def test_probabilities_read_back_match_the_label_map_after_resampling(labels, or
     assert written.shape == shape and np.allclose(written.affine, OBLIQUE_3D, atol=1e-5)
     assert check_written_probabilities(out, pre) == 1
     probs = np.asarray(nib.load(str(out / "c0_probabilities.nii.gz")).dataobj)
-    assert probs.shape == (*shape, pre["out_channels"]) and probs.std() > 0
+    assert probs.shape == (*shape, pre.out_channels) and probs.std() > 0
 
 
 def test_predict_volume_activation_follows_the_preprocessing():
@@ -282,8 +285,14 @@ def test_predict_volume_activation_follows_the_preprocessing():
     image = torch.randn(2, 8, 8)
     with torch.no_grad():
         logits = model(image[None])[0]
-    soft = predict_volume(model, image, {"activation": "softmax"}, overlap=0.0)
-    sig = predict_volume(model, image, {"activation": "sigmoid"}, overlap=0.0)
+    classes = Preprocessing.from_dict({"spatial_dims": 2, "in_channels": 2, "num_classes": 3})
+    regions = Preprocessing.from_dict(  # three regions: sigmoid outputs
+        {"spatial_dims": 2, "in_channels": 2, "num_classes": 4, "regions": [[1, 2, 3], [2, 3], [3]],
+         "regions_class_order": [1, 2, 3]}
+    )  # fmt: skip
+    assert (classes.activation, regions.activation) == ("softmax", "sigmoid")
+    soft = predict_volume(model, image, classes, overlap=0.0)
+    sig = predict_volume(model, image, regions, overlap=0.0)
     torch.testing.assert_close(soft, torch.softmax(logits, 0))
     torch.testing.assert_close(sig, torch.sigmoid(logits))
     torch.testing.assert_close(predict_volume(model, image, None, overlap=0.0), soft)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fusionseg.data import build_preprocessing, make_phantom_dataset, scan_dataset
+from fusionseg.data import Preprocessing, build_preprocessing, make_phantom_dataset, scan_dataset
 from fusionseg.errors import InputError
 from fusionseg.inference.inputs import find_inputs
 from fusionseg.inference.predict_files import predict_files
@@ -26,6 +26,12 @@ def _unet(dims: int, out: int, seed: int) -> torch.nn.Module:
     return create_model("unet", in_channels=1, out_channels=out, spatial_dims=dims, features=(4, 8)).eval()
 
 
+def _pre(dims: int, patch: tuple[int, ...], classes: int = 3) -> Preprocessing:
+    return Preprocessing.from_dict(
+        {"spatial_dims": dims, "in_channels": 1, "num_classes": classes, "patch_size": patch}
+    )
+
+
 def test_window_origins_are_monai_windows():
     # 10 rows, window 4, overlap 0.5: starts 0, 2, 4, 6 (last one flush with the end)
     assert window_origins((10,), (4,), 0.5)[:, 0].tolist() == [0, 2, 4, 6]
@@ -41,7 +47,7 @@ def test_the_amp_dtype_given_is_the_one_the_windows_run_in(amp_dtype, path, monk
     """The dtype --amp resolved to reaches the autocast as it is: no second reading of the device rule
     (it would say float32 here: this CPU is made to report no native bf16)."""
     monkeypatch.setattr("fusionseg.runtime.devices.cpu_has_native_bf16", lambda: False)
-    model, pre, image = _unet(2, 3, 0), {"patch_size": (16, 16), "num_classes": 3}, torch.randn(1, 24, 20)
+    model, pre, image = _unet(2, 3, 0), _pre(2, (16, 16)), torch.randn(1, 24, 20)
     dtypes = []
     model.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
     if path == "slabs":
@@ -64,7 +70,7 @@ def test_the_amp_dtype_given_is_the_one_the_windows_run_in(amp_dtype, path, monk
 def test_blended_slabs_equal_the_whole_volume(shape, patches, tta):
     dims = len(shape)
     models = [_unet(dims, 3, seed) for seed in range(len(patches))]
-    pres = [{"patch_size": p, "num_classes": 3} for p in patches]
+    pres = [_pre(dims, p) for p in patches]
     image = torch.randn(1, *shape)
     ref = predict_ensemble(models, pres, image, overlap=0.5, sw_batch_size=3, tta=tta)
     for axis in range(dims):
@@ -83,7 +89,7 @@ def test_blended_slabs_equal_the_whole_volume(shape, patches, tta):
 
 
 def test_blended_slabs_reject_decreasing_ranges():
-    plan = SlabPlan.build([_unet(2, 2, 0)], [{"patch_size": (8, 8), "num_classes": 2}], (16, 16), axis=0)
+    plan = SlabPlan.build([_unet(2, 2, 0)], [_pre(2, (8, 8), classes=2)], (16, 16), axis=0)
     with pytest.raises(ValueError, match="non-decreasing"):
         list(blended_slabs(plan, torch.randn(1, 16, 16), [(4, 8), (2, 6)]))
 
@@ -123,8 +129,7 @@ def test_predict_files_slabs_match_the_whole_volume(case, tta, ensemble, postpro
         source, pre = root / "images", build_preprocessing(scan_dataset(root), patch_size=(16, 16))
     else:
         source, pre = _resampled_3d(tmp_path, regions=case == "3d-regions")
-    dims = int(pre["spatial_dims"])
-    models = [_unet(dims, pre["out_channels"], seed) for seed in range(2 if ensemble else 1)]
+    models = [_unet(pre.spatial_dims, pre.out_channels, seed) for seed in range(2 if ensemble else 1)]
     plan = {"keep_largest_component": [{"name": "a", "values": [1]}]} if postprocess else None
     cases = find_inputs(source)
     options = dict(tta=tta, probabilities=case != "2d", postprocessing=plan, progress=False, overlap=0.5)
@@ -184,9 +189,10 @@ def test_validation_scores_from_slabs_equal_the_whole_volume(regions):
 
     labels = {"background": 0, "whole": [1, 2], "core": 2} if regions else {"background": 0, "a": 1, "b": 2}
     layout = LabelLayout.from_dataset_json(labels, [1, 2] if regions else None)
-    pre = {"spatial_dims": 3, "patch_size": (8, 8, 8), **layout.to_preprocessing()}
-    if regions:
-        pre["activation"] = "sigmoid"
+    pre = Preprocessing.from_dict(
+        {"spatial_dims": 3, "in_channels": 1, "patch_size": [8, 8, 8], **layout.to_preprocessing()}
+    )
+    assert pre.activation == ("sigmoid" if regions else "softmax")
     model = _unet(3, 2 if regions else 3, 0)
     torch.manual_seed(1)
     items = [{"image": torch.randn(1, 19, 14, 11), "label": torch.randint(0, 3, (1, 19, 14, 11))}]

@@ -9,6 +9,7 @@ import torch
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (install it as docs/nnunet.md says)")
 
 from fusionseg.checkpoints.checkpoint import load_checkpoint, rebuild_model
+from fusionseg.data import NnunetPreprocessing, preprocessing_from_dict
 from fusionseg.errors import InputError
 from fusionseg.nnunet.importer import import_nnunet_checkpoint, is_nnunet_checkpoint
 from fusionseg.nnunet.trainers import TRAINERS
@@ -55,6 +56,9 @@ def test_imported_network_reproduces_the_trained_one(nnunet_env, dataset_json, p
     assert pre["kind"] == "nnunet" and pre["configuration"] == "3d_fullres" and pre["mirror_axes"] == [0, 1, 2]
     assert (pre["in_channels"], pre["num_classes"], pre["patch_size"]) == (1, 3, [32, 32, 32])
     assert pre["dataset_json"]["labels"] == dataset_json["labels"] and ckpt["epoch"] == 3
+    typed = preprocessing_from_dict(pre)  # what predict reads
+    assert isinstance(typed, NnunetPreprocessing) and typed.to_dict() == pre and typed.mirror_axes == (0, 1, 2)
+    assert (typed.kind, typed.in_channels, typed.num_classes, typed.patch_size) == ("nnunet", 1, 3, (32, 32, 32))
     rebuilt = rebuild_model(ckpt)
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():

@@ -14,6 +14,7 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from fusionseg.nnunet.importer import nnunet_preprocessing
 from fusionseg.nnunet.phantoms import make_plans
 from fusionseg.nnunet.predict import make_predictor
 from fusionseg.nnunet.slabs import Resampling, predict_labels
@@ -98,8 +99,7 @@ def test_labels_by_slabs_equal_nnunets_predictor(tmp_path, monkeypatch, configur
             if isinstance(m, torch.nn.Conv3d | torch.nn.Conv2d) and m.out_channels == heads:
                 m.weight *= 5
     mirror_axes = [0, 1, 2] if configuration == "3d_fullres" else [0, 1]
-    pre = {"plans": plans, "configuration": configuration, "dataset_json": copy.deepcopy(dataset),
-           "trainer": "nnUNetTrainer", "mirror_axes": mirror_axes}  # fmt: skip
+    pre = nnunet_preprocessing(plans, configuration, copy.deepcopy(dataset), "nnUNetTrainer", mirror_axes)
     predictor = make_predictor(net, pre, tta=tta)
     pm, cm = predictor.plans_manager, predictor.configuration_manager
     data, _, props = cm.preprocessor_class(verbose=False).run_case(

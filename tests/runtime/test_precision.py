@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from fusionseg.data import Preprocessing
 from fusionseg.nets.registry import create_model
 from fusionseg.runtime import precision
 from fusionseg.runtime.devices import NO_BF16_NOTE
@@ -96,7 +97,7 @@ def test_inference_choice_uses_the_training_window(tmp_path, monkeypatch):
     monkeypatch.setattr("fusionseg.runtime.devices.cpu_has_native_bf16", lambda: True)
     timer, calls = _timer({None: 1.0, torch.bfloat16: 0.5})
     model = create_model("unet", in_channels=3, out_channels=2, spatial_dims=2, features=[4, 8, 16])
-    pre = {"patch_size": [30, 33], "in_channels": 3}
+    pre = Preprocessing.from_dict({"spatial_dims": 2, "in_channels": 3, "num_classes": 2, "patch_size": [30, 33]})
     dtype = precision.choose_inference_amp(model, pre, "cpu", True, 2, log=lambda _: None, cache=False, timer=timer)
     assert dtype is torch.bfloat16
     multiple = model.size_multiple
@@ -111,5 +112,6 @@ def test_inference_choice_without_a_window_is_the_untimed_rule(native, requested
     monkeypatch.setattr("fusionseg.runtime.devices.cpu_has_native_bf16", lambda: native)
     model = create_model("unet", in_channels=1, out_channels=2, spatial_dims=2, features=[4, 8])
     timer, calls = _timer({None: 1.0, torch.bfloat16: 0.5})
-    dtype = precision.choose_inference_amp(model, {"in_channels": 1}, "cpu", requested, log=lambda _: None, timer=timer)
+    pre = Preprocessing.from_dict({"spatial_dims": 2, "in_channels": 1, "num_classes": 2})  # no patch_size
+    dtype = precision.choose_inference_amp(model, pre, "cpu", requested, log=lambda _: None, timer=timer)
     assert dtype is expected and calls == []

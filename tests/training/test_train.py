@@ -408,9 +408,14 @@ def test_split_follows_the_folds_of_splits_final_json(phantoms2d, tmp_path):
 
 
 def test_region_dataset_builds_one_output_per_region(tmp_path):
+    from fusionseg.data import LabelLayout, Preprocessing
     from fusionseg.training.trainer import build_model
 
-    pre = {"in_channels": 4, "num_classes": 4, "out_channels": 3, "spatial_dims": 2}
+    labels = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+    pre = Preprocessing.from_dict(
+        {"in_channels": 4, "spatial_dims": 2, **LabelLayout.from_dataset_json(labels, [1, 2, 3]).to_preprocessing()}
+    )
+    assert (pre.num_classes, pre.out_channels) == (4, 3)
     model = build_model(TrainConfig(data=tmp_path, model="unet", model_kwargs=TINY_UNET), pre)
     assert model.out_channels == 3 and model.config["kwargs"]["out_channels"] == 3
 

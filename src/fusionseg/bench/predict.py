@@ -49,6 +49,8 @@ def write_ct_case(folder: Path, shape: tuple[int, int, int], spacing: tuple[floa
 
 def _checkpoint(root: Path, classes: int, args: argparse.Namespace, path: Path) -> Path:
     """A fusionseg checkpoint of a small DFF U-Net with ``classes`` outputs and the dataset's CT preprocessing."""
+    from dataclasses import replace
+
     from fusionseg.checkpoints.checkpoint import build_checkpoint, save_checkpoint
     from fusionseg.data import build_preprocessing, scan_dataset
     from fusionseg.data.labels import LabelLayout
@@ -58,7 +60,7 @@ def _checkpoint(root: Path, classes: int, args: argparse.Namespace, path: Path) 
         scan_dataset(root), target_spacing=_floats(args.target_spacing), patch_size=_ints(args.patch_size)
     )
     names = {"background": 0, **{f"class{k}": k for k in range(1, classes)}}
-    pre.update(LabelLayout.from_dataset_json(names).to_preprocessing())
+    pre = replace(pre, label_layout=LabelLayout.from_dataset_json(names))
     kwargs = {"features": _ints(args.features)}
     if args.fusion != "none":
         kwargs["fusion"] = args.fusion

@@ -45,6 +45,7 @@ import numpy as np
 
 from fusionseg.bench.real_data_stats import PEER, format_pairs, format_tables, paired_differences, summarise
 from fusionseg.cli.options import add_runtime_options, boolean, positive_float, positive_int, sizes
+from fusionseg.data.preprocessing import Preprocessing, own_preprocessing
 from fusionseg.data.real import build_brain3d, build_nuclei2d
 from fusionseg.errors import InputError
 from fusionseg.files import write_csv_atomic, write_text_atomic
@@ -126,23 +127,24 @@ def _score(best: Path, data_dir: Path, device: str, overlap: float) -> tuple[flo
     from fusionseg.inference.sliding_window import predict_volume
     from fusionseg.runtime.devices import pick_device
 
-    model, pre, _ = load_model(best, pick_device(device))
+    model, stored, _ = load_model(best, pick_device(device))
+    pre = own_preprocessing(stored, best)
     info = data.scan_dataset(data_dir)
     cases = [c for c in info.test_cases if c.label is not None]
-    names = {int(k): v for k, v in pre["labels"].items()}
-    per_class: dict[str, list[float]] = {names[k]: [] for k in range(1, int(pre["num_classes"]))}
+    names = pre.label_layout.names
+    per_class: dict[str, list[float]] = {names[k]: [] for k in range(1, pre.num_classes)}
     dataset = Dataset([data.case_dict(c) for c in cases], data.eval_transforms(pre))
     for item in dataset:  # type: ignore[attr-defined]  # no __iter__: iterated by __getitem__
         pred = predict_volume(model, item["image"], pre, overlap=overlap).argmax(0).numpy()
         label = np.asarray(item["label"])[0]
-        for k in range(1, int(pre["num_classes"])):
+        for k in range(1, pre.num_classes):
             per_class[names[k]].append(dice_iou(pred == k, label == k)[0])
     class_means = {name: float(np.mean(v)) for name, v in per_class.items()}
     params = sum(p.numel() for p in model.parameters())
     return float(np.mean(list(class_means.values()))), class_means, params
 
 
-def label_copy_dice(data_dir: Path, pre: dict) -> float:
+def label_copy_dice(data_dir: Path, pre: Preprocessing) -> float:
     """Mean class Dice of the training label used as the prediction for the test case (same grid; no learning).
 
     For brain3d this is the atlas' own left/right symmetry at the evaluation resolution: a reference
@@ -157,7 +159,7 @@ def label_copy_dice(data_dir: Path, pre: dict) -> float:
     test = np.asarray(transform(data.case_dict(info.test_cases[0]))["label"])[0]
     if train.shape != test.shape:
         raise InputError(f"{data_dir}: train and test label grids differ ({train.shape} vs {test.shape})")
-    return float(np.mean([dice_iou(train == k, test == k)[0] for k in range(1, int(pre["num_classes"]))]))
+    return float(np.mean([dice_iou(train == k, test == k)[0] for k in range(1, pre.num_classes)]))
 
 
 def _load() -> float:
@@ -243,7 +245,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], dict[str, float
         if dataset == "brain3d":
             from fusionseg.checkpoints.checkpoint import load_checkpoint
 
-            copy_dice[dataset] = label_copy_dice(data_dir, load_checkpoint(best)["preprocessing"])
+            pre = Preprocessing.from_dict(load_checkpoint(best)["preprocessing"])
+            copy_dice[dataset] = label_copy_dice(data_dir, pre)
     return records, copy_dice
 
 

@@ -141,7 +141,7 @@ def _worker_loop(case: Case, data: Path, iterations: int, threads: int) -> dict:
     return {
         "s_per_it": steps,
         "batch_shape": list(trainer.batch_shape),
-        "patch": list(trainer.pre["patch_size"]),
+        "patch": list(trainer.pre.patch_size or ()),
         "params": sum(p.numel() for p in trainer.model.parameters()),
     }
 

@@ -4,7 +4,7 @@ A fusionseg checkpoint is a plain dict of tensors and plain data (no pickled obj
 
     {"format": "fusionseg", "version": 1,
      "model": {"name": "unet", "kwargs": {...}},      # rebuild with create_model(name, **kwargs)
-     "preprocessing": {...},                          # plain data used by predict
+     "preprocessing": {...},                          # Preprocessing.to_dict(): what predict reads
      "state_dict": {...}, "optimizer": {...}, "epoch": 3, "rng": capture_rng_state(), ...}
 
 Weights of other code bases become such checkpoints in :mod:`fusionseg.checkpoints.importers`.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusionseg.data.preprocessing import AnyPreprocessing, preprocessing_from_dict
 from fusionseg.errors import InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.files import atomic_write
@@ -126,7 +127,7 @@ def load_checkpoint(
 def build_checkpoint(
     model: nn.Module,
     *,
-    preprocessing: dict | None = None,
+    preprocessing: AnyPreprocessing | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: Any = None,
@@ -149,7 +150,7 @@ def build_checkpoint(
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "model": {"name": config["name"], "kwargs": dict(config.get("kwargs", {}))},
-        "preprocessing": preprocessing,
+        "preprocessing": None if preprocessing is None else preprocessing.to_dict(),
         "state_dict": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -183,8 +184,8 @@ def _is_count(value: Any, minimum: int = 1) -> bool:
 def check_fields(ckpt: dict, source: str = "checkpoint") -> None:
     """:class:`InputError` naming the first malformed field of a fusionseg checkpoint (before anything uses it).
 
-    >>> check_fields({"model": {"name": "unet", "kwargs": {}}, "preprocessing": {"patch_size": "abc"}})
-    InputError: checkpoint: preprocessing.patch_size is 'abc', expected positive integers like [96, 96] ...
+    >>> check_fields(load_checkpoint("altered.pt"), "altered.pt")    # its preprocessing's patch_size is "abc"
+    InputError: altered.pt: preprocessing.patch_size is 'abc', expected positive integers like [96, 96]; ...
     """
 
     def bad(field: str, value: Any, expected: str) -> InputError:
@@ -197,17 +198,11 @@ def check_fields(ckpt: dict, source: str = "checkpoint") -> None:
             raise bad("model.name", model.get("name"), "a model name")
         if not isinstance(model.get("kwargs") or {}, dict):
             raise bad("model.kwargs", model.get("kwargs"), "a mapping of model arguments")
-    pre = ckpt.get("preprocessing")
-    if pre is not None and not isinstance(pre, dict):
-        raise bad("preprocessing", pre, "a mapping")
-    for key in ("in_channels", "num_classes", "out_channels"):
-        if pre and key in pre and not _is_count(pre[key]):
-            raise bad(f"preprocessing.{key}", pre[key], "a positive integer")
-    if pre and "spatial_dims" in pre and pre["spatial_dims"] not in (2, 3):
-        raise bad("preprocessing.spatial_dims", pre["spatial_dims"], "2 or 3")
-    patch = (pre or {}).get("patch_size")
-    if patch is not None and not (isinstance(patch, list | tuple) and patch and all(_is_count(p) for p in patch)):
-        raise bad("preprocessing.patch_size", patch, "positive integers like [96, 96]")
+    if ckpt.get("preprocessing") is not None:
+        try:
+            preprocessing_from_dict(ckpt["preprocessing"])
+        except InputError as err:
+            raise InputError(f"{source}: {err}; the file was altered — use another one") from None
     for key in ("epoch", "step"):
         if key in ckpt and not _is_count(ckpt[key], 0):
             raise bad(key, ckpt[key], "an integer ≥ 0")

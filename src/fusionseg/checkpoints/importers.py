@@ -25,6 +25,7 @@ from fusionseg.errors import InputError
 if TYPE_CHECKING:
     from torch import nn
 
+    from fusionseg.data.preprocessing import AnyPreprocessing
     from fusionseg.nets.weights import LoadReport
 
 __all__ = ["import_weights", "importer_for", "register_importer"]
@@ -49,7 +50,7 @@ def import_weights(
     weights: str | os.PathLike,
     output: str | os.PathLike,
     model_kwargs: dict[str, Any] | None = None,
-    preprocessing: dict | None = None,
+    preprocessing: AnyPreprocessing | None = None,
     strict: bool = True,
 ) -> tuple[nn.Module, LoadReport]:
     """Build registered ``model_name`` with ``model_kwargs``, load official ``weights`` into it, save a checkpoint.

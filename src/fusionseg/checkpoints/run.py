@@ -20,9 +20,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusionseg.errors import InputError
+
+if TYPE_CHECKING:
+    from fusionseg.data.preprocessing import AnyPreprocessing
 
 __all__ = ["ImportOptions", "check_replaceable", "run_import_weights"]
 
@@ -81,20 +84,23 @@ def run_import_weights(options: ImportOptions) -> int:
     return 0
 
 
-def _preprocessing(o: ImportOptions) -> dict | None:
+def _preprocessing(o: ImportOptions) -> AnyPreprocessing | None:
     """The preprocessing to embed: the JSON file of ``--preprocessing``, that planned for ``--data``, or None."""
-    from fusionseg.checkpoints.checkpoint import check_fields
+    from fusionseg.data.preprocessing import preprocessing_from_dict
     from fusionseg.files import ensure_file
 
-    preprocessing = None
+    preprocessing: AnyPreprocessing | None = None
     if o.preprocessing is not None:
         try:
-            preprocessing = json.loads(ensure_file(o.preprocessing, "preprocessing file").read_text())
+            stored = json.loads(ensure_file(o.preprocessing, "preprocessing file").read_text())
         except json.JSONDecodeError as err:
             raise InputError(f"preprocessing file {o.preprocessing} is not valid JSON ({err.msg})") from None
         except (RecursionError, UnicodeDecodeError):
             raise InputError(f"preprocessing file {o.preprocessing} is not a plain UTF-8 JSON object") from None
-        check_fields({"preprocessing": preprocessing}, f"preprocessing file {o.preprocessing}")
+        try:
+            preprocessing = preprocessing_from_dict(stored)
+        except InputError as err:
+            raise InputError(f"preprocessing file {o.preprocessing}: {err}") from None
     if o.data is not None:
         from fusionseg.data import build_preprocessing, scan_dataset
 

@@ -5,7 +5,7 @@ real data (``fusionseg.data.real``), input checks.
 Example (a labelled case read whole, then a new image read and its labels written back as ``fusionseg predict`` does):
     >>> from fusionseg import data
     >>> info = data.scan_dataset(data.make_phantom_dataset("/tmp/phantom2d", spatial_dims=2))
-    >>> pre = data.build_preprocessing(info)                               # plain data, stored in checkpoints
+    >>> pre = data.build_preprocessing(info)          # a frozen Preprocessing; checkpoints store pre.to_dict()
     >>> sample = data.eval_transforms(pre)(data.case_dict(info.cases[0]))  # a labelled case, whole
     >>> sample["image"].shape, sample["label"].shape
     (torch.Size([1, 96, 96]), torch.Size([1, 96, 96]))
@@ -21,6 +21,7 @@ from fusionseg.data.formats import FORMATS, FileFormat, format_of, prediction_ex
 from fusionseg.data.io import read_header, read_image, read_label, write_label, write_probabilities
 from fusionseg.data.labels import LabelLayout, labels_to_regions, regions_to_labels, valid_mask
 from fusionseg.data.phantoms import make_phantom_dataset, phantom
+from fusionseg.data.preprocessing import NnunetPreprocessing, Preprocessing, preprocessing_from_dict
 from fusionseg.data.splits import get_fold, load_or_create_splits, make_splits
 from fusionseg.data.transforms import (
     build_preprocessing,
@@ -39,6 +40,8 @@ __all__ = [
     "DatasetInfo",
     "FileFormat",
     "LabelLayout",
+    "NnunetPreprocessing",
+    "Preprocessing",
     "build_preprocessing",
     "case_dict",
     "dicom_series",
@@ -56,6 +59,7 @@ __all__ = [
     "phantom",
     "plain_tensor",
     "prediction_extension",
+    "preprocessing_from_dict",
     "probability_extension",
     "read_dicom_seg",
     "read_header",

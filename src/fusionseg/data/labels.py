@@ -9,7 +9,7 @@ when predictions are turned back into a label map — later regions overwrite ea
 ``"ignore": K`` marks voxels without annotation; K must be the highest value (max label + 1).
 It is allowed in label maps, excluded from the class count, from losses and from metrics.
 
-Training and prediction use one :class:`LabelLayout` (``LabelLayout.from_preprocessing(pre)``):
+Training and prediction use one :class:`LabelLayout` (``pre.label_layout`` of the preprocessing):
 
 - ``out_channels``, ``activation`` ("softmax" | "sigmoid"): the network head;
 - ``targets(label)``: training targets and the valid-voxel mask;
@@ -202,7 +202,7 @@ class LabelLayout:
     # ----------------------------------------------------------------------------------- (de)serialise
 
     def to_preprocessing(self) -> dict:
-        """JSON-able entries of the preprocessing dict (see :func:`~fusionseg.data.build_preprocessing`)."""
+        """The label entries of the stored preprocessing dict (``Preprocessing.to_dict``)."""
         return {
             "labels": {str(k): v for k, v in self.names.items()},
             "num_classes": self.num_classes,
@@ -215,18 +215,19 @@ class LabelLayout:
         }
 
     @classmethod
-    def from_preprocessing(cls, pre: Mapping) -> LabelLayout:
-        """The layout recorded by :meth:`to_preprocessing` (older dicts: plain classes, no ignore label)."""
-        names = {int(k): str(v) for k, v in pre.get("labels", {}).items()}
+    def from_preprocessing(cls, stored: Mapping) -> LabelLayout:
+        """The layout recorded by :meth:`to_preprocessing` in a stored preprocessing dict (older dicts: plain
+        classes, no ignore label); :meth:`~fusionseg.data.preprocessing.Preprocessing.from_dict` checks the entries."""
+        names = {int(k): str(v) for k, v in stored.get("labels", {}).items()}
         if not names:
-            names = {k: "background" if k == 0 else f"class{k}" for k in range(int(pre["num_classes"]))}
-        regions = pre.get("regions")
+            names = {k: "background" if k == 0 else f"class{k}" for k in range(int(stored["num_classes"]))}
+        regions = stored.get("regions")
         return cls(
             names=dict(sorted(names.items())),
             regions=tuple(tuple(int(v) for v in r) for r in regions) if regions else None,
-            region_names=tuple(pre["region_names"]) if regions and pre.get("region_names") else None,
-            regions_class_order=tuple(int(c) for c in pre["regions_class_order"]) if regions else None,
-            ignore_label=None if pre.get("ignore_label") is None else int(pre["ignore_label"]),
+            region_names=tuple(stored["region_names"]) if regions and stored.get("region_names") else None,
+            regions_class_order=tuple(int(c) for c in stored["regions_class_order"]) if regions else None,
+            ignore_label=None if stored.get("ignore_label") is None else int(stored["ignore_label"]),
         )
 
     @classmethod

@@ -22,12 +22,15 @@ resampling (nnU-Net normalises before resampling; the difference is interpolatio
 Example:
     >>> scheme_for_channel("T1"), scheme_for_channel("CT"), scheme_for_channel("noNorm")
     ('zscore', 'ct', 'noNorm')
-    >>> normalise(image, [{"scheme": "zscore", "use_mask": True}])   # image (C, *S) tensor
+    >>> normalise(image, [ChannelNormalisation("zscore", use_mask=True)])   # image (C, *S) tensor
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ __all__ = [
     "CT_PERCENTILES",
     "MASK_SIZE_THRESHOLD",
     "SCHEMES",
+    "ChannelNormalisation",
     "nonzero_box",
     "nonzero_mask",
     "normalise",
@@ -48,6 +52,7 @@ __all__ = [
 ]
 
 SCHEMES = ("ct", "zscore", "noNorm", "rescale_to_0_1", "rgb_to_0_1")
+_SCHEME_NAMES = (*SCHEMES, "channel")  # "channel": a z-score without mask, in the oldest checkpoints
 CT_PERCENTILES = (0.5, 99.5)
 MASK_SIZE_THRESHOLD = 0.75  # nnU-Net: median relative size after cropping to the non-zero box < 3/4 → use the mask
 _ALIASES = {
@@ -58,6 +63,72 @@ _ALIASES = {
     "rgb_to_0_1": "rgb_to_0_1",
     "zscore": "zscore",
 }
+
+
+@dataclass(frozen=True)
+class ChannelNormalisation:
+    """How one input channel is normalised (:func:`normalise`; one per channel in the preprocessing).
+
+    Attributes:
+        scheme: ``"ct"``, ``"zscore"``, ``"noNorm"``, ``"rescale_to_0_1"``, ``"rgb_to_0_1"`` (``"channel"``:
+            a z-score without mask, in the oldest checkpoints).
+        clip, mean, std: CT only: the training foreground's 0.5/99.5 percentiles, mean and std (None
+            until :func:`~fusionseg.data.plan.plan_dataset` has measured them).
+        use_mask: z-score only: inside the non-zero mask (None: not recorded, i.e. no mask).
+    """
+
+    scheme: str
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+    use_mask: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.scheme not in _SCHEME_NAMES:
+            raise ValueError(f"scheme {self.scheme!r} is none of {', '.join(SCHEMES)}")
+
+    def to_dict(self) -> dict:
+        """``{"scheme": "ct", "clip": [lo, hi], "mean", "std"}``, ``{"scheme": "zscore", "use_mask": bool}``, ..."""
+        out: dict[str, Any] = {"scheme": self.scheme}
+        if self.clip is not None:
+            out["clip"] = list(self.clip)
+        if self.mean is not None:
+            out["mean"] = self.mean
+        if self.std is not None:
+            out["std"] = self.std
+        if self.use_mask is not None:
+            out["use_mask"] = self.use_mask
+        return out
+
+    @classmethod
+    def from_dict(cls, d: object, where: str = "preprocessing.channel_normalisation") -> ChannelNormalisation:
+        """One stored entry of ``channel_normalisation``; InputError naming ``where`` for anything else."""
+
+        def bad(key: str, value: object, expected: str) -> InputError:
+            shown = " ".join(repr(value).split())
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            return InputError(f"{where}{key} is {shown}, expected {expected}")
+
+        if not isinstance(d, Mapping) or d.get("scheme") not in _SCHEME_NAMES:
+            raise bad("", d, f"a mapping with a scheme among {', '.join(SCHEMES)}")
+        unknown = sorted(str(k) for k in d if k not in ("scheme", "clip", "mean", "std", "use_mask"))
+        if unknown:
+            raise bad("", d, f"only scheme, clip, mean, std and use_mask (not {', '.join(unknown)})")
+        clip, mean, std, use_mask = d.get("clip"), d.get("mean"), d.get("std"), d.get("use_mask")
+        if clip is not None and not (isinstance(clip, list | tuple) and len(clip) == 2 and all(map(_finite, clip))):
+            raise bad(".clip", clip, "two numbers [low, high]")
+        for key, value in (("mean", mean), ("std", std)):
+            if value is not None and not _finite(value):
+                raise bad(f".{key}", value, "a number")
+        if use_mask is not None and not isinstance(use_mask, bool):
+            raise bad(".use_mask", use_mask, "true or false")
+        if d["scheme"] == "ct" and (clip is None or mean is None or std is None):
+            raise bad("", d, 'clip, mean and std for a "ct" channel (measured by `fusionseg plan`)')
+        return cls(str(d["scheme"]), None if clip is None else (clip[0], clip[1]), mean, std, use_mask)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def scheme_for_channel(name: str) -> str:
@@ -104,34 +175,29 @@ def _zscore(x: torch.Tensor, mask: torch.Tensor | None) -> None:
     x.sub_(mean).div_(std.clamp_min(1e-8))
 
 
-def normalise(image: torch.Tensor, specs: Sequence[dict]) -> torch.Tensor:
-    """Normalise each channel of ``image`` (C, *S) by its spec; returns a new float32 tensor.
-
-    Specs: ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}``, ``{"scheme": "zscore",
-    "use_mask": bool}``, ``{"scheme": "noNorm" | "rescale_to_0_1" | "rgb_to_0_1"}``; ``"channel"``
-    (older checkpoints) is a z-score without mask.
-    """
+def normalise(image: torch.Tensor, specs: Sequence[ChannelNormalisation]) -> torch.Tensor:
+    """Normalise each channel of ``image`` (C, *S) by its :class:`ChannelNormalisation`; a new float32 tensor."""
     if image.shape[0] != len(specs):
         raise InputError(f"image has {image.shape[0]} channels but the preprocessing expects {len(specs)}")
     out = image.as_subclass(torch.Tensor).float().clone()
     mask = None
-    if any(s["scheme"] == "zscore" and s.get("use_mask") for s in specs):  # from the raw channels, before any change
+    if any(s.scheme == "zscore" and s.use_mask for s in specs):  # from the raw channels, before any change
         mask = torch.from_numpy(nonzero_mask(out.numpy()))
     for c, spec in enumerate(specs):
-        x, scheme = out[c], spec["scheme"]
-        if scheme == "ct":
-            x.clamp_(*spec["clip"]).sub_(spec["mean"]).div_(max(spec["std"], 1e-8))
-        elif scheme in ("zscore", "channel"):
-            _zscore(x, mask if spec.get("use_mask") else None)
-        elif scheme == "rescale_to_0_1":
+        x = out[c]
+        if spec.scheme == "ct":
+            if spec.clip is None or spec.mean is None or spec.std is None:
+                raise ValueError(f'channel {c} is "ct" without its statistics; plan the dataset (plan_dataset)')
+            x.clamp_(*spec.clip).sub_(spec.mean).div_(max(spec.std, 1e-8))
+        elif spec.scheme in ("zscore", "channel"):
+            _zscore(x, mask if spec.use_mask else None)
+        elif spec.scheme == "rescale_to_0_1":
             x.sub_(x.min()).div_(x.max().clamp_min(1e-8))
-        elif scheme == "rgb_to_0_1":
+        elif spec.scheme == "rgb_to_0_1":
             if x.numel() and (float(x.min()) < 0 or float(x.max()) > 255):
                 raise InputError(
                     f"channel {c} holds values {float(x.min()):g}..{float(x.max()):g}, outside 0..255 of "
                     '"rgb_to_0_1"; store 8-bit colour images or name the channel "zscore" in dataset.json'
                 )
             x.div_(255.0)
-        elif scheme != "noNorm":
-            raise ValueError(f"unknown normalisation scheme {scheme!r}; expected one of {SCHEMES}")
     return out

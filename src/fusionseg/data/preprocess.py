@@ -55,9 +55,11 @@ import numpy as np
 
 from fusionseg.data.cache_records import CASE_FILES, CrcWriter, check_case_files, file_record
 from fusionseg.data.datasets import Case, DatasetInfo
+from fusionseg.data.fingerprint import CACHE_ENV, default_cache_root, training_case_keys
 from fusionseg.data.identity import case_key, data_key, slug
 from fusionseg.data.normalization import nonzero_box
-from fusionseg.data.plan import CACHE_ENV, PLAN_FILE, default_cache_root, save_plan, training_case_keys
+from fusionseg.data.plan_record import PLAN_FILE, Plan, save_plan
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.data.workers import process_pool
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.faults import maybe_fail
@@ -78,16 +80,16 @@ MAX_LOCATIONS = 10_000  # sampled foreground voxels kept per label value and cas
 _HEX12 = re.compile(r"^[0-9a-f]{12}$")
 
 
-def cache_folder(plan: dict, cache: str | Path | None = None) -> Path:
+def cache_folder(plan: Plan, cache: str | Path | None = None) -> Path:
     """The plan's folder: ``<cache or default root>/<slug of the dataset name>-<plan hash>-<data key>``.
 
     Always directly inside the cache root; InputError for a plan without a valid ``hash`` and ``data_key``.
     """
     root = Path(cache).expanduser() if cache else default_cache_root()
-    plan_hash, key = plan.get("hash"), plan.get("data_key")
+    plan_hash, key = plan.hash, plan.data_key
     if not (isinstance(plan_hash, str) and _HEX12.match(plan_hash) and isinstance(key, str) and _HEX12.match(key)):
         raise InputError("the plan has no valid hash and data_key (an older fusionseg's?); plan the dataset again")
-    return root / f"{slug(plan.get('dataset') or '')}-{plan_hash}-{key}"
+    return root / f"{slug(plan.dataset)}-{plan_hash}-{key}"
 
 
 def _read_props(folder: Path, case_id: str) -> dict | None:
@@ -139,7 +141,7 @@ def _link_from_sibling(folder: Path, case_id: str, key: str, plan_hash: str) -> 
     return None
 
 
-def preprocess_case(case: Case, pre: dict) -> tuple[np.ndarray, np.ndarray | None, dict]:
+def preprocess_case(case: Case, pre: Preprocessing) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Read, check, reorient, resample, normalise, crop one case → (image (C, *S) float32, label (*S) int16, props)."""
     from fusionseg.data.transforms import NormalizeChannelsd, geometry_pipeline
 
@@ -148,7 +150,7 @@ def preprocess_case(case: Case, pre: dict) -> tuple[np.ndarray, np.ndarray | Non
     )
     raw = d["image"].as_tensor().numpy()
     box = nonzero_box(raw)
-    spacing = [float(s) for s in d["image"].pixdim[: int(pre["spatial_dims"])]]
+    spacing = [float(s) for s in d["image"].pixdim[: pre.spatial_dims]]
     image = NormalizeChannelsd(pre)(d)["image"].as_tensor().numpy()
     image = np.ascontiguousarray(image[(slice(None), *box)], dtype=np.float32)
     label = None
@@ -185,7 +187,7 @@ def _save_npy(path: Path, array: np.ndarray) -> dict:
     return file_record(path, out.crc, array)
 
 
-def _write_case(folder: Path, case: Case, pre: dict, plan_hash: str, key: str, root: Path | None) -> dict:
+def _write_case(folder: Path, case: Case, pre: Preprocessing, plan_hash: str, key: str, root: Path | None) -> dict:
     """Preprocess ``case`` and write its files (``.json`` last) → its properties.
 
     ``key`` is the content key the case had when the run started: a case whose files change while it
@@ -205,7 +207,7 @@ def _write_case(folder: Path, case: Case, pre: dict, plan_hash: str, key: str, r
         maybe_fail("preprocess.mid_case")
         if label is not None:
             records[CASE_FILES[1]] = _save_npy(paths[1], label)
-            locations = _locations(label, pre.get("ignore_label"), zlib.crc32(case.case_id.encode()))
+            locations = _locations(label, pre.label_layout.ignore_label, zlib.crc32(case.case_id.encode()))
             with atomic_write(paths[2]) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **locations)
             records[CASE_FILES[2]] = file_record(paths[2])
@@ -225,7 +227,7 @@ class _WriteError(InputError):
 
 
 def _run_one(
-    case: Case, pre: dict, folder: Path, plan_hash: str, key: str, root: Path | None
+    case: Case, pre: Preprocessing, folder: Path, plan_hash: str, key: str, root: Path | None
 ) -> tuple[str, str | None]:
     """(case id, None) on success, (case id, one-line reason) when the case cannot be read."""
     try:
@@ -263,7 +265,7 @@ class PreprocessReport:
 
 def preprocess_dataset(
     info: DatasetInfo,
-    plan: dict,
+    plan: Plan,
     cache: str | Path | None = None,
     workers: int = 0,
     progress: bool = True,
@@ -278,9 +280,9 @@ def preprocess_dataset(
     """
     start = time.perf_counter()
     folder = cache_folder(plan, cache)
-    pre, plan_hash = plan["preprocessing"], plan["hash"]
+    pre, plan_hash = plan.preprocessing, plan.hash
     keys = training_case_keys(info)
-    if data_key(keys) != plan["data_key"]:
+    if data_key(keys) != plan.data_key:
         raise InputError(f"{info.root}: the training files changed since the dataset was planned; plan it again")
     report = PreprocessReport(folder)
     if not _todo(info, folder, keys, plan_hash, report, log=None):
@@ -354,7 +356,7 @@ def _write_cases(
     info: DatasetInfo,
     todo_cases: list[Case],
     folder: Path,
-    pre: dict,
+    pre: Preprocessing,
     plan_hash: str,
     keys: dict[str, str],
     workers: int,

@@ -9,7 +9,7 @@ dataset folder (images copied, the folder appears only when complete), or with `
 the label folders and dataset.json of the dataset itself (each folder replaced as a whole).
 
 A model trained on the relabelled dataset keeps the mapping in its preprocessing
-(``pre["original_labels"]``: the original value of each class), and ``fusionseg predict`` writes its
+(``pre.original_labels``: the original value of each class), and ``fusionseg predict`` writes its
 label maps in the original values (:func:`restore_original_labels`).
 
 Example:

@@ -3,8 +3,8 @@
 :class:`RandPatchd` maps ``{"case_id": str}`` to ``num_samples`` patch dicts ``{"image": (C, *P)
 float32, "label": (1, *P) float32, "case_id"}`` cut from the case's memory-mapped ``.npy`` files:
 with probability ``foreground_fraction`` centred on a sampled voxel of a random foreground label
-value, else anywhere (:func:`patch_dataset` takes the plan's ``pre["foreground_fraction"]``, the rule
-of :func:`fusionseg.data.plan.foreground_fraction`); zero-padded where the case is smaller than the
+value, else anywhere (:func:`patch_dataset` takes the plan's ``pre.foreground_fraction``, the rule
+of :func:`fusionseg.data.preprocessing.foreground_fraction`); zero-padded where the case is smaller than the
 patch. Only the patch is read from disk, so memory does not depend on the number or size of the cases.
 :func:`patch_dataset` adds the augmentation of :mod:`fusionseg.data.transforms`; a MONAI
 ``DataLoader`` seeds it per worker. :class:`CachedCases` reads whole cases one at a time (validation).
@@ -25,6 +25,7 @@ import torch
 from monai.transforms import Compose, MapTransform, Randomizable
 
 from fusionseg.data.preprocess import load_case
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.errors import InputError
 
 __all__ = ["CachedCases", "RandPatchd", "cut_patch", "patch_dataset"]
@@ -83,16 +84,17 @@ class RandPatchd(Randomizable, MapTransform):
         return out if self.num_samples > 1 else out[0]
 
 
-def patch_dataset(folder: str | Path, case_ids: Sequence[str], pre: dict, augment: bool = True):
-    """A MONAI dataset of ``case_ids`` yielding augmented patches (a list when ``pre["num_samples"]`` > 1)."""
+def patch_dataset(folder: str | Path, case_ids: Sequence[str], pre: Preprocessing, augment: bool = True):
+    """A MONAI dataset of ``case_ids`` yielding augmented patches (a list when ``pre.num_samples`` > 1)."""
     from monai.data import Dataset
 
     from fusionseg.data.transforms import ToPlainTensord, augmentation
 
     if not case_ids:
         raise InputError("no training cases to cut patches from; check the fold (splits_final.json) or the dataset")
-    num_samples = int(pre.get("num_samples", 1))
-    cut = RandPatchd(folder, pre["patch_size"], num_samples, foreground_fraction=float(pre["foreground_fraction"]))
+    if pre.patch_size is None:
+        raise InputError("the preprocessing has no patch size; pass --patch-size (e.g. 96,96 or 64,64,64)")
+    cut = RandPatchd(folder, pre.patch_size, pre.num_samples, foreground_fraction=pre.foreground_fraction)
     steps = [cut, augmentation(pre) if augment else ToPlainTensord()]
     return Dataset([{"case_id": c} for c in case_ids], transform=Compose(steps))
 

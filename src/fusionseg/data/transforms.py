@@ -1,7 +1,7 @@
 """Preprocessing and augmentation with MONAI dictionary transforms, and inference I/O.
 
-``build_preprocessing(info)`` derives a plain-data description (JSON-able, stored in checkpoints);
-``eval_transforms(pre)`` turns it into a MONAI pipeline mapping
+``build_preprocessing(info)`` derives the :class:`~fusionseg.data.preprocessing.Preprocessing` (stored in
+checkpoints as its ``to_dict()``); ``eval_transforms(pre)`` turns it into a MONAI pipeline mapping
 ``case_dict(case) = {"image": [paths], "label": path, "case_id": str}`` to
 ``{"image": float32 (C, *S), "label": int64 (1, *S), "case_id": str}`` plain tensors;
 :func:`geometry_pipeline` is its first half (what the preprocessing cache stores after normalisation) and
@@ -52,9 +52,10 @@ from monai.transforms import (
 
 from fusionseg.data.datasets import Case
 from fusionseg.data.io import write_label, write_probabilities
-from fusionseg.data.labels import regions_to_labels
+from fusionseg.data.labels import LabelLayout, regions_to_labels
 from fusionseg.data.normalization import normalise
 from fusionseg.data.plan import build_preprocessing
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.data.validation import find_input_error, load_checked
 from fusionseg.errors import InputError
 
@@ -102,7 +103,7 @@ class LoadCased(MapTransform):
     ``d["image_meta"]`` (for :func:`save_prediction`; not collatable).
     """
 
-    def __init__(self, pre: dict, keep_reader_meta: bool = False) -> None:
+    def __init__(self, pre: Preprocessing, keep_reader_meta: bool = False) -> None:
         super().__init__(keys=("image", "label"), allow_missing_keys=True)
         self.pre = pre
         self.keep_reader_meta = keep_reader_meta
@@ -120,12 +121,12 @@ class LoadCased(MapTransform):
 
 
 class NormalizeChannelsd(MapTransform):
-    """Per-channel intensity normalisation from ``pre["channel_normalisation"]`` (see
+    """Per-channel intensity normalisation from ``pre.channel_normalisation`` (see
     :func:`fusionseg.data.normalization.normalise`); MetaTensor metadata is kept."""
 
-    def __init__(self, pre: dict, key: str = "image") -> None:
+    def __init__(self, pre: Preprocessing, key: str = "image") -> None:
         super().__init__(keys=(key,))
-        self.specs = list(pre["channel_normalisation"])
+        self.specs = pre.channel_normalisation
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
@@ -230,20 +231,19 @@ class _WithoutMetadata(Compose):
             set_track_meta(previous)
 
 
-def _geometry_steps(pre: dict, keys: tuple[str, ...]) -> list:
+def _geometry_steps(pre: Preprocessing, keys: tuple[str, ...]) -> list:
     steps = []
-    if pre.get("orientation") and pre["spatial_dims"] == 3:
-        steps.append(Orientationd(keys=keys, axcodes=pre["orientation"], labels=_RAS_LABELS, allow_missing_keys=True))
-    if pre.get("target_spacing"):
+    if pre.orientation and pre.spatial_dims == 3:
+        steps.append(Orientationd(keys=keys, axcodes=pre.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
+    if pre.target_spacing:
         modes = ("bilinear", "nearest")[: len(keys)]
-        steps.append(
-            Spacingd(keys=keys, pixdim=pre["target_spacing"], mode=modes, dtype=np.float32, allow_missing_keys=True)
-        )
+        spacing = list(pre.target_spacing)
+        steps.append(Spacingd(keys=keys, pixdim=spacing, mode=modes, dtype=np.float32, allow_missing_keys=True))
     return steps
 
 
-def _augment_steps(pre: dict) -> list:
-    dims = int(pre["spatial_dims"])
+def _augment_steps(pre: Preprocessing) -> list:
+    dims = pre.spatial_dims
     keys = ("image", "label")
     angle = math.pi / 12  # ±15°
     steps: list = [
@@ -263,19 +263,19 @@ def _augment_steps(pre: dict) -> list:
     return steps
 
 
-def geometry_pipeline(pre: dict, with_label: bool = True) -> Compose:
+def geometry_pipeline(pre: Preprocessing, with_label: bool = True) -> Compose:
     """Load + check + reorient + resample (no normalisation): ``{"image": MetaTensor (C, *S), "label": (1, *S)}``."""
     keys = ("image", "label") if with_label else ("image",)
     return _Pipeline([LoadCased(pre), *_geometry_steps(pre, keys)])
 
 
-def augmentation(pre: dict) -> Compose:
+def augmentation(pre: Preprocessing) -> Compose:
     """The random augmentation of training patches ``{"image": (C, *P), "label": (1, *P) float32}`` → plain
     tensors (label int64), run without MONAI metadata."""
     return _WithoutMetadata([*_augment_steps(pre), ToPlainTensord()])
 
 
-def eval_transforms(pre: dict) -> Compose:
+def eval_transforms(pre: Preprocessing) -> Compose:
     """Whole-image pipeline (no cropping): ``{"image": (C, *S) float32, "label": (1, *S) int64}`` (label optional)."""
     keys = ("image", "label")
     return _Pipeline([LoadCased(pre), *_geometry_steps(pre, keys), NormalizeChannelsd(pre), ToPlainTensord()])
@@ -308,7 +308,7 @@ def resample_to_input_grid(
     return out.as_subclass(torch.Tensor)
 
 
-def load_for_inference(images: Sequence[str | Path] | str | Path, pre: dict) -> tuple[torch.Tensor, dict]:
+def load_for_inference(images: Sequence[str | Path] | str | Path, pre: Preprocessing) -> tuple[torch.Tensor, dict]:
     """Read and preprocess one image (one file per channel) → ``(float32 tensor (C, *S), meta)``.
 
     ``meta`` carries what :func:`save_prediction` needs to write a result on the input's grid.
@@ -321,29 +321,30 @@ def load_for_inference(images: Sequence[str | Path] | str | Path, pre: dict) -> 
     d = pipeline({"image": [str(p) for p in images]})
     image = d["image"]
     reader_meta = d["image_meta"]
-    dims = int(pre["spatial_dims"])
+    dims, layout = pre.spatial_dims, pre.label_layout
+    order = layout.regions_class_order if layout.has_regions else None
     meta = {
         "spatial_dims": dims,
-        "num_classes": int(pre["num_classes"]),
-        "regions_class_order": pre.get("regions_class_order") if pre.get("regions") else None,
-        "binary_as_255": bool(pre.get("binary_as_255", False)),
-        "original_labels": pre.get("original_labels"),
+        "num_classes": pre.num_classes,
+        "regions_class_order": None if order is None else list(order),
+        "binary_as_255": pre.binary_as_255,
+        "original_labels": None if pre.original_labels is None else list(pre.original_labels),
         "affine": np.asarray(image.affine, dtype=np.float64),
         "processed_shape": tuple(image.shape[1:]),
         "original_affine": np.asarray(reader_meta["affine"], dtype=np.float64),
         "original_shape": tuple(reader_meta["spatial_shape"][:dims]),
-        "reference": {**reader_meta, "num_classes": int(pre["num_classes"]), "class_names": _class_names(pre)},
+        "reference": {**reader_meta, "num_classes": pre.num_classes, "class_names": _class_names(layout)},
         "paths": [str(p) for p in images],
     }
     return image.as_subclass(torch.Tensor).float().contiguous(), meta
 
 
-def _class_names(pre: dict) -> dict[str, str]:
+def _class_names(layout: LabelLayout) -> dict[str, str]:
     """``{"1": "tumour", ...}``: class (or region) names for writers that store them (DICOM SEG)."""
-    if pre.get("regions"):
-        order = pre.get("regions_class_order") or range(1, len(pre["regions"]) + 1)
-        return {str(v): str(n) for v, n in zip(order, pre.get("region_names") or [])}
-    return {str(k): str(v) for k, v in (pre.get("labels") or {}).items()}
+    if layout.regions is not None:
+        order = layout.regions_class_order or range(1, len(layout.regions) + 1)
+        return {str(v): str(n) for v, n in zip(order, layout.region_names or [])}
+    return {str(k): str(v) for k, v in layout.names.items()}
 
 
 def _to_input_grid(pred: torch.Tensor, meta: dict, mode: str) -> torch.Tensor:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fusionseg.data.io import read_image, read_label
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.errors import InputError, find_input_error
 
 __all__ = [
@@ -89,9 +90,9 @@ def check_geometry(reference: dict, other: dict, what: str = "label") -> None:
 
 
 def load_checked(
-    images: Sequence[str | Path], label: str | Path | None, pre: dict
+    images: Sequence[str | Path], label: str | Path | None, pre: Preprocessing
 ) -> tuple[np.ndarray, dict, np.ndarray | None, dict | None]:
-    """Read a case and check it against ``pre`` (from ``build_preprocessing``).
+    """Read a case and check it against ``pre`` (from ``build_preprocessing``): dimensions, channels, labels.
 
     Returns ``(image (C, *S) float32, image_meta, label (*S) or None, label_meta or None)``.
     Channel files are stacked in order; all must share one grid.
@@ -113,7 +114,7 @@ def load_checked(
     image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
     image_meta = dict(metas[0])
     image_meta["paths"] = [str(p) for p in images]
-    spatial_dims = int(pre["spatial_dims"])
+    spatial_dims, layout = pre.spatial_dims, pre.label_layout
     if image.ndim - 1 != spatial_dims:
         if spatial_dims == 2 and image.ndim == 4 and image.shape[-1] == 1:  # a 2D slice stored as NIfTI
             image = image[..., 0]
@@ -122,31 +123,23 @@ def load_checked(
                 f"{images[0]}: {image.ndim - 1}D image but the dataset/model is {spatial_dims}D; "
                 "use matching data or another model"
             )
-    check_channels(
-        image.shape[0], int(pre["in_channels"]), images[0] if len(images) == 1 else ", ".join(map(str, images))
-    )
+    check_channels(image.shape[0], pre.in_channels, images[0] if len(images) == 1 else ", ".join(map(str, images)))
     if label is None:
         return image, image_meta, None, None
-    label_array, label_meta = read_label(label, _declared_values(pre), pre.get("ignore_label"))
+    label_array, label_meta = read_label(label, sorted(layout.names), layout.ignore_label)
     check_geometry(metas[0], label_meta)
     if label_array.ndim != spatial_dims and spatial_dims == 2 and label_array.ndim == 3:
         label_array = label_array[..., 0]
-    check_label_values(label_array, int(pre["num_classes"]), label, pre.get("ignore_label"))
+    check_label_values(label_array, layout.num_classes, label, layout.ignore_label)
     return image, image_meta, label_array, label_meta
 
 
-def _declared_values(pre: dict) -> list[int]:
-    """The label values ``pre`` declares (background included, ignore label excluded)."""
-    labels = pre.get("labels") or {}
-    return sorted(int(k) for k in labels) if labels else list(range(int(pre["num_classes"])))
-
-
-def validate_case(case, pre: dict) -> None:
+def validate_case(case, pre: Preprocessing) -> None:
     """Load ``case`` (a :class:`~fusionseg.data.Case`) once and run every check; InputError on the first problem."""
     load_checked(case.images, case.label, pre)
 
 
-def validate_dataset(info, pre: dict, include_test: bool = False) -> int:
+def validate_dataset(info, pre: Preprocessing, include_test: bool = False) -> int:
     """Validate every training case (and test cases with ``include_test``); returns how many were checked."""
     cases = list(info.cases) + (list(info.test_cases) if include_test else [])
     for case in cases:

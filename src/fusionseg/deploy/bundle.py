@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.deploy import bundle_components
 from fusionseg.errors import InputError
 from fusionseg.nets.registry import model_attribute
@@ -80,34 +81,32 @@ METADATA_REQUIRED = {
 METADATA_REQUIRED["output"] = tuple(k for k in METADATA_REQUIRED["input"] if k != "modality")
 
 
-def _window(model: torch.nn.Module, pre: dict) -> list[int]:
+def _window(model: torch.nn.Module, pre: Preprocessing) -> list[int]:
     from fusionseg.inference.slab_inference import window_size
 
-    patch = pre.get("patch_size")
+    patch = pre.patch_size
     if not patch:
         raise InputError("the checkpoint's preprocessing has no patch_size; the bundle's sliding window needs one")
     return [int(s) for s in window_size(list(patch), list(patch), model_attribute(model, "size_multiple"))]
 
 
-def _output_channel_names(pre: dict) -> dict[str, str]:
-    if pre.get("regions"):
-        names = pre.get("region_names") or [f"region {i}" for i in range(len(pre["regions"]))]
+def _output_channel_names(pre: Preprocessing) -> dict[str, str]:
+    layout = pre.label_layout
+    if layout.regions is not None:
+        names = layout.region_names or [f"region {i}" for i in range(len(layout.regions))]
         return {str(i): str(n) for i, n in enumerate(names)}
-    labels = pre.get("labels") or {}
-    return {str(i): str(labels.get(str(i), f"class {i}")) for i in range(int(pre["out_channels"]))}
+    return {str(i): str(layout.names.get(i, f"class {i}")) for i in range(layout.out_channels)}
 
 
-def metadata(ckpt: dict, model: torch.nn.Module, window: list[int]) -> dict[str, Any]:
-    """``configs/metadata.json`` of the bundle: versions, ``network_data_format`` and label names."""
+def metadata(pre: Preprocessing, name: str, model: torch.nn.Module, window: list[int]) -> dict[str, Any]:
+    """``configs/metadata.json`` of the bundle of model ``name``: versions, ``network_data_format``, label names."""
     import monai
     import numpy as np
 
-    pre = ckpt["preprocessing"]
-    name = ckpt["model"]["name"]
     shape_rule = [int(s) for s in window]  # the TorchScript is traced at the window size
-    in_names = pre.get("channel_names") or [f"channel {i}" for i in range(model_attribute(model, "in_channels"))]
+    in_names = list(pre.channel_names) or [f"channel {i}" for i in range(model_attribute(model, "in_channels"))]
     out_names = _output_channel_names(pre)
-    activation = pre.get("activation") or "softmax"
+    activation = pre.activation
     dims = model_attribute(model, "spatial_dims")
     return {
         "schema": SCHEMA_URL,
@@ -118,14 +117,14 @@ def metadata(ckpt: dict, model: torch.nn.Module, window: list[int]) -> dict[str,
         "numpy_version": np.__version__,
         "required_packages_version": required_packages(pre),
         "name": f"fusionseg {name}",
-        "task": f"{dims}D segmentation ({len(out_names)} {'regions' if pre.get('regions') else 'classes'})",
+        "task": f"{dims}D segmentation ({len(out_names)} {'regions' if pre.label_layout.has_regions else 'classes'})",
         "description": f"fusionseg {name} {dims}D segmentation network with the preprocessing of its training run",
         "authors": "exported with fusionseg",
         "copyright": "the owner of the training data and run",
-        "data_source": str(pre.get("dataset", "the training run's dataset")),
-        "data_type": str(pre.get("layout", "image files")),
+        "data_source": "the training run's dataset",
+        "data_type": pre.dataset_layout or "image files",
         "image_classes": ", ".join(f"channel {k}: {v}" for k, v in enumerate(in_names)),
-        "label_classes": ", ".join(f"{k}: {v}" for k, v in (pre.get("labels") or {}).items()),
+        "label_classes": ", ".join(f"{k}: {v}" for k, v in pre.label_layout.names.items()),
         "pred_classes": ", ".join(f"{k}: {v}" for k, v in out_names.items()),
         "intended_use": "research only",
         "references": [],
@@ -134,7 +133,7 @@ def metadata(ckpt: dict, model: torch.nn.Module, window: list[int]) -> dict[str,
                 "image": {
                     "type": "image",
                     "format": "magnitude",
-                    "modality": str(pre.get("modality", "unknown")),
+                    "modality": pre.modality or "unknown",
                     "num_channels": model_attribute(model, "in_channels"),
                     "spatial_shape": shape_rule,
                     "dtype": "float32",
@@ -184,28 +183,26 @@ def _readers(dims: int) -> dict:
     return {"reader": "PILReader", "reverse_indexing": False}
 
 
-def inference_config(ckpt: dict, window: list[int], *, overlap: float = 0.5, sw_batch_size: int = 4) -> dict:
+def inference_config(pre: Preprocessing, window: list[int], *, overlap: float = 0.5, sw_batch_size: int = 4) -> dict:
     """``configs/inference.json``: MONAI's transforms, sliding window and evaluator around ``models/model.ts``.
 
     Only MONAI and the bundle's ``scripts`` package are referenced (no fusionseg).
     """
-    pre = ckpt["preprocessing"]
-    dims = int(pre["spatial_dims"])
-    activation = pre.get("activation") or "softmax"
+    dims, layout = pre.spatial_dims, pre.label_layout
     steps: list[dict] = [
         {"_target_": "LoadImaged", "keys": "image", "image_only": True, **_readers(dims)},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
     ]
-    if pre.get("orientation") and dims == 3:
-        steps.append({"_target_": "Orientationd", "keys": "image", "axcodes": pre["orientation"]})
-    if pre.get("target_spacing"):
-        steps.append({"_target_": "Spacingd", "keys": "image", "pixdim": [float(s) for s in pre["target_spacing"]],
+    if pre.orientation and dims == 3:
+        steps.append({"_target_": "Orientationd", "keys": "image", "axcodes": pre.orientation})
+    if pre.target_spacing:
+        steps.append({"_target_": "Spacingd", "keys": "image", "pixdim": [float(s) for s in pre.target_spacing],
                       "mode": "bilinear", "dtype": "$numpy.float32"})  # fmt: skip
     steps.append({"_target_": f"{_SCRIPTS}.NormalizeChannelsd", "keys": "image", "specs": "@channel_normalisation"})
     to_labels: dict[str, object]
-    if pre.get("regions"):
+    if layout.regions is not None:
         to_labels = {"_target_": f"{_SCRIPTS}.RegionsToLabelsd", "keys": "pred",
-                     "regions_class_order": [int(v) for v in pre["regions_class_order"]]}  # fmt: skip
+                     "regions_class_order": [int(v) for v in layout.regions_class_order or ()]}  # fmt: skip
     else:
         to_labels = {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}
     return {
@@ -214,15 +211,15 @@ def inference_config(ckpt: dict, window: list[int], *, overlap: float = 0.5, sw_
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "dataset_dir": "$@bundle_root + '/sample_data'",
         "output_dir": "$@bundle_root + '/eval'",
-        "channel_normalisation": [dict(s) for s in pre["channel_normalisation"]],
+        "channel_normalisation": [s.to_dict() for s in pre.channel_normalisation],
         "datalist": {
             "_target_": f"{_SCRIPTS}.list_cases",
             "dataset_dir": "@dataset_dir",
-            "in_channels": int(pre["in_channels"]),
+            "in_channels": pre.in_channels,
         },
         "network_def": "$torch.jit.load(@bundle_root + '/models/model.ts', map_location='cpu')",
         "network": "$@network_def.to(@device).eval()",
-        "activation": activation,
+        "activation": pre.activation,
         "inference_network": {"_target_": f"{_SCRIPTS}.Activated", "network": "@network", "activation": "@activation"},
         "preprocessing": {"_target_": "Compose", "transforms": steps},
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
@@ -256,7 +253,7 @@ def inference_config(ckpt: dict, window: list[int], *, overlap: float = 0.5, sw_
                     "_target_": f"{_SCRIPTS}.SaveLabeld",
                     "keys": "pred",
                     "output_dir": "@output_dir",
-                    "binary_as_255": bool(pre.get("binary_as_255", False)),
+                    "binary_as_255": pre.binary_as_255,
                 },
             ],
         },
@@ -274,18 +271,18 @@ def inference_config(ckpt: dict, window: list[int], *, overlap: float = 0.5, sw_
     }
 
 
-def required_packages(pre: dict) -> dict[str, str]:
+def required_packages(pre: Preprocessing) -> dict[str, str]:
     """Packages (and their versions here) the bundle needs besides torch and MONAI: the install line's."""
     from importlib.metadata import version
 
-    names = ["nibabel" if int(pre["spatial_dims"]) == 3 else "pillow"]
-    if any(s.get("scheme") == "zscore" and s.get("use_mask") for s in pre["channel_normalisation"]):
+    names = ["nibabel" if pre.spatial_dims == 3 else "pillow"]
+    if any(s.scheme == "zscore" and s.use_mask for s in pre.channel_normalisation):
         names.append("scipy")
     names += ["pytorch-ignite", "fire"]  # MONAI's evaluator; `python -m monai.bundle`'s command line
     return {name: version(name) for name in names}
 
 
-def install_line(pre: dict) -> str:
+def install_line(pre: Preprocessing) -> str:
     """``pip install torch==... monai==... nibabel==... fire==...``: the exact environment the bundle was checked in."""
     import monai
 
@@ -325,24 +322,23 @@ python -m monai.bundle run --config_file configs/inference.json --bundle_root . 
 """
 
 
-def _readme(ckpt: dict, model: torch.nn.Module, window: list[int]) -> str:
-    pre = ckpt["preprocessing"]
+def _readme(pre: Preprocessing, name: str, model: torch.nn.Module, window: list[int]) -> str:
     dims = model_attribute(model, "spatial_dims")
     geometry = ""
-    if pre.get("orientation") and dims == 3:
-        geometry += f"`Orientationd` ({pre['orientation']}), "
-    if pre.get("target_spacing"):
-        geometry += f"`Spacingd` ({list(pre['target_spacing'])} mm), "
+    if pre.orientation and dims == 3:
+        geometry += f"`Orientationd` ({pre.orientation}), "
+    if pre.target_spacing:
+        geometry += f"`Spacingd` ({list(pre.target_spacing)} mm), "
     return _README.format(
-        name=ckpt["model"]["name"],
+        name=name,
         dims=dims,
         geometry=geometry,
         window=window,
-        activation=pre.get("activation") or "softmax",
+        activation=pre.activation,
         install=install_line(pre),
         in_channels=model_attribute(model, "in_channels"),
-        channels=", ".join(pre.get("channel_names") or []) or "image",
-        modality=pre.get("modality", "unknown"),
+        channels=", ".join(pre.channel_names) or "image",
+        modality=pre.modality or "unknown",
         files="NIfTI file (`.nii.gz`, `.nii`)" if dims == 3 else "image (`.png`, `.tif`, `.bmp`, `.jpg`)",
         labels=", ".join(f"{k}: {v}" for k, v in _output_channel_names(pre).items()),
         ext=" (`.nii.gz`)" if dims == 3 else " (`.png`, `.tif`)",
@@ -424,12 +420,12 @@ def export_bundle(
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not _is_bundle(output))):
         raise InputError(f"--output {output} exists and is not a MONAI bundle folder; choose a new folder")
     model, pre, ckpt = load_model(checkpoint)
-    if pre.get("kind") == "nnunet":
+    if not isinstance(pre, Preprocessing):
         raise InputError(f"{checkpoint} was imported from nnU-Net; export its nnU-Net model folder instead")
-    model = model.eval()
+    model, name = model.eval(), ckpt["model"]["name"]
     shape = example_shape(model, pre, list(window) if window else _window(model, pre), batch=sw_batch_size)
     window = list(shape[2:])
-    meta = metadata(ckpt, model, window)
+    meta = metadata(pre, name, model, window)
     check_metadata(meta)
     with atomic_directory(output) as tmp:
         for sub in ("configs", "models", "docs", "scripts"):
@@ -441,7 +437,7 @@ def export_bundle(
         errors, traced = [], False
         for batch in dict.fromkeys((int(sw_batch_size), 1)):  # a trace tied to its batch size: one window per pass
             example = torch.randn((batch, *shape[1:]), generator=torch.Generator().manual_seed(0))
-            config = inference_config(ckpt, window, overlap=overlap, sw_batch_size=batch)
+            config = inference_config(pre, window, overlap=overlap, sw_batch_size=batch)
             (tmp / "configs" / "inference.json").write_text(json.dumps(config, indent=2) + "\n")
             try:
                 export_model(model, example, "torchscript", tmp / "models" / "model.ts", atol=atol,
@@ -461,7 +457,7 @@ def export_bundle(
                     f"({' | '.join(errors)}); export --format onnx instead"
                 )
             raise ExportMismatchError(" | ".join(errors))
-        (tmp / "docs" / "README.md").write_text(_readme(ckpt, model, window))
+        (tmp / "docs" / "README.md").write_text(_readme(pre, name, model, window))
         _keep_added_files(output, tmp)
     return {"path": output, "window": window, "max_abs_diff": diff, "install": install_line(pre), "batch": batch}
 

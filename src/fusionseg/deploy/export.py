@@ -17,7 +17,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from torch import nn
 from fusionseg.errors import FusionSegError, InputError
 from fusionseg.files import atomic_write, ensure_writable_dir
 from fusionseg.nets.registry import model_attribute
+
+if TYPE_CHECKING:
+    from fusionseg.data.preprocessing import AnyPreprocessing
 
 __all__ = ["FORMATS", "ExportMismatchError", "InferenceWrapper", "example_shape", "export_model", "run_exported"]
 
@@ -218,14 +221,16 @@ def export_model(
     )
 
 
-def example_shape(model: nn.Module, pre: dict | None, size: list[int] | None, batch: int = 1) -> tuple[int, ...]:
+def example_shape(
+    model: nn.Module, pre: AnyPreprocessing | None, size: list[int] | None, batch: int = 1
+) -> tuple[int, ...]:
     """Shape (B, C, *S) of the example input for exporting ``model``: ``size``, else the training patch.
 
     Raises :class:`InputError` naming the nearest valid size when ``size`` does not fit the model.
     """
     spatial_dims, multiple = model_attribute(model, "spatial_dims"), model_attribute(model, "size_multiple")
     if size is None:
-        size = list((pre or {}).get("patch_size") or [2 * multiple] * spatial_dims)
+        size = list((pre.patch_size if pre is not None else None) or [2 * multiple] * spatial_dims)
     size = [int(s) for s in size]
     if len(size) == 1:
         size = size * spatial_dims

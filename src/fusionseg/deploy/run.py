@@ -104,20 +104,22 @@ def _export_file(o: ExportOptions) -> int:
     import torch
 
     from fusionseg.checkpoints.checkpoint import load_checkpoint, rebuild_model
+    from fusionseg.data.preprocessing import preprocessing_from_dict
     from fusionseg.deploy.export import example_shape, export_model
     from fusionseg.nets.registry import create_model
     from fusionseg.runtime.memory import check_fits, training_memory
 
     ckpt = load_checkpoint(o.checkpoint)
-    model = rebuild_model(ckpt)
+    model = rebuild_model(ckpt)  # checks the fields, the preprocessing included
+    pre = preprocessing_from_dict(ckpt["preprocessing"]) if ckpt.get("preprocessing") is not None else None
     patch = list(o.patch_size) if o.patch_size else None
-    shape = example_shape(model, ckpt.get("preprocessing"), patch, o.batch_size)
+    shape = example_shape(model, pre, patch, o.batch_size)
     sizes = f"--batch-size {shape[0]} × --patch-size {','.join(map(str, shape[2:]))}"
     check_fits(training_memory(lambda: create_model(**_model_config(ckpt)), shape), "cpu", sizes, "export")
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     result = export_model(
         model, example, o.format, o.output, atol=o.atol, verify=o.verify,
-        metadata={"model": ckpt["model"], "preprocessing": ckpt.get("preprocessing"), "input_shape": list(shape)},
+        metadata={"model": ckpt["model"], "preprocessing": pre and pre.to_dict(), "input_shape": list(shape)},
         onnx_exporter=o.onnx_exporter, opset=o.opset, dynamic_batch=o.dynamic_batch,
     )  # fmt: skip
     check = f"max |exported - eager| = {result['max_abs_diff']:.2e}" if o.verify else "not verified"

@@ -21,6 +21,7 @@ from torch import nn
 
 from fusionseg.data.io import label_dtype
 from fusionseg.data.labels import LabelLayout, labels_to_regions
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.data.transforms import plain_tensor
 from fusionseg.evaluation.metrics import class_dice, dice_iou
 from fusionseg.inference.slab_inference import SlabPlan, blended_slabs
@@ -55,7 +56,7 @@ def probability_dice(probabilities: torch.Tensor, label: torch.Tensor, layout: L
 def predicted_masks(
     model: nn.Module,
     image: torch.Tensor,
-    pre: dict,
+    pre: Preprocessing,
     device: torch.device,
     overlap: float = 0.25,
     amp_dtype: torch.dtype | None = None,
@@ -63,7 +64,7 @@ def predicted_masks(
 ) -> np.ndarray:
     """Argmax label map (*S), or region masks (R, *S) bool for region models, of a preprocessed image (C, *S),
     predicted slab by slab within ``memory`` bytes."""
-    layout = LabelLayout.from_preprocessing(pre)
+    layout = pre.label_layout
     plan = SlabPlan.build([model], [pre], image.shape[1:], overlap=overlap, device=device, amp_dtype=amp_dtype)
     spatial = tuple(image.shape[1:])
     if layout.has_regions:
@@ -100,14 +101,14 @@ def prediction_dice(pred: np.ndarray, label: torch.Tensor, layout: LabelLayout) 
 def case_scores(
     model: nn.Module,
     items: list[dict],
-    pre: dict,
+    pre: Preprocessing,
     device: torch.device,
     overlap: float = 0.25,
     amp_dtype: torch.dtype | None = None,
     memory: int | None = None,
 ) -> list[np.ndarray]:
     """Dice per foreground class / region (:func:`score_names` order) of each preprocessed {"image", "label"} item."""
-    layout = LabelLayout.from_preprocessing(pre)
+    layout = pre.label_layout
     scores = []
     for item in items:
         image, label = plain_tensor(item["image"]), plain_tensor(item["label"])[0].long()
@@ -119,7 +120,7 @@ def case_scores(
 def case_dice(
     model: nn.Module,
     items: list[dict],
-    pre: dict,
+    pre: Preprocessing,
     device: torch.device,
     overlap: float = 0.25,
     amp_dtype: torch.dtype | None = None,
@@ -131,14 +132,14 @@ def case_dice(
 def validation_scores(
     model: nn.Module,
     items: list[dict],
-    pre: dict,
+    pre: Preprocessing,
     device: torch.device,
     overlap: float = 0.25,
     amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, dict[str, float]]:
     """(mean Dice over cases and classes / regions, {class or region name: mean Dice over cases}); NaN without cases."""
     scores = case_scores(model, items, pre, device, overlap, amp_dtype)
-    names = score_names(LabelLayout.from_preprocessing(pre))
+    names = score_names(pre.label_layout)
     if not scores:
         return math.nan, {}
     per_class = np.mean(np.stack(scores), axis=0)
@@ -148,7 +149,7 @@ def validation_scores(
 def validation_dice(
     model: nn.Module,
     items: list[dict],
-    pre: dict,
+    pre: Preprocessing,
     device: torch.device,
     overlap: float = 0.25,
     amp_dtype: torch.dtype | None = None,

@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +42,9 @@ from fusionseg.inference.slab_predict import predict_label_map, slab_layout
 from fusionseg.inference.sliding_window import predict_ensemble
 from fusionseg.runtime.memory_budget import default_memory_budget
 from fusionseg.runtime.progress import progress_bar
+
+if TYPE_CHECKING:
+    from fusionseg.data.preprocessing import AnyPreprocessing
 
 __all__ = ["predict_files"]
 
@@ -71,7 +75,7 @@ def _finish_label_file(path: Path, meta: dict, plan: dict | None, binary_as_255:
 
 def predict_files(
     model: nn.Module | Sequence[nn.Module],
-    pre: dict | Sequence[dict],
+    pre: AnyPreprocessing | Sequence[AnyPreprocessing],
     cases: list[tuple[str, list[Path]]],
     output: Path,
     *,
@@ -91,7 +95,7 @@ def predict_files(
 ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Predict every case → (written label files, [(case_id, error message)] of the cases that failed).
 
-    A model trained on a relabelled dataset (``pre["original_labels"]``) writes label maps in the
+    A model trained on a relabelled dataset (``pre.original_labels``) writes label maps in the
     original values unless ``original_labels`` is False (probabilities keep the class order).
 
     ``model``/``pre``: one model and its preprocessing, or lists of them (an ensemble: probabilities are
@@ -108,12 +112,13 @@ def predict_files(
     (:class:`~fusionseg.inference.prefetch.CasePrefetcher`; two images in memory).
     """
     from fusionseg.data import load_for_inference
+    from fusionseg.data.preprocessing import own_preprocessing
 
     models = list(model) if isinstance(model, Sequence) else [model]
-    pres = list(pre) if not isinstance(pre, dict) else [pre] * len(models)
+    pres = list(pre) if isinstance(pre, Sequence) else [pre] * len(models)
     if len(pres) != len(models):
-        raise ValueError(f"{len(models)} models but {len(pres)} preprocessing dicts")
-    foreign = predictor_for(pres[0].get("kind"))
+        raise ValueError(f"{len(models)} models but {len(pres)} preprocessings")
+    foreign = predictor_for(pres[0].kind)
     if foreign is not None:  # e.g. imported from nnU-Net: its own preprocessing, sliding window and export
         ensure_writable_dir(output, "prediction folder")
         resumable = ResumableOutputs(output, _fingerprint(models, pres, {"overlap": overlap, "tta": tta}))
@@ -122,12 +127,13 @@ def predict_files(
             probabilities=probabilities, postprocessing=postprocessing, device=device, amp_dtype=amp_dtype,
             progress=progress, resumable=resumable, memory=memory, whole_volume=whole_volume,
         )  # fmt: skip
+    own = [own_preprocessing(p) for p in pres]  # fusionseg's own sliding window from here on
     ensure_writable_dir(output, "prediction folder")
     options = {"overlap": overlap, "tta": tta, "postprocessing": postprocessing, "format": output_format}
     options["amp"] = amp_dtype is not None  # a bool: the fingerprint does not depend on the device's dtype
     if not original_labels:
         options["original_labels"] = False
-    resumable = ResumableOutputs(output, _fingerprint(models, pres, options))
+    resumable = ResumableOutputs(output, _fingerprint(models, own, options))
 
     def outputs(cid: str, images: list[Path]) -> list[Path]:
         label = output / f"{cid}{_output_ext(images[0], output_format)}"
@@ -141,10 +147,10 @@ def predict_files(
         image, meta = loader.get(cid, images)
         if not original_labels:
             meta["original_labels"] = None
-        binary_as_255 = bool(pres[0].get("binary_as_255", False))
+        binary_as_255 = own[0].binary_as_255
         if whole_volume:
             probs = predict_ensemble(
-                models, pres, torch.as_tensor(image), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
+                models, own, torch.as_tensor(image), overlap=overlap, sw_batch_size=sw_batch_size, tta=tta,
                 device=device, amp_dtype=amp_dtype,
             )  # fmt: skip
             resumable.claim(out_path, *prob_path)
@@ -156,7 +162,7 @@ def predict_files(
             resumable.record(out_path, *prob_path, inputs=images)
             return out_path
         plan = SlabPlan.build(
-            models, pres, image.shape[1:], overlap=overlap, tta=tta, sw_batch_size=sw_batch_size, device=device,
+            models, own, image.shape[1:], overlap=overlap, tta=tta, sw_batch_size=sw_batch_size, device=device,
             amp_dtype=amp_dtype,
         )  # fmt: skip
         plan.fit_batch(budget)
@@ -188,7 +194,7 @@ def predict_files(
     start = time.perf_counter()
     loader = CasePrefetcher(
         cases if prefetch else [],
-        lambda cid, images: load_for_inference(list(images), pres[0]),
+        lambda cid, images: load_for_inference(list(images), own[0]),
         skip=lambda cid, images: already_done(cid, images) is not None,
     )
     with loader:
@@ -240,11 +246,12 @@ def _save_input_grid_labels(
     return out_path
 
 
-def _fingerprint(models: Sequence[nn.Module], pres: Sequence[dict], options: dict) -> str:
+def _fingerprint(models: Sequence[nn.Module], pres: Sequence[AnyPreprocessing], options: dict) -> str:
     """Hash of the models' configs and weights, their preprocessing and ``options``: what makes a prediction."""
+    stored = [p.to_dict() for p in pres]
     digest = hashlib.sha256(
         json.dumps(
-            [[getattr(m, "config", None) for m in models], list(pres), options], sort_keys=True, default=str
+            [[getattr(m, "config", None) for m in models], stored, options], sort_keys=True, default=str
         ).encode()
     )
     for model in models:

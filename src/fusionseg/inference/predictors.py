@@ -1,4 +1,4 @@
-"""Predictors for checkpoints whose preprocessing is another framework's own (their ``"kind"``).
+"""Predictors for checkpoints whose preprocessing is another framework's own (their ``pre.kind``).
 
 An integration registers ``predict(models, pres, cases, output, **options) -> (written files, failures)`` for
 the preprocessing kind its checkpoints carry; :func:`fusionseg.inference.predict_files.predict_files` hands such
@@ -21,12 +21,12 @@ _PREDICTORS: dict[str, Callable] = {}
 
 
 def register_predictor(kind: str, predict: Callable) -> None:
-    """Route checkpoints whose preprocessing has ``"kind": kind`` to ``predict``."""
-    if kind in _PREDICTORS and _PREDICTORS[kind] is not predict:
+    """Route checkpoints whose preprocessing is of ``kind`` (``pre.kind``) to ``predict``."""
+    if kind == "fusionseg" or (kind in _PREDICTORS and _PREDICTORS[kind] is not predict):
         raise ValueError(f"a predictor for preprocessing kind {kind!r} is already registered; pick another kind")
     _PREDICTORS[kind] = predict
 
 
-def predictor_for(kind: str | None) -> Callable | None:
-    """The predictor registered for ``kind``, or None (fusionseg's own sliding window)."""
-    return _PREDICTORS.get(kind) if kind is not None else None
+def predictor_for(kind: str) -> Callable | None:
+    """The predictor registered for ``kind``, or None (``"fusionseg"``: fusionseg's own sliding window)."""
+    return _PREDICTORS.get(kind)

@@ -89,7 +89,7 @@ def run_prediction(options: PredictionOptions) -> int:
     if o.progress and postprocessing is not None:
         kept = ", ".join(e.get("name", str(e["values"])) for e in postprocessing["keep_largest_component"])
         print(f"postprocessing from {postprocessing_file}: keep the largest component of {kept or 'nothing'}")
-    all_cases = find_inputs(o.input, int(pres[0].get("in_channels", 1)))
+    all_cases = find_inputs(o.input, pres[0].in_channels)
     check_output_format(o.output_format, all_cases, postprocessing)
     cases = take_shard(all_cases, shard)
     if o.progress and shard is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from fusionseg.errors import InputError
 from fusionseg.nets.base import round_up_to_multiple
 from fusionseg.nets.registry import model_attribute
 from fusionseg.runtime.devices import autocast
+
+if TYPE_CHECKING:
+    from fusionseg.data.preprocessing import Preprocessing
 
 __all__ = ["SlabPlan", "WindowPass", "blended_slabs", "window_origins", "window_size"]
 
@@ -101,7 +105,7 @@ class SlabPlan:
     def build(
         cls,
         models: Sequence[nn.Module],
-        pres: Sequence[dict],
+        pres: Sequence[Preprocessing],
         shape: Sequence[int],
         *,
         overlap: float = 0.5,
@@ -129,9 +133,8 @@ class SlabPlan:
         flips = [(), *((d,) for d in range(dims))] if tta else [()]
         passes = []
         for model, pre in zip(models, pres):
-            act = pre.get("activation") or "softmax"
-            activate = torch.sigmoid if act == "sigmoid" else (lambda logits: torch.softmax(logits, 1))
-            roi = window_size(shape, pre.get("patch_size"), model_attribute(model, "size_multiple"))
+            activate = torch.sigmoid if pre.activation == "sigmoid" else (lambda logits: torch.softmax(logits, 1))
+            roi = window_size(shape, pre.patch_size, model_attribute(model, "size_multiple"))
             weight = compute_importance_map(roi, mode="gaussian", sigma_scale=SIGMA_SCALE, device=device)
             for flip in flips:
                 passes.append(
@@ -142,9 +145,8 @@ class SlabPlan:
             axis = min(range(dims), key=lambda d: max(p.roi[d] for p in passes) * total / shape[d])
         for p in passes:
             p.origins = p.origins[np.argsort(p.origins[:, axis], kind="stable")]
-        k = int(num_classes) if num_classes is not None else int(pres[0]["num_classes"])
-        if pres[0].get("regions"):
-            k = len(pres[0]["regions"])
+        layout = pres[0].label_layout
+        k = layout.out_channels if num_classes is None or layout.has_regions else int(num_classes)
         return cls(passes, shape, int(axis), k, int(sw_batch_size), device, amp_dtype)
 
     @property

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from fusionseg.errors import InputError
 from fusionseg.inference.slab_inference import window_size
 from fusionseg.nets.registry import model_attribute
 from fusionseg.runtime.devices import autocast
+
+if TYPE_CHECKING:
+    from fusionseg.data.preprocessing import Preprocessing
 
 __all__ = ["predict_ensemble", "predict_volume"]
 
@@ -32,7 +36,7 @@ def _flips(spatial_dims: int) -> list[tuple[int, ...]]:
 def predict_volume(
     model: nn.Module,
     image: torch.Tensor,
-    pre: dict | None = None,
+    pre: Preprocessing | None = None,
     *,
     overlap: float = 0.5,
     sw_batch_size: int = 4,
@@ -47,7 +51,7 @@ def predict_volume(
     Args:
         model: network returning logits (B, K, *S) or a tuple of them (the first is used).
         image: preprocessed image (C, *S).
-        pre: preprocessing dict (its ``patch_size`` sets the window; whole image when absent).
+        pre: the model's preprocessing (its ``patch_size`` sets the window; whole image when None).
         overlap: window overlap fraction in [0, 1).
         sw_batch_size: windows per forward pass.
         tta: average over flips of each spatial axis (1 + spatial_dims passes).
@@ -55,7 +59,7 @@ def predict_volume(
         amp_dtype: autocast dtype of the forward passes (e.g. from
             :func:`~fusionseg.runtime.precision.choose_inference_amp`), or None for float32.
         roi_size: explicit window size (overrides ``pre``); rounded up to ``model.size_multiple``.
-        activation: ``"softmax"`` or ``"sigmoid"`` (default: ``pre["activation"]``, else softmax).
+        activation: ``"softmax"`` or ``"sigmoid"`` (default: ``pre.activation``, else softmax).
 
     Returns:
         float32 probabilities (K, *S) on the CPU.
@@ -66,13 +70,13 @@ def predict_volume(
         raise InputError(f"predict_volume expects an image (C, *S) with 2 or 3 spatial dims, got {tuple(image.shape)}")
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
-    activation = activation or (pre or {}).get("activation") or "softmax"
+    activation = activation or (pre.activation if pre is not None else "softmax")
     if activation not in ("softmax", "sigmoid"):
         raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}")
     activate = torch.sigmoid if activation == "sigmoid" else (lambda logits: torch.softmax(logits, 1))
     spatial = tuple(image.shape[1:])
     multiple = model_attribute(model, "size_multiple")
-    patch = roi_size if roi_size is not None else (pre or {}).get("patch_size")
+    patch = roi_size if roi_size is not None else (pre.patch_size if pre is not None else None)
     roi = window_size(spatial, patch, multiple)
     if device is None:
         param = next(model.parameters(), None)
@@ -106,7 +110,9 @@ def predict_volume(
     return (probs / len(flips))[0].float().cpu()
 
 
-def predict_ensemble(models: Sequence[nn.Module], pres: Sequence[dict], image: torch.Tensor, **kwargs) -> torch.Tensor:
+def predict_ensemble(
+    models: Sequence[nn.Module], pres: Sequence[Preprocessing], image: torch.Tensor, **kwargs
+) -> torch.Tensor:
     """Mean of :func:`predict_volume` over ``models`` (each with its own window) → probabilities (K, *S)."""
     total: torch.Tensor | None = None
     for model, pre in zip(models, pres):

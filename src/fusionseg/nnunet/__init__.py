@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fusionseg.checkpoints.importers import register_importer
 from fusionseg.errors import InputError
@@ -33,13 +34,16 @@ from fusionseg.nnunet import models  # noqa: F401  (registers the nnU-Net models
 from fusionseg.nnunet.requirements import require_nnunetv2
 from fusionseg.plug.core import register_adapter
 
+if TYPE_CHECKING:
+    from fusionseg.data.preprocessing import NnunetPreprocessing
+
 __all__ = ["require_nnunetv2"]
 
 for _name in ("PlainConvUNet", "ResidualEncoderUNet"):
     register_adapter(f"dynamic_network_architectures.architectures.unet.{_name}", "fusionseg.nnunet.plug_adapter")
 
 
-def _predict_imported(nets: list, pres: list[dict], cases: list, output: Path, **options):
+def _predict_imported(nets: list, pres: list[NnunetPreprocessing], cases: list, output: Path, **options):
     """The predictor of checkpoints imported from nnU-Net (one model): :func:`.predict.predict_nnunet_files`."""
     if len(nets) > 1:
         raise InputError("ensembles of nnU-Net checkpoints are nnUNetv2_predict's job (-f 0 1 2 3 4); pass one")

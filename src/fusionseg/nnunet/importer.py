@@ -25,6 +25,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from fusionseg.checkpoints.checkpoint import build_checkpoint, save_checkpoint
+from fusionseg.data.preprocessing import NnunetPreprocessing
 from fusionseg.errors import InputError
 from fusionseg.nets.registry import create_model
 from fusionseg.nets.weights import LoadReport, load_pretrained, read_weights_file
@@ -41,8 +42,8 @@ def is_nnunet_checkpoint(obj: Any) -> bool:
 
 def nnunet_preprocessing(
     plans: dict, configuration: str, dataset_json: dict, trainer: str, mirror_axes: Any = None
-) -> dict:
-    """The ``"nnunet"`` preprocessing dict of a fusionseg checkpoint (plain data; read by ``fusionseg predict``)."""
+) -> NnunetPreprocessing:
+    """The preprocessing of kind ``"nnunet"`` of an imported checkpoint (read by ``fusionseg predict``)."""
     plans_manager = PlansManager(plans)
     cm = plans_manager.get_configuration(configuration)
     if cm.previous_stage_name is not None:
@@ -50,18 +51,17 @@ def nnunet_preprocessing(
             f"configuration {configuration!r} is a cascade stage (it needs {cm.previous_stage_name}'s predictions); "
             "fusionseg predicts single-stage configurations only — use nnUNetv2_predict for cascades"
         )
-    return {
-        "kind": "nnunet",
-        "trainer": trainer,
-        "configuration": configuration,
-        "plans": plans,
-        "dataset_json": dataset_json,
-        "mirror_axes": None if mirror_axes is None else [int(a) for a in mirror_axes],
-        "in_channels": int(determine_num_input_channels(plans_manager, cm, dataset_json)),
-        "num_classes": int(plans_manager.get_label_manager(dataset_json).num_segmentation_heads),
-        "spatial_dims": len(cm.patch_size),
-        "patch_size": [int(s) for s in cm.patch_size],
-    }
+    return NnunetPreprocessing(
+        trainer=trainer,
+        configuration=configuration,
+        plans=plans,
+        dataset_json=dataset_json,
+        mirror_axes=None if mirror_axes is None else tuple(int(a) for a in mirror_axes),
+        in_channels=int(determine_num_input_channels(plans_manager, cm, dataset_json)),
+        num_classes=int(plans_manager.get_label_manager(dataset_json).num_segmentation_heads),
+        spatial_dims=len(cm.patch_size),
+        patch_size=tuple(int(s) for s in cm.patch_size),
+    )
 
 
 def import_nnunet_checkpoint(
@@ -81,8 +81,8 @@ def import_nnunet_checkpoint(
     )
     from fusionseg.nnunet.trainers import network_from_trainer
 
-    kwargs = dict(plans=init["plans"], configuration=configuration, in_channels=pre["in_channels"])
-    kwargs["out_channels"] = pre["num_classes"]
+    kwargs = dict(plans=init["plans"], configuration=configuration, in_channels=pre.in_channels)
+    kwargs["out_channels"] = pre.num_classes
     model = network_from_trainer(trainer, **kwargs)
     # not a fusionseg network: rebuilt through the trainer (config: recorded by create_model)
     if model.config["name"] == "nnunet_planned":  # type: ignore[index]

@@ -1,6 +1,6 @@
 """``fusionseg predict`` for checkpoints imported from nnU-Net: nnU-Net's own preprocessing, window and export.
 
-For a preprocessing of kind ``"nnunet"`` (:func:`fusionseg.nnunet.importer.nnunet_preprocessing`),
+For a preprocessing of kind ``"nnunet"`` (:class:`~fusionseg.data.preprocessing.NnunetPreprocessing`),
 each case goes through the same steps as ``nnUNetv2_predict``: the configuration's preprocessor
 (crop to non-zero, transpose to the plans' axis order, resample to the target spacing, normalise per
 channel), ``nnUNetPredictor``'s Gaussian-weighted sliding window over the plans' patch size (mirroring
@@ -27,6 +27,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
+from fusionseg.data.preprocessing import NnunetPreprocessing
 from fusionseg.errors import InputError, for_each_case
 from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir, removed_on_error
 from fusionseg.nnunet.slabs import Resampling, predict_labels
@@ -36,7 +37,12 @@ __all__ = ["make_predictor", "predict_nnunet_files"]
 
 
 def make_predictor(
-    model: nn.Module, pre: dict, *, overlap: float = 0.5, tta: bool = False, device: str | torch.device = "cpu"
+    model: nn.Module,
+    pre: NnunetPreprocessing,
+    *,
+    overlap: float = 0.5,
+    tta: bool = False,
+    device: str | torch.device = "cpu",
 ) -> nnUNetPredictor:
     """An ``nnUNetPredictor`` around ``model`` for the plans in ``pre`` (tile step = 1 − overlap)."""
     if not 0.0 <= overlap < 1.0:
@@ -53,22 +59,22 @@ def make_predictor(
             verbose_preprocessing=False,
             allow_tqdm=False,
         )
-    plans_manager = PlansManager(pre["plans"])
+    plans_manager = PlansManager(dict(pre.plans))
     predictor.manual_initialization(
         model.to(device).eval(),
         plans_manager,
-        plans_manager.get_configuration(pre["configuration"]),
+        plans_manager.get_configuration(pre.configuration),
         [model.state_dict()],
-        pre["dataset_json"],
-        pre["trainer"],
-        tuple(pre["mirror_axes"]) if pre.get("mirror_axes") is not None else None,
+        dict(pre.dataset_json),
+        pre.trainer,
+        pre.mirror_axes,
     )
     return predictor
 
 
 def predict_nnunet_files(
     model: nn.Module,
-    pre: dict,
+    pre: NnunetPreprocessing,
     cases: list[tuple[str, list[Path]]],
     output: Path,
     *,

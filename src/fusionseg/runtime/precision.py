@@ -29,12 +29,16 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from fusionseg.files import write_text_atomic
 from fusionseg.runtime.devices import autocast, resolve_amp
+
+if TYPE_CHECKING:
+    from fusionseg.data.preprocessing import AnyPreprocessing
 
 __all__ = ["AMP_MARGIN", "amp_pays", "choose_amp", "choose_inference_amp", "precision_cache_path", "time_step"]
 
@@ -215,7 +219,12 @@ def choose_amp(
 
 
 def choose_inference_amp(
-    model: nn.Module, pre: dict, device: torch.device | str, requested: bool, sw_batch_size: int = 4, **kwargs
+    model: nn.Module,
+    pre: AnyPreprocessing,
+    device: torch.device | str,
+    requested: bool,
+    sw_batch_size: int = 4,
+    **kwargs,
 ) -> torch.dtype | None:
     """:func:`choose_amp` for sliding-window inference with the training window of ``pre`` → the autocast dtype
     of the windows, or None (float32).
@@ -223,10 +232,10 @@ def choose_inference_amp(
     Without a training patch size (whole-image windows) the size is unknown in advance: the rule of
     :func:`~fusionseg.runtime.devices.amp_dtype` applies untimed.
     """
-    patch = pre.get("patch_size")
+    patch = pre.patch_size
     if not patch:
         return resolve_amp(device, requested, kwargs.get("log", print))
     multiple = int(getattr(model, "size_multiple", 1))
     window = [-(-int(p) // multiple) * multiple for p in patch]
-    shape = (sw_batch_size, int(pre.get("in_channels", 1)), *window)
+    shape = (sw_batch_size, pre.in_channels, *window)
     return choose_amp(model, shape, device, requested, "infer", **kwargs)

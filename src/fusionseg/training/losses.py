@@ -15,7 +15,7 @@ Example:
     >>> loss = DeepSupervisedDiceCE()
     >>> loss((torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4)), torch.randint(0, 3, (2, 1, 8, 8))).ndim
     0
-    >>> loss = loss_for_labels(LabelLayout.from_preprocessing(pre))   # regions → RegionDiceBCE, ...
+    >>> loss = loss_for_labels(pre.label_layout)   # regions → RegionDiceBCE, ...
 """
 
 from __future__ import annotations

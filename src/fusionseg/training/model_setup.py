@@ -12,20 +12,21 @@ from typing import Any
 
 from torch import nn
 
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.errors import InputError
 from fusionseg.training.config import RunDefinition
 
 __all__ = ["build_model", "load_initial_weights"]
 
 
-def build_model(config: RunDefinition, pre: dict) -> nn.Module:
+def build_model(config: RunDefinition, pre: Preprocessing) -> nn.Module:
     """The registered model ``config.model`` for the data described by ``pre`` (``model.config`` records it)."""
     from fusionseg.nets.registry import create_model, list_models
 
     kwargs: dict[str, Any] = {
-        "in_channels": int(pre["in_channels"]),
-        "out_channels": int(pre.get("out_channels", pre["num_classes"])),  # one per region for region datasets
-        "spatial_dims": int(pre["spatial_dims"]),
+        "in_channels": pre.in_channels,
+        "out_channels": pre.out_channels,  # one per region for region datasets
+        "spatial_dims": pre.spatial_dims,
     }
     if config.deep_supervision is not None:
         kwargs["deep_supervision"] = bool(config.deep_supervision)

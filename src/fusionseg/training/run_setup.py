@@ -11,8 +11,8 @@ restores the run to resume (:mod:`fusionseg.training.resume`).
 Example:
     >>> trainer = Trainer(TrainConfig(data=Path("phantoms"), epochs=2))
     >>> trainer.setup()
-    >>> trainer.model.config["name"], len(trainer.train_cases), trainer.pre["patch_size"]
-    ('unet', 16, [64, 64])
+    >>> trainer.model.config["name"], len(trainer.train_cases), trainer.pre.patch_size
+    ('unet', 16, (64, 64))
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusionseg.data.preprocessing import Preprocessing
 from fusionseg.errors import InputError
 from fusionseg.faults import maybe_fail
 from fusionseg.nets.base import round_up_to_multiple
@@ -52,7 +53,8 @@ class RunSetup:
     ``device``, ``state`` (:class:`~fusionseg.training.resume.TrainState`), ``clock``
     (:class:`~fusionseg.training.time_budget.RunClock`), ``files``
     (:class:`~fusionseg.training.resume.RunFiles`); set up by :meth:`setup`: ``dataset``
-    (:class:`~fusionseg.data.DatasetInfo`), ``plan``, ``pre`` (preprocessing), ``layout``
+    (:class:`~fusionseg.data.DatasetInfo`), ``plan`` (:class:`~fusionseg.data.plan.Plan`), ``pre`` (its
+    :class:`~fusionseg.data.Preprocessing`), ``layout``
     (:class:`~fusionseg.data.LabelLayout`), ``train_cases`` / ``val_cases``, ``train_ds`` / ``val_items``,
     ``model`` (bare) and ``net`` (DDP-wrapped), ``loss``, ``optimizer``, ``scheduler``, ``scaler``,
     ``amp_dtype``, ``scalars`` (TensorBoard).
@@ -90,7 +92,7 @@ class RunSetup:
         by_id = {case.case_id: case for case in cases}
         return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
-    def build_model(self, pre: dict) -> nn.Module:
+    def build_model(self, pre: Preprocessing) -> nn.Module:
         maybe_fail("train.build_model")
         return build_model(self.config, pre)
 
@@ -156,16 +158,14 @@ class RunSetup:
             cache=c.cache,
             workers=c.workers,
         )
-        self.pre = self.plan["preprocessing"]
-        self.layout = data.LabelLayout.from_preprocessing(self.pre)
+        self.pre = self.plan.preprocessing
+        self.layout = self.pre.label_layout
         self._check_memory()
         self.model = self.build_model(self.pre)
         self._fit_patch_size(model_attribute(self.model, "size_multiple"))
-        self.plan["patch_size"] = self.pre["patch_size"]
         if self.info.is_main:
             save_plan(self.plan, self.output / PLAN_FILE)
-        num_samples = int(self.pre.get("num_samples", 1))
-        self.cases_per_batch = -(-c.batch_size // num_samples)
+        self.cases_per_batch = -(-c.batch_size // self.pre.num_samples)
         self.train_cases, self.val_cases = self.split(list(ds_info.cases))
         self.train_ds, self.val_items = self.build_datasets(self.train_cases, self.val_cases)
         if not c.resume:
@@ -174,7 +174,7 @@ class RunSetup:
         if c.channels_last:
             from fusionseg.layers import channels_last_format
 
-            memory_format = channels_last_format(int(self.pre["spatial_dims"]) + 2)
+            memory_format = channels_last_format(self.pre.spatial_dims + 2)
             # Module.to takes memory_format, which torch's stubs leave out
             self.model = self.model.to(memory_format=memory_format)  # type: ignore[call-overload]
         self.net = distributed.wrap_model(self.model, self.info)
@@ -194,22 +194,24 @@ class RunSetup:
         """One line with the estimate when a training step of this model, batch and patch cannot fit the device."""
         from fusionseg.runtime.memory import check_fits, training_memory
 
-        c, patch = self.config, self.pre.get("patch_size")
+        c, patch = self.config, self.pre.patch_size
         if not patch:
             return
-        shape = (c.batch_size, int(self.pre["in_channels"]), *patch)
+        shape = (c.batch_size, self.pre.in_channels, *patch)
         need = training_memory(lambda: build_model(c, self.pre), shape)
         sizes = f"--batch-size {c.batch_size} × --patch-size {','.join(map(str, patch))} with {c.model}"
         check_fits(need, self.device, sizes)
 
     def _fit_patch_size(self, multiple: int) -> None:
-        patch = self.pre.get("patch_size")
+        """The plan's patch rounded up to the network's ``size_multiple`` (plan and preprocessing follow)."""
+        patch = self.pre.patch_size
         if not patch:
             raise InputError("the preprocessing has no patch size; pass --patch-size (e.g. 96,96 or 64,64,64)")
-        fitted = [round_up_to_multiple(int(p), multiple) for p in patch]
-        if fitted != list(patch):
-            self.log(f"patch size {tuple(patch)} rounded up to {tuple(fitted)} (multiples of size_multiple={multiple})")
-        self.pre["patch_size"] = fitted
+        fitted = tuple(round_up_to_multiple(p, multiple) for p in patch)
+        if fitted != patch:
+            self.log(f"patch size {patch} rounded up to {fitted} (multiples of size_multiple={multiple})")
+        self.plan = self.plan.with_patch_size(fitted)
+        self.pre = self.plan.preprocessing
 
     def _restore(self) -> None:
         """Continue from the newest readable checkpoint of the run folder; without one, start afresh (one note)."""
@@ -228,7 +230,7 @@ class RunSetup:
         """``--amp``'s dtype where a timed step shows it pays for this model and patch
         (:mod:`~fusionseg.runtime.precision`); every rank takes the reduced dtype only if all ranks chose it."""
         c = self.config
-        shape = (c.batch_size, int(self.pre["in_channels"]), *self.pre["patch_size"])
+        shape = (c.batch_size, self.pre.in_channels, *(self.pre.patch_size or ()))
         dtype = choose_amp(self.model, shape, self.device, c.amp, "train", log=self.log)
         if self.info.enabled and distributed.all_reduce_mean(float(dtype is not None), self.info) < 1.0:
             return None

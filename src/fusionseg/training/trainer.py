@@ -109,7 +109,7 @@ class Trainer(RunSetup):
             except ValueError as err:  # instance/batch norm of a deepest level of one voxel
                 if "more than 1 spatial element" not in str(err):
                     raise
-                patch = ",".join(map(str, self.pre["patch_size"]))
+                patch = ",".join(map(str, self.pre.patch_size or ()))
                 smallest = 2 * model_attribute(self.model, "size_multiple")
                 raise InputError(
                     f"--patch-size {patch} is too small for {c.model} with these features: its deepest level holds one "
@@ -193,7 +193,7 @@ class Trainer(RunSetup):
             name = model_config(self.model)["name"]
             self.log(
                 f"training {name} ({params:.2f} M parameters) on {len(self.train_cases)} cases "
-                f"(+{len(self.val_cases)} validation), patch {tuple(self.pre['patch_size'])}, batch {c.batch_size}, "
+                f"(+{len(self.val_cases)} validation), patch {self.pre.patch_size}, batch {c.batch_size}, "
                 f"{c.epochs} epochs × {c.iters_per_epoch} iterations, device {self.device}"
                 + (f", {self.info.world_size} processes" if self.info.enabled else "")
             )

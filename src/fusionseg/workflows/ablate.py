@@ -186,6 +186,7 @@ def train_and_score(
 
     from fusionseg import data
     from fusionseg.checkpoints.loading import load_model
+    from fusionseg.data.preprocessing import own_preprocessing
     from fusionseg.evaluation.validation_dice import case_dice
     from fusionseg.runtime.devices import pick_device
     from fusionseg.training.trainer import split_cases, train
@@ -200,7 +201,8 @@ def train_and_score(
             config = replace(base, fusion=fusion, seed=seed, time_budget=budget, output=run_dir, resume=True)
             print(f"== fusion {fusion}, seed {seed}: training for {budget:g} s → {run_dir}")
             best = train(config)
-            model, pre, _ = load_model(best, pick_device(base.device))
+            model, stored, _ = load_model(best, pick_device(base.device))
+            pre = own_preprocessing(stored, best)
             eval_cases = labelled_test or split_cases(list(info.cases), base.val_fraction, seed)[1]
             if not eval_cases:
                 raise InputError(f"{base.data} has no labelled test cases and too few cases for a validation split")

@@ -250,7 +250,7 @@ def train_predict_evaluate(
     dev = pick_device(device)
     net, pre, _ = load_model(best, dev)
     test_images, test_labels = data_dir / "test" / "images", data_dir / "test" / "masks"
-    cases = find_inputs(test_images, int(pre["in_channels"]))
+    cases = find_inputs(test_images, pre.in_channels)
     pred_dir = output / "predictions"
     _, failed = predict_files(net, pre, cases, pred_dir, device=dev, progress=False)
     if failed:
