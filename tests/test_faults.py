@@ -232,7 +232,7 @@ def test_unwritable_output_directory(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("fusionseg.files.tempfile.mkstemp", denied)  # as if the folder were read-only
+    monkeypatch.setattr("fusionseg.files.atomic.tempfile.mkstemp", denied)  # as if the folder were read-only
     with pytest.raises(InputError) as info:
         save_checkpoint(tmp_path / "ro" / "last.pt", {"a": 1})
     assert "(permission denied); choose a writable directory" in _assert_one_line(info.value)
