@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,11 @@ def file_crc(path: str | Path, chunk: int = 2**22) -> int:
 def file_record(path: str | Path, crc: int | None = None, array: np.ndarray | None = None) -> dict:
     """``{"size", "mtime_ns", "crc32"[, "shape", "dtype"]}`` of a file just written (CRC computed if not given)."""
     st = os.stat(path)
-    record = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "crc32": file_crc(path) if crc is None else crc}
+    record: dict[str, Any] = {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "crc32": file_crc(path) if crc is None else crc,
+    }
     if array is not None:
         record.update(shape=list(array.shape), dtype=array.dtype.str)
     return record

@@ -32,6 +32,7 @@ from fusionseg.data.formats import (
     EXTENSIONS_3D,
     IMAGE_EXTENSIONS,
     FileFormat,
+    Writer,
     format_of,
     split_extension,
 )
@@ -190,19 +191,20 @@ def _binary_2d_mask(data: np.ndarray, lossless: bool) -> np.ndarray:
     return data >= BINARY_THRESHOLD
 
 
-def label_dtype(max_value: int) -> type:
+def label_dtype(max_value: int) -> type[np.uint8] | type[np.uint16]:
     """Smallest unsigned type for label values up to ``max_value``: uint8 (< 256) or uint16."""
     if max_value >= 2**16:
         raise InputError(f"label value {max_value} does not fit 16 bits; use at most 65535 classes")
     return np.uint8 if max_value < 256 else np.uint16
 
 
-def _writable(path: Path) -> FileFormat:
+def _writable(path: Path) -> tuple[FileFormat, Writer]:
+    """The format of ``path`` and its writer (InputError where it has none); creates the parent folder."""
     fmt = format_of(path)
     if fmt.writer is None:
         raise InputError(f"{path}: JPEG is lossy and would corrupt the label values; save masks as .png or .tif")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return fmt
+    return fmt, fmt.writer
 
 
 def write_label(label_map: np.ndarray, meta: dict, path: str | Path, binary_as_255: bool = False) -> Path:
@@ -214,7 +216,7 @@ def write_label(label_map: np.ndarray, meta: dict, path: str | Path, binary_as_2
     classes on. 2D masks with ``binary_as_255`` store a 0/1 map as 0/255 (visible in viewers).
     """
     path = Path(path)
-    fmt = _writable(path)
+    fmt, writer = _writable(path)
     label_map = np.asarray(label_map)
     if label_map.dtype.kind not in "iub":
         raise ValueError(f"write_label expects an integer label map, got dtype {label_map.dtype}")
@@ -228,7 +230,7 @@ def write_label(label_map: np.ndarray, meta: dict, path: str | Path, binary_as_2
     data = label_map.astype(label_dtype(max_value))
     if binary_as_255 and fmt.spatial_dims == (2,) and max_value <= 1:
         data = data * np.uint8(255)
-    fmt.writer(data, meta, path)
+    writer(data, meta, path)
     return path
 
 
@@ -240,7 +242,7 @@ def write_probabilities(probabilities: np.ndarray, meta: dict, path: str | Path)
     ``probabilities`` plus the input's ``affine`` and ``spacing``). Values are stored as float32.
     """
     path = Path(path)
-    fmt = _writable(path)
+    fmt, writer = _writable(path)
     if not fmt.multichannel or fmt.spatial_dims == (2,):
         raise InputError(f"{path}: {fmt.name} cannot hold float channels; write probabilities as .npz or .nii.gz")
     array = np.asarray(probabilities, dtype=np.float32)
@@ -248,5 +250,5 @@ def write_probabilities(probabilities: np.ndarray, meta: dict, path: str | Path)
         raise ValueError(
             f"probabilities (K, *S) {tuple(array.shape)} do not match the reference grid {tuple(meta['spatial_shape'])}"
         )
-    fmt.writer(array, meta, path, channels=True)
+    writer(array, meta, path, channels=True)
     return path

@@ -95,12 +95,12 @@ def regions_to_labels(
         for i, c in enumerate(order):
             out[scores.select(dim, i) > threshold] = c
         return out
-    scores = np.asarray(regions)
-    scores = scores.astype(np.float32) if scores.dtype == bool else scores
-    out = np.zeros(np.delete(scores.shape, dim), dtype=np.uint16 if big else np.uint8)
+    array = np.asarray(regions)
+    array = array.astype(np.float32) if array.dtype.kind == "b" else array
+    label_map = np.zeros(np.delete(array.shape, dim), dtype=np.uint16 if big else np.uint8)
     for i, c in enumerate(order):
-        out[np.take(scores, i, axis=dim) > threshold] = c
-    return out
+        label_map[np.take(array, i, axis=dim) > threshold] = c
+    return label_map
 
 
 def valid_mask(label: Array, ignore_label: int | None) -> Array | None:
@@ -248,12 +248,12 @@ class LabelLayout:
         ignore = None
         parsed: list[tuple[str, tuple[int, ...]]] = []
         for name, value in entries:
-            values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
-            if not values or not all(_is_int(v) and int(v) >= 0 for v in values):
+            given = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            if not given or not all(_is_int(v) and int(v) >= 0 for v in given):
                 raise InputError(
                     f"{source}: label {name!r} = {value!r}; use a non-negative integer or a list of them (a region)"
                 )
-            values = tuple(int(v) for v in values)
+            values = tuple(int(v) for v in given)
             if name == "ignore":
                 if len(values) != 1:
                     raise InputError(f'{source}: "ignore" = {value!r} must be one integer, not a region')

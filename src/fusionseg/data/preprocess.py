@@ -50,6 +50,7 @@ from collections.abc import Callable
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -152,7 +153,8 @@ def preprocess_case(case: Case, pre: Preprocessing) -> tuple[np.ndarray, np.ndar
     box = nonzero_box(raw)
     spacing = [float(s) for s in d["image"].pixdim[: pre.spatial_dims]]
     image = NormalizeChannelsd(pre)(d)["image"].as_tensor().numpy()
-    image = np.ascontiguousarray(image[(slice(None), *box)], dtype=np.float32)
+    channels_box = (slice(None), *box)
+    image = np.ascontiguousarray(image[channels_box], dtype=np.float32)
     label = None
     if "label" in d:
         label = np.ascontiguousarray(np.rint(d["label"].as_tensor().numpy()[0][box]), dtype=np.int16)
@@ -209,7 +211,7 @@ def _write_case(folder: Path, case: Case, pre: Preprocessing, plan_hash: str, ke
             records[CASE_FILES[1]] = _save_npy(paths[1], label)
             locations = _locations(label, pre.label_layout.ignore_label, zlib.crc32(case.case_id.encode()))
             with atomic_write(paths[2]) as tmp, open(tmp, "wb") as f:
-                np.savez(f, **locations)
+                np.savez(f, **locations)  # type: ignore[arg-type]  # numpy's stub: a ** dict could fill allow_pickle
             records[CASE_FILES[2]] = file_record(paths[2])
             props["labels_present"] = sorted(int(k.split("_")[1]) for k in locations)
         props.update(plan_hash=plan_hash, case_key=key, files=records)
@@ -347,8 +349,9 @@ def _todo(
             todo.append(case)
         else:
             report.reused.append(case.case_id)
-    for source, count in linked.items():
-        log(f"preprocess: {count} unchanged case(s) linked from {source}")
+    if log is not None:  # cases are linked only with a log
+        for source, count in linked.items():
+            log(f"preprocess: {count} unchanged case(s) linked from {source}")
     return todo
 
 
@@ -425,7 +428,7 @@ def load_case(folder: str | Path, case_id: str, mmap: bool = True) -> dict:
     problem = check_case_files(folder, case_id, props)
     if problem:
         raise InputError(f"case {case_id} in {folder} is damaged: {problem}; {redo}")
-    mode = "r" if mmap else None
+    mode: Literal["r"] | None = "r" if mmap else None
     try:
         image = np.load(folder / f"{case_id}_image.npy", mmap_mode=mode, allow_pickle=False)
         label, locations = None, {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -60,7 +61,7 @@ _MARGIN = 6  # voxels kept around the atlas' bounding box along y and z
 # ------------------------------------------------------------------------------------------ nuclei
 
 
-def _read_nuclei(source: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def _read_nuclei(source: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
     """(image uint16, mask 0/255 uint8) of the field, both (512, 512) for the shipped copy."""
     from PIL import Image
 
@@ -146,11 +147,13 @@ def build_brain3d(dest: str | Path, source: str | Path | None = None) -> Path:
     (79, 192, 158) voxels at 1 mm. ``source``: default the shipped ``brain3d``.
     """
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
 
     dest = Path(dest)
     source = Path(source) if source is not None else real_data_path("brain3d")
-    t1 = nib.load(str(source / "t1.nii.gz"))
-    aal = nib.load(str(source / "aal.nii.gz"))
+    # nib.load is typed FileBasedImage; NIfTI loads as SpatialImage
+    t1 = cast(SpatialImage, nib.load(str(source / "t1.nii.gz")))
+    aal = cast(SpatialImage, nib.load(str(source / "aal.nii.gz")))
     image, atlas = np.asarray(t1.dataobj), np.asarray(aal.dataobj).astype(np.int64)
     affine = np.asarray(t1.affine, dtype=np.float64)
     if image.shape != (181, 217, 181) or not np.allclose(affine[:3, :3], np.eye(3)) or affine[0, 3] != -_MIDLINE:

@@ -63,10 +63,12 @@ def _entries(labels: Mapping) -> list[tuple[str, object]]:
 def relabel_mapping(labels: Mapping, source: str | Path = "dataset.json") -> dict[int, int]:
     """{original value: new value} of a dataset.json "labels" object: its values in increasing order →
     0..K-1, the ignore label → K. InputError (one line) for values that are not non-negative integers."""
-    values, ignore = set(), None
+    values: set[int] = set()
+    ignore = None
     for name, value in _entries(labels):
-        items = value if isinstance(value, list | tuple) else [value]
-        if not items or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0 for v in items):
+        given = value if isinstance(value, list | tuple) else [value]
+        items = [v for v in given if isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 0]
+        if not given or len(items) != len(given):
             raise InputError(f"{source}: label {name!r} = {value!r}; use a non-negative integer or a list of them")
         if name == "ignore":
             ignore = int(items[0])
@@ -130,6 +132,7 @@ def restore_original_label_file(path: str | os.PathLike, original: Sequence[int]
     """Rewrite the label file ``path`` (values 0..K-1) in the original values, keeping its format and geometry."""
     from fusionseg.data.io import read_label, write_label
 
+    path = Path(path)
     label, meta = read_label(path)
     return write_label(restore_original_labels(label, original), meta, path)
 
@@ -220,6 +223,7 @@ def relabel_dataset(
             write_text_atomic(json_path, json.dumps(new_meta, indent=2) + "\n")
         log(f"relabel: {shown} → 0..{len(mapping) - 1} in {source} (mapping in dataset.json)")
         return source
+    assert output is not None  # refused above: without in_place, output is required
     target = Path(output)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError(f"--output {target} exists and is not empty; pass a new folder (nothing is overwritten)")

@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -72,20 +73,24 @@ def make_splits(case_ids: Sequence[str], num_folds: int = 5, seed: int = NNUNET_
     return [{"train": [ids[i] for i in train], "val": [ids[i] for i in val]} for train, val in folds]
 
 
-def read_splits(path: str | Path, case_ids: Sequence[str] | None = None) -> list[dict[str, list[str]]]:
-    """Read and check a ``splits_final.json``; with ``case_ids``, every listed id must be one of them."""
-    path = Path(path)
-    splits = read_json_file(path, "fix or delete it to make new folds")
-    shape_ok = (
+def _is_splits(splits: object) -> TypeGuard[list[dict[str, list[str]]]]:
+    """Whether ``splits`` is a non-empty list of ``{"train": [str], "val": [str]}`` folds."""
+    return (
         isinstance(splits, list)
-        and splits
+        and bool(splits)
         and all(
             isinstance(f, dict)
             and all(isinstance(f.get(k), list) and all(isinstance(c, str) for c in f[k]) for k in ("train", "val"))
             for f in splits
         )
     )
-    if not shape_ok:
+
+
+def read_splits(path: str | Path, case_ids: Sequence[str] | None = None) -> list[dict[str, list[str]]]:
+    """Read and check a ``splits_final.json``; with ``case_ids``, every listed id must be one of them."""
+    path = Path(path)
+    splits = read_json_file(path, "fix or delete it to make new folds")
+    if not _is_splits(splits):
         raise InputError(
             f'{path}: expected a list of {{"train": [case ids], "val": [case ids]}} per fold (nnU-Net format); '
             "fix or delete it to make new folds"

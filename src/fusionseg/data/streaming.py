@@ -41,7 +41,8 @@ def cut_patch(array: np.ndarray, lower: Sequence[int], patch: Sequence[int]) -> 
         src.append(slice(a, b))
         dst.append(slice(a - lo, b - lo))
     lead = (slice(None),) * (array.ndim - len(patch))
-    out[(*lead, *dst)] = array[(*lead, *src)]
+    inside, source = (*lead, *dst), (*lead, *src)
+    out[inside] = array[source]
     return out
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -199,13 +200,14 @@ class RandFlipAxesd(RandomizableTransform, MapTransform):
 def _flip(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
     if x.device.type != "cpu" or x.requires_grad:
         return torch.flip(x, axes)
-    return torch.from_numpy(np.ascontiguousarray(np.flip(x.numpy(), axes)))
+    return torch.from_numpy(np.ascontiguousarray(np.flip(x.numpy(), tuple(axes))))
 
 
 class _Pipeline(Compose):
     """MONAI Compose that re-raises an InputError from any step as itself (not as RuntimeError)."""
 
-    def __call__(self, input_, *args, **kwargs):
+    # MONAI's Compose.__call__(input_, ...) itself does not match Transform.__call__(data): no signature fits both
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         try:
             return super().__call__(input_, *args, **kwargs)
         except RuntimeError as exc:
@@ -222,7 +224,7 @@ class _WithoutMetadata(Compose):
     copies of its metadata) about doubles the augmentation time of a 2D patch.
     """
 
-    def __call__(self, input_, *args, **kwargs):
+    def __call__(self, input_: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]  # as _Pipeline
         previous = get_track_meta()
         set_track_meta(False)
         try:
@@ -231,8 +233,8 @@ class _WithoutMetadata(Compose):
             set_track_meta(previous)
 
 
-def _geometry_steps(pre: Preprocessing, keys: tuple[str, ...]) -> list:
-    steps = []
+def _geometry_steps(pre: Preprocessing, keys: tuple[str, ...]) -> list[MapTransform]:
+    steps: list[MapTransform] = []
     if pre.orientation and pre.spatial_dims == 3:
         steps.append(Orientationd(keys=keys, axcodes=pre.orientation, labels=_RAS_LABELS, allow_missing_keys=True))
     if pre.target_spacing:
@@ -302,7 +304,12 @@ def resample_to_input_grid(
     """Resample (K, *S) ``scores`` with voxel→world ``src_affine`` onto the grid ``dst_affine``/``shape``
     exactly as :func:`save_prediction` does (MONAI ``SpatialResample``, border padding), e.g. for one slab."""
     img = MetaTensor(scores, affine=torch.as_tensor(src_affine, dtype=torch.float64))
-    out = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float32)(
+    resample = SpatialResample(
+        mode=mode,
+        padding_mode="border",
+        dtype=torch.float32,  # type: ignore[arg-type]  # MONAI's hint omits torch dtypes
+    )
+    out = resample(
         img, dst_affine=torch.as_tensor(dst_affine, dtype=torch.float64), spatial_size=[int(s) for s in shape]
     )
     return out.as_subclass(torch.Tensor)

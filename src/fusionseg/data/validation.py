@@ -101,7 +101,8 @@ def load_checked(
         images = [images]
     if not images:
         raise InputError("no image files given; pass one file per channel")
-    arrays, metas = [], []
+    arrays: list[np.ndarray] = []
+    metas: list[dict] = []
     for path in images:
         array, meta = read_image(path)
         check_finite(array, path)

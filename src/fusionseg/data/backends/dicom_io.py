@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,7 +146,7 @@ def _meta(path: Path, image, uid: str, files: list[str]) -> dict:
     spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
     if image.GetDimension() != 3:
         raise InputError(f"{path}: {image.GetDimension()}D DICOM series; only 3D series are supported")
-    header = {"spacing": tuple(spacing), "origin": tuple(origin), "direction": tuple(direction)}
+    header: dict[str, Any] = {"spacing": tuple(spacing), "origin": tuple(origin), "direction": tuple(direction)}
     header |= {"series_uid": uid, "files": list(files)}
     affine = itk_affine(tuple(spacing), tuple(origin), tuple(direction))
     return meta_dict(path, "dicom", affine, spacing, image.GetSize(), image.GetNumberOfComponentsPerPixel(), header)

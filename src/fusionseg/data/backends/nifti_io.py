@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -46,9 +46,10 @@ def read_header(path: Path) -> dict:
 
 def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
     import nibabel as nib
+    from nibabel.spatialimages import SpatialImage
 
     try:
-        img = nib.load(str(path))
+        img = cast(SpatialImage, nib.load(str(path)))  # nib.load is typed FileBasedImage; NIfTI loads as SpatialImage
         meta = _meta(path, img)
         if np.dtype(img.get_data_dtype()).kind == "c":
             raise InputError(f"{path}: complex voxels; save the magnitude (or real part) as a real-valued image")

@@ -41,7 +41,7 @@ def write(array: np.ndarray, meta: dict, path: Path, channels: bool = True) -> N
     with open(path, "wb") as f:
         np.savez_compressed(
             f,
-            **{KEY: array},
+            **{KEY: array},  # type: ignore[arg-type]  # numpy's stub: a ** dict could fill allow_pickle
             affine=np.asarray(meta["affine"], dtype=np.float64),
             spacing=np.asarray(meta["spacing"], dtype=np.float64),
         )

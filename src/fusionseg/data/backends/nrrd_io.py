@@ -81,7 +81,9 @@ def read_header(path: Path) -> dict:
 
 def read(path: Path, label: bool) -> tuple[np.ndarray, dict]:
     _read(path, label, header_only=True)  # a corrupt or absurd header is refused before the voxels are allocated
-    return _read(path, label, header_only=False)
+    data, meta = _read(path, label, header_only=False)
+    assert data is not None  # header_only=False always reads the voxels
+    return data, meta
 
 
 def write(array: np.ndarray, meta: dict, path: Path, channels: bool = False) -> None:
