@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -87,6 +88,8 @@ def test_predictions_of_a_relabelled_dataset_go_back_to_the_original_values(tmp_
     written, _ = read_label(out)
     expected = np.where(maps["a"] == 4000, 0, maps["a"])
     assert np.array_equal(written, expected)  # 17 and 2001, as in the source atlas
-    meta["original_labels"] = None  # predict_files(..., original_labels=False): cross-validation scores 0..K-1
+    meta["preprocessing"] = replace(
+        meta["preprocessing"], original_labels=None
+    )  # predict_files(..., original_labels=False)
     written, _ = read_label(_save_label_map(probs, meta, tmp_path / "b.nii.gz", None, False))
     assert np.array_equal(written, classes)

@@ -329,13 +329,8 @@ def load_for_inference(images: Sequence[str | Path] | str | Path, pre: Preproces
     image = d["image"]
     reader_meta = d["image_meta"]
     dims, layout = pre.spatial_dims, pre.label_layout
-    order = layout.regions_class_order if layout.has_regions else None
     meta = {
-        "spatial_dims": dims,
-        "num_classes": pre.num_classes,
-        "regions_class_order": None if order is None else list(order),
-        "binary_as_255": pre.binary_as_255,
-        "original_labels": None if pre.original_labels is None else list(pre.original_labels),
+        "preprocessing": pre,  # the settings the result is written with (regions, 0/255 masks, original labels)
         "affine": np.asarray(image.affine, dtype=np.float64),
         "processed_shape": tuple(image.shape[1:]),
         "original_affine": np.asarray(reader_meta["affine"], dtype=np.float64),
@@ -344,6 +339,17 @@ def load_for_inference(images: Sequence[str | Path] | str | Path, pre: Preproces
         "paths": [str(p) for p in images],
     }
     return image.as_subclass(torch.Tensor).float().contiguous(), meta
+
+
+def settings_of(meta: dict) -> Preprocessing:
+    """The preprocessing an image of :func:`load_for_inference` was read with (its ``meta["preprocessing"]``)."""
+    return meta["preprocessing"]
+
+
+def regions_class_order(meta: dict) -> list[int] | None:
+    """The label values regions are painted in (None for class labels): argmax when None."""
+    layout = settings_of(meta).label_layout
+    return list(layout.regions_class_order) if layout.has_regions and layout.regions_class_order else None
 
 
 def _class_names(layout: LabelLayout) -> dict[str, str]:
@@ -356,7 +362,7 @@ def _class_names(layout: LabelLayout) -> dict[str, str]:
 
 def _to_input_grid(pred: torch.Tensor, meta: dict, mode: str) -> torch.Tensor:
     """Resample (K, *S) ``pred`` from the processed grid back to the input grid (no-op when equal)."""
-    dims = meta["spatial_dims"]
+    dims = settings_of(meta).spatial_dims
     src, dst = np.asarray(meta["affine"]), np.asarray(meta["original_affine"])
     same = (
         tuple(pred.shape[1:]) == tuple(meta["original_shape"])
@@ -384,18 +390,18 @@ def save_prediction(prediction: np.ndarray | torch.Tensor, meta: dict, out_path:
     """Write a label map (*S) or class/region scores (K, *S) on the input's grid to ``out_path``.
 
     Scores are resampled (linear) to the input grid first, then turned into labels: softmax
-    probabilities or logits by argmax; for region-based models (``meta["regions_class_order"]``,
-    set by :func:`load_for_inference`) sigmoid **probabilities** are thresholded at 0.5 and painted
-    in ``regions_class_order`` (:func:`~fusionseg.data.labels.regions_to_labels`). Label maps are
+    probabilities or logits by argmax; for region-based models (``meta["preprocessing"]``, set by
+    :func:`load_for_inference`) sigmoid **probabilities** are thresholded at 0.5 and painted in their
+    ``regions_class_order`` (:func:`~fusionseg.data.labels.regions_to_labels`). Label maps are
     resampled with nearest neighbour. The format follows ``out_path`` (any label format of
     :mod:`fusionseg.data.formats`; :func:`~fusionseg.data.formats.prediction_extension` picks the
     input's own); the input's geometry is kept; binary 2D masks are written as 0/255.
     """
     pred = _as_tensor(prediction)
-    dims = meta["spatial_dims"]
+    dims = settings_of(meta).spatial_dims
     if pred.ndim == dims + 1:
         probs = _to_input_grid(pred.float(), meta, "bilinear")
-        order = meta.get("regions_class_order")
+        order = regions_class_order(meta)
         label = regions_to_labels(probs, order) if order else probs.argmax(0)
     elif pred.ndim == dims:
         label = _to_input_grid(pred[None].float(), meta, "nearest")[0].round()
@@ -405,14 +411,14 @@ def save_prediction(prediction: np.ndarray | torch.Tensor, meta: dict, out_path:
         )
     reference = dict(meta["reference"])
     label_np = _on_reference_shape(label.to(torch.int64).numpy(), reference, channels=False)
-    return write_label(label_np, reference, out_path, binary_as_255=meta.get("binary_as_255", False))
+    return write_label(label_np, reference, out_path, binary_as_255=settings_of(meta).binary_as_255)
 
 
 def write_input_grid_labels(label_map: np.ndarray, meta: dict, out_path: str | Path) -> Path:
     """Write a label map already on the input grid (``meta["original_shape"]``, e.g. assembled slab by slab)."""
     reference = dict(meta["reference"])
     label_np = _on_reference_shape(np.asarray(label_map), reference, channels=False)
-    return write_label(label_np, reference, out_path, binary_as_255=meta.get("binary_as_255", False))
+    return write_label(label_np, reference, out_path, binary_as_255=settings_of(meta).binary_as_255)
 
 
 def write_input_grid_probabilities(probabilities: np.ndarray, meta: dict, out_path: str | Path) -> Path:
@@ -431,7 +437,7 @@ def save_probabilities(probabilities: np.ndarray | torch.Tensor, meta: dict, out
     The label map of the same input equals ``LabelLayout.to_label_map`` of what is written here.
     """
     probs = _as_tensor(probabilities).float()
-    dims = meta["spatial_dims"]
+    dims = settings_of(meta).spatial_dims
     if probs.ndim != dims + 1:
         raise ValueError(f"probabilities must be (K, *S) for {dims}D data, got shape {tuple(probs.shape)}")
     probs = _to_input_grid(probs, meta, "bilinear")

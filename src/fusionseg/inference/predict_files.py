@@ -22,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from fusionseg.data.formats import prediction_extension as _output_ext
 from fusionseg.data.formats import probability_extension
-from fusionseg.data.transforms import write_input_grid_labels, write_input_grid_probabilities
+from fusionseg.data.transforms import settings_of, write_input_grid_labels, write_input_grid_probabilities
 from fusionseg.errors import for_each_case
 from fusionseg.faults import maybe_fail
 from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir, removed_on_error
@@ -51,7 +52,7 @@ __all__ = ["predict_files"]
 
 def _save_label_map(probs: torch.Tensor, meta: dict, out_path: Path, plan: dict | None, binary_as_255: bool) -> Path:
     """Label map of ``probs`` on the input grid (``data.save_prediction``), postprocessed, in the dataset's
-    original label values (``meta["original_labels"]``, after ``fusionseg relabel``), written atomically."""
+    original label values (the preprocessing's ``original_labels``, after ``fusionseg relabel``), written atomically."""
     from fusionseg.data import save_prediction
 
     with atomic_write(out_path) as tmp:
@@ -62,15 +63,16 @@ def _save_label_map(probs: torch.Tensor, meta: dict, out_path: Path, plan: dict 
 
 def _finish_label_file(path: Path, meta: dict, plan: dict | None, binary_as_255: bool) -> None:
     """Postprocess a written label file with ``plan`` (when given), then map it back to the dataset's original
-    label values (``meta["original_labels"]``, after ``fusionseg relabel``)."""
+    label values (the preprocessing's ``original_labels``, after ``fusionseg relabel``)."""
     if plan is not None:
         from fusionseg.inference.postprocess import postprocess_label_file
 
         postprocess_label_file(path, plan, binary_as_255=binary_as_255)
-    if meta.get("original_labels"):
+    original = settings_of(meta).original_labels
+    if original:
         from fusionseg.data.relabel import restore_original_label_file
 
-        restore_original_label_file(path, meta["original_labels"])
+        restore_original_label_file(path, list(original))
 
 
 def predict_files(
@@ -146,7 +148,7 @@ def predict_files(
         out_path, *prob_path = outputs(cid, images)
         image, meta = loader.get(cid, images)
         if not original_labels:
-            meta["original_labels"] = None
+            meta["preprocessing"] = replace(settings_of(meta), original_labels=None)
         binary_as_255 = own[0].binary_as_255
         if whole_volume:
             probs = predict_ensemble(

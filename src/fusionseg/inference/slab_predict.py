@@ -24,7 +24,7 @@ import torch
 
 from fusionseg.data.io import label_dtype
 from fusionseg.data.labels import regions_to_labels
-from fusionseg.data.transforms import input_grid_mapping, resample_to_input_grid
+from fusionseg.data.transforms import input_grid_mapping, regions_class_order, resample_to_input_grid
 from fusionseg.inference.slab_inference import SlabPlan, blended_slabs
 from fusionseg.runtime.memory_budget import format_bytes
 
@@ -99,10 +99,10 @@ def predict_label_map(
     probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label map (*input shape) of ``image`` (preprocessed, (C, *S)); ``probabilities`` (K, *input shape), an
-    on-disk array, is filled slab by slab when given. Labels follow ``meta["regions_class_order"]`` for regions."""
+    on-disk array, is filled slab by slab when given. Regions are painted in their ``regions_class_order``."""
     mapping = input_grid_mapping(meta)
     out_shape = tuple(int(s) for s in meta["original_shape"])
-    order = meta.get("regions_class_order")
+    order = regions_class_order(meta)
     top = max(int(c) for c in order) if order else plan.num_classes - 1
     labels: np.ndarray = np.zeros(out_shape, dtype=label_dtype(top))
     ranges = [(rows_lo, rows_hi) for _, _, rows_lo, rows_hi in layout.slabs]
