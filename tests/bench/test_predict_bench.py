@@ -28,3 +28,14 @@ def test_one_nnunet_checkpoint_by_nnunet_and_by_fusionseg(tmp_path, capsys):
     assert [r["path"] for r in rows] == ["slabs", "nnU-Net", "fusionseg"]
     assert rows[2]["agreement"] >= 0.999 and all(r["peak_mib"] > 0 for r in rows)
     assert "fusionseg / nnU-Net time" in out
+
+
+def test_a_workdir_of_other_files_is_refused_in_one_line(tmp_path):
+    from fusionseg.errors import InputError
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds files a benchmark did not write"):
+        main(["--size", "40,40,12", "--classes", "3", "--workdir", str(tmp_path)])
+    assert (tmp_path / "notes.txt").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt"
+    ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusionseg.bench.predict_nnunet import nnunet_rows
+from fusionseg.bench.predict_nnunet import nnunet_rows, read_labels
 from fusionseg.bench.scale import _run, ct_case, print_row, subprocess_env, work_folder
 from fusionseg.cli.options import add_old_spelling
 
@@ -99,12 +99,6 @@ def build_parser(prog: str = "fusionseg bench predict") -> argparse.ArgumentPars
     return p
 
 
-def _labels(path: Path) -> np.ndarray:
-    import nibabel as nib
-
-    return np.asarray(nib.load(str(path)).dataobj)  # type: ignore[attr-defined]  # load is typed FileBasedImage
-
-
 def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
@@ -116,6 +110,10 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
         sizes.append(shape)
     classes = _ints(args.classes)
     env = subprocess_env()
+    options = ["--threads", args.threads, "--overlap", args.overlap]
+    memory = ["--memory", args.memory] if args.memory else []
+    nnunet_model = {"spacing": _floats(args.target_spacing), "patch": _ints(args.patch_size),
+                    "features": _ints(args.features)}  # fmt: skip
     rows = []
     with work_folder(args.workdir, "fusionseg-bench-predict-") as work:
         for shape in sizes:
@@ -130,22 +128,23 @@ def main(argv: list[str] | None = None, prog: str = "fusionseg bench predict") -
                 for path, extra in paths:
                     out = work / f"pred_{name}_{k}_{path}"
                     cmd = [sys.executable, "-m", "fusionseg", "predict", "--checkpoint", str(ckpt), "--input",
-                           str(image), "--output", str(out), "--threads", args.threads, "--overlap", args.overlap,
-                           *extra]  # fmt: skip
-                    if args.memory and path == "slabs":
-                        cmd += ["--memory", args.memory]
+                           str(image), "--output", str(out), *options, *extra]  # fmt: skip
+                    if path == "slabs":
+                        cmd += memory
                     wall, peak, log = _run(cmd, env)
                     outputs[path] = out / "ct_000.nii.gz"
                     slab_line = next((line for line in log.splitlines() if "slab(s)" in line), "")
                     row = {"size": name, "classes": k, "path": path, "wall_s": wall, "peak_mib": peak,
                            "slabs": slab_line.partition(": ")[2]}  # fmt: skip
                     if path == "whole-volume":
-                        same = _labels(outputs["slabs"]) == _labels(out / "ct_000.nii.gz")
+                        same = read_labels(outputs["slabs"]) == read_labels(out / "ct_000.nii.gz")
                         row["agreement"] = float(np.mean(same))
                     rows.append(row)
                     print_row(row, 5)
                 if args.nnunet:
-                    rows += nnunet_rows(args, work, name, image.parent, k, env, _floats, _ints)
+                    rows += nnunet_rows(
+                        work, name, image.parent, k, nnunet_model, float(args.overlap), options + memory, env
+                    )
     _print_table(rows)
     return 0
 

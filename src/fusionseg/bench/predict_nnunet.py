@@ -24,7 +24,7 @@ import numpy as np
 
 from fusionseg.bench.scale import _run, print_row
 
-__all__ = ["NNUNET_COMMAND", "nnunet_model_folder", "nnunet_rows"]
+__all__ = ["NNUNET_COMMAND", "nnunet_model_folder", "nnunet_rows", "read_labels"]
 
 NNUNET_COMMAND = "nnUNetv2_predict_from_modelfolder"
 CT_INTENSITIES = {"max": 200.0, "mean": 60.0, "median": 50.0, "min": -1000.0, "percentile_00_5": -1000.0,
@@ -70,37 +70,50 @@ def _nnunet_command() -> str | None:
     return str(script) if script.exists() else shutil.which(NNUNET_COMMAND)
 
 
-def _labels(path: Path) -> np.ndarray:
+def read_labels(path: Path) -> np.ndarray:
+    """The label array of a NIfTI prediction."""
     import nibabel as nib
 
     return np.asarray(nib.load(str(path)).dataobj)  # type: ignore[attr-defined]  # load is typed FileBasedImage
 
 
-def nnunet_rows(args, work: Path, name: str, images: Path, classes: int, env: dict, floats, ints) -> list[dict]:
-    """Predict the case in ``images`` with nnU-Net and fusionseg on one checkpoint of ``classes`` → two result rows."""
+def nnunet_rows(
+    work: Path,
+    name: str,
+    images: Path,
+    classes: int,
+    model: dict,
+    overlap: float,
+    predict_options: list[str],
+    env: dict,
+) -> list[dict]:
+    """Predict the case in ``images`` with nnU-Net and fusionseg on one checkpoint of ``classes`` → two result rows.
+
+    ``model``: :func:`nnunet_model_folder`'s ``spacing``, ``patch`` and ``features``; ``overlap``: of the windows
+    (nnU-Net's step is 1 − overlap); ``predict_options``: the options of ``fusionseg predict`` (its ``--overlap`` too).
+    """
     command = _nnunet_command()
     if command is None:
         raise SystemExit(f"{NNUNET_COMMAND} is not installed: install the nnunet extra (docs/nnunet.md)")
     folder = work / f"nnunet_{name}_{classes}"
-    checkpoint = nnunet_model_folder(folder, classes, floats(args.target_spacing), ints(args.patch_size),
-                                     ints(args.features))  # fmt: skip
+    checkpoint = nnunet_model_folder(folder, classes, **model)
     imported = work / f"imported_{name}_{classes}.pt"
     fusionseg = [sys.executable, "-m", "fusionseg"]
     _run([*fusionseg, "import-weights", "--weights", str(checkpoint), "--output", str(imported)], env)
     runs = {
         "nnU-Net": [command, "-i", str(images), "-o", str(work / f"pred_{name}_{classes}_nnunet"), "-m", str(folder),
                     "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta", "-step_size",
-                    str(1 - float(args.overlap)), "--disable_progress_bar"],
+                    str(1 - overlap),
+                    "--disable_progress_bar"],
         "fusionseg": [*fusionseg, "predict", "--checkpoint", str(imported), "--input", str(images), "--output",
-                      str(work / f"pred_{name}_{classes}_fusionseg"), "--threads", args.threads, "--overlap",
-                      args.overlap, *(["--memory", args.memory] if args.memory else [])],
+                      str(work / f"pred_{name}_{classes}_fusionseg"), *predict_options],
     }  # fmt: skip
     rows = []
     for predictor, cmd in runs.items():
         wall, peak, _ = _run(cmd, env)
         rows.append({"size": name, "classes": classes, "path": predictor, "wall_s": wall, "peak_mib": peak})
-    theirs = _labels(work / f"pred_{name}_{classes}_nnunet" / "ct_000.nii.gz")
-    ours = _labels(work / f"pred_{name}_{classes}_fusionseg" / "ct_000.nii.gz")
+    theirs = read_labels(work / f"pred_{name}_{classes}_nnunet" / "ct_000.nii.gz")
+    ours = read_labels(work / f"pred_{name}_{classes}_fusionseg" / "ct_000.nii.gz")
     rows[1]["agreement"] = float(np.mean(theirs == ours)) if theirs.shape == ours.shape else 0.0
     for row in rows:
         print_row(row, 5)

@@ -138,12 +138,28 @@ def _run(cmd: list[str], env: dict) -> tuple[float, float, str]:
     return wall, peak[0], output
 
 
+WORK_MARKER = ".fusionseg-bench"  # a --workdir holding it was made by a benchmark: its files may be rewritten
+
+
 @contextlib.contextmanager
 def work_folder(workdir: Path | None, prefix: str) -> Iterator[Path]:
-    """``workdir`` (kept), or a temporary folder removed at the end: where a benchmark writes its cases and runs."""
+    """``workdir`` (kept), or a temporary folder removed at the end: where a benchmark writes its cases and runs.
+
+    A given ``workdir`` must be empty or one a benchmark made before (its marker file): a benchmark rewrites
+    fixed names in it, so a folder of other files is refused in one line. One benchmark at a time holds it.
+    """
+    from fusionseg.errors import InputError
+    from fusionseg.files import folder_lock
+
     work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    if workdir is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        if any(work.iterdir()) and not (work / WORK_MARKER).is_file():
+            raise InputError(f"--workdir {work} holds files a benchmark did not write; give an empty or new folder")
+        (work / WORK_MARKER).touch()
     try:
-        yield work
+        with folder_lock(work, "benchmark work folder"):
+            yield work
     finally:
         if workdir is None:
             shutil.rmtree(work, ignore_errors=True)
