@@ -205,7 +205,7 @@ def test_validation_scores_from_slabs_equal_the_whole_volume(regions):
 
 
 def test_progress_bar_per_case_and_one_log_line_per_case(tmp_path, capsys, monkeypatch):
-    from fusionseg.inference import predict_files as infer
+    from fusionseg.inference import slab_inference as infer  # where the bar of windows is made
 
     bars = []
 

@@ -38,11 +38,10 @@ from fusionseg.faults import maybe_fail
 from fusionseg.files import ResumableOutputs, atomic_write, ensure_writable_dir, removed_on_error
 from fusionseg.inference.predictors import predictor_for
 from fusionseg.inference.prefetch import CasePrefetcher
-from fusionseg.inference.slab_inference import SlabPlan
+from fusionseg.inference.slab_inference import SlabPlan, windows_bar
 from fusionseg.inference.slab_predict import predict_label_map, slab_layout
 from fusionseg.inference.sliding_window import predict_ensemble
 from fusionseg.runtime.memory_budget import default_memory_budget
-from fusionseg.runtime.progress import progress_bar
 
 if TYPE_CHECKING:
     from fusionseg.data.preprocessing import AnyPreprocessing
@@ -175,7 +174,7 @@ def predict_files(
                 f"({plan.sw_batch_size} per pass)"
             )
             stats["described"] = True
-        with _case_bar(plan, cid, progress), _scratch(output, cid, plan, meta, bool(prob_path)) as scratch:
+        with windows_bar(plan, cid, progress), _scratch(output, cid, plan, meta, bool(prob_path)) as scratch:
             labels = predict_label_map(plan, image, meta, layout, scratch)
             stats["windows"] += plan.windows
             resumable.claim(out_path, *prob_path)
@@ -209,19 +208,6 @@ def predict_files(
             f"{stats['windows'] / elapsed:.3g} windows/s"
         )
     return written, failed
-
-
-@contextlib.contextmanager
-def _case_bar(plan: SlabPlan, cid: str, progress: bool) -> Iterator[None]:
-    """A terminal bar of the case's windows (done / total, ETA) while it is predicted; nothing in logs."""
-    bar = progress_bar(plan.windows, desc=cid, enabled=progress)
-    plan.on_windows = bar.update if bar is not None else None
-    try:
-        yield
-    finally:
-        plan.on_windows = None
-        if bar is not None:
-            bar.close()
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,11 +33,12 @@ from fusionseg.errors import InputError
 from fusionseg.nets.base import round_up_to_multiple
 from fusionseg.nets.registry import model_attribute
 from fusionseg.runtime.devices import autocast
+from fusionseg.runtime.progress import progress_bar
 
 if TYPE_CHECKING:
     from fusionseg.data.preprocessing import Preprocessing
 
-__all__ = ["SlabPlan", "WindowPass", "blended_slabs", "window_origins", "window_size"]
+__all__ = ["SlabPlan", "WindowPass", "blended_slabs", "window_origins", "window_size", "windows_bar"]
 
 SIGMA_SCALE = 0.125  # MONAI's default Gaussian of sliding_window_inference
 
@@ -371,3 +373,16 @@ def blended_slabs(
     finally:
         for key, m in models.items():
             m.train(was_training[key])
+
+
+@contextlib.contextmanager
+def windows_bar(plan: SlabPlan, desc: str, enabled: bool = True) -> Iterator[None]:
+    """A terminal bar of ``plan``'s windows (done / total, ETA) while they run; nothing in logs."""
+    bar = progress_bar(plan.windows, desc=desc, enabled=enabled)
+    plan.on_windows = bar.update if bar is not None else None
+    try:
+        yield
+    finally:
+        plan.on_windows = None
+        if bar is not None:
+            bar.close()

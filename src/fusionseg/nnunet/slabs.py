@@ -34,8 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusionseg.inference.slab_inference import SlabPlan, WindowPass, blended_slabs
-from fusionseg.runtime.progress import progress_bar
+from fusionseg.inference.slab_inference import SlabPlan, WindowPass, blended_slabs, windows_bar
 
 __all__ = ["Resampling", "predict_labels", "window_plan"]
 
@@ -195,8 +194,6 @@ def predict_labels(
     before = [s.start or 0 for s in unpad[1:]]
     axis = slab_axis(resampling, tuple(cm.patch_size))
     plan = window_plan(predictor, tuple(padded.shape[1:]), axis, sw_batch_size)
-    progress = progress_bar(plan.windows, desc=bar or "", enabled=bar is not None)
-    plan.on_windows = progress.update if progress is not None else None
     thickness = _thickness(plan, resampling, axis, budget)
     size = resampling.target[axis]
     slabs = [(lo, min(lo + thickness, size)) for lo in range(0, size, thickness)]
@@ -206,23 +203,13 @@ def predict_labels(
     box = [slice(int(lo), int(hi)) for lo, hi in props["bbox_used_for_cropping"]]
     cross = [slice(b, b + s) for b, s in zip(before, resampling.source)]
     padded_rows = [(first + before[axis], stop + before[axis]) for first, stop in rows]
-    slab_scores = blended_slabs(plan, padded, padded_rows)
-    try:
-        _write_slabs(slabs, rows, slab_scores, labels, resampling, axis, box, cross, label_manager)
-    finally:
-        if progress is not None:
-            progress.close()
+    with windows_bar(plan, bar or "", enabled=bar is not None):
+        for (lo, hi), (first, _), (_, _, scores) in zip(slabs, rows, blended_slabs(plan, padded, padded_rows)):
+            index = [slice(None), *cross]  # classes, then the image inside the padding ...
+            index[1 + axis] = slice(None)  # ... but along the slab axis the rows asked for
+            slab = resampling.resample(scores[tuple(index)], axis, lo, hi, first)
+            target = list(box)
+            target[axis] = slice(box[axis].start + lo, box[axis].start + hi)
+            segmentation = label_manager.convert_logits_to_segmentation(slab)
+            labels[tuple(target)] = torch.as_tensor(segmentation).cpu().numpy()
     return labels.transpose(predictor.plans_manager.transpose_backward)
-
-
-def _write_slabs(slabs, rows, slab_scores, labels, resampling, axis, box, cross, label_manager) -> None:
-    """Resample each slab's blended logits to the cropped input grid and write its labels into ``labels``."""
-    for (lo, hi), (first, _), (_, _, scores) in zip(slabs, rows, slab_scores):
-        index = list(cross)
-        index[axis] = slice(None)
-        window = (slice(None), *index)
-        slab = resampling.resample(scores[window], axis, lo, hi, first)
-        target = list(box)
-        target[axis] = slice(box[axis].start + lo, box[axis].start + hi)
-        segmentation = label_manager.convert_logits_to_segmentation(slab)
-        labels[tuple(target)] = torch.as_tensor(segmentation).cpu().numpy()
