@@ -142,7 +142,7 @@ def _peers(out_channels: int, size: int) -> dict[str, Callable[[], nn.Module]]:
         try:
             return SwinUNETR(in_channels=1, out_channels=out_channels, feature_size=48, spatial_dims=3)
         except TypeError:  # older MONAI needs img_size
-            return SwinUNETR(  # type: ignore[call-arg]  # dropped from newer MONAI's signature
+            return SwinUNETR(  # type: ignore[call-arg, unused-ignore]  # img_size: gone from newer MONAI, needed by 1.4
                 img_size=(size,) * 3, in_channels=1, out_channels=out_channels, feature_size=48
             )
 

@@ -307,7 +307,7 @@ def resample_to_input_grid(
     resample = SpatialResample(
         mode=mode,
         padding_mode="border",
-        dtype=torch.float32,  # type: ignore[arg-type]  # MONAI's hint omits torch dtypes
+        dtype=torch.float32,  # type: ignore[arg-type, unused-ignore]  # some MONAI versions hint no torch dtypes
     )
     out = resample(
         img, dst_affine=torch.as_tensor(dst_affine, dtype=torch.float64), spatial_size=[int(s) for s in shape]
